@@ -1,0 +1,94 @@
+"""The ``NeuralNet`` interface every runtime implements, and its input/output containers.
+
+A runtime evaluates a *batch* of already-encoded positions (V7 features, symmetry already applied
+to ``spatial`` by the caller) and returns the network's **raw** outputs, exactly what the graph
+computes, in the side-to-move perspective and in the *symmetrised* frame. Post-processing (policy
+optimism, softmax, multipliers, un-symmetrising, White's perspective) is shared code in
+``agent.network.postprocess`` so that every runtime is judged on the same raw numbers.
+
+Shapes (N = batch, H = W = 19 buffer unless a runtime is built for a smaller buffer)::
+
+    NNInputs.spatial   float32 [N, 22, H, W]   channel 0 is the on-board mask
+    NNInputs.global_   float32 [N, 19]
+    NNOutputs.policy   float32 [N, Cp, H*W]    Cp policy channels (1, 2 or 4)
+    NNOutputs.policy_pass float32 [N, Cp]
+    NNOutputs.value    float32 [N, 3]          win / loss / no-result logits
+    NNOutputs.score_value float32 [N, S]       S = 1..6 score-value channels (version dependent)
+    NNOutputs.ownership float32 [N, H*W]       ownership logits (pre-tanh)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class NNInputs:
+    spatial: F32
+    global_: F32
+
+    def __post_init__(self) -> None:
+        if self.spatial.ndim != 4 or self.spatial.shape[1] != 22:
+            raise ValueError(f"spatial: got shape {self.spatial.shape}, expected [N, 22, H, W]")
+        if self.global_.ndim != 2 or self.global_.shape[1] != 19:
+            raise ValueError(f"global: got shape {self.global_.shape}, expected [N, 19]")
+        if self.spatial.shape[0] != self.global_.shape[0]:
+            raise ValueError(
+                f"batch mismatch: spatial has {self.spatial.shape[0]} rows, global {self.global_.shape[0]}"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.spatial.shape[0])
+
+
+@dataclass(frozen=True)
+class NNOutputs:
+    policy: F32
+    policy_pass: F32
+    value: F32
+    score_value: F32
+    ownership: F32
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.value.shape[0])
+
+    def row(self, i: int) -> NNOutputs:
+        """One batch row, keeping the batch axis (size 1)."""
+        s = slice(i, i + 1)
+        return NNOutputs(self.policy[s], self.policy_pass[s], self.value[s], self.score_value[s], self.ownership[s])
+
+
+@dataclass(frozen=True)
+class NetInfo:
+    """What a runtime says about the network it runs (for health, query_models and logs)."""
+
+    name: str
+    model_version: int
+    runtime: str  # "numpy", "onnx", "tflite", "tensorrt", "fake"
+    precision: str  # "fp32", "fp16", "int8"
+    board_x: int = 19  # buffer size the runtime was built for
+    board_y: int = 19
+    max_batch_size: int = 0  # 0 = unbounded / dynamic
+
+
+class NeuralNet(ABC):
+    """A loaded network that evaluates batches of encoded positions. Thread-safe ``evaluate``."""
+
+    @property
+    @abstractmethod
+    def info(self) -> NetInfo: ...
+
+    @abstractmethod
+    def evaluate(self, inputs: NNInputs) -> NNOutputs:
+        """Evaluate a batch; raises ``agent.errors.InferenceError`` on runtime failure."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release runtime resources."""
