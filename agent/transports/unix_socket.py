@@ -1,0 +1,152 @@
+"""The local Unix socket: KataGo's analysis protocol as JSON lines, one client per connection.
+
+``socat - UNIX-CONNECT:/run/katago-edge/agent.sock`` behaves like ``katago analysis`` on a
+terminal: write one JSON query per line, read one JSON response per line. The socket file gets
+mode 0660 (the service user's group may connect), and a stale file left by a crash is replaced.
+A live socket that answers is never replaced: two agents would fight over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+from pathlib import Path
+
+from agent.errors import TransportError
+from agent.transports.session import ClientSession, LineService, LoopThread
+
+logger = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 1 << 20  # KataGo queries with a long game are ~10 kB; 1 MiB is generous
+
+
+def _remove_stale(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise TransportError(f"{path} exists and is not a socket; remove it or set socket.path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # nobody listens: a leftover from a crash
+        return
+    finally:
+        probe.close()
+    raise TransportError(f"another agent is already serving on {path}; stop it or set socket.path")
+
+
+class UnixSocketTransport:
+    """Serves ``service`` on a Unix stream socket from its own event-loop thread."""
+
+    def __init__(self, service: LineService, path: Path, mode: int = 0o660) -> None:
+        self._service = service
+        self.path = path
+        self._mode = mode
+        self._loop = LoopThread("unix-socket")
+        self._server: asyncio.AbstractServer | None = None
+        self._sessions: set[ClientSession] = set()
+        self._outputs: dict[asyncio.StreamWriter, tuple[asyncio.Queue[str | None], asyncio.Task[None]]] = {}
+
+    @property
+    def clients(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def pending(self) -> int:
+        return sum(s.pending for s in list(self._sessions))
+
+    def start(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale(self.path)
+        except OSError as exc:
+            raise TransportError(f"cannot create socket {self.path}: {exc.strerror or exc}") from exc
+        self._loop.start()
+        try:
+            self._server = self._loop.call(self._listen())
+        except OSError as exc:
+            self._loop.stop()
+            raise TransportError(f"cannot listen on {self.path}: {exc.strerror or exc}") from exc
+        logger.info("analysis protocol on unix socket %s", self.path)
+
+    async def _listen(self) -> asyncio.AbstractServer:
+        old_umask = os.umask(0o077)  # no window in which the socket is world-connectable
+        try:
+            server = await asyncio.start_unix_server(self._client, path=str(self.path), limit=MAX_LINE_BYTES)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, self._mode)
+        return server
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def send(text: str) -> None:
+            loop.call_soon_threadsafe(out.put_nowait, text)
+
+        session = ClientSession(self._service, send, "unix")
+        self._sessions.add(session)
+        pump = asyncio.create_task(self._pump(out, writer))
+        self._outputs[writer] = (out, pump)
+        try:
+            while True:
+                try:
+                    raw = await reader.readline()
+                except ValueError:  # line over the limit: KataGo-style error, then drop the client
+                    send('{"error":"query line too long"}')
+                    break
+                if not raw:
+                    break
+                line = raw.decode("utf-8", errors="replace")
+                await loop.run_in_executor(None, session.feed_line, line)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            session.close()
+            self._sessions.discard(session)
+            out.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pump, 5.0)
+            self._outputs.pop(writer, None)
+            writer.close()
+
+    async def _pump(self, out: asyncio.Queue[str | None], writer: asyncio.StreamWriter) -> None:
+        while (text := await out.get()) is not None:
+            try:
+                writer.write(text.encode() + b"\n")
+                await writer.drain()
+            except (ConnectionError, RuntimeError):
+                return
+
+    def stop_accepting(self) -> None:
+        """No new connections or queries; responses to running queries still go out."""
+        for session in list(self._sessions):
+            session.accepting = False
+        if self._server is not None:
+            self._server.close()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.stop_accepting()
+        if self._loop.running:
+            with contextlib.suppress(Exception):
+                self._loop.call(self._shutdown(), timeout)
+        self._loop.stop(timeout)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _shutdown(self) -> None:
+        await asyncio.sleep(0.05)  # responses handed over by call_soon_threadsafe land first
+        for writer, (out, pump) in list(self._outputs.items()):
+            out.put_nowait(None)  # the pump writes what is queued, then stops
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pump, 2.0)
+            writer.close()

@@ -1,0 +1,164 @@
+"""WebSocket endpoint for KaTrain's remote engine (KaTrain 1.18+, ``ws://HOST:PORT``).
+
+What KaTrain's ``RemoteKataGoEngine`` (``katrain/core/remote_engine.py``, read in the 1.20.0
+wheel) does on the wire, and so what this endpoint accepts:
+
+- it connects with ``websocket-client``, which sends ``Origin: http://HOST:PORT`` unless told
+  not to; any URL path is accepted;
+- every query is **one text frame** holding one JSON object with no trailing newline; ids are
+  ``QUERY:<n>``, numbered from 1 for each engine it starts;
+- a response frame may carry several JSON objects separated by newlines; it splits on lines,
+  so sending one response per frame (what we do) is fine;
+- on reconnect it re-sends the queries that got no final response, with the same ids.
+
+Frames with several newline-separated queries are accepted too (a ``katago analysis`` script
+ported to a socket). The server listens on localhost by default; a request whose ``Origin``
+names another host (a web page in a browser on the same machine) is refused with 403, which
+closes the cross-site WebSocket hole that localhost servers otherwise have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent.errors import TransportError
+from agent.transports.session import ClientSession, LineService, LoopThread
+
+logger = logging.getLogger(__name__)
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def origin_allowed(origin: str | None, allowed_hosts: Iterable[str]) -> bool:
+    """No Origin (non-browser client) or an Origin naming one of ``allowed_hosts``."""
+    if origin is None:
+        return True
+    host = urlsplit(origin).hostname
+    return host is not None and host.lower() in {h.lower() for h in allowed_hosts}
+
+
+class WebSocketTransport:
+    """Serves ``service`` over WebSocket from its own event-loop thread."""
+
+    def __init__(self, service: LineService, host: str, port: int, max_message_bytes: int = 1 << 20) -> None:
+        try:
+            import websockets.asyncio.server  # noqa: F401  (presence check; imported again lazily)
+        except ImportError as exc:
+            raise TransportError(
+                "the WebSocket endpoint needs the 'websockets' package: pip install 'websockets>=13' "
+                "(or set websocket.enabled = false)"
+            ) from exc
+        self._service = service
+        self.host = host
+        self.port = port
+        self._max = max_message_bytes
+        self._loop = LoopThread("websocket")
+        self._server: Any = None
+        self._sessions: set[ClientSession] = set()
+        self._allowed = set(LOCAL_HOSTS) | {host}
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}"
+
+    @property
+    def clients(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def pending(self) -> int:
+        return sum(s.pending for s in list(self._sessions))
+
+    def start(self) -> None:
+        self._loop.start()
+        try:
+            self._server = self._loop.call(self._listen())
+        except OSError as exc:
+            self._loop.stop()
+            raise TransportError(
+                f"cannot listen on {self.host}:{self.port} for WebSocket: {exc.strerror or exc} "
+                "(set websocket.port, or --websocket HOST:PORT)"
+            ) from exc
+        sock = next(iter(self._server.sockets))
+        self.port = int(sock.getsockname()[1])  # the real port when 0 was asked for
+        logger.info("analysis protocol on %s (KaTrain: remote engine URL)", self.url)
+
+    async def _listen(self) -> Any:
+        from websockets.asyncio.server import serve
+
+        return await serve(
+            self._client,
+            self.host,
+            self.port,
+            max_size=self._max,
+            process_request=self._check_origin,
+            ping_interval=20,
+            ping_timeout=60,
+        )
+
+    def _check_origin(self, connection: Any, request: Any) -> Any:
+        origin = request.headers.get("Origin")
+        if origin_allowed(origin, self._allowed):
+            return None
+        logger.warning("refused WebSocket from origin %s", origin)
+        return connection.respond(403, "origin not allowed\n")
+
+    async def _client(self, connection: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def send(text: str) -> None:
+            loop.call_soon_threadsafe(out.put_nowait, text)
+
+        session = ClientSession(self._service, send, "ws")
+        self._sessions.add(session)
+        pump = asyncio.create_task(self._pump(out, connection))
+        try:
+            async for message in connection:
+                text = message.decode("utf-8", errors="replace") if isinstance(message, bytes) else message
+                for line in text.splitlines() or [""]:
+                    await loop.run_in_executor(None, session.feed_line, line)
+        except ConnectionClosed:
+            pass
+        finally:
+            session.close()
+            self._sessions.discard(session)
+            out.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pump, 5.0)
+
+    async def _pump(self, out: asyncio.Queue[str | None], connection: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        while (text := await out.get()) is not None:
+            try:
+                await connection.send(text)
+            except ConnectionClosed:
+                return
+
+    def stop_accepting(self) -> None:
+        """No new connections or queries; responses to running queries still go out."""
+        for session in list(self._sessions):
+            session.accepting = False
+        if self._server is not None and self._loop.running:
+            self._loop.loop.call_soon_threadsafe(self._server.server.close)  # listener only
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.stop_accepting()
+        if self._server is not None and self._loop.running:
+            with contextlib.suppress(Exception):
+                self._loop.call(self._shutdown(), timeout)
+        self._loop.stop(timeout)
+
+    async def _shutdown(self) -> None:
+        await asyncio.sleep(0.05)  # responses handed over by call_soon_threadsafe land first
+        self._server.close(close_connections=True)
+        await self._server.wait_closed()

@@ -1,0 +1,167 @@
+"""The local transports against a small line service: id namespacing, terminate on close, origin check.
+
+The service here is the transport's own interface (``handle_line(line, emit)``) answering from a
+worker thread like an engine does; the daemon tests run the same transports over the real engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.transports.unix_socket import UnixSocketTransport
+from agent.transports.websocket import WebSocketTransport, origin_allowed
+
+
+class ThreadedEchoService:
+    """Answers each query from a thread: one partial then one final; records terminates."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.seen: list[dict[str, Any]] = []
+        self.terminated: list[str] = []
+
+    def handle_line(self, line: str, emit: Callable[[dict[str, Any]], None]) -> None:
+        try:
+            query = json.loads(line)
+        except ValueError:
+            emit({"error": "Could not parse json"})
+            return
+        self.seen.append(query)
+        if query.get("action") == "terminate":
+            self.terminated.append(query["terminateId"])
+            emit({"id": query["id"], "action": "terminate", "terminateId": query["terminateId"]})
+            return
+
+        def work() -> None:
+            emit({"id": query["id"], "turnNumber": 0, "isDuringSearch": True})
+            time.sleep(self.delay)
+            emit({"id": query["id"], "turnNumber": 0, "isDuringSearch": False, "rootInfo": {"visits": 1}})
+
+        threading.Thread(target=work, daemon=True).start()
+
+
+def _read_lines(sock: socket.socket, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    sock.settimeout(timeout)
+    buf = b""
+    while buf.count(b"\n") < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return [json.loads(x) for x in buf.decode().splitlines()]
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Path:
+    return tmp_path / "run" / "agent.sock"
+
+
+def test_unix_socket__two_clients_same_id_get_their_own_answers(sock_path: Path) -> None:
+    service = ThreadedEchoService()
+    transport = UnixSocketTransport(service, sock_path)
+    transport.start()
+    try:
+        assert oct(sock_path.stat().st_mode & 0o777) == "0o660"
+        a, b = (socket.socket(socket.AF_UNIX) for _ in range(2))
+        for s in (a, b):
+            s.connect(str(sock_path))
+            s.sendall(b'{"id": "QUERY:1", "moves": []}\n\n')
+        got_a, got_b = _read_lines(a, 2), _read_lines(b, 2)
+        assert [r["id"] for r in got_a + got_b] == ["QUERY:1"] * 4
+        assert [r["isDuringSearch"] for r in got_a] == [True, False]
+        engine_ids = {q["id"] for q in service.seen}
+        assert len(engine_ids) == 2 and all(i.endswith(":QUERY:1") for i in engine_ids)
+        a.sendall(b"not json\n")
+        assert _read_lines(a, 1) == [{"error": "Could not parse json"}]
+        a.close()
+        b.close()
+    finally:
+        transport.close()
+    assert not sock_path.exists()
+
+
+def test_unix_socket__disconnect_terminates_running_queries(sock_path: Path) -> None:
+    service = ThreadedEchoService(delay=2.0)
+    transport = UnixSocketTransport(service, sock_path)
+    transport.start()
+    try:
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(str(sock_path))
+        c.sendall(b'{"id": "long", "moves": []}\n')
+        assert _read_lines(c, 1)[0]["isDuringSearch"] is True
+        c.close()
+        deadline = time.monotonic() + 5
+        while not service.terminated and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(service.terminated) == 1 and service.terminated[0].endswith(":long")
+    finally:
+        transport.close()
+
+
+def test_unix_socket__refuses_to_steal_a_live_socket(sock_path: Path) -> None:
+    from agent.errors import TransportError
+
+    first = UnixSocketTransport(ThreadedEchoService(), sock_path)
+    first.start()
+    try:
+        with pytest.raises(TransportError, match="already serving"):
+            UnixSocketTransport(ThreadedEchoService(), sock_path).start()
+    finally:
+        first.close()
+    # a stale file (nobody listening) is replaced
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock_path))
+    stale.close()
+    again = UnixSocketTransport(ThreadedEchoService(), sock_path)
+    again.start()
+    again.close()
+
+
+@pytest.mark.parametrize(
+    ("origin", "ok"),
+    [
+        (None, True),
+        ("http://127.0.0.1:6470", True),
+        ("http://localhost", True),
+        ("https://evil.example", False),
+    ],
+)
+def test_websocket__origin_allowed(origin: str | None, ok: bool) -> None:
+    assert origin_allowed(origin, {"127.0.0.1", "localhost", "::1"}) is ok
+
+
+def test_websocket__katrain_style_frames_and_foreign_origin_refused() -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    service = ThreadedEchoService()
+    transport = WebSocketTransport(service, "127.0.0.1", 0)
+    transport.start()
+
+    async def talk() -> list[dict[str, Any]]:
+        async with connect(transport.url, origin="http://127.0.0.1:6470") as ws:  # type: ignore[arg-type]
+            await ws.send(json.dumps({"id": "QUERY:1", "moves": []}))  # KaTrain: one object, no newline
+            await ws.send('{"id": "a", "moves": []}\n{"id": "b", "moves": []}\n')
+            return [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(6)]
+
+    async def foreign() -> None:
+        async with connect(transport.url, origin="https://evil.example"):  # type: ignore[arg-type]
+            pass
+
+    try:
+        got = asyncio.run(talk())
+        finals = sorted(r["id"] for r in got if r["isDuringSearch"] is False)
+        assert finals == ["QUERY:1", "a", "b"]
+        with pytest.raises(InvalidStatus, match="403"):
+            asyncio.run(foreign())
+    finally:
+        transport.close()
