@@ -89,8 +89,8 @@ def split_host_port(text: str, default_port: int) -> tuple[str, int]:
 class MqttSettings(_Strict):
     """Placeholder for ``agent.transports.mqtt.MqttSettings`` (helper F) until it lands."""
 
-    host: str | None = Field(None, description="broker host; no host = MQTT off")
-    port: int = Field(1883, ge=1, le=65535)
+    host: str | None = Field(default=None, description="broker host; no host = MQTT off")
+    port: int = Field(default=1883, ge=1, le=65535)
     prefix: str = "katago"
 
 
@@ -106,7 +106,7 @@ class SocketSettings(_Strict):
 
     enabled: bool = True
     path: Path = Field(default_factory=default_socket_path)
-    mode: int = Field(0o660, description="file mode of the socket (group = local users allowed)")
+    mode: int = Field(default=0o660, description="file mode of the socket (group = local users allowed)")
 
 
 class WebSocketSettings(_Strict):
@@ -114,25 +114,25 @@ class WebSocketSettings(_Strict):
 
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = Field(DEFAULT_WEBSOCKET_PORT, ge=0, le=65535, description="0 = any free port")
-    max_message_bytes: int = Field(1 << 20, ge=1024)
+    port: int = Field(default=DEFAULT_WEBSOCKET_PORT, ge=0, le=65535, description="0 = any free port")
+    max_message_bytes: int = Field(default=1 << 20, ge=1024)
 
 
 class AgentConfig(_Strict):
     """Everything ``katago-edge serve`` needs; every field has a working default."""
 
     device_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
-    profile: str | None = Field(None, description="profile name; unset = chosen from the hardware")
-    model: str | None = Field(None, description="network: path, URL or model-store name")
+    profile: str | None = Field(default=None, description="profile name; unset = chosen from the hardware")
+    model: str | None = Field(default=None, description="network: path, URL or model-store name")
     engine: Literal["auto", "native", "katago"] = "auto"
-    root: Path = Field(Path("/"), description="hardware probe root (a captured device tree in tests)")
-    profiles_dir: Path | None = Field(None, description="extra profiles folder; unset = shipped profiles")
+    root: Path = Field(default=Path("/"), description="hardware probe root (a captured device tree in tests)")
+    profiles_dir: Path | None = Field(default=None, description="extra profiles folder; unset = shipped profiles")
     state_dir: Path = Field(default_factory=default_state_dir)
-    model_store: Path | None = Field(None, description="unset = <state_dir>/models")
+    model_store: Path | None = Field(default=None, description="unset = <state_dir>/models")
     cache_dir: Path = Field(default_factory=default_cache_dir)
-    health_interval: float = Field(30.0, gt=0, description="seconds between health publications")
-    stop_timeout: float = Field(20.0, gt=0, description="seconds to finish in-flight work on SIGTERM")
-    max_visits: int | None = Field(None, ge=1, description="cap on maxVisits; unset = the profile's")
+    health_interval: float = Field(default=30.0, gt=0, description="seconds between health publications")
+    stop_timeout: float = Field(default=20.0, gt=0, description="seconds to finish in-flight work on SIGTERM")
+    max_visits: int | None = Field(default=None, ge=1, description="cap on maxVisits; unset = the profile's")
     socket: SocketSettings = Field(default_factory=lambda: SocketSettings())
     websocket: WebSocketSettings = Field(default_factory=lambda: WebSocketSettings())
     mqtt: MqttSettings = Field(default_factory=lambda: MqttSettings())
