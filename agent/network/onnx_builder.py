@@ -1,0 +1,383 @@
+"""Parsed KataGo network → ``onnx.ModelProto`` (no PyTorch), same maths as spec §2.
+
+Graph interface (dynamic batch ``N``; buffer ``H x W``, 19x19 unless built smaller)::
+
+    inputs   spatial      float32 [N, 22, H, W]   channel 0 = on-board mask (the mask is derived
+             global       float32 [N, 19]          inside the graph, not a separate input)
+    outputs  policy       float32 [N, Cp, H*W]    raw logits, side to move, symmetrised frame
+             policy_pass  float32 [N, Cp]
+             value        float32 [N, 3]
+             score_value  float32 [N, S]
+             ownership    float32 [N, H*W]
+
+Output names equal the fields of :class:`agent.runtime.base.NNOutputs`. The model's metadata
+properties carry the network name, model version and post-processing multipliers (key
+``katago.postprocess``, JSON of :class:`PostProcessParams`), so a ``.onnx`` file is self-describing.
+
+Choices made for onnxruntime's graph optimizer (and for later INT8/FP16 passes):
+
+* BN scale/bias that directly follows a convolution is folded into the conv weights and a Conv
+  bias, so onnxruntime fuses ``Conv+bias+ReLU``; in gpool blocks and the policy head the BN after
+  "conv + pooled bias" is folded into both the conv and the pooled-bias MatMul.
+* Transformer stacks run in ``[N, S, C]`` with one fused Q/K/V MatMul per attention block; RoPE's
+  pair rotation is folded into that MatMul (extra columns holding the pair-swapped projections),
+  the ``1/sqrt(qd)`` score scale into ``Wq``; the softmax sees an additive key mask.
+* Layout switches (one Transpose) happen only between conv and transformer sections.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from agent.errors import UnsupportedNetworkError
+from agent.network.model import (
+    Activation,
+    AttentionBlock,
+    BatchNormLayer,
+    Block,
+    ConvLayer,
+    FFNBlock,
+    FixedRope,
+    GPoolBlock,
+    LearnableRope,
+    NestedBottleneckBlock,
+    Network,
+    OrdinaryBlock,
+    RMSNormLayer,
+)
+from agent.network.onnx_graph import F32, Act, GraphBuilder, Layout, inv_sqrt, pair_swap, rope_tables
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_NAMES = ("policy", "policy_pass", "value", "score_value", "ownership")
+INPUT_SPATIAL = "spatial"
+INPUT_GLOBAL = "global"
+BUILDER_VERSION = "1"
+MAX_BOARD = 19
+
+
+@dataclass(frozen=True)
+class OnnxBuildOptions:
+    """Buffer size the graph is built for (boards up to this size run inside it, masked)."""
+
+    board_x: int = MAX_BOARD
+    board_y: int = MAX_BOARD
+
+
+def build_onnx(network: Network, options: OnnxBuildOptions | None = None) -> onnx.ModelProto:
+    """Build the ONNX graph of ``network``; raises ``UnsupportedNetworkError`` for what we cannot run."""
+    opts = options or OnnxBuildOptions()
+    if not (2 <= opts.board_x <= MAX_BOARD and 2 <= opts.board_y <= MAX_BOARD):
+        raise ValueError(f"buffer size {opts.board_x}x{opts.board_y} outside 2..{MAX_BOARD}")
+    if network.trunk.metadata_encoder is not None:
+        raise UnsupportedNetworkError(
+            f"{network.name}: SGF-metadata encoder (human-SL nets) is not supported"
+        )
+    b = _Builder(network, GraphBuilder(opts.board_y, opts.board_x))
+    model = b.build()
+    logger.debug("built ONNX graph for %s: %d nodes", network.name, len(model.graph.node))
+    return model
+
+
+def _fold(conv: ConvLayer, bn: BatchNormLayer) -> tuple[F32, F32]:
+    """Conv weight and bias with ``x*merged_scale + merged_bias`` folded in (per output channel)."""
+    weight = (conv.weight * bn.merged_scale).astype(np.float32)
+    return weight, bn.merged_bias.astype(np.float32)
+
+
+class _Builder:
+    def __init__(self, net: Network, g: GraphBuilder) -> None:
+        self.net = net
+        self.g = g
+        self.s = g.height * g.width
+
+    # --- whole graph ------------------------------------------------------------------------
+
+    def build(self) -> onnx.ModelProto:
+        g, net = self.g, self.net
+        h, w = g.height, g.width
+        g.build_masks(INPUT_SPATIAL)
+        trunk = net.trunk
+        x = g.conv(
+            Act(INPUT_SPATIAL, "nchw", net.num_input_channels),
+            trunk.initial_conv.name,
+            trunk.initial_conv.weight,
+        )
+        gb = g.matmul(INPUT_GLOBAL, trunk.initial_matmul.name, trunk.initial_matmul.weight)
+        x = g.add_channel_bias(x, gb, trunk.initial_matmul.name)
+        x = self.blocks(x, trunk.blocks)
+        x = g.to_layout(x, "nchw")
+        tip = self.trunk_tip(x)
+        outputs = self.policy_head(tip) + self.value_head(tip)
+        for name, tensor in zip(OUTPUT_NAMES, outputs, strict=True):
+            g.nodes.append(helper.make_node("Identity", [tensor], [name], name=f"output/{name}"))
+        cp, sv = net.policy_channels, net.score_channels
+        inputs = [
+            helper.make_tensor_value_info(
+                INPUT_SPATIAL, TensorProto.FLOAT, ["N", net.num_input_channels, h, w]
+            ),
+            helper.make_tensor_value_info(
+                INPUT_GLOBAL, TensorProto.FLOAT, ["N", net.num_input_global_channels]
+            ),
+        ]
+        shapes: dict[str, list[str | int | None]] = {
+            "policy": ["N", cp, h * w],
+            "policy_pass": ["N", cp],
+            "value": ["N", 3],
+            "score_value": ["N", sv],
+            "ownership": ["N", h * w],
+        }
+        outs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in shapes.items()]
+        meta = {
+            "katago.name": net.name,
+            "katago.model_version": str(net.version),
+            "katago.postprocess": json.dumps(net.postprocess.to_dict()),
+            "katago.board_x": str(w),
+            "katago.board_y": str(h),
+            "katago.builder_version": BUILDER_VERSION,
+        }
+        return g.make_model(net.name, inputs, outs, meta)
+
+    # --- blocks -----------------------------------------------------------------------------
+
+    def preferred(self, block: Block) -> Layout | None:
+        if isinstance(block, AttentionBlock | FFNBlock):
+            return "nsc"
+        if isinstance(block, NestedBottleneckBlock):
+            if _is_1x1(block.pre_conv) and block.blocks:
+                return self.preferred(block.blocks[0])
+            return "nchw"
+        convs = [block.regular_conv, block.final_conv] + (
+            [block.gpool_conv] if isinstance(block, GPoolBlock) else []
+        )
+        return None if all(_is_1x1(c) for c in convs) else "nchw"
+
+    def blocks(self, x: Act, blocks: tuple[Block, ...]) -> Act:
+        for block in blocks:
+            layout = self.preferred(block)
+            if layout is not None:
+                x = self.g.to_layout(x, layout)
+            x = self.block(x, block)
+        return x
+
+    def block(self, x: Act, block: Block) -> Act:
+        g = self.g
+        if isinstance(block, OrdinaryBlock):
+            a = g.affine_act_mask(
+                x, block.pre_bn.name, block.pre_bn.merged_scale, block.pre_bn.merged_bias, block.pre_act.kind
+            )
+            wt, bias = _fold(block.regular_conv, block.mid_bn)
+            h = g.conv(a, block.regular_conv.name, wt, bias)
+            h = g.affine_act_mask(h, block.mid_bn.name, None, None, block.mid_act.kind)
+            y = g.conv(h, block.final_conv.name, block.final_conv.weight)
+            return g.residual_add(x, y, block.name)
+        if isinstance(block, GPoolBlock):
+            a = g.affine_act_mask(
+                x, block.pre_bn.name, block.pre_bn.merged_scale, block.pre_bn.merged_bias, block.pre_act.kind
+            )
+            wt, bias = _fold(block.regular_conv, block.mid_bn)
+            r = g.conv(a, block.regular_conv.name, wt, bias)
+            gw, gbias = _fold(block.gpool_conv, block.gpool_bn)
+            gc = g.conv(a, block.gpool_conv.name, gw, gbias)
+            gc = g.affine_act_mask(gc, block.gpool_bn.name, None, None, block.gpool_act.kind)
+            pooled = g.gpool(gc, f"{block.name}.gpool")
+            mul = block.gpool_to_bias_mul
+            vec = g.matmul(pooled, mul.name, (mul.weight * block.mid_bn.merged_scale).astype(np.float32))
+            r = g.add_channel_bias(r, vec, mul.name)
+            r = g.affine_act_mask(r, block.mid_bn.name, None, None, block.mid_act.kind)
+            y = g.conv(r, block.final_conv.name, block.final_conv.weight)
+            return g.residual_add(x, y, block.name)
+        if isinstance(block, NestedBottleneckBlock):
+            a = x if _is_1x1(block.pre_conv) else g.to_layout(x, "nchw")
+            a = g.affine_act_mask(
+                a, block.pre_bn.name, block.pre_bn.merged_scale, block.pre_bn.merged_bias, block.pre_act.kind
+            )
+            m = g.conv(a, block.pre_conv.name, block.pre_conv.weight)
+            m = self.blocks(m, block.blocks)
+            if not _is_1x1(block.post_conv):
+                m = g.to_layout(m, "nchw")
+            p = g.affine_act_mask(
+                m,
+                block.post_bn.name,
+                block.post_bn.merged_scale,
+                block.post_bn.merged_bias,
+                block.post_act.kind,
+            )
+            y = g.conv(p, block.post_conv.name, block.post_conv.weight)
+            return g.residual_add(x, y, block.name)
+        if isinstance(block, AttentionBlock):
+            return self.attention(g.to_layout(x, "nsc"), block)
+        if isinstance(block, FFNBlock):
+            return self.ffn(g.to_layout(x, "nsc"), block)
+        raise UnsupportedNetworkError(
+            f"block {getattr(block, 'name', '?')}: unsupported kind {type(block).__name__}"
+        )
+
+    # --- transformer ------------------------------------------------------------------------
+
+    def rope_angles(self, block: AttentionBlock) -> tuple[F32, F32]:
+        """Angles ``[heads, S, pairs]`` for the query heads and the KV heads (buffer coordinates)."""
+        nh, nkv, qd = block.num_heads, block.num_kv_heads, block.q_head_dim
+        pairs = qd // 2
+        pos = np.arange(self.s)
+        xs = (pos % self.g.width).astype(np.float32)[:, None]
+        ys = (pos // self.g.width).astype(np.float32)[:, None]
+        rope = block.rope
+        if isinstance(rope, LearnableRope):
+            f = rope.freqs.astype(np.float32)
+            kv = np.stack([xs * f[k, :, 0] + ys * f[k, :, 1] for k in range(nkv)])  # [nkv,S,P]
+            q = kv[[(h * nkv) // nh for h in range(nh)]]
+            return q.astype(np.float32), kv.astype(np.float32)
+        if isinstance(rope, FixedRope):
+            half = pairs // 2
+            p = np.arange(pairs)
+            exps = np.where(p < half, p, p - half).astype(np.float64)
+            inv = (rope.theta ** (-2.0 * exps / pairs)).astype(np.float32)
+            ang = np.where(p < half, ys * inv, xs * inv).astype(np.float32)  # [S,P]
+            return np.broadcast_to(ang, (nh, self.s, pairs)).copy(), np.broadcast_to(
+                ang, (nkv, self.s, pairs)
+            ).copy()
+        raise UnsupportedNetworkError(f"{block.name}: RoPE enabled but no RoPE record")
+
+    def attention(self, x: Act, block: AttentionBlock) -> Act:
+        g, name = self.g, block.name
+        nh, nkv, qd, vd = block.num_heads, block.num_kv_heads, block.q_head_dim, block.v_head_dim
+        if nh % nkv != 0:
+            raise UnsupportedNetworkError(f"{name}: {nh} heads not divisible by {nkv} KV heads")
+        group = nh // nkv
+        xn = g.rms_norm_nsc(x, block.norm.name, block.norm.epsilon, block.norm.weight)
+        wq = block.q_proj.weight * np.float32(inv_sqrt(qd))
+        wk, wv = block.k_proj.weight, block.v_proj.weight
+        if block.use_rope:
+            pieces = [wq, wq[:, pair_swap(nh * qd)], wk, wk[:, pair_swap(nkv * qd)], wv]
+        else:
+            pieces = [wq, wk, wv]
+        sizes = [p.shape[1] for p in pieces]
+        w_all = np.concatenate(pieces, axis=1).astype(np.float32)
+        qkv = g.matmul(xn.name, f"{name}.qkv", w_all)
+        parts = g.op_n("Split", [qkv, g.ints(f"{name}.qkv.split", sizes)], f"{name}.qkv", len(sizes), axis=-1)
+        if block.use_rope:
+            qa, qb, ka, kb, v = parts
+            q_ang, k_ang = self.rope_angles(block)
+            qc, qs = rope_tables(q_ang)
+            kc, ks = rope_tables(k_ang)
+            q = g.op(
+                "Add",
+                [
+                    g.op("Mul", [qa, g.const(f"{name}.rope.qcos", qc)], f"{name}.rope_q"),
+                    g.op("Mul", [qb, g.const(f"{name}.rope.qsin", qs)], f"{name}.rope_q"),
+                ],
+                f"{name}.rope_q",
+            )
+            k = g.op(
+                "Add",
+                [
+                    g.op("Mul", [ka, g.const(f"{name}.rope.kcos", kc)], f"{name}.rope_k"),
+                    g.op("Mul", [kb, g.const(f"{name}.rope.ksin", ks)], f"{name}.rope_k"),
+                ],
+                f"{name}.rope_k",
+            )
+        else:
+            q, k, v = parts
+        s = self.s
+        q = g.op("Reshape", [q, g.ints(f"shape/nshd{nh},{qd}", [0, s, nh, qd])], f"{name}.q")
+        q = g.op("Transpose", [q], f"{name}.q", perm=[0, 2, 1, 3])  # [N,nh,S,qd]
+        if group > 1:
+            q = g.op(
+                "Reshape", [q, g.ints(f"shape/gqa{nkv},{group}", [0, nkv, group * s, qd])], f"{name}.q_gqa"
+            )
+        k = g.op("Reshape", [k, g.ints(f"shape/nshd{nkv},{qd}", [0, s, nkv, qd])], f"{name}.k")
+        k = g.op("Transpose", [k], f"{name}.k", perm=[0, 2, 3, 1])  # [N,nkv,qd,S]
+        v = g.op("Reshape", [v, g.ints(f"shape/nshd{nkv},{vd}", [0, s, nkv, vd])], f"{name}.v")
+        v = g.op("Transpose", [v], f"{name}.v", perm=[0, 2, 1, 3])  # [N,nkv,S,vd]
+        scores = g.op("MatMul", [q, k], f"{name}.scores")
+        scores = g.op("Add", [scores, g.m.key_bias], f"{name}.scores_mask")
+        probs = g.op("Softmax", [scores], f"{name}.softmax", axis=-1)
+        o = g.op("MatMul", [probs, v], f"{name}.attn")  # [N,nkv,group*S,vd]
+        if group > 1:
+            o = g.op("Reshape", [o, g.ints(f"shape/nhsd{nh},{vd}", [0, nh, s, vd])], f"{name}.attn_heads")
+        o = g.op("Transpose", [o], f"{name}.attn", perm=[0, 2, 1, 3])
+        o = g.op("Reshape", [o, g.ints(f"shape/ns{nh * vd}", [0, s, nh * vd])], f"{name}.attn")
+        y = g.matmul(o, block.out_proj.name, block.out_proj.weight)
+        y = g.op("Mul", [y, g.m.nsc], f"{name}/mask")
+        return Act(g.op("Add", [x.name, y], f"{name}/residual"), "nsc", x.channels)
+
+    def ffn(self, x: Act, block: FFNBlock) -> Act:
+        g, name = self.g, block.name
+        if not block.use_swiglu or block.linear_gate is None:
+            raise UnsupportedNetworkError(f"{name}: non-SwiGLU FFN blocks are rejected by KataGo too")
+        xn = g.rms_norm_nsc(x, block.norm.name, block.norm.epsilon, block.norm.weight)
+        f = block.ffn_channels
+        w = np.concatenate([block.linear1.weight, block.linear_gate.weight], axis=1).astype(np.float32)
+        both = g.matmul(xn.name, f"{name}.ffn_in", w)
+        a, gate = g.op_n(
+            "Split", [both, g.ints(f"{name}.ffn_in.split", [f, f])], f"{name}.ffn_in", 2, axis=-1
+        )
+        hidden = g.op("Mul", [g.activation(a, Activation.SILU, f"{name}.silu"), gate], f"{name}.swiglu")
+        y = g.matmul(hidden, block.linear2.name, block.linear2.weight)
+        y = g.op("Mul", [y, g.m.nsc], f"{name}/mask")
+        return Act(g.op("Add", [x.name, y], f"{name}/residual"), "nsc", x.channels)
+
+    # --- tip and heads ----------------------------------------------------------------------
+
+    def trunk_tip(self, x: Act) -> Act:
+        g, tip, act = self.g, self.net.trunk.tip_norm, self.net.trunk.tip_act
+        if isinstance(tip, RMSNormLayer):
+            if tip.cgroup_size != 0:
+                raise UnsupportedNetworkError(f"{tip.name}: grouped RMSNorm (cgroupSize {tip.cgroup_size})")
+            stat = (
+                g.rms_norm_spatial_stat(x, tip.name, tip.epsilon)
+                if tip.spatial
+                else g.rms_norm_position_stat(x, tip.name, tip.epsilon)
+            )
+            x = Act(g.op("Mul", [x.name, stat], tip.name), x.layout, x.channels)
+            return g.affine_act_mask(x, tip.name, tip.gamma, tip.beta, act.kind)
+        return g.affine_act_mask(x, tip.name, tip.merged_scale, tip.merged_bias, act.kind)
+
+    def policy_head(self, t: Act) -> list[str]:
+        g, ph = self.g, self.net.policy_head
+        w1, b1 = _fold(ph.p1_conv, ph.p1_bn)
+        p1 = g.conv(t, ph.p1_conv.name, w1, b1)
+        wg, bg = _fold(ph.g1_conv, ph.g1_bn)
+        g1 = g.affine_act_mask(g.conv(t, ph.g1_conv.name, wg, bg), ph.g1_bn.name, None, None, ph.g1_act.kind)
+        pooled = g.gpool(g1, f"{ph.name}.gpool")
+        wb = (ph.gpool_to_bias_mul.weight * ph.p1_bn.merged_scale).astype(np.float32)
+        p1 = g.add_channel_bias(
+            p1, g.matmul(pooled, ph.gpool_to_bias_mul.name, wb), ph.gpool_to_bias_mul.name
+        )
+        p1 = g.affine_act_mask(p1, ph.p1_bn.name, None, None, ph.p1_act.kind)
+        p2 = g.to_layout(g.conv(p1, ph.p2_conv.name, ph.p2_conv.weight), "nchw")
+        policy = g.op("Reshape", [p2.name, g.ints("shape/policy", [0, ph.out_channels, self.s])], "policy")
+        if ph.gpool_to_pass_mul2 is None:
+            pss = g.matmul(pooled, ph.gpool_to_pass_mul.name, ph.gpool_to_pass_mul.weight)
+        else:
+            bias = ph.gpool_to_pass_bias.bias if ph.gpool_to_pass_bias is not None else None
+            hid = g.matmul(pooled, ph.gpool_to_pass_mul.name, ph.gpool_to_pass_mul.weight, bias)
+            hid = g.activation(
+                hid, ph.pass_act.kind if ph.pass_act else Activation.IDENTITY, f"{ph.name}.pass_act"
+            )
+            pss = g.matmul(hid, ph.gpool_to_pass_mul2.name, ph.gpool_to_pass_mul2.weight)
+        return [policy, pss]
+
+    def value_head(self, t: Act) -> list[str]:
+        g, vh = self.g, self.net.value_head
+        w1, b1 = _fold(vh.v1_conv, vh.v1_bn)
+        v1 = g.affine_act_mask(g.conv(t, vh.v1_conv.name, w1, b1), vh.v1_bn.name, None, None, vh.v1_act.kind)
+        pooled = g.value_pool(v1, f"{vh.name}.vpool")
+        v2 = g.matmul(pooled, vh.v2_mul.name, vh.v2_mul.weight, vh.v2_bias.bias)
+        v2 = g.activation(v2, vh.v2_act.kind, vh.v2_act.name)
+        value = g.matmul(v2, vh.v3_mul.name, vh.v3_mul.weight, vh.v3_bias.bias)
+        score = g.matmul(v2, vh.sv3_mul.name, vh.sv3_mul.weight, vh.sv3_bias.bias)
+        own = g.to_layout(g.conv(v1, vh.ownership_conv.name, vh.ownership_conv.weight), "nchw")
+        ownership = g.op("Reshape", [own.name, g.ints("shape/ownership", [0, self.s])], "ownership")
+        return [value, score, ownership]
+
+
+def _is_1x1(conv: ConvLayer) -> bool:
+    return conv.kernel_y == 1 and conv.kernel_x == 1
