@@ -1,0 +1,249 @@
+"""KataGo's V7 NN input features (``NNInputs::fillRowV7``, spec §3): 22 spatial + 19 global.
+
+Everything is from the side to move's view (``pla``; ``opp`` the other colour)::
+
+    spatial  0 on board          1 pla stone        2 opp stone       3/4/5 chain has 1/2/3 libs
+             6 ko / superko ban  7-8 encore only    9-13 last 5 move locations (opp, pla, ...)
+             14/15/16 ladder-captured chains on the board now / 1 / 2 turns ago
+             17 ladder-working moves against opp      18/19 pla/opp area   20-21 encore only
+    global   0-4 last 5 moves were passes   5 selfKomi/20   6-7 ko rule   8 suicide
+             9 territory scoring   10-11 tax   12-13 encore   14 pass would end phase
+             15-16 playout doubling advantage   17 button   18 komi parity wave
+
+Options used by KataGo's analysis engine (its root evaluation): ``max_history=0``
+(``ignorePreRootHistory``; for a node below the root pass the number of moves since the root)
+and ``conservative_pass=True`` (history and global 14 suppressed when a pass would end the game).
+``kata-raw-nn`` uses the defaults (full history, no conservative pass).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.game.area import calculate_area, independent_life_area
+from agent.game.board import EMPTY, Board
+from agent.game.coords import PASS_LOC
+from agent.game.ladder import ladder_scan
+from agent.game.state import GameState
+from agent.game.symmetry import apply_symmetry
+
+F32 = npt.NDArray[np.float32]
+NUM_SPATIAL = 22
+NUM_GLOBAL = 19
+KOMI_CLIP_RADIUS = 20.0
+
+
+@lru_cache(maxsize=64)
+def _pos_table(x_size: int, y_size: int, nn_x: int, nn_y: int) -> tuple[npt.NDArray[np.intp], list[int]]:
+    """Buffer position of every loc (or -1), and the board's buffer positions in scan order."""
+    stride = x_size + 1
+    table = np.full((x_size + 1) * (y_size + 2) + 1, -1, dtype=np.intp)
+    onboard = []
+    for y in range(y_size):
+        for x in range(x_size):
+            table[(x + 1) + (y + 1) * stride] = y * nn_x + x
+            onboard.append(y * nn_x + x)
+    return table, onboard
+
+
+def _area(board: Board, scoring: str, tax: str, suicide: bool) -> list[int] | None:
+    if scoring != "AREA":
+        return None  # territory scoring: only in encore phase 2, which GTP/analysis never reach
+    key = f"area:{tax}:{suicide}"
+    cache = board.cache
+    if cache is not None and key in cache:
+        return cache[key]  # type: ignore[return-value]
+    if tax == "NONE":
+        area = calculate_area(board, True, True, True, suicide)
+    else:
+        area = independent_life_area(board, False, True, suicide)[0]
+    if board.cache is None:
+        board.cache = {}
+    board.cache[key] = area
+    return area
+
+
+def encode_v7(
+    state: GameState,
+    *,
+    symmetry: int = 0,
+    nn_x: int = 19,
+    nn_y: int = 19,
+    conservative_pass: bool = False,
+    max_history: int = 1000,
+    enable_passing_hacks: bool = False,
+    playout_doubling_advantage: float = 0.0,
+    draw_equivalent_wins_for_white: float = 0.5,
+    pass_alive_suicide: bool = False,
+) -> tuple[F32, F32]:
+    """V7 inputs of ``state``: ``spatial`` float32 [22, nn_y, nn_x] and ``global`` float32 [19].
+
+    ``pass_alive_suicide`` is the model header's ``preferPassAliveUnderSuicideRules`` flag.
+    ``playout_doubling_advantage`` is from the side to move's view.
+    """
+    board = state.board
+    rules = state.rules
+    pla = state.pla
+    opp = 3 - pla
+    if board.x_size > nn_x or board.y_size > nn_y:
+        raise ValueError(f"board {board.x_size}x{board.y_size} does not fit a {nn_x}x{nn_y} buffer")
+    table, onboard = _pos_table(board.x_size, board.y_size, nn_x, nn_y)
+    spatial = np.zeros((NUM_SPATIAL, nn_y * nn_x), dtype=np.float32)
+    glob = np.zeros(NUM_GLOBAL, dtype=np.float32)
+    spatial[0, onboard] = 1.0
+
+    # stones and liberties
+    own: list[int] = []
+    other: list[int] = []
+    lib_planes: tuple[list[int], list[int], list[int]] = ([], [], [])
+    color = board.color
+    libs = board.libs
+    for head, st in board.stones.items():
+        (own if color[head] == pla else other).extend(st)
+        n = len(libs[head])
+        if n <= 3:
+            lib_planes[n - 1].extend(st)
+    if own:
+        spatial[1, table[own]] = 1.0
+    if other:
+        spatial[2, table[other]] = 1.0
+    for i in range(3):
+        if lib_planes[i]:
+            spatial[3 + i, table[lib_planes[i]]] = 1.0
+
+    # ko and superko bans (main phase)
+    bans = list(state.superko_banned())
+    if board.ko_loc != 0:
+        bans.append(board.ko_loc)
+    if bans:
+        spatial[6, table[bans]] = 1.0
+
+    # history
+    self_komi = state.self_komi(pla, draw_equivalent_wins_for_white)
+    area = _area(board, rules.scoring, rules.tax, rules.suicide or pass_alive_suicide)
+    hist_len = 5
+    suppress = False
+    if state.pass_would_end_game(pla) and (
+        conservative_pass
+        or state.should_suppress_end_game_from_friendly_pass(pla)
+        or (enable_passing_hacks and _game_end_would_not_be_win(area, board, pla, self_komi, rules.tax))
+    ):
+        hist_len = 0
+        suppress = True
+    elif state.is_game_finished or state.is_past_normal_phase_end:
+        hist_len = 1
+    hist_len = min(hist_len, max_history, state.turns_this_phase)
+    moves = state.moves
+    included = 0
+    for k in range(1, hist_len + 1):
+        loc, who = moves[-k]
+        if who != (opp if k % 2 == 1 else pla):
+            break
+        included = k
+        if loc == PASS_LOC:
+            glob[k - 1] = 1.0
+        else:
+            spatial[8 + k, table[loc]] = 1.0
+
+    # ladders
+    scan = ladder_scan(board)
+    if scan.laddered:
+        spatial[14, table[scan.laddered]] = 1.0
+    prev = board if included < 1 else state.recent[1]
+    prev2 = prev if included < 2 else state.recent[2]
+    scan1 = ladder_scan(prev)
+    if scan1.laddered:
+        spatial[15, table[scan1.laddered]] = 1.0
+    scan2 = ladder_scan(prev2)
+    if scan2.laddered:
+        spatial[16, table[scan2.laddered]] = 1.0
+    if scan.working[opp]:
+        spatial[17, table[scan.working[opp]]] = 1.0
+
+    # areas
+    if area is not None:
+        mine = [loc for loc in board.geo.all_locs() if area[loc] == pla]
+        theirs = [loc for loc in board.geo.all_locs() if area[loc] == opp]
+        if mine:
+            spatial[18, table[mine]] = 1.0
+        if theirs:
+            spatial[19, table[theirs]] = 1.0
+
+    # globals
+    k = np.float32(self_komi)
+    b_area = np.float32(board.x_size * board.y_size)
+    k = min(max(k, -b_area - np.float32(KOMI_CLIP_RADIUS)), b_area + np.float32(KOMI_CLIP_RADIUS))
+    glob[5] = k / np.float32(20.0)
+    if rules.ko in ("POSITIONAL", "SPIGHT"):
+        glob[6], glob[7] = 1.0, 0.5
+    elif rules.ko == "SITUATIONAL":
+        glob[6], glob[7] = 1.0, -0.5
+    glob[8] = 1.0 if rules.suicide else 0.0
+    glob[9] = 1.0 if rules.scoring == "TERRITORY" else 0.0
+    if rules.tax == "SEKI":
+        glob[10] = 1.0
+    elif rules.tax == "ALL":
+        glob[10], glob[11] = 1.0, 1.0
+    if state.pass_would_end_phase(pla) and not suppress:
+        glob[14] = 1.0
+    if playout_doubling_advantage != 0.0:
+        glob[15] = 1.0
+        glob[16] = np.float32(0.5 * playout_doubling_advantage)
+    glob[17] = 1.0 if state.has_button else 0.0
+    if rules.scoring == "AREA":
+        glob[18] = _komi_wave(k, board.x_size * board.y_size)
+
+    out = spatial.reshape(NUM_SPATIAL, nn_y, nn_x)
+    if symmetry:
+        out = np.ascontiguousarray(apply_symmetry(out, symmetry))
+    return out, glob
+
+
+def _komi_wave(k: np.float32, area: int) -> np.float32:
+    two = np.float32(2.0)
+    one = np.float32(1.0)
+    if area % 2 == 0:
+        floor_k = np.float32(np.floor(k / two)) * two
+    else:
+        floor_k = np.float32(np.floor((k - one) / two)) * two + one
+    d = np.float32(min(max(np.float32(k - floor_k), np.float32(0.0)), two))
+    if d < 0.5:
+        return d
+    if d < 1.5:
+        return np.float32(one - d)
+    return np.float32(d - two)
+
+
+def _game_end_would_not_be_win(area: list[int] | None, board: Board, pla: int, self_komi: float, tax: str) -> bool:
+    """``finalPhaseAndGameEndWouldNotBeWin`` for the passing hacks (area scoring only)."""
+    if area is None:
+        return False
+    opp = 3 - pla
+    score = 0
+    for loc in board.geo.all_locs():
+        a = area[loc]
+        if a == pla:
+            score += 1
+        elif a == opp:
+            score -= 1
+    if tax == "ALL":
+        _, wmb = independent_life_area(board, False, True, False)
+        score += -2 * wmb if pla == 2 else 2 * wmb
+    return score + self_komi <= 0
+
+
+def legal_mask(state: GameState, nn_x: int = 19, nn_y: int = 19) -> npt.NDArray[np.bool_]:
+    """Legal moves as a flat bool array of ``nn_x*nn_y + 1`` (last entry: pass, always legal)."""
+    table, _ = _pos_table(state.board.x_size, state.board.y_size, nn_x, nn_y)
+    mask = np.zeros(nn_x * nn_y + 1, dtype=np.bool_)
+    legal = [m for m in state.legal_moves(include_pass=False)]
+    if legal:
+        mask[table[legal]] = True
+    mask[-1] = True
+    return mask
+
+
+__all__ = ["EMPTY", "encode_v7", "legal_mask"]

@@ -1,0 +1,267 @@
+"""KataGo's ladder search and the per-board ladder scan behind V7 channels 14-17 (spec §3.6).
+
+``ladder_captured`` is a depth-first AND/OR search on a scratch board (moves are played and
+undone): the attacker keeps the defender chain at two liberties and tries its liberties, the
+defender tries captures of attacker chains in atari and then its own liberty. Fast bounds cut
+most nodes: a defender who would get 3 liberties escapes at once, a lone defender move that
+cannot reach 2 liberties is captured. Limits mirror KataGo's: maximum depth
+``x*y*3/2 + 1`` (reaching it counts as captured) and a 25 000-move budget per search, whose
+exhaustion returns "not captured" and leaves the scratch board's ko point cleared (a KataGo
+quirk that later searches on the same scratch board inherit).
+
+``ladder_scan(board)`` runs ``iterLadders``: every chain with 1 or 2 liberties, once per chain,
+in row-major order; results are cached on the (immutable, snapshotted) board.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.game.board import BLACK, EMPTY, WALL, WHITE, Board
+from agent.game.coords import NULL_LOC
+
+MAX_LADDER_MOVES = 25_000
+
+
+class _BudgetExhausted(Exception):
+    pass
+
+
+@dataclass
+class LadderScan:
+    """Stones of ladder-captured chains, and ladder-working moves by the *defender's* colour."""
+
+    laddered: list[int] = field(default_factory=list)
+    working: dict[int, list[int]] = field(default_factory=lambda: {BLACK: [], WHITE: []})
+
+
+class _Search:
+    __slots__ = ("b", "budget", "limit", "loc")
+
+    def __init__(self, board: Board, loc: int, budget: list[int]) -> None:
+        self.b = board
+        self.loc = loc
+        self.budget = budget
+        self.limit = board.x_size * board.y_size * 3 // 2 + 1
+
+    def _libs_if_played(self, m: int, pla: int) -> int:
+        b = self.b
+        u = b.play(m, pla)
+        n = len(b.libs[b.cid[m]]) if b.color[m] == pla else 0
+        b.undo(u)
+        return n
+
+    def _is_ko_capture_for(self, m: int, attacker: int, defender: int) -> bool:
+        b = self.b
+        color = b.color
+        in_atari = 0
+        single = False
+        for n in b.neighbors(m):
+            c = color[n]
+            if c == WALL:
+                continue
+            if c != defender:
+                return False
+            if len(b.libs[b.cid[n]]) == 1:
+                in_atari += 1
+                single = len(b.stones[b.cid[n]]) == 1
+        return in_atari == 1 and single
+
+    def _attacker_move_score(self, m: int, defender: int) -> int:
+        b = self.b
+        color = b.color
+        score = 0
+        for n in b.neighbors(m):
+            c = color[n]
+            if c == EMPTY:
+                score += 2
+            elif c == defender:
+                nl = len(b.libs[b.cid[n]])
+                if nl > 1:
+                    score += 2 * nl - 3
+        return score
+
+    def node(self, depth: int, defender_first: bool) -> bool:
+        """True if the defender chain at ``self.loc`` is captured from this node."""
+        if depth >= self.limit - 1:
+            return True
+        b = self.b
+        color = b.color
+        loc = self.loc
+        defender = color[loc]
+        attacker = 3 - defender
+        head = b.cid[loc]
+        libs = b.libs[head]
+        nlibs = len(libs)
+        stride = b.stride
+        defender_to_move = (depth % 2 == 0) == defender_first
+        moves: list[int]
+        if not defender_to_move:
+            if nlibs <= 1:
+                return True
+            if nlibs >= 3:
+                return False
+            a, c2 = libs
+            ia = sum(1 for n in (a - stride, a - 1, a + 1, a + stride) if color[n] == EMPTY)
+            ib = sum(1 for n in (c2 - stride, c2 - 1, c2 + 1, c2 + stride) if color[n] == EMPTY)
+            if (
+                ia == 0
+                and ib == 0
+                and self._is_ko_capture_for(a, attacker, defender)
+                and self._is_ko_capture_for(c2, attacker, defender)
+                and self._libs_if_played(a, defender) <= 2
+                and self._libs_if_played(c2, defender) <= 2
+                and not self._attacker_chain_in_atari(head, attacker)
+            ):
+                return True
+            adjacent = c2 in (a - stride, a - 1, a + 1, a + stride)
+            if not adjacent and ia >= 3 and ib >= 3:
+                return False
+            if not adjacent and ia >= 3:
+                moves = [a]
+            elif not adjacent and ib >= 3:
+                moves = [c2]
+            elif self._attacker_move_score(c2, defender) > self._attacker_move_score(a, defender):
+                moves = [c2, a]
+            else:
+                moves = [a, c2]
+            mover = attacker
+        else:
+            if nlibs >= 2 or b.ko_loc != NULL_LOC:
+                return False
+            moves = []
+            seen: set[int] = set()
+            for s in b.stones[head]:
+                for n in (s - stride, s - 1, s + 1, s + stride):
+                    if color[n] == attacker:
+                        h2 = b.cid[n]
+                        if h2 not in seen:
+                            seen.add(h2)
+                            l2 = b.libs[h2]
+                            if len(l2) == 1:
+                                (lib,) = l2
+                                if lib not in moves:
+                                    moves.append(lib)
+            (own,) = libs
+            if own not in moves:
+                moves.append(own)
+            last = moves[-1]
+            n_empty = n_caps = cap_size = conn = 0
+            max_conn = 0
+            for n in (last - stride, last - 1, last + 1, last + stride):
+                c = color[n]
+                if c == EMPTY:
+                    n_empty += 1
+                elif c == attacker:
+                    h2 = b.cid[n]
+                    if len(b.libs[h2]) == 1:
+                        n_caps += 1
+                        cap_size += len(b.stones[h2])
+                elif c == defender:
+                    extra = len(b.libs[b.cid[n]]) - 1
+                    conn += extra
+                    max_conn = max(max_conn, extra)
+            if n_caps + max(max_conn, n_empty) >= 3:
+                return False
+            if len(moves) == 1 and n_empty + cap_size + conn <= 1:
+                return True
+            mover = defender
+        for m in moves:
+            if not b.is_legal(m, mover, False):
+                continue
+            self.budget[0] -= 1
+            if self.budget[0] < 0:
+                raise _BudgetExhausted
+            u = b.play(m, mover)
+            try:
+                r = self.node(depth + 1, defender_first)
+            finally:
+                b.undo(u)
+            if r == (not defender_to_move):
+                return r
+        return defender_to_move
+
+    def _attacker_chain_in_atari(self, head: int, attacker: int) -> bool:
+        b = self.b
+        color = b.color
+        stride = b.stride
+        for s in b.stones[head]:
+            for n in (s - stride, s - 1, s + 1, s + stride):
+                if color[n] == attacker and len(b.libs[b.cid[n]]) == 1:
+                    return True
+        return False
+
+
+def ladder_captured(board: Board, loc: int, defender_first: bool = True, budget: list[int] | None = None) -> bool:
+    """Is the chain at ``loc`` (1 liberty; 2 if not ``defender_first``) captured in a ladder?
+
+    ``board`` is a scratch board: it is restored, except for the budget quirk (ko point cleared).
+    """
+    bud = budget if budget is not None else [MAX_LADDER_MOVES]
+    saved_ko = board.ko_loc
+    if defender_first:
+        board.ko_loc = NULL_LOC
+    try:
+        r = _Search(board, loc, bud).node(0, defender_first)
+    except _BudgetExhausted:
+        board.ko_loc = NULL_LOC
+        return False
+    board.ko_loc = saved_ko
+    return r
+
+
+def ladder_captured_attacker_first_2libs(board: Board, loc: int) -> tuple[bool, list[int]]:
+    """For a chain with exactly 2 liberties: can the attacker start a working ladder? Returns
+    (captured, the attacker first moves that work)."""
+    defender = board.color[loc]
+    attacker = 3 - defender
+    works: list[int] = []
+    for m in list(board.libs[board.cid[loc]]):
+        if board.is_legal(m, attacker, False):
+            u = board.play(m, attacker)
+            ok = ladder_captured(board, loc, True)
+            board.undo(u)
+            if ok:
+                works.append(m)
+    return bool(works), works
+
+
+def ladder_scan(board: Board) -> LadderScan:
+    """KataGo's ``iterLadders`` over one board (cached on the board object)."""
+    cached = board.cache.get("ladder") if board.cache is not None else None
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    out = LadderScan()
+    scratch: Board | None = None
+    solved: dict[int, bool] = {}
+    color = board.color
+    cid = board.cid
+    libs = board.libs
+    for loc in board.geo.all_locs():
+        c = color[loc]
+        if c == EMPTY:
+            continue
+        head = cid[loc]
+        nl = len(libs[head])
+        if nl != 1 and nl != 2:
+            continue
+        done = solved.get(head)
+        if done is not None:
+            if done:
+                out.laddered.append(loc)
+            continue
+        if scratch is None:
+            scratch = board.copy()
+        if nl == 1:
+            r = ladder_captured(scratch, loc, True)
+            wm: list[int] = []
+        else:
+            r, wm = ladder_captured_attacker_first_2libs(scratch, loc)
+        solved[head] = r
+        if r:
+            out.laddered.append(loc)
+            out.working[c].extend(wm)
+    if board.cache is None:
+        board.cache = {}
+    board.cache["ladder"] = out
+    return out
