@@ -17,9 +17,9 @@ Under systemd the directories default to the ones the unit asks for (``StateDire
 they fall back to the XDG folders of the user.
 
 Settings owned by other modules are embedded as sub-tables: ``[mqtt]`` is
-``agent.transports.mqtt.MqttSettings`` and ``[katago]`` is
-``agent.engines.katago_binary.KataGoSettings``; until those modules exist the placeholders below
-stand in for them.
+``agent.transports.mqtt_settings.MqttSettings`` and ``[katago]`` is
+``agent.engines.katago_binary.KataGoSettings`` (until that module exists a placeholder below
+stands in for it). ``[overrides]`` is deep-merged into the chosen profile (``agent.profiles``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import ConfigError
+from agent.transports.mqtt_settings import MqttSettings
 
 ENV_PREFIX = "KATAGO_EDGE_"
 DEFAULT_CONFIG_PATHS = (Path("/etc/katago-edge/agent.toml"),)
@@ -86,14 +87,6 @@ def split_host_port(text: str, default_port: int) -> tuple[str, int]:
     return host, port
 
 
-class MqttSettings(_Strict):
-    """Placeholder for ``agent.transports.mqtt.MqttSettings`` (helper F) until it lands."""
-
-    host: str | None = Field(default=None, description="broker host; no host = MQTT off")
-    port: int = Field(default=1883, ge=1, le=65535)
-    prefix: str = "katago"
-
-
 class KataGoSettings(_Strict):
     """Placeholder for ``agent.engines.katago_binary.KataGoSettings`` (helper G) until it lands."""
 
@@ -126,16 +119,18 @@ class AgentConfig(_Strict):
     model: str | None = Field(default=None, description="network: path, URL or model-store name")
     engine: Literal["auto", "native", "katago"] = "auto"
     root: Path = Field(default=Path("/"), description="hardware probe root (a captured device tree in tests)")
-    profiles_dir: Path | None = Field(default=None, description="extra profiles folder; unset = shipped profiles")
+    profiles_dir: Path | None = Field(
+        default=None, description="extra profiles folder; unset = shipped profiles"
+    )
     state_dir: Path = Field(default_factory=default_state_dir)
     model_store: Path | None = Field(default=None, description="unset = <state_dir>/models")
     cache_dir: Path = Field(default_factory=default_cache_dir)
-    health_interval: float = Field(default=30.0, gt=0, description="seconds between health publications")
     stop_timeout: float = Field(default=20.0, gt=0, description="seconds to finish in-flight work on SIGTERM")
     max_visits: int | None = Field(default=None, ge=1, description="cap on maxVisits; unset = the profile's")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="profile fields to override")
     socket: SocketSettings = Field(default_factory=lambda: SocketSettings())
     websocket: WebSocketSettings = Field(default_factory=lambda: WebSocketSettings())
-    mqtt: MqttSettings = Field(default_factory=lambda: MqttSettings())
+    mqtt: MqttSettings = Field(default_factory=lambda: MqttSettings.model_validate({}))
     katago: KataGoSettings = Field(default_factory=lambda: KataGoSettings())
 
     @field_validator("device_id")

@@ -1,0 +1,217 @@
+"""What ``katago-edge serve`` does before it can serve: plan, prepare the network, build the engine.
+
+1. **Plan.** Probe the hardware under ``config.root`` (``agent.hardware.probe_hardware``) and
+   choose a profile (``agent.profiles``), or take the one named in the config. The plan says
+   which engine (native search or a KataGo binary), which runtime and precision, threads and
+   visit caps.
+2. **Network.** ``config.model`` is a path, a URL or a model-store name; ``agent.network.fetch``
+   brings it into the store. A runtime other than numpy needs a converted file; conversions are
+   cached under ``<cache_dir>/converted/<sha256 of the source>-<runtime>-<precision>`` so a
+   restart (or a second ``install.sh``) does not convert again, and a new network (new hash)
+   never reuses an old conversion. ``fake`` (or ``fake:delay=SECONDS``) selects the
+   deterministic fake network of ``agent.runtime.fake``: no file, for tests and dry runs.
+3. **Engine.** The native engine runs our search over the loaded net; ``katago`` supervises a
+   KataGo binary. The engine is wrapped in the ``AnalysisService`` every transport shares.
+
+Each step that can fail raises an ``AgentError`` whose message says what to do, because the
+daemon prints exactly that one line and exits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.errors import AgentError, ConfigError, ModelStoreError, RuntimeUnavailable
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+CONVERTED_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tensorrt": ".engine"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The decisions taken before serving; also reported in status and health."""
+
+    profile: str
+    hardware_kind: str
+    hardware_model: str
+    engine: str  # "native" | "katago"
+    runtimes: tuple[tuple[str, str], ...]  # (runtime, precision) by preference; first that loads wins
+    threads: int = 2
+    batch_size: int = 8
+    max_visits: int | None = None
+    recommended_network: str | None = None
+    reasons: tuple[str, ...] = ()
+
+
+def _optional(module: str) -> Any | None:
+    """Import ``module`` if it is installed; a missing dependency *inside* it still raises."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name and module.startswith(exc.name):
+            return None
+        raise
+
+
+# profile runtime names (agent.profiles) -> the runtime names of agent.runtime / the converters
+RUNTIME_ALIASES = {"onnxruntime": "onnx", "litert": "tflite", "tensorrt": "tensorrt", "numpy": "numpy"}
+
+
+def make_plan(config: AgentConfig) -> Plan:
+    """Probe the hardware and choose the profile (or apply the one named in the config)."""
+    from agent import profiles
+    from agent.hardware import probe_hardware
+    from agent.hardware.runtimes import probe_runtimes
+
+    hardware = probe_hardware(config.root).with_runtimes(probe_runtimes(config.katago.binary))
+    overrides: dict[str, Any] = dict(config.overrides)
+    if config.profile:
+        overrides["profile"] = config.profile
+    known = profiles.load_profiles(config.profiles_dir)
+    profile, reasons = profiles.select(hardware, overrides, known)
+    choice, _ = profiles.choose_runtime(profile, hardware.runtimes)
+    ordered = list(profile.runtimes)
+    if choice is not None:  # the usable one first, the rest as fallbacks
+        ordered.remove(choice)
+        ordered.insert(0, choice)
+    engine = config.engine if config.engine != "auto" else profile.engine.kind
+    runtimes = [(RUNTIME_ALIASES[c.runtime], c.precision) for c in ordered if c.runtime in RUNTIME_ALIASES]
+    if ("numpy", "fp32") not in runtimes:
+        runtimes.append(("numpy", "fp32"))  # the reference runtime runs everywhere, slowly
+    return Plan(
+        profile=profile.name,
+        hardware_kind=hardware.kind,
+        hardware_model=hardware.model,
+        engine=engine,
+        runtimes=tuple(runtimes),
+        threads=profile.search.threads,
+        batch_size=profile.search.batch_size,
+        max_visits=config.max_visits or profile.search.max_visits,
+        recommended_network=profile.network.recommended,
+        reasons=tuple(reasons),
+    )
+
+
+# --- the network ---------------------------------------------------------------------------------
+
+
+def parse_fake(spec: str) -> dict[str, float] | None:
+    """``fake`` or ``fake:delay=0.05`` -> keyword arguments for ``FakeNet``; None otherwise."""
+    if spec != "fake" and not spec.startswith("fake:"):
+        return None
+    kwargs: dict[str, float] = {}
+    for item in filter(None, spec.partition(":")[2].split(",")):
+        key, _, value = item.partition("=")
+        if key not in ("delay", "seed"):
+            raise ConfigError(f"model {spec!r}: unknown fake-network option {key!r} (delay, seed)")
+        kwargs[key] = float(value)
+    return kwargs
+
+
+def fetch_network(config: AgentConfig, progress: Progress) -> Path:
+    """``config.model`` as a local ``.bin.gz`` path in the model store."""
+    spec = config.model
+    if not spec:
+        raise ModelStoreError(
+            "no network configured: pass --model PATH|URL, or set model = ... in the config "
+            "(`katago-edge fetch-model katrain` fetches one)"
+        )
+    fetch_mod = _optional("agent.network.fetch")
+    if fetch_mod is not None and hasattr(fetch_mod, "fetch_model"):
+        progress(f"fetching network {spec}")
+        return Path(fetch_mod.fetch_model(spec, store=config.model_store_dir))
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ModelStoreError(f"network {spec} not found: give a path to a KataGo .bin.gz file")
+    return path
+
+
+def source_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def converted_path(config: AgentConfig, source: Path, runtime: str, precision: str) -> Path:
+    """Cache location of ``source`` converted for ``runtime``/``precision`` (keyed by content)."""
+    return (
+        config.converted_dir / f"{source_hash(source)[:16]}-{runtime}-{precision}{CONVERTED_SUFFIX[runtime]}"
+    )
+
+
+def prepare_for_runtime(
+    config: AgentConfig, source: Path, runtime: str, precision: str, progress: Progress
+) -> Path:
+    """The file ``runtime`` loads: the source itself for numpy, else a cached verified conversion."""
+    if runtime == "numpy":
+        return source
+    if runtime not in CONVERTED_SUFFIX:
+        raise RuntimeUnavailable(f"unknown runtime {runtime!r}")
+    target = converted_path(config, source, runtime, precision)
+    if target.is_file():
+        logger.info("using cached %s conversion %s", runtime, target)
+        return target
+    convert_mod = _optional("agent.network.convert")
+    if convert_mod is None or not hasattr(convert_mod, "convert_network"):
+        raise RuntimeUnavailable(f"converting to {runtime} needs agent.network.convert (not installed)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    progress(f"converting network to {runtime} {precision} (once; cached by source hash)")
+    convert_mod.convert_network(source, target, to=runtime, precision=precision)
+    return target
+
+
+def load_net(config: AgentConfig, plan: Plan, progress: Progress) -> Any:
+    """Load the network with the first runtime of the plan that works; say which in the log."""
+    fake = parse_fake(config.model or "")
+    if fake is not None:
+        from agent.runtime.fake import FakeNet
+
+        return FakeNet(seed=int(fake.get("seed", 1)), delay=fake.get("delay", 0.0))
+    source = fetch_network(config, progress)
+    runtime_mod = _optional("agent.runtime")
+    loader = getattr(runtime_mod, "load_net", None)
+    if loader is None:
+        raise RuntimeUnavailable("no network runtime installed (agent.runtime.load_net is missing)")
+    failures = []
+    for runtime, precision in plan.runtimes:
+        try:
+            path = prepare_for_runtime(config, source, runtime, precision, progress)
+            progress(f"loading network with {runtime}")
+            return loader(path, runtime=runtime)
+        except AgentError as exc:
+            failures.append(f"{runtime}: {exc}")
+            logger.warning("runtime %s unusable: %s", runtime, exc)
+    raise RuntimeUnavailable("no runtime could load the network: " + "; ".join(failures))
+
+
+def build_engine(config: AgentConfig, plan: Plan, progress: Progress) -> Any:
+    """The engine the plan asks for (native search over the net, or a supervised KataGo)."""
+    if plan.engine == "katago":
+        module = _optional("agent.engines.katago_binary")
+        if module is None:
+            raise RuntimeUnavailable("engine 'katago' needs agent.engines.katago_binary (not installed)")
+        source = fetch_network(config, progress)
+        return module.KataGoEngine(config.katago, model=source)
+    module = _optional("agent.engines.native")
+    if module is None:
+        raise RuntimeUnavailable("engine 'native' needs agent.engines.native (not installed)")
+    net = load_net(config, plan, progress)
+    return module.NativeEngine(net, threads=plan.threads, max_batch_size=plan.batch_size)
+
+
+def build_service(engine: Any) -> Any:
+    from agent.protocol.service import AnalysisService
+
+    return AnalysisService(engine)
