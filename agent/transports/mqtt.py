@@ -1,0 +1,366 @@
+"""MQTT transport: analysis requests in, replies out, status and health published (paho-mqtt 2, MQTT 5).
+
+Life cycle of the connection (Frigate's availability pattern, with MQTT 5 sessions)::
+
+    will_set(status, {"state": "offline"}, qos 1, retained)   before connecting
+    CONNECT clean_start=0, Session Expiry Interval            broker keeps subscriptions + queued
+                                                              QoS 1 requests while we are away
+    on every CONNACK: subscribe requests, publish status "online" (retained), health
+    every health_interval_s: health (retained, Message Expiry Interval)
+    stop(clean=True): publish status "stopped" (retained), DISCONNECT (the broker drops the will)
+
+paho reconnects by itself with exponential backoff (``reconnect_min_s`` .. ``reconnect_max_s``);
+replies published while disconnected wait in paho's outgoing queue (``outgoing_queue`` messages;
+beyond that they are dropped and counted as ``dropped_outgoing``). A refused login (bad user name
+or password, not authorized) is logged once per attempt with the reason and retried with the same
+backoff, at most ``auth_retry_limit`` times; then the transport gives up and ``error`` says why.
+Message handling itself lives in :mod:`agent.transports.mqtt_dispatch` (no paho there).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from agent import __version__
+from agent.errors import ConfigError, TransportError
+from agent.transports.mqtt_dispatch import HandleQuery, RequestDispatcher
+from agent.transports.mqtt_handlers import Incoming, ReplyTo, Response, encode, status_payload
+from agent.transports.mqtt_settings import MqttSettings, resolve_password
+from agent.transports.topics import DeviceTopics
+
+__all__ = ["MqttSettings", "MqttTransport", "make_client", "publish_properties"]
+
+logger = logging.getLogger(__name__)
+
+AUTH_REFUSED = {134, 135, 4, 5}  # MQTT 5 Bad user name or password / Not authorized; 3.1.1 codes 4, 5
+InfoSource = Callable[[], dict[str, Any]] | dict[str, Any] | None
+
+
+def make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
+    """A paho MQTT 5 client with TLS, credentials and reconnect backoff set from ``settings``."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+    )
+    if settings.use_tls:
+        try:
+            client.tls_set(
+                ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                certfile=str(settings.cert_file) if settings.cert_file else None,
+                keyfile=str(settings.key_file) if settings.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"MQTT TLS set-up failed: {exc}") from exc
+        client.tls_insecure_set(settings.tls_insecure)
+    if settings.username:
+        client.username_pw_set(settings.username, resolve_password(settings))
+    client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+    client.max_queued_messages_set(settings.outgoing_queue)
+    client.max_inflight_messages_set(100)
+    return client
+
+
+def publish_properties(
+    expiry_s: int | None = None, correlation: bytes | None = None, response_topic: str | None = None
+) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    if expiry_s is not None:
+        props.MessageExpiryInterval = int(expiry_s)
+    if correlation is not None:
+        props.CorrelationData = correlation
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    return props
+
+
+def _info(source: InfoSource) -> dict[str, Any]:
+    if source is None:
+        return {}
+    return dict(source() if callable(source) else source)
+
+
+class MqttTransport:
+    """Serves KataGo analysis queries over MQTT for one device and reports its status and health.
+
+    ``handle_query(query, emit)`` is the analysis service's entry point (``AnalysisService.handle_query``);
+    ``health_source()`` returns the health snapshot dict; ``status_info`` (dict or callable) adds
+    profile, engine, runtime and network to the status document.
+    """
+
+    def __init__(
+        self,
+        config: MqttSettings,
+        device_id: str,
+        handle_query: HandleQuery,
+        health_source: Callable[[], dict[str, Any]] | None = None,
+        status_info: InfoSource = None,
+        on_fatal: Callable[[TransportError], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.device_id = device_id
+        self.topics = DeviceTopics(config.topic_prefix, device_id)
+        self.client_id = config.client_id or f"katago-edge-{device_id}"
+        self._health_source = health_source
+        self._status_info = status_info
+        self._on_fatal = on_fatal
+        self._since = time.time()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self._counts = {
+            "connects": 0,
+            "disconnects": 0,
+            "auth_failures": 0,
+            "dropped_outgoing": 0,
+            "publish_errors": 0,
+        }
+        self._error: TransportError | None = None
+        self._health_thread: threading.Thread | None = None
+        self.dispatcher = RequestDispatcher(
+            handle_query,
+            self._publish_reply,
+            max_concurrent=config.max_concurrent,
+            max_queue=config.max_queue,
+            max_payload_bytes=config.max_payload_bytes,
+            request_timeout_s=config.request_timeout_s,
+            dedup_ttl_s=config.dedup_ttl_s,
+        )
+        self._client = make_client(config, self.client_id)
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        will = status_payload(
+            "offline", device_id, self._since, {"version": __version__, **_info(status_info)}
+        )
+        self._client.will_set(self.topics.status, encode(will), qos=1, retain=True)
+
+    # -- public -----------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def error(self) -> TransportError | None:
+        """Set when the transport gave up (credentials refused ``auth_retry_limit`` times)."""
+        return self._error
+
+    def start(self) -> None:
+        """Connect in the background (returns at once; the broker may come up later)."""
+        self.dispatcher.start()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.config.session_expiry_s
+        logger.info(
+            "MQTT: connecting to %s:%s as %s (tls=%s, user=%s)",
+            self.config.host,
+            self.config.port,
+            self.client_id,
+            self.config.use_tls,
+            self.config.username or "-",
+        )
+        self._client.connect_async(
+            self.config.host,
+            self.config.port,
+            keepalive=self.config.keepalive_s,
+            clean_start=False,
+            properties=props,
+        )
+        self._client.loop_start()
+        self._health_thread = threading.Thread(target=self._health_loop, name="mqtt-health", daemon=True)
+        self._health_thread.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._error is not None:
+                raise self._error
+            if self._connected.wait(0.05):
+                return True
+        return self._connected.is_set()
+
+    def stop(self, clean: bool = True, timeout: float = 5.0) -> None:
+        """Stop serving: answer or abort pending requests, publish ``stopped``, disconnect."""
+        self._stop.set()
+        self.dispatcher.stop(timeout)
+        if clean and self._connected.is_set():
+            info = self._publish(self.topics.status, self._status("stopped"), retain=True)
+            if info is not None:
+                try:
+                    info.wait_for_publish(timeout=min(timeout, 3.0))
+                except (RuntimeError, ValueError) as exc:
+                    logger.warning("MQTT: 'stopped' status not confirmed: %s", exc)
+        self._client.disconnect()
+        self._client.loop_stop()
+        if self._health_thread is not None:
+            self._health_thread.join(timeout=2.0)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = dict(self._counts)
+        out["connected"] = self.connected
+        out.update(self.dispatcher.stats())
+        return out
+
+    def publish_health(self) -> None:
+        """Publish one health snapshot now (also done every ``health_interval_s``)."""
+        snapshot: dict[str, Any] = {}
+        if self._health_source is not None:
+            try:
+                snapshot = dict(self._health_source())
+            except Exception as exc:  # health must never take the transport down; the cause is logged
+                logger.warning("health snapshot failed: %s", exc, exc_info=True)
+                snapshot = {"health_error": str(exc)}
+        payload = {"device": self.device_id, "ts": round(time.time(), 3), **snapshot, "mqtt": self.stats()}
+        self._publish(self.topics.health, payload, retain=True, expiry_s=self.config.health_expiry)
+
+    # -- paho callbacks (network thread) ----------------------------------------------------------
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self._refused(client, reason)
+            return
+        with self._lock:
+            self._counts["connects"] += 1
+            self._counts["auth_failures"] = 0
+        logger.info(
+            "MQTT: connected to %s:%s (session present: %s)",
+            self.config.host,
+            self.config.port,
+            flags.session_present,
+        )
+        subs: list[tuple[str, SubscribeOptions]] = [(self.topics.request, SubscribeOptions(qos=1))]
+        if self.config.fleet_requests:
+            shared = self.topics.fleet.shared_fleet_request(self.config.share_group)
+            subs.append((shared, SubscribeOptions(qos=1)))
+        client.subscribe(subs)
+        self._connected.set()
+        self._publish(self.topics.status, self._status("online"), retain=True)
+        self.publish_health()
+
+    def _refused(self, client: mqtt.Client, reason: ReasonCode) -> None:
+        code = reason.value
+        if code not in AUTH_REFUSED:
+            logger.warning(
+                "MQTT: broker %s:%s refused the connection: %s", self.config.host, self.config.port, reason
+            )
+            return
+        with self._lock:
+            self._counts["auth_failures"] += 1
+            failures = self._counts["auth_failures"]
+        limit = self.config.auth_retry_limit
+        message = (
+            f"MQTT broker {self.config.host}:{self.config.port} refused the login of user "
+            f"{self.config.username or '(none)'!r} as {self.client_id!r}: {reason} "
+            "(check username, password source and the broker's ACL)"
+        )
+        if limit and failures >= limit:
+            logger.error("%s; giving up after %d attempts", message, failures)
+            self._error = TransportError(message)
+            client.disconnect()
+            if self._on_fatal is not None:
+                self._on_fatal(self._error)
+        else:
+            logger.error(
+                "%s; retrying with backoff (attempt %d of %s)", message, failures, limit or "unlimited"
+            )
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        logger.info("MQTT: cannot reach %s:%s; retrying with backoff", self.config.host, self.config.port)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if was_connected:
+            with self._lock:
+                self._counts["disconnects"] += 1
+            if not self._stop.is_set():
+                logger.warning(
+                    "MQTT: disconnected from %s:%s (%s); reconnecting",
+                    self.config.host,
+                    self.config.port,
+                    reason,
+                )
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            props = msg.properties
+            incoming = Incoming(
+                topic=msg.topic,
+                payload=bytes(msg.payload),
+                response_topic=getattr(props, "ResponseTopic", None),
+                correlation=getattr(props, "CorrelationData", None),
+                expiry_s=getattr(props, "MessageExpiryInterval", None),
+            )
+            self.dispatcher.on_message(incoming)
+        except Exception:  # never let one message kill paho's network thread; the cause is logged
+            logger.exception("MQTT: failed to handle a message on %s", msg.topic)
+
+    # -- publishing -------------------------------------------------------------------------------
+    def _status(self, state: str) -> dict[str, Any]:
+        try:
+            info = _info(self._status_info)
+        except Exception as exc:  # status info is decoration; publish the state anyway
+            logger.warning("status info failed: %s", exc)
+            info = {}
+        return status_payload(state, self.device_id, self._since, {"version": __version__, **info})
+
+    def _publish_reply(self, reply: ReplyTo, response: Response) -> None:
+        self._publish(
+            reply.topic, response, correlation=reply.correlation, expiry_s=self.config.reply_expiry_s
+        )
+
+    def _publish(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        retain: bool = False,
+        correlation: bytes | None = None,
+        expiry_s: int | None = None,
+    ) -> mqtt.MQTTMessageInfo | None:
+        props = publish_properties(expiry_s, correlation)
+        try:
+            info = self._client.publish(topic, encode(payload), qos=1, retain=retain, properties=props)
+        except ValueError as exc:
+            with self._lock:
+                self._counts["publish_errors"] += 1
+            logger.warning("MQTT: cannot publish to %r: %s", topic, exc)
+            return None
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            with self._lock:
+                self._counts["dropped_outgoing"] += 1
+            return None
+        return info
+
+    def _health_loop(self) -> None:
+        while not self._stop.wait(self.config.health_interval_s):
+            if self._connected.is_set():
+                self.publish_health()

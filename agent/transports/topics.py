@@ -1,0 +1,133 @@
+"""Every MQTT topic string of katago-edge, built in one place.
+
+Layout (``<p>`` is the configurable prefix, default ``katago``; ``<device>`` the device id)::
+
+    <p>/<device>/status               retained JSON {state: online|offline|stopped, ...}; last will
+    <p>/<device>/health               retained JSON health snapshot with a message expiry
+    <p>/<device>/analysis/request     KataGo analysis queries for this one device
+    <p>/fleet/analysis/request        queries any idle device may take; agents subscribe through
+                                      the shared subscription $share/<group>/<p>/fleet/analysis/request
+    <p>/clients/<client>/reply        suggested reply topic for requesters (``query``, fleet tools);
+                                      any topic named in the Response Topic works
+
+``fleet`` and ``clients`` are therefore reserved and cannot be device ids. Device ids and the prefix
+must not contain the MQTT wildcards ``+`` / ``#`` or start with ``$`` (broker-internal topics); the
+device id must be a single topic level (no ``/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.errors import ConfigError
+
+RESERVED_DEVICE_IDS = frozenset({"fleet", "clients"})
+_FORBIDDEN_CHARS = frozenset("+#\x00")
+
+
+def check_device_id(device_id: str) -> str:
+    """Return ``device_id`` if it can be one topic level, else raise ``ConfigError``."""
+    if not device_id:
+        raise ConfigError("device id must not be empty")
+    if "/" in device_id or any(c in _FORBIDDEN_CHARS for c in device_id) or device_id.startswith("$"):
+        raise ConfigError(f"device id {device_id!r} must not contain '/', '+', '#' or start with '$'")
+    if device_id in RESERVED_DEVICE_IDS:
+        raise ConfigError(f"device id {device_id!r} is reserved for topics ({sorted(RESERVED_DEVICE_IDS)})")
+    return device_id
+
+
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if usable as the first topic levels (may contain '/'), else raise."""
+    if not prefix or prefix.startswith("$") or prefix.startswith("/") or prefix.endswith("/"):
+        raise ConfigError(
+            f"topic prefix {prefix!r} must be non-empty, not start with '$' or '/', nor end in '/'"
+        )
+    if any(c in _FORBIDDEN_CHARS for c in prefix):
+        raise ConfigError(f"topic prefix {prefix!r} must not contain MQTT wildcards")
+    return prefix
+
+
+def check_publish_topic(topic: str) -> str | None:
+    """Why ``topic`` cannot be published to (wildcards, empty, ``$``-topic), or None when it can."""
+    if not topic:
+        return "empty topic"
+    if any(c in _FORBIDDEN_CHARS for c in topic):
+        return "topic contains a wildcard or NUL"
+    if topic.startswith("$"):
+        return "topics starting with '$' are reserved for the broker"
+    if len(topic.encode("utf-8")) > 65535:
+        return "topic longer than 65535 bytes"
+    return None
+
+
+@dataclass(frozen=True)
+class FleetTopics:
+    """Topics that span every device under one prefix (fleet monitor, requesters)."""
+
+    prefix: str = "katago"
+
+    def __post_init__(self) -> None:
+        check_prefix(self.prefix)
+
+    @property
+    def status_filter(self) -> str:
+        return f"{self.prefix}/+/status"
+
+    @property
+    def health_filter(self) -> str:
+        return f"{self.prefix}/+/health"
+
+    @property
+    def fleet_request(self) -> str:
+        return f"{self.prefix}/fleet/analysis/request"
+
+    def shared_fleet_request(self, group: str) -> str:
+        if not group or "/" in group or any(c in _FORBIDDEN_CHARS for c in group):
+            raise ConfigError(
+                f"shared subscription group {group!r} must be one topic level without wildcards"
+            )
+        return f"$share/{group}/{self.fleet_request}"
+
+    def device_request(self, device_id: str) -> str:
+        return f"{self.prefix}/{check_device_id(device_id)}/analysis/request"
+
+    def client_reply(self, client_id: str) -> str:
+        return f"{self.prefix}/clients/{client_id}/reply"
+
+    def split_device_topic(self, topic: str) -> tuple[str, str] | None:
+        """``<p>/<device>/<kind>`` -> ``(device, kind)`` for status/health topics, else None."""
+        head = self.prefix + "/"
+        if not topic.startswith(head):
+            return None
+        rest = topic[len(head) :].split("/")
+        if len(rest) != 2 or rest[1] not in ("status", "health") or rest[0] in RESERVED_DEVICE_IDS:
+            return None
+        return rest[0], rest[1]
+
+
+@dataclass(frozen=True)
+class DeviceTopics:
+    """Topics of one device."""
+
+    prefix: str
+    device_id: str
+
+    def __post_init__(self) -> None:
+        check_prefix(self.prefix)
+        check_device_id(self.device_id)
+
+    @property
+    def fleet(self) -> FleetTopics:
+        return FleetTopics(self.prefix)
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/{self.device_id}/status"
+
+    @property
+    def health(self) -> str:
+        return f"{self.prefix}/{self.device_id}/health"
+
+    @property
+    def request(self) -> str:
+        return f"{self.prefix}/{self.device_id}/analysis/request"

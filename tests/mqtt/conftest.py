@@ -1,0 +1,73 @@
+"""Fixtures for the MQTT tests: a real mosquitto per test, agents and requesters bound to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mqtt_support import MOSQUITTO, NEEDS_MOSQUITTO, Mosquitto, StubService
+
+from agent.transports.mqtt import MqttSettings, MqttTransport
+from agent.transports.mqtt_client import MqttRequester
+
+
+def fake_health() -> dict[str, Any]:
+    return {"cpu_percent": 12.5, "memory_percent": 40.0, "temperature_c": 51.0, "throttled": False}
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    if MOSQUITTO is None:
+        pytest.skip(NEEDS_MOSQUITTO)
+    b = Mosquitto(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def settings(broker: Mosquitto) -> MqttSettings:
+    return MqttSettings(host="127.0.0.1", port=broker.port, health_interval_s=0.5, reconnect_max_s=2)
+
+
+@pytest.fixture
+def make_agent(settings: MqttSettings) -> Iterator[Callable[..., MqttTransport]]:
+    agents: list[MqttTransport] = []
+
+    def make(
+        device: str = "dev1",
+        service: Any = None,
+        config: MqttSettings | None = None,
+        connect: bool = True,
+        **kwargs: Any,
+    ) -> MqttTransport:
+        service = service or StubService()
+        kwargs.setdefault("health_source", fake_health)
+        kwargs.setdefault("status_info", {"profile": "test", "engine": "stub"})
+        agent = MqttTransport(config or settings, device, service.handle_query, **kwargs)
+        agent.start()
+        agents.append(agent)
+        if connect:
+            assert agent.wait_connected(10), "agent did not connect"
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.stop(clean=True, timeout=2)
+
+
+@pytest.fixture
+def make_requester(settings: MqttSettings) -> Iterator[Callable[..., MqttRequester]]:
+    clients: list[MqttRequester] = []
+
+    def make(config: MqttSettings | None = None, **kwargs: Any) -> MqttRequester:
+        r = MqttRequester(config or settings, **kwargs)
+        r.connect(10)
+        clients.append(r)
+        return r
+
+    yield make
+    for r in clients:
+        r.close()
