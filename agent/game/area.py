@@ -21,7 +21,9 @@ from __future__ import annotations
 from agent.game.board import BLACK, EMPTY, WALL, WHITE, Board
 
 
-def _area_for_pla(board: Board, pla: int, safe_big: bool, unsafe_big: bool, suicide: bool, result: list[int]) -> None:
+def _area_for_pla(
+    board: Board, pla: int, safe_big: bool, unsafe_big: bool, suicide: bool, result: list[int]
+) -> None:
     color = board.color
     cid = board.cid
     stride = board.stride
@@ -56,7 +58,7 @@ def _area_for_pla(board: Board, pla: int, safe_big: bool, unsafe_big: bool, suic
                 cn = color[n]
                 if cn == pla:
                     adj_heads.add(cid[n])
-                elif (cn == EMPTY or cn == o) and n not in region_of:
+                elif cn in (EMPTY, o) and n not in region_of:
                     region_of[n] = rid
                     pts.append(n)
             if c == o:

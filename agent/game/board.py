@@ -389,7 +389,8 @@ class Board:
         """Rows top to bottom, ``X`` black, ``O`` white, ``.`` empty (the reference format)."""
         g = self.geo
         return [
-            "".join(COLOR_CHARS[self.color[g.loc(x, y)]] for x in range(self.x_size)) for y in range(self.y_size)
+            "".join(COLOR_CHARS[self.color[g.loc(x, y)]] for x in range(self.x_size))
+            for y in range(self.y_size)
         ]
 
     def __str__(self) -> str:

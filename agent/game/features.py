@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.game.area import calculate_area, independent_life_area
-from agent.game.board import EMPTY, Board
+from agent.game.board import Board
 from agent.game.coords import PASS_LOC
 from agent.game.ladder import ladder_scan
 from agent.game.state import GameState
@@ -173,10 +173,14 @@ def encode_v7(
             spatial[19, table[theirs]] = 1.0
 
     # globals
-    k = np.float32(self_komi)
     b_area = np.float32(board.x_size * board.y_size)
-    k = min(max(k, -b_area - np.float32(KOMI_CLIP_RADIUS)), b_area + np.float32(KOMI_CLIP_RADIUS))
-    glob[5] = k / np.float32(20.0)
+    komi32 = np.float32(
+        min(
+            max(np.float32(self_komi), -b_area - np.float32(KOMI_CLIP_RADIUS)),
+            b_area + np.float32(KOMI_CLIP_RADIUS),
+        )
+    )
+    glob[5] = komi32 / np.float32(20.0)
     if rules.ko in ("POSITIONAL", "SPIGHT"):
         glob[6], glob[7] = 1.0, 0.5
     elif rules.ko == "SITUATIONAL":
@@ -194,7 +198,7 @@ def encode_v7(
         glob[16] = np.float32(0.5 * playout_doubling_advantage)
     glob[17] = 1.0 if state.has_button else 0.0
     if rules.scoring == "AREA":
-        glob[18] = _komi_wave(k, board.x_size * board.y_size)
+        glob[18] = _komi_wave(komi32, board.x_size * board.y_size)
 
     out = spatial.reshape(NUM_SPATIAL, nn_y, nn_x)
     if symmetry:
@@ -217,7 +221,9 @@ def _komi_wave(k: np.float32, area: int) -> np.float32:
     return np.float32(d - two)
 
 
-def _game_end_would_not_be_win(area: list[int] | None, board: Board, pla: int, self_komi: float, tax: str) -> bool:
+def _game_end_would_not_be_win(
+    area: list[int] | None, board: Board, pla: int, self_komi: float, tax: str
+) -> bool:
     """``finalPhaseAndGameEndWouldNotBeWin`` for the passing hacks (area scoring only)."""
     if area is None:
         return False
@@ -239,11 +245,8 @@ def legal_mask(state: GameState, nn_x: int = 19, nn_y: int = 19) -> npt.NDArray[
     """Legal moves as a flat bool array of ``nn_x*nn_y + 1`` (last entry: pass, always legal)."""
     table, _ = _pos_table(state.board.x_size, state.board.y_size, nn_x, nn_y)
     mask = np.zeros(nn_x * nn_y + 1, dtype=np.bool_)
-    legal = [m for m in state.legal_moves(include_pass=False)]
+    legal = state.legal_moves(include_pass=False)
     if legal:
         mask[table[legal]] = True
     mask[-1] = True
     return mask
-
-
-__all__ = ["EMPTY", "encode_v7", "legal_mask"]

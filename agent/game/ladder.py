@@ -192,7 +192,9 @@ class _Search:
         return False
 
 
-def ladder_captured(board: Board, loc: int, defender_first: bool = True, budget: list[int] | None = None) -> bool:
+def ladder_captured(
+    board: Board, loc: int, defender_first: bool = True, budget: list[int] | None = None
+) -> bool:
     """Is the chain at ``loc`` (1 liberty; 2 if not ``defender_first``) captured in a ladder?
 
     ``board`` is a scratch board: it is restored, except for the budget quirk (ko point cleared).
@@ -229,8 +231,8 @@ def ladder_captured_attacker_first_2libs(board: Board, loc: int) -> tuple[bool, 
 def ladder_scan(board: Board) -> LadderScan:
     """KataGo's ``iterLadders`` over one board (cached on the board object)."""
     cached = board.cache.get("ladder") if board.cache is not None else None
-    if cached is not None:
-        return cached  # type: ignore[no-any-return]
+    if isinstance(cached, LadderScan):
+        return cached
     out = LadderScan()
     scratch: Board | None = None
     solved: dict[int, bool] = {}

@@ -89,7 +89,10 @@ _PRESETS: dict[str, Rules] = {}
 for _names, _rules in (
     (("japanese", "korean"), Rules("SIMPLE", "TERRITORY", "SEKI", False, False, "0", False, 6.5)),
     (("chinese",), Rules("SIMPLE", "AREA", "NONE", False, False, "N", True, 7.5)),
-    (_variants("chinese-ogs", "chinese-kgs"), Rules("POSITIONAL", "AREA", "NONE", False, False, "N", True, 7.5)),
+    (
+        _variants("chinese-ogs", "chinese-kgs"),
+        Rules("POSITIONAL", "AREA", "NONE", False, False, "N", True, 7.5),
+    ),
     (
         _variants("ancient-area", "stone-scoring"),
         Rules("SIMPLE", "AREA", "ALL", False, False, "0", True, 7.5),
@@ -135,8 +138,12 @@ def _from_object(obj: dict[str, Any], original: str, allow_komi: bool) -> Rules:
         elif key in ("suicide", "hasButton", "friendlyPassOk"):
             if not isinstance(value, bool):
                 raise RulesError(f"Could not parse rules: {original}")
-            field = {"suicide": "suicide", "hasButton": "has_button", "friendlyPassOk": "friendly_pass_ok"}[key]
-            r = replace(r, **{field: value})
+            if key == "suicide":
+                r = replace(r, suicide=value)
+            elif key == "hasButton":
+                r = replace(r, has_button=value)
+            else:
+                r = replace(r, friendly_pass_ok=value)
         elif key == "whiteHandicapBonus":
             if not isinstance(value, str) or value.strip().upper() not in WHB_RULES:
                 raise RulesError(f"Could not parse rules: {original}")
@@ -191,5 +198,7 @@ def supported_rules(rules: Rules) -> tuple[Rules, list[str]]:
     if r.scoring == "TERRITORY" and r.has_button:
         r = replace(r, has_button=False)
     if r != rules:
-        warnings.append(f"Rules {rules.to_json_string()} not supported by neural net, using {r.to_json_string()} instead")
+        warnings.append(
+            f"Rules {rules.to_json_string()} not supported by neural net, using {r.to_json_string()} instead"
+        )
     return r, warnings

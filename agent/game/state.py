@@ -44,8 +44,8 @@ class GameState:
         "assume_multi_black_handicap",
         "board",
         "consecutive_ending_passes",
-        "hashes_before_pass",
         "has_button",
+        "hashes_before_pass",
         "initial_board",
         "initial_pla",
         "is_game_finished",
@@ -64,7 +64,9 @@ class GameState:
         "white_has_moved",
     )
 
-    def __init__(self, board: Board, pla: int, rules: Rules, *, assume_multi_black_handicap: bool = True) -> None:
+    def __init__(
+        self, board: Board, pla: int, rules: Rules, *, assume_multi_black_handicap: bool = True
+    ) -> None:
         self.rules = rules
         self.board = board
         self.clear(board, pla)

@@ -10,11 +10,12 @@ KataGo's ``SymmetryHelpers::invert`` maps 5 <-> 6 and every other symmetry to it
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-A = TypeVar("A", bound=np.ndarray)
+A = npt.NDArray[Any]
 
 NUM_SYMMETRIES = 8
 
