@@ -1,0 +1,258 @@
+"""``NNEvaluator``: batched, cached network evaluation shared by every search of an engine.
+
+Search threads call ``evaluate(state, ...)`` and block; a single named server thread gathers
+whatever requests are waiting (up to ``max_batch_size``) into one ``NeuralNet.evaluate`` call,
+so leaves from several search threads (and several concurrent searches) share a batch. Each
+row is post-processed by the shared ``agent.network.postprocess`` code, then KataGo's search
+adjustments are applied: the pass cap of ``enablePassingHacks`` (pass weight at most 19x the
+summed weight of the other legal moves) and the policy temperature.
+
+The cache is an LRU keyed by the position's NN key (stones, ko, history the features can see,
+komi, rules, root options) plus the symmetry and policy options, like KataGo's NN cache keyed by
+position hash and symmetry. ``clear_cache`` empties it (the ``clear_cache`` action).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from agent.errors import EngineError, InferenceError
+from agent.game.symmetry import apply_symmetry
+from agent.network.model import PostProcessParams
+from agent.network.postprocess import NetEval, RowContext, postprocess_row
+from agent.runtime.base import NeuralNet, NNInputs
+
+logger = logging.getLogger(__name__)
+
+PASS_CAP_FACTOR = 19.0
+
+
+@dataclass
+class _Pending:
+    spatial: np.ndarray
+    global_: np.ndarray
+    ctx: RowContext
+    optimism: float
+    temperature: float
+    done: threading.Event = field(default_factory=threading.Event)
+    result: NetEval | None = None
+    error: BaseException | None = None
+
+
+def cap_pass(ev: NetEval) -> NetEval:
+    """KataGo's passing hack: pass probability at most 19x the sum of the other legal moves."""
+    p = ev.policy
+    others = float(p[:-1].sum())
+    if p[-1] <= PASS_CAP_FACTOR * others or others <= 0.0:
+        return ev
+    q = p.copy()
+    q[-1] = np.float32(PASS_CAP_FACTOR * others)
+    q = (q / q.sum(dtype=np.float32)).astype(np.float32)
+    return replace(ev, policy=q)
+
+
+def average_evals(evals: list[NetEval]) -> NetEval:
+    """Average several symmetries' evaluations (policy, values, ownership)."""
+    if len(evals) == 1:
+        return evals[0]
+    n = float(len(evals))
+    e0 = evals[0]
+
+    def mean(name: str) -> float:
+        return float(sum(getattr(e, name) for e in evals) / n)
+
+    policy = (np.sum([e.policy for e in evals], axis=0) / np.float32(n)).astype(np.float32)
+    own = (np.sum([e.white_ownership for e in evals], axis=0) / np.float32(n)).astype(np.float32)
+    return replace(
+        e0,
+        policy=policy,
+        white_win=mean("white_win"),
+        white_loss=mean("white_loss"),
+        no_result=mean("no_result"),
+        white_score_mean=mean("white_score_mean"),
+        white_score_mean_sq=mean("white_score_mean_sq"),
+        white_lead=mean("white_lead"),
+        score_stdev=mean("score_stdev"),
+        var_time_left=mean("var_time_left"),
+        shortterm_winloss_error=mean("shortterm_winloss_error"),
+        shortterm_score_error=mean("shortterm_score_error"),
+        white_ownership=own,
+    )
+
+
+class NNEvaluator:
+    """Thread-safe batched evaluation with an LRU cache. Start with ``start()``; ``close()``."""
+
+    def __init__(
+        self,
+        net: NeuralNet,
+        post: PostProcessParams,
+        *,
+        max_batch_size: int = 8,
+        cache_size: int = 1 << 16,
+        randomize: bool = True,
+        seed: int | None = None,
+        buffer: int = 19,
+        pass_alive_suicide: bool = False,
+    ) -> None:
+        self.net = net
+        self.post = post
+        self.max_batch_size = max(1, max_batch_size)
+        self.cache_size = cache_size
+        self.randomize = randomize
+        self.buffer = buffer
+        self.pass_alive_suicide = pass_alive_suicide  # header flag preferPassAliveUnderSuicideRules
+        self._rand = random.Random(seed)
+        self._rand_lock = threading.Lock()
+        self._cache: OrderedDict[Any, NetEval] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.rows = 0
+        self.batches = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.nn_seconds = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> NNEvaluator:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="nn-batcher", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None and not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+
+    def clear_cache(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
+
+    def random_symmetry(self) -> int:
+        if not self.randomize:
+            return 0
+        with self._rand_lock:
+            return self._rand.randrange(8)
+
+    def sample_symmetries(self, n: int) -> list[int]:
+        if n <= 1:
+            return [self.random_symmetry()]
+        if not self.randomize:
+            return list(range(min(n, 8)))
+        with self._rand_lock:
+            return self._rand.sample(range(8), min(n, 8))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "nn_rows": self.rows,
+            "nn_batches": self.batches,
+            "nn_avg_batch": round(self.rows / self.batches, 3) if self.batches else 0.0,
+            "nn_seconds": round(self.nn_seconds, 3),
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+            "cache_entries": len(self._cache),
+        }
+
+    # ------------------------------------------------------------------- evaluate
+    def evaluate(
+        self,
+        key: Any,
+        encode: Any,
+        ctx: RowContext,
+        *,
+        symmetry: int,
+        optimism: float,
+        temperature: float = 1.0,
+        passing_hacks: bool = True,
+    ) -> NetEval:
+        """Evaluate one position. ``encode()`` returns ``(spatial [22,H,W], global [19])`` in the
+        canonical frame and is only called on a cache miss. Blocks until the batch ran."""
+        full_key = (key, symmetry, optimism, temperature, passing_hacks)
+        with self._cache_lock:
+            hit = self._cache.get(full_key)
+            if hit is not None:
+                self._cache.move_to_end(full_key)
+                self.cache_hits += 1
+                return hit
+            self.cache_misses += 1
+        spatial, global_ = encode()
+        spatial = np.ascontiguousarray(apply_symmetry(spatial, symmetry), dtype=np.float32)
+        pending = _Pending(
+            spatial, np.asarray(global_, np.float32), replace(ctx, symmetry=symmetry), optimism, temperature
+        )
+        if self._closed:
+            raise EngineError("NN evaluator is closed")
+        if self._thread is None:
+            self._run_batch([pending])
+        else:
+            self._queue.put(pending)
+            pending.done.wait()
+        if pending.error is not None:
+            raise InferenceError(f"network evaluation failed: {pending.error}") from pending.error
+        result = pending.result
+        assert result is not None
+        if passing_hacks:
+            result = cap_pass(result)
+        with self._cache_lock:
+            self._cache[full_key] = result
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    # --------------------------------------------------------------------- server
+    def _serve(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self.max_batch_size:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Pending]) -> None:
+        try:
+            spatial = np.stack([p.spatial for p in batch])
+            global_ = np.stack([p.global_ for p in batch])
+            t0 = time.perf_counter()
+            raw = self.net.evaluate(NNInputs(spatial, global_))
+            self.nn_seconds += time.perf_counter() - t0
+            self.rows += len(batch)
+            self.batches += 1
+            for i, p in enumerate(batch):
+                try:
+                    p.result = postprocess_row(
+                        raw, i, self.post, p.ctx, policy_optimism=p.optimism, policy_temperature=p.temperature
+                    )
+                except (ValueError, FloatingPointError) as exc:
+                    p.error = exc
+        except Exception as exc:  # handed to every waiting search thread, re-raised there
+            logger.exception("network evaluation failed for a batch of %d", len(batch))
+            for p in batch:
+                p.error = exc
+        finally:
+            for p in batch:
+                p.done.set()

@@ -1,0 +1,400 @@
+"""PUCT Monte-Carlo tree search in the style of KataGo.
+
+Notation: ``P`` prior, ``W`` summed visit weight, ``U`` utility (win/loss + score, see
+``utility.py``), values from the side to move at the node being expanded.
+
+Selection at a node picks the child maximising ``Q + c * sqrt(W_parent + 0.01) * f * P / (1 + W_child)``:
+
+* ``c = cpuctExploration + cpuctExplorationLog * log((W_parent + base) / base)`` grows with visits;
+* ``f = 1 + cpuctUtilityStdevScale * (sigma / cpuctUtilityStdevPrior - 1)`` scales exploration
+  with the parent's observed utility stdev (shrunk toward the prior);
+* unvisited children get first-play urgency: the parent's utility (its NN value blended with its
+  average by the visited policy mass) minus ``fpuReductionMax * sqrt(visited policy mass)``
+  (``rootFpuReductionMax`` at the root);
+* at the root, ``rootPolicyTemperature`` reshapes the priors, and ``wideRootNoise`` flattens them
+  (``P ** (1 / (4 * noise + 1))``) and adds a random half-normal bonus to half the children.
+
+Leaf batching: each search thread selects a leaf under the tree lock, adding a virtual loss on
+the path, evaluates it outside the lock (the ``NNEvaluator`` batches concurrent requests), then
+backs up under the lock and removes the virtual loss. Two threads reaching the same pending leaf
+count a collision and retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from agent.network.postprocess import NetEval
+from agent.search.evaluator import NNEvaluator, average_evals
+from agent.search.node import LeafValue, Node
+from agent.search.params import SearchParams
+from agent.search.position import SearchState
+from agent.search.utility import UtilityModel
+
+logger = logging.getLogger(__name__)
+
+Avoid = dict[int, dict[int, int]]  # colour -> {policy index: untilDepth}
+
+
+class Search:
+    """One search over one root position. Not reusable across positions (see ``tree reuse``
+    in the engine, which hands over a subtree as ``root``)."""
+
+    def __init__(
+        self,
+        evaluator: NNEvaluator,
+        params: SearchParams,
+        root_state: SearchState,
+        *,
+        avoid: Avoid | None = None,
+        track_ownership: bool = False,
+        track_moves_ownership: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        self.evaluator = evaluator
+        self.params = params
+        self.avoid = avoid or {}
+        self.track_ownership = track_ownership
+        self.track_moves_ownership = track_moves_ownership
+        self.rng = random.Random(seed)
+        self.np_rng = np.random.default_rng(self.rng.getrandbits(64))
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.root = Node(root_state, track_ownership=track_ownership)
+        self.util = UtilityModel(params, root_state.x_size * root_state.y_size)
+        self.root_pass_would_end_game = root_state.gs.pass_would_end_game()
+        self.playouts = 0
+        self.collisions = 0
+        self.start_time = 0.0
+        self.elapsed = 0.0
+        self.root_raw: NetEval | None = None
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, state: SearchState, is_root: bool) -> NetEval:
+        p = self.params
+        legal = state.legal_mask()
+        ctx = state.row_context(legal, self.evaluator.buffer)
+        key = state.nn_key(p)
+        optimism = p.root_policy_optimism if is_root else p.policy_optimism
+        syms = (
+            self.evaluator.sample_symmetries(p.root_num_symmetries_to_sample)
+            if is_root
+            else [self.evaluator.random_symmetry()]
+        )
+        evals = [
+            self.evaluator.evaluate(
+                key,
+                lambda: state.encode(p, self.evaluator.buffer, self.evaluator.pass_alive_suicide),
+                ctx,
+                symmetry=s,
+                optimism=optimism,
+                temperature=p.nn_policy_temperature,
+                passing_hacks=p.enable_passing_hacks,
+            )
+            for s in syms
+        ]
+        return average_evals(evals)
+
+    def _leaf_value(self, ev: NetEval, track_own: bool) -> tuple[LeafValue, float]:
+        u = self.util.utility(ev.white_win, ev.white_loss, ev.no_result, ev.white_score_mean, ev.score_stdev)
+        w = self.util.weight(ev.white_score_mean, ev.shortterm_winloss_error, ev.shortterm_score_error)
+        return (
+            LeafValue(
+                utility=u,
+                win_loss=ev.white_win - ev.white_loss,
+                no_result=ev.no_result,
+                score_mean=ev.white_score_mean,
+                score_mean_sq=ev.white_score_mean_sq,
+                lead=ev.white_lead,
+                weight=w,
+                ownership=ev.white_ownership.astype(np.float64) if track_own else None,
+            ),
+            u,
+        )
+
+    def _terminal_value(self, state: SearchState) -> LeafValue:
+        score = state.final_white_score()
+        wl = (
+            1.0
+            if score > 0
+            else (-1.0 if score < 0 else 2.0 * self.params.draw_equivalent_wins_for_white - 1.0)
+        )
+        own = None
+        if self.track_ownership:
+            from agent.game.area import calculate_area
+            from agent.game.board import BLACK, WHITE
+
+            board = state.gs.board
+            area = calculate_area(board, True, True, True, state.gs.rules.suicide)
+            own = np.array(
+                [
+                    1.0 if area[loc] == WHITE else (-1.0 if area[loc] == BLACK else 0.0)
+                    for loc in board.geo.all_locs()
+                ]
+            )
+        return LeafValue(
+            utility=self.util.terminal_utility(score),
+            win_loss=wl,
+            no_result=0.0,
+            score_mean=score,
+            score_mean_sq=score * score,
+            lead=score,
+            weight=1.0,
+            ownership=own,
+        )
+
+    def _expand(self, node: Node, ev: NetEval, nn_utility: float) -> None:
+        state = node.state
+        legal = ev.legal
+        idx = np.nonzero(legal)[0]
+        pri = ev.policy[idx].astype(np.float64)
+        table = self.avoid.get(state.pla)
+        if table:
+            keep = np.array([table.get(int(i), 0) <= state.depth for i in idx], dtype=bool)
+            if keep.any():
+                idx, pri = idx[keep], pri[keep]
+        order = np.argsort(-pri, kind="stable")
+        idx, pri = idx[order], pri[order]
+        raw = pri.copy()
+        if node is self.root and self.params.root_policy_temperature != 1.0:
+            with np.errstate(divide="ignore"):
+                pri = np.power(np.maximum(pri, 1e-30), 1.0 / self.params.root_policy_temperature)
+            pri = pri / pri.sum()
+        s = pri.sum()
+        if s > 0:
+            pri = pri / s
+        node.expand(ev, idx.astype(np.int64), pri, raw, nn_utility)
+
+    # ------------------------------------------------------------------- selection
+    def _select(self, node: Node) -> int:
+        p = self.params
+        is_root = node is self.root
+        vl = p.virtual_loss_visits
+        virt = node.e_virtual
+        w_eff = node.e_weight + vl * virt
+        total = float(w_eff.sum())
+        sign = node.sign
+        visited = (node.e_visits > 0) | (virt > 0)
+        pri = node.priors
+        if is_root and p.wide_root_noise > 0:
+            pri = np.power(pri, 1.0 / (4.0 * p.wide_root_noise + 1.0))
+        # parent utility and its stdev, mover's view
+        if node.weight > 0:
+            parent_avg = sign * node.utility
+            var = node.utility_variance()
+        else:
+            parent_avg = sign * node.nn_utility
+            var = 0.0
+        prior_sd = p.cpuct_utility_stdev_prior
+        pw = p.cpuct_utility_stdev_prior_weight
+        sd = math.sqrt((prior_sd * prior_sd * pw + var * node.weight) / (pw + node.weight))
+        factor = 1.0 + p.cpuct_utility_stdev_scale * (sd / prior_sd - 1.0) if prior_sd > 0 else 1.0
+        cpuct = p.cpuct_exploration + p.cpuct_exploration_log * math.log(
+            (total + p.cpuct_exploration_base) / p.cpuct_exploration_base
+        )
+        explore = cpuct * math.sqrt(total + 0.01) * factor
+        # first-play urgency
+        visited_mass = float(node.raw_priors[visited].sum()) if visited.any() else 0.0
+        avg_w = min(1.0, visited_mass**p.fpu_parent_weight_by_visited_policy_pow)
+        parent_u = avg_w * parent_avg + (1.0 - avg_w) * sign * node.nn_utility
+        red = p.root_fpu_reduction_max if is_root else p.fpu_reduction_max
+        fpu = parent_u - red * math.sqrt(visited_mass)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            q = np.where(w_eff > 0, (sign * node.e_usum - vl * virt) / np.where(w_eff > 0, w_eff, 1.0), fpu)
+        if is_root and p.wide_root_noise > 0:
+            coin = self.np_rng.random(len(q)) < 0.5
+            q = q + np.where(coin, p.wide_root_noise * np.abs(self.np_rng.standard_normal(len(q))), 0.0)
+        score = q + explore * pri / (1.0 + w_eff)
+        return int(np.argmax(score))
+
+    # --------------------------------------------------------------------- playouts
+    def _child(self, node: Node, k: int) -> Node:
+        child = node.children[k]
+        if child is None:
+            move = int(node.moves[k])
+            st = node.state.play(move)
+            is_root = node is self.root
+            conservative = (
+                is_root
+                and self.params.conservative_pass
+                and move == st.pass_index
+                and self.root_pass_would_end_game
+            )
+            track = self.track_moves_ownership and is_root
+            if st.is_terminal(conservative):
+                child = Node(st, terminal=self._terminal_value(st), track_ownership=track)
+            else:
+                child = Node(st, track_ownership=track)
+            node.children[k] = child
+        return child
+
+    def _undo_virtual(self, path: list[tuple[Node, int]]) -> None:
+        for n, k in path:
+            n.e_virtual[k] -= 1
+
+    def playout(self) -> bool:
+        """One visit. Returns False on a collision (nothing added)."""
+        path: list[tuple[Node, int]] = []
+        with self.lock:
+            node = self.root
+            while True:
+                if node.terminal is not None:
+                    break
+                if not node.expanded:
+                    if node.pending:
+                        self._undo_virtual(path)
+                        self.collisions += 1
+                        return False
+                    node.pending = True
+                    break
+                if len(node.moves) == 0:
+                    break
+                k = self._select(node)
+                node.e_virtual[k] += 1
+                path.append((node, k))
+                node = self._child(node, k)
+        ev: NetEval | None = None
+        u = 0.0
+        if node.terminal is not None:
+            value = node.terminal
+        elif node.expanded:  # no selectable child: count the node's own evaluation again
+            assert node.ev is not None
+            value, _ = self._leaf_value(node.ev, self.track_ownership)
+        else:
+            try:
+                ev = self._evaluate(node.state, False)
+            except BaseException:
+                with self.lock:
+                    node.pending = False
+                    self._undo_virtual(path)
+                raise
+            value, u = self._leaf_value(ev, self.track_ownership)
+        with self.lock:
+            if ev is not None and not node.expanded:
+                self._expand(node, ev, u)
+            self._backup(path, node, value)
+            self.playouts += 1
+        return True
+
+    def _backup(self, path: list[tuple[Node, int]], leaf: Node, v: LeafValue) -> None:
+        leaf.add(v)
+        w = v.weight
+        for n, k in reversed(path):
+            n.e_virtual[k] -= 1
+            n.e_visits[k] += 1
+            n.e_weight[k] += w
+            n.e_usum[k] += w * v.utility
+            n.add(v)
+
+    # ------------------------------------------------------------------------ run
+    def prepare_root(self) -> None:
+        """Evaluate and expand the root (root options, symmetry sampling)."""
+        root = self.root
+        if root.expanded:
+            return
+        ev = self._evaluate(root.state, True)
+        self.root_raw = ev
+        center = UtilityModel.center_from_root(
+            self.params, ev.white_score_mean, root.state.x_size * root.state.y_size
+        )
+        self.util.dynamic_center = center
+        value, u = self._leaf_value(ev, self.track_ownership)
+        self._expand(root, ev, u)
+        root.add(value)
+        self.playouts += 1
+
+    def adopt_root(self, node: Node) -> None:
+        """Tree reuse: make ``node`` (from an earlier search) the root. Depths are rebased so
+        history and avoid rules count from the new root, and the root is re-evaluated with the
+        root options (optimism, conservative pass, symmetries) while its statistics are kept."""
+        offset = node.state.depth
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            n.state.depth -= offset
+            n.pending = False
+            stack.extend(c for c in n.children if c is not None)
+        self.root = node
+        self.root_pass_would_end_game = node.state.gs.pass_would_end_game()
+        ev = self._evaluate(node.state, True)
+        self.root_raw = ev
+        self.util.dynamic_center = UtilityModel.center_from_root(
+            self.params,
+            node.score_mean if node.weight > 0 else ev.white_score_mean,
+            node.state.x_size * node.state.y_size,
+        )
+        _, u = self._leaf_value(ev, False)
+        raw = ev.policy[node.moves].astype(np.float64)
+        pri = raw
+        if self.params.root_policy_temperature != 1.0:
+            pri = np.power(np.maximum(pri, 1e-30), 1.0 / self.params.root_policy_temperature)
+        total = pri.sum()
+        node.priors = pri / total if total > 0 else pri
+        node.raw_priors = raw
+        node.ev = ev
+        node.nn_utility = u
+
+    def should_stop(self) -> bool:
+        p = self.params
+        if self.stop_event.is_set():
+            return True
+        if self.root.visits >= p.max_visits or self.playouts >= p.max_playouts:
+            return True
+        return time.monotonic() - self.start_time >= p.max_time
+
+    def run(
+        self,
+        report: Callable[[Search], None] | None = None,
+        report_every: float | None = None,
+        first_report_after: float | None = None,
+    ) -> None:
+        """Search until a limit or ``stop_event``; ``report(self)`` is called periodically."""
+        self.start_time = time.monotonic()
+        self.prepare_root()
+        n_threads = max(1, self.params.num_threads)
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            try:
+                while not self.should_stop():
+                    if not self.playout():
+                        time.sleep(0)
+            except BaseException as exc:
+                errors.append(exc)
+                self.stop_event.set()
+
+        threads = [
+            threading.Thread(target=worker, name=f"search-{i}", daemon=True) for i in range(1, n_threads)
+        ]
+        for t in threads:
+            t.start()
+        if report is not None and report_every is not None:
+            next_report = self.start_time + (
+                first_report_after if first_report_after is not None else report_every
+            )
+            try:
+                while not self.should_stop():
+                    now = time.monotonic()
+                    if now >= next_report:
+                        with self.lock:
+                            report(self)
+                        next_report = now + report_every
+                    if not self.playout():
+                        time.sleep(0)
+            except BaseException as exc:
+                errors.append(exc)
+                self.stop_event.set()
+        else:
+            worker()
+        for t in threads:
+            t.join()
+        self.elapsed = time.monotonic() - self.start_time
+        if errors:
+            raise errors[0]
