@@ -1,0 +1,160 @@
+"""The agent under stress: broker restarts, SIGKILL, clean stop, fuzzed payloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mqtt_support import StubService, read_retained, wait_for
+
+HERE = Path(__file__).resolve().parent
+QUERY = {"id": "q", "moves": [], "rules": "chinese", "komi": 7.5, "boardXSize": 9, "boardYSize": 9}
+
+
+def start_agent_process(port: int, device: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "agent_main.py"), str(port), device],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "ready", proc.stderr.read() if proc.stderr else line
+    return proc
+
+
+def status_of(port: int, topic: str) -> str | None:
+    msg = read_retained(port, [topic], timeout=1.0).get(topic)
+    return json.loads(msg.payload)["state"] if msg else None
+
+
+def test_resilience__sigkill_gives_offline_through_last_will(broker):
+    proc = start_agent_process(broker.port, "killme")
+    topic = "katago/killme/status"
+    try:
+        assert wait_for(lambda: status_of(broker.port, topic) == "online", 10)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert wait_for(lambda: status_of(broker.port, topic) == "offline", 10)
+    finally:
+        proc.kill()
+        proc.wait(5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
+def test_resilience__sigterm_gives_stopped(broker):
+    proc = start_agent_process(broker.port, "calm")
+    topic = "katago/calm/status"
+    try:
+        assert wait_for(lambda: status_of(broker.port, topic) == "online", 10)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert status_of(broker.port, topic) == "stopped"
+        time.sleep(0.3)  # the broker must not publish the will after a clean DISCONNECT
+        assert status_of(broker.port, topic) == "stopped"
+    finally:
+        proc.kill()
+        proc.wait(5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
+def test_resilience__broker_restart_during_burst_loses_no_accepted_request(
+    broker, settings, make_agent, make_requester
+):
+    config = settings.model_copy(update={"max_queue": 64})  # the burst must not be refused as busy
+    agent = make_agent("dev1", StubService(delay_s=0.01), config=config)
+    req = make_requester(client_id="burst-client", persistent=True)
+    corrs = []
+    for i in range(50):
+        corrs.append(req.send(agent.topics.request, {**QUERY, "id": f"r{i}"}, expiry_s=120))
+        if i == 20:
+            broker.stop()  # SIGTERM: mosquitto writes its persistence file
+        if i == 35:
+            broker.start()
+        time.sleep(0.02)
+    for i, c in enumerate(corrs):
+        p = req.wait(c, 30)
+        assert [r["id"] for r in p.responses] == [f"r{i}"]
+    assert agent.wait_connected(5)
+    assert wait_for(lambda: status_of(broker.port, agent.topics.status) == "online", 10)
+    stats = agent.stats()
+    assert stats["answered"] == 50 and stats["disconnects"] >= 1 and stats["connects"] >= 2
+
+
+def fuzz_payloads(n: int, seed: int = 7) -> list[bytes]:
+    rng = random.Random(seed)
+    good = json.dumps({**QUERY, "id": "x"}).encode()
+    makers = [
+        lambda: rng.randbytes(rng.randint(0, 200)),
+        lambda: good[: rng.randint(0, len(good) - 1)],
+        lambda: b"\xff\xfe" + good,
+        lambda: json.dumps(rng.choice([1, "s", None, [], [1, 2], True, 3.5])).encode(),
+        lambda: json.dumps({"id": rng.choice([1, None, [], {}, True])}).encode(),
+        lambda: json.dumps({**QUERY, "id": "m", "moves": rng.choice([1, "D4", None, {}])}).encode(),
+        lambda: b"[" * 5000 + b"]" * 5000,
+        lambda: b"x" * 70000,
+        lambda: json.dumps({"id": "nan", "moves": [], "komi": float("nan")}).encode(),
+        lambda: json.dumps({"id": "t", "action": rng.choice(["terminate", "bogus", 5])}).encode(),
+    ]
+    return [rng.choice(makers)() for _ in range(n)]
+
+
+def test_resilience__1000_fuzzed_payloads_never_crash_and_good_requests_answered(make_agent, make_requester):
+    from agent.transports.mqtt import publish_properties
+
+    agent = make_agent("dev1", StubService())
+    req = make_requester()
+    client = req._client
+    good = []
+    for i, payload in enumerate(fuzz_payloads(1000)):
+        with_reply = i % 2 == 0
+        props = publish_properties(60, os.urandom(8), req.reply_topic if with_reply else None)
+        client.publish(agent.topics.request, payload, qos=1, properties=props)
+        if i % 50 == 0:
+            good.append((f"good{i}", req.send(agent.topics.request, {**QUERY, "id": f"good{i}"})))
+    for qid, c in good:
+        p = req.wait(c, 30)
+        assert p.responses[-1]["id"] == qid and p.responses[-1]["isDuringSearch"] is False
+    stats = wait_for(lambda: (s := agent.stats())["received"] == 1000 + len(good) and s, 20)
+    assert agent.connected
+    dropped = stats["malformed"] + stats["oversize"] + stats["no_reply_topic"]
+    assert dropped + stats["accepted"] + stats["duplicates"] == stats["received"]
+    assert stats["oversize"] > 0 and stats["malformed"] > 0 and stats["no_reply_topic"] > 0
+    assert stats["internal_errors"] == 0
+
+
+def test_resilience__requests_sent_while_agent_away_are_served_when_it_returns(make_agent, make_requester):
+    first = make_agent("dev1")
+    first.stop(clean=True)  # a DISCONNECT keeps the session: Session Expiry Interval > 0
+    req = make_requester()
+    corrs = [req.send(first.topics.request, {**QUERY, "id": f"w{i}"}, expiry_s=60) for i in range(5)]
+    time.sleep(0.2)
+    assert not any(req.pending(c).done.is_set() for c in corrs)
+    make_agent("dev1")  # same device id -> same client id -> same session
+    for i, c in enumerate(corrs):
+        assert [r["id"] for r in req.wait(c, 10).responses] == [f"w{i}"]
+
+
+def test_resilience__redelivered_duplicate_is_not_analysed_twice(make_agent, make_requester):
+    service = StubService()
+    agent = make_agent("dev1", service)
+    req = make_requester()
+    corr = req.send(agent.topics.request, {**QUERY, "id": "once"})
+    req.wait(corr, 5)
+    req.send(agent.topics.request, {**QUERY, "id": "once"}, correlation=corr)
+    other = req.send(agent.topics.request, {**QUERY, "id": "once"})  # new correlation: a new request
+    req.wait(other, 5)
+    assert service.seen.count("mqtt1:once") == 1 and len(service.seen) == 2
+    assert wait_for(lambda: agent.stats()["duplicates"] == 1)
