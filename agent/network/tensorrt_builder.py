@@ -24,14 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from agent.errors import ConversionError, RuntimeUnavailable
+from agent.fsutil import atomic_write_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +86,6 @@ class BuildSettings:
             )
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def gpu_identity() -> tuple[str, str]:
     """(GPU name, compute capability "major.minor") of device 0, through pycuda."""
     try:
@@ -145,20 +136,6 @@ def build_engine_bytes(trt: Any, onnx_bytes: bytes, settings: BuildSettings) -> 
     return bytes(serialized)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def ensure_engine(
     onnx_path: Path,
     cache_dir: Path,
@@ -177,7 +154,7 @@ def ensure_engine(
         gpu_name=gpu_name,
         compute_capability=capability,
         tensorrt_version=str(trt.__version__),
-        network_sha256=file_sha256(onnx_path),
+        network_sha256=sha256_file(onnx_path),
         precision=settings.precision,
         max_batch=settings.max_batch,
         board=settings.board,
@@ -199,8 +176,8 @@ def ensure_engine(
         capability,
     )
     data = build_engine_bytes(trt, onnx_path.read_bytes(), settings)
-    _write_atomic(path, data)
-    _write_atomic(
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(
         path.with_suffix(".json"),
         json.dumps({"key": asdict(key), "settings": asdict(settings)}, indent=2).encode(),
     )

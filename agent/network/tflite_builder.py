@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import ConversionError, RuntimeUnavailable
+from agent.fsutil import atomic_write_bytes
 from agent.network import model as m
 
 logger = logging.getLogger(__name__)
@@ -314,15 +315,7 @@ def convert(
         data = _run_converter(tf, converter, net, precision, representative)
     finally:
         shutil.rmtree(saved, ignore_errors=True)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(out_path, data)
     logger.info("wrote %s (%s, %.1f MB)", out_path, precision, len(data) / 1e6)
     return out_path
 
