@@ -64,6 +64,11 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", help="profile name instead of the one chosen from the hardware")
     parser.add_argument("--socket", type=Path, help="Unix socket path ('none' = no socket)")
     parser.add_argument("--websocket", metavar="HOST:PORT", help="WebSocket endpoint ('none' = off)")
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="fetch + convert the network and test the engine, then exit (install.sh uses it)",
+    )
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,7 +109,10 @@ def command_serve(args: argparse.Namespace) -> int:
     overrides = flag_overrides(args)
     path = find_config(args.config)
     config = load_config(path, overrides=overrides)
-    return Daemon(config, path, overrides).run()
+    daemon = Daemon(config, path, overrides)
+    if args.prepare_only:
+        return daemon.prepare()
+    return daemon.run()
 
 
 class ServiceSwitch:
@@ -185,6 +193,14 @@ class Daemon:
             raise
         self._serve()
         self._shutdown()
+        return 0
+
+    def prepare(self) -> int:
+        """Plan, prepare the network and test the engine once; the caches make the start fast."""
+        self.plan = make_plan(self.config)
+        self.engine, self.service = self._new_engine(self.plan)
+        self.service.close(5.0)
+        print(f"ready: profile {self.plan.profile}, engine {self.plan.engine}, network {self.config.model}")
         return 0
 
     def _start(self) -> None:
