@@ -308,10 +308,13 @@ def select(
         )
     else:
         candidates = []
+        near_misses = []
         for profile in profiles:
             ok, why = match_profile(profile, hardware)
             if ok:
                 candidates.append((profile, why))
+            elif profile.match.kind == hardware.kind:
+                near_misses.append(f"{profile.name} not matched: {'; '.join(why)}")
         if not candidates:
             raise ConfigError(
                 f"no profile matches {hardware.kind} {hardware.model!r}; "
@@ -323,6 +326,7 @@ def select(
         others = [f"{p.name} (priority {p.priority})" for p, _ in candidates[1:]]
         if others:
             reasons.append(f"also matched, lower priority: {', '.join(others)}")
+        reasons.extend(near_misses)
     if overrides:
         chosen, notes = apply_overrides(chosen, overrides)
         reasons.extend(notes)
