@@ -137,3 +137,10 @@ def position_from_query(
     for i, (loc, pla) in enumerate(parsed):
         state.play_move(loc, pla, move_index=i)
     return state
+
+
+def state_from_ascii(text: str, pla: int, rules: str | dict[str, Any] | Rules = "tromp-taylor") -> GameState:
+    """A position from an ASCII board (rows top to bottom; ``X`` black, ``O`` white, ``.`` empty),
+    with ``pla`` to move and no history. Handy for tests and debugging."""
+    r = rules if isinstance(rules, Rules) else parse_rules(rules)
+    return GameState(Board.from_rows([line.strip() for line in text.strip().splitlines()]), pla, r)
