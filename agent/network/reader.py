@@ -81,6 +81,7 @@ class _Parser:
         self.pos = 0
         self.record = "header"
         self.version = 0
+        self.last_start = 0  # where the last token read began (error offsets point there)
 
     # --- errors and tokens ----------------------------------------------------------------------
 
@@ -94,6 +95,7 @@ class _Parser:
         if match is None:
             raise self.fail(f"file ends where {what} was expected (truncated?)")
         self.pos = match.end()
+        self.last_start = match.start(1)
         try:
             return match.group(1).decode("ascii")
         except UnicodeDecodeError as exc:
@@ -104,25 +106,24 @@ class _Parser:
         return None if match is None else match.group(1).decode("ascii", "replace")
 
     def parse(self, what: str, conv: Callable[[str], T]) -> T:
-        start = self.pos
         tok = self.token(what)
         try:
             return conv(tok)
         except ValueError as exc:
-            raise self.fail(f"expected {what}, got {tok[:40]!r}", at=start) from exc
+            raise self.fail(f"expected {what}, got {tok[:40]!r}", at=self.last_start) from exc
 
     def int_(self, what: str, lo: int | None = None, hi: int | None = None) -> int:
-        start = self.pos
         value = self.parse(what, int)
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise self.fail(f"{what} = {value} is out of range [{lo}, {hi}]", at=start)
+            raise self.fail(f"{what} = {value} is out of range [{lo}, {hi}]", at=self.last_start)
         return value
 
     def float_(self, what: str, positive: bool = False) -> float:
-        start = self.pos
         value = self.parse(what, float)
         if not math.isfinite(value) or (positive and value <= 0):
-            raise self.fail(f"{what} = {value} must be {'> 0 and ' if positive else ''}finite", at=start)
+            raise self.fail(
+                f"{what} = {value} must be {'> 0 and ' if positive else ''}finite", at=self.last_start
+            )
         return value
 
     def bool_(self, what: str) -> bool:
@@ -198,12 +199,13 @@ class _Parser:
         name = self.name("activation")
         if self.version <= 10:
             return m.ActivationLayer(name, m.Activation.RELU)
-        start = self.pos
         tok = self.token("activation kind")
         try:
             return m.ActivationLayer(name, m.Activation.from_token(tok))
         except ValueError as exc:
-            raise self.fail(f"unknown activation kind {tok[:40]!r}", at=start, unsupported=True) from exc
+            raise self.fail(
+                f"unknown activation kind {tok[:40]!r}", at=self.last_start, unsupported=True
+            ) from exc
 
     def matmul(self, in_c: int | None = None, out_c: int | None = None) -> m.MatMulLayer:
         name = self.name("matmul")
@@ -251,16 +253,17 @@ class _Parser:
         return tuple(self.block(width) for _ in range(count))
 
     def block(self, width: int) -> m.Block:
-        start = self.pos
         self.record = "<block kind>"
         kind = self.token("block kind")
+        start = self.last_start
         if kind not in m.BLOCK_KINDS:
             following = self.peek() or "<end of file>"
+            self.record = following[:96]
             raise self.fail(
                 f"unknown block kind {kind[:60]!r} (block {following[:96]!r}); "
                 f"known kinds: {', '.join(m.BLOCK_KINDS)}",
                 at=start,
-                unsupported=kind == "dilated_block",
+                unsupported=True,
             )
         name = self.name(kind)
         if kind == m.OrdinaryBlock.KIND:
