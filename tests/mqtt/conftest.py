@@ -71,3 +71,36 @@ def make_requester(settings: MqttSettings) -> Iterator[Callable[..., MqttRequest
     yield make
     for r in clients:
         r.close()
+
+
+@pytest.fixture
+def make_service() -> Iterator[Callable[..., Any]]:
+    """D's AnalysisService over the native engine and the deterministic fake network."""
+    from agent.engines.native import NativeEngine
+    from agent.network.model import PostProcessParams
+    from agent.protocol.service import AnalysisService
+    from agent.runtime.fake import FakeNet
+    from agent.search.params import SearchParams
+
+    services: list[AnalysisService] = []
+
+    def make(delay: float = 0.002, max_visits: int = 20, name: str = "fake") -> AnalysisService:
+        engine = NativeEngine(
+            FakeNet(delay=delay, name=name),
+            PostProcessParams(model_version=15, policy_channels=2),
+            default_params=SearchParams(max_visits=max_visits),
+            randomize=False,
+            seed=7,
+        )
+        service = AnalysisService(engine)
+        services.append(service)
+        return service
+
+    yield make
+    for service in services:
+        service.close(timeout=5)
+
+
+@pytest.fixture
+def real_service(make_service: Callable[..., Any]) -> Any:
+    return make_service()

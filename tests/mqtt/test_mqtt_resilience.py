@@ -111,10 +111,12 @@ def fuzz_payloads(n: int, seed: int = 7) -> list[bytes]:
     return [rng.choice(makers)() for _ in range(n)]
 
 
-def test_resilience__1000_fuzzed_payloads_never_crash_and_good_requests_answered(make_agent, make_requester):
+def test_resilience__1000_fuzzed_payloads_never_crash_and_good_requests_answered(
+    make_agent, make_requester, real_service
+):
     from agent.transports.mqtt import publish_properties
 
-    agent = make_agent("dev1", StubService())
+    agent = make_agent("dev1", real_service)
     req = make_requester()
     client = req._client
     good = []
@@ -123,7 +125,9 @@ def test_resilience__1000_fuzzed_payloads_never_crash_and_good_requests_answered
         props = publish_properties(60, os.urandom(8), req.reply_topic if with_reply else None)
         client.publish(agent.topics.request, payload, qos=1, properties=props)
         if i % 50 == 0:
-            good.append((f"good{i}", req.send(agent.topics.request, {**QUERY, "id": f"good{i}"})))
+            good.append(
+                (f"good{i}", req.send(agent.topics.request, {**QUERY, "id": f"good{i}", "maxVisits": 2}))
+            )
     for qid, c in good:
         p = req.wait(c, 30)
         assert p.responses[-1]["id"] == qid and p.responses[-1]["isDuringSearch"] is False

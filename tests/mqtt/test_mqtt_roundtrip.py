@@ -23,15 +23,26 @@ QUERY = {
 }
 
 
-def test_roundtrip__reply_carries_correlation_data(make_agent, make_requester):
-    agent = make_agent("dev1")
+def test_roundtrip__reply_carries_correlation_data(make_agent, make_requester, real_service):
+    agent = make_agent("dev1", real_service)
     req = make_requester()
-    corr = req.send(agent.topics.request, QUERY)
+    corr = req.send(agent.topics.request, {**QUERY, "maxVisits": 10})
     pending = req.wait(corr, 10)
     assert len(pending.responses) == 1
     final = pending.responses[0]
     assert final["id"] == "q1" and final["isDuringSearch"] is False and final["turnNumber"] == 1
+    assert final["rootInfo"]["visits"] >= 10 and final["moveInfos"][0]["move"] != "D4"
     assert req.unmatched == 0
+
+
+def test_roundtrip__partials_from_real_engine(make_agent, make_requester, make_service):
+    agent = make_agent("dev1", make_service(delay=0.01, max_visits=60))
+    req = make_requester()
+    responses = req.request(agent.topics.request, {**QUERY, "reportDuringSearchEvery": 0.05}, timeout=20)
+    assert [r["isDuringSearch"] for r in responses][-1] is False
+    assert responses.count(responses[-1]) == 1 and len(responses) >= 2
+    visits = [r["rootInfo"]["visits"] for r in responses]
+    assert visits == sorted(visits) and visits[-1] >= 60
 
 
 def test_roundtrip__partials_then_final_each_one_message(make_agent, make_requester):
@@ -61,7 +72,7 @@ def test_roundtrip__two_clients_same_ids_get_only_their_own_replies(make_agent, 
     assert a.unmatched == 0 and b.unmatched == 0
 
 
-def test_roundtrip__fleet_topic_spreads_requests_over_two_agents(make_agent, make_requester, settings):
+def test_roundtrip__fleet_topic_spreads_requests_over_two_agents_stub(make_agent, make_requester, settings):
     s1, s2 = StubService(delay_s=0.05, label="a"), StubService(delay_s=0.05, label="b")
     make_agent("a", s1)
     make_agent("b", s2)
@@ -82,7 +93,7 @@ def test_roundtrip__fleet_topic_spreads_requests_over_two_agents(make_agent, mak
 def test_roundtrip__status_online_and_health_retained_with_expiry(make_agent, settings):
     agent = make_agent("dev1")
     topics = [agent.topics.status, agent.topics.health]
-    got = wait_for(lambda: (m := read_retained(settings.port, topics)) and len(m) == 2 and m)
+    got = wait_for(lambda: (m := read_retained(settings.port, topics, timeout=0.5)) and len(m) == 2 and m)
     status = json.loads(got[agent.topics.status].payload)
     assert status["state"] == "online" and status["device"] == "dev1" and status["profile"] == "test"
     health_msg = got[agent.topics.health]
@@ -138,3 +149,19 @@ def test_roundtrip__busy_when_queue_full(make_agent, make_requester, settings):
     busy = [r for r in results if "error" in r[0]]
     assert len(busy) == 2 and all(r[0]["error"].startswith("busy:") for r in busy)
     assert agent.stats()["busy"] == 2
+
+
+def test_roundtrip__fleet_topic_with_real_services_none_lost_or_duplicated(
+    make_agent, make_requester, make_service, settings
+):
+    s1, s2 = make_service(name="net-a"), make_service(name="net-b")
+    make_agent("a", s1)
+    make_agent("b", s2)
+    req = make_requester()
+    topic = FleetTopics(settings.topic_prefix).fleet_request
+    corrs = [req.send(topic, {**QUERY, "id": f"f{i}", "maxVisits": 5}) for i in range(20)]
+    for i, c in enumerate(corrs):
+        responses = req.wait(c, 30).responses
+        assert [r["id"] for r in responses] == [f"f{i}"] and responses[0]["isDuringSearch"] is False
+    served = [s1.stats()["queries"], s2.stats()["queries"]]
+    assert sum(served) == 20 and min(served) > 0, served

@@ -1,0 +1,107 @@
+"""``katago-edge fleet`` and ``katago-edge query`` against real agents on a real broker."""
+
+from __future__ import annotations
+
+import json
+
+from mqtt_support import wait_for
+
+from agent.cli import run
+from agent.fleet import DeviceView, summarize
+
+
+def test_fleet__json_once_lists_two_running_agents_with_health(make_agent, settings, capsys):
+    a, b = make_agent("pi-a"), make_agent("jetson-b")
+    for agent in (a, b):
+        wait_for(lambda agent=agent: agent.stats()["connects"] == 1)
+    capsys.readouterr()
+    rc = run(["fleet", "--broker", f"127.0.0.1:{settings.port}", "--json", "--once"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    rows = {r["device"]: r for r in out["devices"]}
+    assert set(rows) == {"pi-a", "jetson-b"}
+    for row in rows.values():
+        assert row["state"] == "online" and row["profile"] == "test" and row["engine"] == "stub"
+        assert row["temperature_c"] == 51.0 and row["cpu_percent"] == 12.5 and row["memory_percent"] == 40.0
+        assert row["health"]["mqtt"]["connected"] is True and row["errors"] == 0
+
+
+def test_fleet__stopped_device_shows_stopped(make_agent, settings, capsys):
+    agent = make_agent("gone")
+    agent.stop(clean=True)
+    capsys.readouterr()
+    assert run(["fleet", "--broker", f"127.0.0.1:{settings.port}", "--json", "--once"]) == 0
+    rows = json.loads(capsys.readouterr().out)["devices"]
+    assert [(r["device"], r["state"]) for r in rows] == [("gone", "stopped")]
+
+
+def test_fleet__table_once_renders(make_agent, settings, capsys):
+    make_agent("pi-a")
+    assert run(["fleet", "--broker", f"127.0.0.1:{settings.port}", "--once"]) == 0
+    out = capsys.readouterr().out
+    assert "pi-a" in out and "online" in out and "51.0 °C" in out
+
+
+def test_fleet__summarize_reads_health_snapshot_fields_and_flags_stale():
+    health = {
+        "cpu": {"percent": 87.5},
+        "memory": {"used_percent": 61.0},
+        "temperatures": {"cpu-thermal": 82.3, "gpu": 70.1},
+        "throttling": {"now": ["soft_temperature_limit"]},
+        "engine": {"evals_per_s": 210.0, "queue_depth": 2, "failed": 1},
+        "mqtt": {"queued": 3, "malformed": 4, "timeouts": 0},
+    }
+    view = DeviceView(
+        "pi5", {"state": "online", "profile": "pi5-cpu", "runtime": "onnx"}, health, 100.0, 100.0
+    )
+    row = summarize(view, now=250.0, stale_after_s=90.0)
+    assert row["state"] == "stale" and row["last_seen_s"] == 150.0
+    assert row["temperature_c"] == 82.3 and row["throttled"] == ["soft_temperature_limit"]
+    assert row["cpu_percent"] == 87.5 and row["memory_percent"] == 61.0 and row["evals_per_s"] == 210.0
+    assert row["queue"] == 5 and row["errors"] == 5 and row["engine"] == "onnx"
+
+
+def test_query__real_service_answers_and_prints_json(make_agent, real_service, settings, capsys):
+    make_agent("dev1", real_service)
+    rc = run(
+        ["query", "--device", "dev1", "--broker", f"127.0.0.1:{settings.port}", "--moves", "B:D4", "W:F6",
+         "--board-size", "9", "--visits", "12", "--id", "cli1", "--json"]
+    )  # fmt: skip
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rc == 0
+    final = lines[-1]
+    assert final["id"] == "cli1" and final["isDuringSearch"] is False and final["turnNumber"] == 2
+    assert final["rootInfo"]["visits"] >= 12 and final["moveInfos"]
+
+
+def test_query__error_reply_exits_1(make_agent, real_service, settings, capsys):
+    make_agent("dev1", real_service)
+    rc = run(["query", "--device", "dev1", "--broker", f"127.0.0.1:{settings.port}", "--moves", "B:Z99"])
+    assert rc == 1
+    assert "error" in capsys.readouterr().err
+
+
+def test_query__no_agent_times_out_with_exit_3(broker, capsys):
+    rc = run(["query", "--device", "nobody", "--broker", f"127.0.0.1:{broker.port}", "--timeout", "0.5"])
+    assert rc == 3
+    assert "no final reply" in capsys.readouterr().err
+
+
+def test_query__table_output(make_agent, real_service, settings, capsys):
+    make_agent("dev1", real_service)
+    rc = run(
+        [
+            "query",
+            "--device",
+            "dev1",
+            "--broker",
+            f"127.0.0.1:{settings.port}",
+            "--board-size",
+            "9",
+            "--visits",
+            "8",
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "winrate" in out and "round trip" in out
