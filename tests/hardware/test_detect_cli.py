@@ -1,0 +1,100 @@
+"""``katago-edge detect`` and ``katago-edge check-config`` through the CLI entry point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent import cli
+from agent.profiles import profiles_dir
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _detect_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    assert cli.run(["detect", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    ("device", "kind", "model", "memory_mb", "profile"),
+    [
+        ("raspberry-pi-5-8gb", "raspberry-pi", "Raspberry Pi 5 Model B Rev 1.0", 8052, "raspberry-pi-5"),
+        (
+            "jetson-orin-nano-devkit",
+            "jetson",
+            "NVIDIA Jetson Orin Nano Developer Kit",
+            7620,
+            "jetson-orin-nano-nx",
+        ),
+        ("android-galaxy-s9", "android", "samsung SM-G960U", 3626, "android-arm64"),
+        ("arm64-rock-5b", "arm64", "Radxa ROCK 5B", 7741, "arm64"),
+        ("x86-64-nvidia-desktop", "x86_64", "AMD Ryzen 7 5800X 8-Core Processor", 32032, "x86-64-nvidia"),
+    ],
+)
+def test_detect__json_on_fixture_roots(
+    capsys: pytest.CaptureFixture[str], device: str, kind: str, model: str, memory_mb: int, profile: str
+) -> None:
+    out = _detect_json(capsys, "--root", str(FIXTURES / device))
+    hw = out["hardware"]
+    assert (hw["kind"], hw["model"], hw["memory_mb"], out["profile"]) == (kind, model, memory_mb, profile)
+    assert out["reasons"][0].startswith(f"profile {profile} matched")
+    assert isinstance(out["runtimes_missing"], list)
+
+
+def test_detect__this_machine(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _detect_json(capsys)
+    hw = out["hardware"]
+    assert hw["kind"] in ("raspberry-pi", "jetson", "android", "x86_64", "arm64", "other")
+    assert hw["memory_mb"] > 0 and hw["cpu"]["cores"] > 0
+    assert out["profile"] and out["reasons"]
+    assert out["runtime"] is not None  # numpy at least is always usable
+    assert cli.run(["detect"]) == 0
+    text = capsys.readouterr().out
+    assert f"Profile: {out['profile']}" in text and "Why" in text
+
+
+def test_detect__forced_profile_and_health(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _detect_json(capsys, "--root", str(FIXTURES / "raspberry-pi-3b"), "--profile", "arm64", "--health")
+    assert out["profile"] == "arm64"
+    assert out["health"]["throttling"]["raw"] == "0x50005"
+
+
+def test_detect__missing_root_is_an_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert cli.run(["detect", "--root", str(tmp_path / "nope")]) == 1
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_check_config__shipped_profiles(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "12 profiles valid" in out and "ok  profile raspberry-pi-4" in out
+
+
+def test_check_config__broken_profile_is_reported(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    shutil.copy(profiles_dir() / "arm64.toml", tmp_path / "arm64.toml")
+    bad = (profiles_dir() / "x86-64.toml").read_text().replace("threads = 4", "threads = 4\nthread_count = 2")
+    (tmp_path / "x86-64.toml").write_text(bad)
+    assert cli.run(["check-config", "--profiles-dir", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "search.thread_count: Extra inputs are not permitted" in captured.err
+    assert "ok  profile arm64" in captured.out
+
+
+def test_check_config__agent_config_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("agent.config")
+    good = tmp_path / "good.toml"
+    good.write_text('profile = "raspberry-pi-4"\n[overrides.search]\nthreads = 2\n')
+    assert cli.run(["check-config", str(good)]) == 0
+    assert f"ok  config {good}" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('profile = "raspberry-pi-9"\n')
+    assert cli.run(["check-config", str(bad)]) == 1
+    assert "profile 'raspberry-pi-9' does not exist" in capsys.readouterr().err
+    worse = tmp_path / "worse.toml"
+    worse.write_text("[overrides.search]\nthreads = 0\n")
+    assert cli.run(["check-config", str(worse)]) == 1
+    assert "[overrides] do not fit profile" in capsys.readouterr().err
