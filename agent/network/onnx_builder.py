@@ -51,7 +51,7 @@ from agent.network.model import (
     OrdinaryBlock,
     RMSNormLayer,
 )
-from agent.network.onnx_graph import F32, Act, GraphBuilder, Layout, inv_sqrt, pair_swap, rope_tables
+from agent.network.onnx_graph import F32, Act, GraphBuilder, Layout, inv_sqrt, rope_tables
 
 logger = logging.getLogger(__name__)
 
@@ -254,37 +254,14 @@ class _Builder:
         xn = g.rms_norm_nsc(x, block.norm.name, block.norm.epsilon, block.norm.weight)
         wq = block.q_proj.weight * np.float32(inv_sqrt(qd))
         wk, wv = block.k_proj.weight, block.v_proj.weight
-        if block.use_rope:
-            pieces = [wq, wq[:, pair_swap(nh * qd)], wk, wk[:, pair_swap(nkv * qd)], wv]
-        else:
-            pieces = [wq, wk, wv]
-        sizes = [p.shape[1] for p in pieces]
-        w_all = np.concatenate(pieces, axis=1).astype(np.float32)
+        w_all = np.concatenate([wq, wk, wv], axis=1).astype(np.float32)
+        sizes = [nh * qd, nkv * qd, nkv * vd]
         qkv = g.matmul(xn.name, f"{name}.qkv", w_all)
-        parts = g.op_n("Split", [qkv, g.ints(f"{name}.qkv.split", sizes)], f"{name}.qkv", len(sizes), axis=-1)
+        q, k, v = g.op_n("Split", [qkv, g.ints(f"{name}.qkv.split", sizes)], f"{name}.qkv", 3, axis=-1)
         if block.use_rope:
-            qa, qb, ka, kb, v = parts
             q_ang, k_ang = self.rope_angles(block)
-            qc, qs = rope_tables(q_ang)
-            kc, ks = rope_tables(k_ang)
-            q = g.op(
-                "Add",
-                [
-                    g.op("Mul", [qa, g.const(f"{name}.rope.qcos", qc)], f"{name}.rope_q"),
-                    g.op("Mul", [qb, g.const(f"{name}.rope.qsin", qs)], f"{name}.rope_q"),
-                ],
-                f"{name}.rope_q",
-            )
-            k = g.op(
-                "Add",
-                [
-                    g.op("Mul", [ka, g.const(f"{name}.rope.kcos", kc)], f"{name}.rope_k"),
-                    g.op("Mul", [kb, g.const(f"{name}.rope.ksin", ks)], f"{name}.rope_k"),
-                ],
-                f"{name}.rope_k",
-            )
-        else:
-            q, k, v = parts
+            q = g.rope(q, nh * qd, *rope_tables(q_ang), f"{name}.rope_q")
+            k = g.rope(k, nkv * qd, *rope_tables(k_ang), f"{name}.rope_k")
         s = self.s
         q = g.op("Reshape", [q, g.ints(f"shape/nshd{nh},{qd}", [0, s, nh, qd])], f"{name}.q")
         q = g.op("Transpose", [q], f"{name}.q", perm=[0, 2, 1, 3])  # [N,nh,S,qd]

@@ -243,6 +243,16 @@ class GraphBuilder:
         y = self.to_layout(y, trunk.layout)
         return Act(self.op("Add", [trunk.name, y.name], f"{name}/residual"), trunk.layout, trunk.channels)
 
+    def rope(self, t: str, cols: int, cos: F32, sin_signed: F32, name: str) -> str:
+        """Pair-interleaved RoPE on ``[N, S, cols]``: ``t*cos + swap_pairs(t)*sin_signed``."""
+        s = self.height * self.width
+        pairs = self.op("Reshape", [t, self.ints(f"shape/pairs{cols}", [0, s, cols // 2, 2])], name)
+        a, b = self.op_n("Split", [pairs, self.ints("split/11", [1, 1])], name, 2, axis=-1)
+        swapped = self.op("Concat", [b, a], name, axis=-1)
+        swapped = self.op("Reshape", [swapped, self.ints(f"shape/ns{cols}", [0, s, cols])], name)
+        rot = self.op("Mul", [swapped, self.const(f"{name}.sin", sin_signed)], name)
+        return self.op("Add", [self.op("Mul", [t, self.const(f"{name}.cos", cos)], name), rot], name)
+
     # --- pooling ----------------------------------------------------------------------------
 
     def _spatial_axes(self, x: Act) -> str:
@@ -335,12 +345,6 @@ def rope_tables(angles: F32) -> tuple[F32, F32]:
     sin_signed = np.stack([-sin, sin], axis=3).reshape(heads, s, 2 * pairs)
     to_s_hd = lambda t: np.ascontiguousarray(t.transpose(1, 0, 2).reshape(s, heads * 2 * pairs))  # noqa: E731
     return to_s_hd(cos).astype(np.float32), to_s_hd(sin_signed).astype(np.float32)
-
-
-def pair_swap(num_columns: int) -> npt.NDArray[np.int64]:
-    """Column permutation swapping channels ``2p`` and ``2p+1`` (heads are contiguous, dims even)."""
-    idx = np.arange(num_columns)
-    return idx ^ 1
 
 
 def inv_sqrt(dim: int) -> float:

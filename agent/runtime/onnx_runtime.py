@@ -1,0 +1,247 @@
+"""ONNX Runtime implementation of :class:`NeuralNet` (``OnnxNet``).
+
+``OnnxNet(path)`` accepts either a ``.onnx`` file (any precision made by ``katago-edge convert``)
+or a KataGo network (``.bin.gz`` / ``.bin`` / ``.txt.gz`` / ``.txt``), which is built into ONNX
+once and cached under a key of the source file's sha256, the builder version and the buffer size:
+beside the source when that folder is writable, else in ``$XDG_CACHE_HOME/katago-edge/onnx``.
+
+Execution providers are configurable; the default is onnxruntime's CPU provider. For NVIDIA
+devices pass ``providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"]`` (package
+``onnxruntime-gpu``): the TensorRT EP gets an engine cache folder so engines are built once per
+device. Missing providers are dropped with a warning; CPU is always the last fallback.
+
+On load the session's input shapes are checked and one warm-up evaluation (an empty full buffer)
+runs, so a wrong or corrupt file fails at start-up with a "got X, expected Y" message rather than
+on the first query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import ConversionError, InferenceError, NetworkFileError, RuntimeUnavailable
+from agent.network.model import PostProcessParams
+from agent.runtime.base import NetInfo, NeuralNet, NNInputs, NNOutputs
+
+logger = logging.getLogger(__name__)
+
+ProviderSpec = str | tuple[str, dict[str, Any]]
+OUTPUTS = ("policy", "policy_pass", "value", "score_value", "ownership")
+KATAGO_SUFFIXES = (".bin.gz", ".txt.gz", ".bin", ".txt", ".gz")
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise RuntimeUnavailable(
+            "onnxruntime is not installed: pip install 'katago-edge[onnx]' (or onnxruntime-gpu on NVIDIA)"
+        ) from exc
+    return ort
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "katago-edge" / "onnx"
+
+
+def is_katago_file(path: Path) -> bool:
+    return path.name.lower().endswith(KATAGO_SUFFIXES)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def built_onnx_path(
+    source: Path, board_x: int = 19, board_y: int = 19, cache_dir: Path | None = None
+) -> Path:
+    """Where the ONNX build of a KataGo network is cached (built on demand by :func:`ensure_onnx`)."""
+    from agent.network.onnx_builder import BUILDER_VERSION
+
+    key = f"{sha256_file(source)[:16]}-v{BUILDER_VERSION}-{board_x}x{board_y}"
+    stem = source.name.split(".")[0]
+    folder = cache_dir
+    if folder is None:
+        folder = source.parent if os.access(source.parent, os.W_OK) else default_cache_dir()
+    return folder / f"{stem}.{key}.onnx"
+
+
+def ensure_onnx(source: Path, board_x: int = 19, board_y: int = 19, cache_dir: Path | None = None) -> Path:
+    """Return a cached ONNX build of the KataGo network ``source``, building it if needed."""
+    from agent.network.onnx_builder import OnnxBuildOptions, build_onnx
+    from agent.network.reader import read_network
+
+    target = built_onnx_path(source, board_x, board_y, cache_dir)
+    if target.is_file():
+        return target
+    logger.info("building ONNX graph of %s (cached at %s)", source, target)
+    model = build_onnx(read_network(source), OnnxBuildOptions(board_x=board_x, board_y=board_y))
+    try:
+        write_atomic(target, model.SerializeToString())
+    except OSError as exc:
+        raise ConversionError(f"cannot write the ONNX cache file {target}: {exc}") from exc
+    return target
+
+
+def resolve_providers(
+    requested: Sequence[ProviderSpec] | None, engine_cache: Path | None = None
+) -> list[Any]:
+    """Keep the available providers of ``requested`` (CPU appended), adding TensorRT cache options."""
+    ort = _import_ort()
+    available = set(ort.get_available_providers())
+    result: list[Any] = []
+    for spec in requested or ["CPUExecutionProvider"]:
+        name, opts = (spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1]))
+        if name not in available:
+            logger.warning(
+                "onnxruntime provider %s is not available here (have %s); skipping", name, sorted(available)
+            )
+            continue
+        if name == "TensorrtExecutionProvider" and engine_cache is not None:
+            engine_cache.mkdir(parents=True, exist_ok=True)
+            opts.setdefault("trt_engine_cache_enable", True)
+            opts.setdefault("trt_engine_cache_path", str(engine_cache))
+            opts.setdefault("trt_timing_cache_enable", True)
+        result.append((name, opts) if opts else name)
+    if "CPUExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in result]:
+        result.append("CPUExecutionProvider")
+    return result
+
+
+class OnnxNet(NeuralNet):
+    """A network evaluated by onnxruntime; see the module docstring for the options."""
+
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        *,
+        providers: Sequence[ProviderSpec] | None = None,
+        intra_op_threads: int | None = None,
+        board_x: int = 19,
+        board_y: int = 19,
+        cache_dir: Path | None = None,
+        warmup: bool = True,
+    ) -> None:
+        ort = _import_ort()
+        source: str | bytes
+        if isinstance(model, bytes):
+            path, source = Path("<in-memory ONNX model>"), model
+        else:
+            path = Path(model)
+            if not path.is_file():
+                raise NetworkFileError(f"{path}: no such network file")
+            if is_katago_file(path):
+                path = ensure_onnx(path, board_x, board_y, cache_dir)
+            source = str(path)
+        self.path = path
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            options.intra_op_num_threads = int(intra_op_threads)
+        engine_cache = (cache_dir or default_cache_dir()) / "trt-engines"
+        self.providers = resolve_providers(providers, engine_cache)
+        try:
+            self._session = ort.InferenceSession(source, options, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise NetworkFileError(f"{path}: onnxruntime cannot load it: {exc}") from exc
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self._check_interface(path, meta)
+        self._info = NetInfo(
+            name=meta.get("katago.name", path.stem),
+            model_version=int(meta.get("katago.model_version", "0")),
+            runtime="onnx",
+            precision=meta.get("katago.precision", "fp32"),
+            board_x=self._width,
+            board_y=self._height,
+        )
+        self.postprocess_params = self._params(meta)
+        if warmup:
+            self._warmup()
+
+    def _check_interface(self, path: Path, meta: dict[str, str]) -> None:
+        inputs = {i.name: i.shape for i in self._session.get_inputs()}
+        outputs = [o.name for o in self._session.get_outputs()]
+        if set(inputs) != {"spatial", "global"} or sorted(outputs) != sorted(OUTPUTS):
+            raise NetworkFileError(
+                f"{path}: not a katago-edge network graph: got inputs {sorted(inputs)} and outputs "
+                f"{outputs}, expected inputs ['global', 'spatial'] and outputs {list(OUTPUTS)}"
+            )
+        shape = inputs["spatial"]
+        if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]) or shape[1] != 22:
+            raise NetworkFileError(f"{path}: input 'spatial' has shape {shape}, expected [N, 22, H, W]")
+        self._height, self._width = int(shape[2]), int(shape[3])
+        if "katago.postprocess" not in meta:
+            logger.warning("%s carries no katago.postprocess metadata; using default multipliers", path)
+
+    @staticmethod
+    def _params(meta: dict[str, str]) -> PostProcessParams:
+        import json
+
+        raw = meta.get("katago.postprocess")
+        if raw:
+            return PostProcessParams.from_dict(json.loads(raw))
+        return PostProcessParams(model_version=int(meta.get("katago.model_version", "8")), policy_channels=1)
+
+    def _warmup(self) -> None:
+        spatial = np.zeros((1, 22, self._height, self._width), np.float32)
+        spatial[:, 0] = 1.0
+        out = self.evaluate(NNInputs(spatial, np.zeros((1, 19), np.float32)))
+        area = self._height * self._width
+        if out.policy.shape[-1] != area or out.ownership.shape != (1, area) or out.value.shape != (1, 3):
+            raise NetworkFileError(
+                f"{self.path}: warm-up outputs policy {out.policy.shape}, ownership {out.ownership.shape}, "
+                f"value {out.value.shape}; expected [1, Cp, {area}], [1, {area}], [1, 3]"
+            )
+
+    @property
+    def info(self) -> NetInfo:
+        return self._info
+
+    def evaluate(self, inputs: NNInputs) -> NNOutputs:
+        expected = (22, self._height, self._width)
+        if tuple(inputs.spatial.shape[1:]) != expected:
+            raise InferenceError(
+                f"spatial: got shape {list(inputs.spatial.shape)}, expected [N, 22, {self._height}, {self._width}] "
+                f"(this ONNX model was built for a {self._width}x{self._height} buffer)"
+            )
+        feed = {
+            "spatial": np.ascontiguousarray(inputs.spatial, dtype=np.float32),
+            "global": np.ascontiguousarray(inputs.global_, dtype=np.float32),
+        }
+        try:
+            result = self._session.run(list(OUTPUTS), feed)
+        except Exception as exc:  # onnxruntime's exception classes are not importable portably
+            raise InferenceError(f"onnxruntime evaluation of {self.path.name} failed: {exc}") from exc
+        arrays = [np.asarray(r, dtype=np.float32) for r in result]
+        return NNOutputs(*arrays)
+
+    def close(self) -> None:
+        self._session = None
