@@ -268,6 +268,11 @@ class NumpyNet(NeuralNet):
     def info(self) -> NetInfo:
         return self._info
 
+    @property
+    def postprocess_params(self) -> m.PostProcessParams:
+        """The header values shared post-processing needs (multipliers, version, policy channels)."""
+        return self.network.postprocess
+
     def evaluate(self, inputs: NNInputs) -> NNOutputs:
         try:
             with np.errstate(over="ignore", under="ignore"):
