@@ -209,10 +209,10 @@ def build_native_engine(model: str, runtime: str, settings: dict[str, Any]) -> A
 
 
 def build_katago_engine(args: argparse.Namespace) -> Any:
-    from agent.engines import katago_process
+    import importlib
 
-    cls = katago_process.KataGoProcessEngine
-    return cls.from_command_line(args)  # type: ignore[attr-defined]
+    module = importlib.import_module("agent.engines.katago_process")
+    return module.KataGoProcessEngine.from_command_line(args)
 
 
 def command_analysis(args: argparse.Namespace) -> int:

@@ -1,0 +1,223 @@
+"""MCTS behaviour over the deterministic fake network (fast)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.engines.native import NativeEngine
+from agent.network.model import PostProcessParams
+from agent.protocol.query import parse_query
+from agent.protocol.service import AnalysisService
+from agent.runtime.fake import FakeNet
+from agent.search.evaluator import NNEvaluator
+from agent.search.mcts import Search
+from agent.search.params import SearchParams
+from agent.search.position import SearchState, build_turns
+from agent.search.results import analysis_json
+
+POST = PostProcessParams(model_version=15, policy_channels=2)
+
+
+def query(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": "t",
+        "moves": [["B", "E5"], ["W", "C3"]],
+        "rules": "chinese",
+        "komi": 7.0,
+        "boardXSize": 9,
+        "boardYSize": 9,
+    }
+    base.update(kw)
+    return base
+
+
+def make_search(params: SearchParams | None = None, evaluator: NNEvaluator | None = None, **q: Any) -> Search:
+    p = params or SearchParams(max_visits=40)
+    req = parse_query(query(**q), p)
+    turns, _ = build_turns(req)
+    ev = evaluator or NNEvaluator(FakeNet(), POST, randomize=False)
+    return Search(ev, req.params, SearchState(turns[-1][1]), track_ownership=True, seed=1)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, r: dict[str, Any]) -> None:
+        with self.lock:
+            self.items.append(r)
+
+
+def engine(**kw: Any) -> NativeEngine:
+    params = kw.pop("params", SearchParams(max_visits=30))
+    return NativeEngine(FakeNet(), POST, default_params=params, randomize=False, seed=5, **kw)
+
+
+def test_mcts__visits_reach_limit_and_edges_add_up() -> None:
+    s = make_search()
+    s.run()
+    root = s.root
+    assert root.visits == 40
+    assert int(root.e_visits.sum()) == 39
+    assert int(np.abs(root.e_virtual).sum()) == 0
+    assert root.weight > root.e_weight.sum() > 0
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_mcts__search_threads_leave_no_virtual_loss(threads: int) -> None:
+    ev = NNEvaluator(FakeNet(delay=0.001), POST, randomize=False, max_batch_size=threads).start()
+    try:
+        s = make_search(SearchParams(max_visits=60, num_threads=threads), ev)
+        s.run()
+    finally:
+        ev.close()
+    assert 60 <= s.root.visits <= 60 + threads
+    stack = [s.root]
+    while stack:
+        n = stack.pop()
+        assert int(np.abs(n.e_virtual).sum()) == 0
+        assert not n.pending
+        stack.extend(c for c in n.children if c is not None)
+    assert ev.rows >= 30 and ev.batches <= ev.rows
+
+
+def test_mcts__response_fields_and_perspectives() -> None:
+    s = make_search()
+    s.run()
+    black = analysis_json(s, perspective="BLACK", include_policy=True, include_ownership=True)
+    white = analysis_json(s, perspective="WHITE", include_ownership=True)
+    assert black is not None and white is not None
+    assert abs(black["rootInfo"]["winrate"] + white["rootInfo"]["winrate"] - 1.0) < 1e-9
+    assert abs(black["rootInfo"]["scoreLead"] + white["rootInfo"]["scoreLead"]) < 1e-9
+    assert np.allclose(np.array(black["ownership"]), -np.array(white["ownership"]))
+    side = analysis_json(s, perspective="SIDETOMOVE")
+    assert side is not None and side["rootInfo"]["winrate"] == black["rootInfo"]["winrate"]  # Black to move
+    infos = black["moveInfos"]
+    assert infos[0]["order"] == 0 and infos[0]["pv"][0] == infos[0]["move"]
+    assert sum(m["edgeVisits"] for m in infos) == 39
+    assert len(black["policy"]) == 82 and black["policy"][4 * 9 + 4] == -1  # E5: x=4, y=9-5
+    assert black["policy"][6 * 9 + 2] == -1  # C3: x=2, y=9-3
+
+
+def test_mcts__avoid_moves_are_never_searched_at_the_root() -> None:
+    eng = engine()
+    svc = AnalysisService(eng)
+    sink = Sink()
+    avoid = ["D4", "D5", "D6", "E4", "E6", "F4", "F5", "F6", "G7", "C7", "G3"]
+    svc.handle_line(json.dumps(query(avoidMoves=[{"player": "B", "moves": avoid, "untilDepth": 1}])), sink)
+    svc.close()
+    final = [r for r in sink.items if r.get("isDuringSearch") is False][0]
+    assert not {m["move"] for m in final["moveInfos"]} & set(avoid)
+
+
+def test_mcts__allow_moves_restricts_the_root() -> None:
+    eng = engine()
+    svc = AnalysisService(eng)
+    sink = Sink()
+    svc.handle_line(
+        json.dumps(query(allowMoves=[{"player": "B", "moves": ["A1", "J9"], "untilDepth": 1}])), sink
+    )
+    svc.close()
+    final = [r for r in sink.items if r.get("isDuringSearch") is False][0]
+    assert {m["move"] for m in final["moveInfos"]} <= {"A1", "J9"}
+    assert final["rootInfo"]["visits"] == 30
+
+
+def test_mcts__report_during_search_then_one_final() -> None:
+    net = FakeNet(delay=0.002)
+    eng = NativeEngine(net, POST, default_params=SearchParams(max_visits=150), randomize=False)
+    svc = AnalysisService(eng)
+    sink = Sink()
+    svc.handle_line(json.dumps(query(reportDuringSearchEvery=0.05)), sink)
+    svc.close()
+    during = [r for r in sink.items if r.get("isDuringSearch") is True]
+    finals = [r for r in sink.items if r.get("isDuringSearch") is False]
+    assert len(finals) == 1 and finals[0] is sink.items[-1]
+    assert during and all(r["rootInfo"]["visits"] <= finals[0]["rootInfo"]["visits"] for r in during)
+
+
+def test_mcts__territory_pass_after_two_passes_is_terminal() -> None:
+    moves = [["B", "E5"], ["W", "C3"], ["B", "pass"], ["W", "pass"]]
+    s = make_search(SearchParams(max_visits=60), moves=moves, rules="japanese", komi=6.5)
+    s.run()
+    k = s.root.child_index(81)
+    child = s.root.children[k]
+    assert child is not None and child.terminal is not None
+    res = analysis_json(s, perspective="BLACK", pv_len=5)
+    assert res is not None
+    pass_info = [m for m in res["moveInfos"] if m["move"] == "pass"]
+    assert not pass_info or pass_info[0]["pv"] == ["pass"]
+
+
+def test_mcts__conservative_pass_keeps_the_root_pass_child_alive() -> None:
+    moves = [["B", "E5"], ["W", "C3"], ["B", "pass"], ["W", "pass"]]
+    s = make_search(SearchParams(max_visits=60), moves=moves, rules="tromp-taylor", komi=7.5)
+    s.prepare_root()
+    child = s._child(s.root, s.root.child_index(81))
+    assert child.terminal is None  # conservativePass: the root's pass does not end the game
+    s2 = make_search(SearchParams(max_visits=60, conservative_pass=False), moves=moves, rules="tromp-taylor")
+    s2.prepare_root()
+    child2 = s2._child(s2.root, s2.root.child_index(81))
+    assert child2.terminal is not None and child2.terminal.weight == 1.0
+
+
+def test_mcts__priorities_run_higher_first() -> None:
+    net = FakeNet(delay=0.003)
+    eng = NativeEngine(net, POST, default_params=SearchParams(max_visits=20), randomize=False)
+    svc = AnalysisService(eng)
+    order: list[str] = []
+
+    def sink(r: dict[str, Any]) -> None:
+        if r.get("isDuringSearch") is False:
+            order.append(r["id"])
+
+    svc.handle_line(json.dumps(query(id="first")), sink)
+    time.sleep(0.05)
+    svc.handle_line(json.dumps(query(id="low", priority=-5)), sink)
+    svc.handle_line(json.dumps(query(id="high", priority=10)), sink)
+    svc.handle_line(json.dumps(query(id="mid")), sink)
+    svc.close()
+    assert order == ["first", "high", "mid", "low"]
+
+
+def test_mcts__tree_reuse_when_the_next_query_extends_the_last() -> None:
+    eng = engine(params=SearchParams(max_visits=80))
+    svc = AnalysisService(eng)
+    sink = Sink()
+    svc.handle_line(json.dumps(query(id="a")), sink)
+    while not [r for r in sink.items if r.get("id") == "a"]:
+        time.sleep(0.01)
+    best = sink.items[0]["moveInfos"][0]["move"]
+    svc.handle_line(json.dumps(query(id="b", moves=[["B", "E5"], ["W", "C3"], ["B", best]])), sink)
+    svc.close()
+    stats = eng.stats()
+    assert stats["finished"] == 2
+    assert stats["visits"] < 160  # the second search started from the first one's subtree
+
+
+def test_mcts__root_symmetries_average_the_policy() -> None:
+    ev = NNEvaluator(FakeNet(), POST, randomize=False)
+    s = make_search(SearchParams(max_visits=1, root_num_symmetries_to_sample=8), ev)
+    s.run()
+    assert ev.rows == 8
+    res = analysis_json(s, perspective="BLACK", include_policy=True)
+    assert res is not None
+    pol = np.array(res["policy"])
+    assert abs(pol[pol >= 0].sum() - 1.0) < 1e-5
+
+
+def test_mcts__nn_cache_hits_and_clear() -> None:
+    ev = NNEvaluator(FakeNet(), POST, randomize=False)
+    make_search(SearchParams(max_visits=1), ev).run()
+    make_search(SearchParams(max_visits=1), ev).run()
+    assert ev.cache_hits == 1
+    ev.clear_cache()
+    make_search(SearchParams(max_visits=1), ev).run()
+    assert ev.cache_hits == 1 and ev.cache_misses == 2
