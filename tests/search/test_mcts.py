@@ -113,7 +113,7 @@ def test_mcts__avoid_moves_are_never_searched_at_the_root() -> None:
     avoid = ["D4", "D5", "D6", "E4", "E6", "F4", "F5", "F6", "G7", "C7", "G3"]
     svc.handle_line(json.dumps(query(avoidMoves=[{"player": "B", "moves": avoid, "untilDepth": 1}])), sink)
     svc.close()
-    final = [r for r in sink.items if r.get("isDuringSearch") is False][0]
+    final = next(r for r in sink.items if r.get("isDuringSearch") is False)
     assert not {m["move"] for m in final["moveInfos"]} & set(avoid)
 
 
@@ -125,7 +125,7 @@ def test_mcts__allow_moves_restricts_the_root() -> None:
         json.dumps(query(allowMoves=[{"player": "B", "moves": ["A1", "J9"], "untilDepth": 1}])), sink
     )
     svc.close()
-    final = [r for r in sink.items if r.get("isDuringSearch") is False][0]
+    final = next(r for r in sink.items if r.get("isDuringSearch") is False)
     assert {m["move"] for m in final["moveInfos"]} <= {"A1", "J9"}
     assert final["rootInfo"]["visits"] == 30
 
