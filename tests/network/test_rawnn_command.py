@@ -93,3 +93,23 @@ def test_rawnn__bad_lines_get_errors_and_features_dump(
 
 def test_rawnn__optimism_out_of_range_is_usage_error(models_dir: Path) -> None:
     assert cli.run(["rawnn", "--model", str(model_file(models_dir, "b6c96")), "--policy-optimism", "2"]) == 2
+
+
+def test_rawnn__onnx_runtime_matches_katago(
+    models_dir: Path,
+    reference_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    records = _records(reference_dir, "b7c96-cnorm")[::4]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(_query(r) for r in records)))
+    model = str(model_file(models_dir, "b7c96-cnorm"))
+    assert cli.run(["rawnn", "--model", model, "--runtime", "onnx"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    errors = Errors()
+    for ans, rec in zip(answers, records, strict=True):
+        compare_fields(ans, rec["rawnn"], rec["id"], errors, policy_only=False)
+    assert errors.worst and not errors.violations(), errors.worst
