@@ -68,6 +68,16 @@ def _get(d: Any, *path: str) -> Any:
     return d
 
 
+def _first(d: dict[str, Any], *paths: str) -> Any:
+    """The first present value among dotted ``paths`` (health documents nest differently: the
+    daemon puts the device snapshot under ``device`` and engine counters under ``service.engine``)."""
+    for path in paths:
+        value = _get(d, *path.split("."))
+        if value is not None:
+            return value
+    return None
+
+
 def summarize(view: DeviceView, now: float, stale_after_s: float) -> dict[str, Any]:
     """One table row (plain values) from a device's last status and health documents."""
     status, health = view.status or {}, view.health or {}
@@ -76,14 +86,19 @@ def summarize(view: DeviceView, now: float, stale_after_s: float) -> dict[str, A
     age = None if seen is None else max(0.0, now - seen)
     if state == "online" and age is not None and age > stale_after_s:
         state = "stale"
-    temps = [t for t in (_num(v) for v in (health.get("temperatures") or {}).values()) if t is not None]
-    temperature = max(temps) if temps else _num(_get(health, "thermal", "temperature_c"))
-    if temperature is None:
-        temperature = _num(health.get("temperature_c"))
-    throttling_now = _get(health, "throttling", "now")
+    zones = _first(health, "temperatures", "device.temperatures")
+    temps = [t for t in (_num(v) for v in zones.values()) if t is not None] if isinstance(zones, dict) else []
+    temperature = (
+        max(temps)
+        if temps
+        else _num(_first(health, "thermal.temperature_c", "device.thermal.temperature_c", "temperature_c"))
+    )
+    throttling_now = _first(health, "throttling.now", "device.throttling.now")
     throttled = list(throttling_now) if isinstance(throttling_now, list) else bool(health.get("throttled"))
     mqtt_stats = health.get("mqtt") or {}
-    engine = health.get("engine") or {}
+    engine = _first(health, "engine", "service.engine", "device.engine") or {}
+    if not isinstance(engine, dict):
+        engine = {}
     errors = sum(
         int(_num(x) or 0)
         for x in (
@@ -99,12 +114,14 @@ def summarize(view: DeviceView, now: float, stale_after_s: float) -> dict[str, A
         "device": view.device,
         "state": state,
         "last_seen_s": None if age is None else round(age, 1),
-        "profile": status.get("profile"),
-        "engine": status.get("engine") or status.get("runtime"),
+        "profile": status.get("profile") or _first(health, "agent.profile"),
+        "engine": status.get("engine") or status.get("runtime") or _first(health, "agent.engine"),
         "temperature_c": temperature,
         "throttled": throttled,
-        "cpu_percent": _num(_get(health, "cpu", "percent")) or _num(health.get("cpu_percent")),
-        "memory_percent": _num(_get(health, "memory", "used_percent")) or _num(health.get("memory_percent")),
+        "cpu_percent": _num(_first(health, "cpu.percent", "device.cpu.percent", "cpu_percent")),
+        "memory_percent": _num(
+            _first(health, "memory.used_percent", "device.memory.used_percent", "memory_percent")
+        ),
         "evals_per_s": _num(engine.get("evals_per_s")),
         "queue": queue,
         "errors": errors,

@@ -119,11 +119,19 @@ def decode_request(msg: Incoming, max_payload_bytes: int) -> Request | Rejection
             "malformed",
         )
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
-        return Rejection(error_response(f"Could not parse json: {exc}"), reply, "malformed")
+        err = error_response(
+            f"[json.exception.parse_error] {exc} - could not parse input line as json request: {text[:200]}"
+        )
+        return Rejection(err, reply, "malformed")
     if not isinstance(obj, dict):
-        return Rejection(error_response("Request must be a JSON object"), reply, "malformed")
+        shown = json.dumps(obj)[:200]
+        return Rejection(
+            error_response("Request line was valid json but was not an object, ignoring: " + shown),
+            reply,
+            "malformed",
+        )
     if REPLY_TOPIC_KEY in obj:
         fallback = obj.pop(REPLY_TOPIC_KEY)
         if reply is None:
@@ -141,6 +149,10 @@ def decode_request(msg: Incoming, max_payload_bytes: int) -> Request | Rejection
         return Rejection(error_response("no reply topic", qid), None, "no_reply_topic")
     deadline = None if msg.expiry_s is None else msg.received + msg.expiry_s
     return Request(obj, reply, msg.received, deadline)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def finals_expected(query: dict[str, Any]) -> int:

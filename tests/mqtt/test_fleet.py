@@ -105,3 +105,30 @@ def test_query__table_output(make_agent, real_service, settings, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "winrate" in out and "round trip" in out
+
+
+def test_fleet__summarize_reads_the_daemon_health_layout():
+    """The daemon nests the device snapshot under ``device`` and engine stats under ``service.engine``."""
+    health = {
+        "agent": {"profile": "jetson-orin-trt", "engine": "native"},
+        "service": {"engine": {"evals_per_s": 1500.0, "queue_depth": 1, "failed": 0}},
+        "device": {
+            "cpu": {"percent": 20.0},
+            "memory": {"used_percent": 30.0},
+            "temperatures": {"cpu-thermal": 55.0},
+            "throttling": None,
+            "thermal": {"temperature_c": 55.0},
+        },
+        "mqtt": {"queued": 0, "malformed": 0},
+    }
+    view = DeviceView("orin", {"state": "online"}, health, 100.0, 101.0)
+    row = summarize(view, now=102.0, stale_after_s=90.0)
+    assert row["state"] == "online" and row["last_seen_s"] == 1.0
+    assert (row["profile"], row["engine"]) == ("jetson-orin-trt", "native")
+    assert row["temperature_c"] == 55.0 and row["throttled"] is False
+    assert (row["cpu_percent"], row["memory_percent"], row["evals_per_s"], row["queue"]) == (
+        20.0,
+        30.0,
+        1500.0,
+        1,
+    )
