@@ -23,6 +23,7 @@ under ``root``; psutil and NVML always describe the running machine.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import platform
@@ -215,9 +216,11 @@ class HealthCollector:
     def _nvidia(self) -> tuple[list[dict[str, Any]] | None, str | None]:
         if self.root != Path("/"):
             return None, "NVML describes the running machine only"
+        if importlib.util.find_spec("pynvml") is None:
+            return None, "NVML bindings not installed (pip install 'katago-edge[nvidia]')"
         stats = nvml_stats()
         if stats is None:
-            return None, "NVML not importable or no NVIDIA driver"
+            return None, "NVML does not initialise (no NVIDIA driver)"
         if not stats:
             return None, "NVML sees no GPU"
         return stats, None

@@ -118,3 +118,14 @@ def test_health__collector_measures_the_interval_between_snapshots() -> None:
     second = collector.snapshot()
     assert first.cpu is not None and second.cpu is not None
     assert second.agent["uptime_s"] >= first.agent["uptime_s"]
+
+
+def test_health__nvml_without_a_driver_is_absent_with_the_reason() -> None:
+    pytest.importorskip("pynvml")
+    from agent.hardware.nvidia import probe_nvml
+
+    if probe_nvml():
+        pytest.skip("this machine has an NVIDIA driver: covered by the real-values test")
+    snap = HealthCollector(first_sample_s=0.0).snapshot()
+    assert snap.nvidia_gpus is None
+    assert snap.absent["nvidia_gpus"] == "NVML does not initialise (no NVIDIA driver)"
