@@ -23,7 +23,6 @@ under ``root``; psutil and NVML always describe the running machine.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import platform
@@ -41,7 +40,7 @@ import psutil
 from agent import __version__
 from agent.hardware._files import read_text
 from agent.hardware.jetson import read_gpu_load, read_power_mode
-from agent.hardware.nvidia import nvml_stats
+from agent.hardware.nvidia import nvml_importable, nvml_stats
 from agent.hardware.raspberry_pi import ThrottleState, parse_throttled, read_throttled
 from agent.hardware.thermal_zones import probe_thermal_zones
 from agent.thermal import ThermalGuard, ThermalStatus
@@ -216,7 +215,7 @@ class HealthCollector:
     def _nvidia(self) -> tuple[list[dict[str, Any]] | None, str | None]:
         if self.root != Path("/"):
             return None, "NVML describes the running machine only"
-        if importlib.util.find_spec("pynvml") is None:
+        if not nvml_importable():
             return None, "NVML bindings not installed (pip install 'katago-edge[nvidia]')"
         stats = nvml_stats()
         if stats is None:

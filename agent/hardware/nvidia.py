@@ -40,6 +40,11 @@ def _nvml() -> Any | None:
         return None
 
 
+def nvml_importable() -> bool:
+    """Whether the NVML bindings (``pynvml`` from nvidia-ml-py) import."""
+    return _nvml() is not None
+
+
 def _call(fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
