@@ -1,0 +1,134 @@
+"""Search benchmark: visits/s of the native engine next to the network's own evals/s.
+
+Every position is analysed with a fixed ``maxVisits`` through the real ``AnalysisService`` (the
+path every transport uses), the NN cache cleared between thread counts. Visits/s is the visits the
+responses report divided by wall time; the engine's evaluator counts the rows it evaluated and the
+seconds it spent in the network, which gives evals/s at the batch sizes the search actually
+formed. Their ratio is the search overhead target (visits/s >= 0.9 x evals/s): a visit costs one
+evaluation, so anything below that is tree work, feature extraction or waiting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.benchmark.positions import BenchPosition
+from agent.network.model import PostProcessParams
+from agent.runtime.base import NeuralNet
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    threads: int
+    visits: int
+    positions: int
+    wall_s: float
+    visits_per_s: float
+    nn_evals_per_s: float
+    avg_batch: float
+    nn_time_share: float
+
+    @property
+    def overhead_ratio(self) -> float:
+        """visits/s divided by the network's evals/s; >= 0.9 is the target."""
+        return self.visits_per_s / self.nn_evals_per_s if self.nn_evals_per_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threads": self.threads,
+            "visits_per_query": self.visits,
+            "positions": self.positions,
+            "wall_s": round(self.wall_s, 3),
+            "visits_per_s": round(self.visits_per_s, 3),
+            "nn_evals_per_s": round(self.nn_evals_per_s, 3),
+            "avg_batch": round(self.avg_batch, 3),
+            "nn_time_share": round(self.nn_time_share, 3),
+            "visits_over_evals": round(self.overhead_ratio, 3),
+        }
+
+
+def run_search_bench(
+    net: NeuralNet,
+    post: PostProcessParams,
+    positions: list[BenchPosition],
+    *,
+    threads: int,
+    visits: int,
+    timeout_s: float = 600.0,
+) -> SearchResult:
+    """Analyse every position once with ``visits`` visits and ``threads`` search threads."""
+    from agent.engines.native import NativeEngine
+    from agent.protocol.service import AnalysisService
+    from agent.search.params import SearchParams
+
+    params = SearchParams(max_visits=visits, num_threads=threads)
+    engine = NativeEngine(net, post, default_params=params, max_batch_size=max(1, threads), seed=1)
+    service = AnalysisService(engine)
+    done = threading.Event()
+    finals: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def emit(resp: dict[str, Any]) -> None:
+        if resp.get("isDuringSearch"):
+            return
+        with lock:
+            finals.append(resp)
+            if len(finals) == len(positions):
+                done.set()
+
+    try:
+        # Warm-up (compiles kernels, fills allocator pools); not timed and not counted.
+        warm = AnalysisService(engine)
+        warm_done = threading.Event()
+        warm.handle_query(positions[0].query("warmup", min(visits, 8)), lambda r: warm_done.set())
+        warm_done.wait(timeout_s)
+        engine.clear_cache()
+        before = engine.evaluator.stats()
+        start = time.perf_counter()
+        for i, pos in enumerate(positions):
+            service.handle_query(pos.query(f"bench-{i}", visits), emit)
+        if not done.wait(timeout_s):
+            raise TimeoutError(f"search benchmark did not finish within {timeout_s:.0f} s")
+        wall = time.perf_counter() - start
+        after = engine.evaluator.stats()
+    finally:
+        engine.close(timeout=5.0)
+    errors = [r for r in finals if "error" in r]
+    if errors:
+        raise RuntimeError(f"search benchmark query failed: {errors[0]}")
+    total_visits = sum(int(r["rootInfo"]["visits"]) for r in finals)
+    rows = after["nn_rows"] - before["nn_rows"]
+    nn_s = after["nn_seconds"] - before["nn_seconds"]
+    batches = after.get("nn_batches", 0) - before.get("nn_batches", 0)
+    return SearchResult(
+        threads=threads,
+        visits=visits,
+        positions=len(positions),
+        wall_s=wall,
+        visits_per_s=total_visits / wall,
+        nn_evals_per_s=rows / nn_s if nn_s > 0 else 0.0,
+        avg_batch=rows / batches if batches else 0.0,
+        nn_time_share=nn_s / wall if wall > 0 else 0.0,
+    )
+
+
+def run_search_benches(
+    make_net: Callable[[], NeuralNet],
+    post: PostProcessParams,
+    positions: list[BenchPosition],
+    *,
+    thread_counts: list[int],
+    visits: int,
+) -> list[SearchResult]:
+    out = []
+    for t in thread_counts:
+        net = make_net()
+        try:
+            out.append(run_search_bench(net, post, positions, threads=t, visits=visits))
+        finally:
+            net.close()
+    return out

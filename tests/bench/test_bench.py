@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import model_file
+
+from agent import cli
+from agent.benchmark.katago import parse_benchmark_output
+from agent.benchmark.report import Suggestion, apply_suggestion, suggest
+from agent.benchmark.timing import measure, percentile, summarize
+from agent.config import parse_config
+
+# Result lines as `katago benchmark` prints them (format of KataGo v1.x).
+KATAGO_OUTPUT = """\
+2026-11-25 21:00:01+0000: Loaded model /models/g170-b6c96.bin.gz
+Testing with 10 positions per thread count...
+numSearchThreads =  1: 10 / 10 positions, visits/s = 101.27 nnEvals/s = 83.90 nnBatches/s = 83.90 avgBatchSize = 1.00 (19.8 secs)
+numSearchThreads =  2: 10 / 10 positions, visits/s = 160.55 nnEvals/s = 131.07 nnBatches/s = 67.12 avgBatchSize = 1.95 (12.5 secs)
+Ordered summary of results:
+"""
+
+
+def test_parse_benchmark_output__reads_every_thread_line() -> None:
+    lines = parse_benchmark_output(KATAGO_OUTPUT)
+    assert [ln.threads for ln in lines] == [1, 2]
+    assert lines[0].visits_per_s == pytest.approx(101.27)
+    assert lines[1].nn_evals_per_s == pytest.approx(131.07)
+    assert lines[1].avg_batch_size == pytest.approx(1.95)
+    assert parse_benchmark_output("no results here") == []
+
+
+def test_timing__percentiles_and_spread() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile([1.0, 2.0], 95) == pytest.approx(1.95)
+    t = summarize([0.010, 0.011, 0.012, 0.013, 0.100])
+    assert t.median_s == 0.012 and t.max_s == 0.100 and t.reps == 5
+    assert t.spread > 1.0  # one outlier in five shows up in the p05..p95 spread
+
+
+def test_measure__warms_up_then_times_at_least_reps() -> None:
+    calls = []
+    ticks = iter(float(i) for i in range(1000))
+    t = measure(lambda: calls.append(1), warmup=3, reps=5, clock=lambda: next(ticks))
+    assert len(calls) == 8 and t.reps == 5 and t.median_s == 1.0
+
+
+def _row(runtime: str, precision: str, batch: int, eps: float, threads: int = 2) -> dict[str, object]:
+    return {
+        "runtime": runtime,
+        "precision": precision,
+        "batch": batch,
+        "threads": threads,
+        "evals_per_s": eps,
+    }
+
+
+def test_suggest__fastest_verified_variant_and_smallest_good_batch() -> None:
+    rows = [
+        _row("onnx", "fp32", 1, 30.0),
+        _row("onnx", "int8", 1, 80.0),
+        _row("onnx", "int8", 8, 84.0),
+        _row("tflite", "fp16", 8, 200.0),  # fastest, but its verification failed
+    ]
+    s = suggest(rows, {"onnx/int8": True, "tflite/fp16": False}, cores=4)
+    assert s is not None
+    assert (s.runtime, s.precision, s.batch_size, s.threads) == ("onnx", "int8", 1, 2)
+    assert any("tflite/fp16" in r for r in s.reasons)
+    assert suggest([], {}, cores=2) is None
+
+
+def test_apply_suggestion__replaces_overrides_keeps_the_rest(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        '# my device\ndevice_id = "pi-kitchen"\n\n[overrides]\nold = 1\n\n[mqtt]\nhost = "broker"\n'
+    )
+    apply_suggestion(cfg, Suggestion("onnx", "int8", 4, 2, 80.0))
+    text = cfg.read_text()
+    data = tomllib.loads(text)
+    assert "# my device" in text and data["device_id"] == "pi-kitchen" and data["mqtt"]["host"] == "broker"
+    assert data["overrides"] == {
+        "runtimes": [{"runtime": "onnx", "precision": "int8"}],
+        "search": {"threads": 4, "batch_size": 2},
+    }
+    parse_config(text, str(cfg))  # the agent still accepts the file
+
+
+def test_bench_command__quick_run_writes_json(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = model_file(models_dir, "b6c96")
+    out = tmp_path / "bench.json"
+    rc = cli.run(
+        [
+            "bench",
+            "--model",
+            str(model),
+            "--quick",
+            "--runtimes",
+            "numpy,onnx",
+            "--precisions",
+            "fp32",
+            "--batches",
+            "1,2",
+            "--threads",
+            "1",
+            "--search-threads",
+            "1",
+            "--visits",
+            "8",
+            "--reps",
+            "2",
+            "--no-e2e",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["machine"]["cores"] >= 1 and report["machine"]["memory_mb"] > 0
+    rows = {(r["runtime"], r["batch"]): r for r in report["nn"]["results"]}
+    assert set(rows) == {("numpy", 1), ("numpy", 2), ("onnx", 1), ("onnx", 2)}
+    assert all(r["evals_per_s"] > 0 and r["latency_ms_p95"] >= r["latency_ms_p50"] > 0 for r in rows.values())
+    assert report["nn"]["accuracy"]["onnx/fp32"]["passed"] is True
+    search = report["search"]["results"][0]
+    assert search["threads"] == 1 and search["visits_per_s"] > 0 and search["nn_evals_per_s"] > 0
+    assert report["suggestion"]["precision"] == "fp32"
+    assert report["peak_rss_mb"] > 0
