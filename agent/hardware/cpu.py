@@ -105,7 +105,7 @@ class CpuCluster:
 
 @dataclass(frozen=True)
 class CpuInfo:
-    arch: str  # "x86_64", "aarch64", "armv7l" or "unknown"
+    arch: str  # "x86_64", "i686", "aarch64", "arm" (any 32-bit ARM kernel) or "unknown"
     model: str | None
     cores: int
     features: frozenset[str] = field(default_factory=frozenset)
@@ -151,7 +151,7 @@ def _arch(blocks: list[dict[str, str]]) -> str:
     if "asimd" in feats or "fp" in feats:
         return "aarch64"
     if "neon" in feats or "vfp" in feats or "thumb" in feats:
-        return "armv7l"
+        return "arm"
     return "unknown"
 
 
@@ -206,7 +206,7 @@ def probe_cpu(root: Path = Path("/")) -> CpuInfo:
     blocks, trailer = _split_processors(text)
     arch = _arch(blocks)
     core_names: dict[int, str | None] = {}
-    if arch in ("aarch64", "armv7l"):
+    if arch in ("aarch64", "arm"):
         core_names = {i: _arm_core(b) for i, b in enumerate(blocks)}
     cores = len(blocks)
     return CpuInfo(

@@ -37,10 +37,10 @@ def _write(root: Path, path: str, text: str) -> None:
 
 
 def test_probe_cpu__32bit_raspberry_pi_os(tmp_path: Path) -> None:
-    """A Pi 3 on 32-bit Raspberry Pi OS: armv7l, NEON, model from cpuinfo (no device tree here)."""
+    """A Pi 3 on 32-bit Raspberry Pi OS: a 32-bit ARM kernel, NEON, model from cpuinfo (no device tree here)."""
     _write(tmp_path, "/proc/cpuinfo", ARMV7_ON_PI3)
     cpu = probe_cpu(tmp_path)
-    assert cpu.arch == "armv7l"
+    assert cpu.arch == "arm"
     assert cpu.features == {"neon"}
     assert cpu.model == "1x Cortex-A53"
     assert cpu.hardware == "BCM2835"
