@@ -29,18 +29,14 @@ def _area_for_pla(
     stride = board.stride
     o = 3 - pla
     locs = board.geo.all_locs()
-    region_of: dict[int, int] = {}
+    region_of = [-1] * len(color)
     regions: list[list[int]] = []
     vital_for: list[set[int]] = []
     internal: list[int] = []
     contains_opp: list[bool] = []
-    at_least_one_pla = False
-    for loc in locs:
-        if color[loc] == pla:
-            at_least_one_pla = True
-            break
+    at_least_one_pla = any(color[h] == pla for h in board.stones)
     for seed in locs:
-        if color[seed] != EMPTY or seed in region_of:
+        if color[seed] != EMPTY or region_of[seed] >= 0:
             continue
         rid = len(regions)
         pts = [seed]
@@ -53,19 +49,27 @@ def _area_for_pla(
             p = pts[i]
             i += 1
             c = color[p]
-            adj_heads: set[int] = set()
+            touches_pla = False
+            adj: list[int] = []
             for n in (p - stride, p - 1, p + 1, p + stride):
                 cn = color[n]
                 if cn == pla:
-                    adj_heads.add(cid[n])
-                elif cn in (EMPTY, o) and n not in region_of:
+                    touches_pla = True
+                    adj.append(cid[n])
+                elif cn != WALL and region_of[n] < 0:
                     region_of[n] = rid
                     pts.append(n)
             if c == o:
                 has_opp = True
-            if suicide or c == EMPTY:
-                vf = adj_heads if vf is None else (vf & adj_heads)
-            if not adj_heads and n_int < 2:
+                if not suicide:
+                    if not touches_pla and n_int < 2:
+                        n_int += 1
+                    continue
+            if vf is None:
+                vf = set(adj)
+            elif vf:
+                vf.intersection_update(adj)
+            if not touches_pla and n_int < 2:
                 n_int += 1
         regions.append(pts)
         vital_for.append(vf or set())
@@ -88,8 +92,8 @@ def _area_for_pla(
             changed = True
             for s in board.stones[h]:
                 for n in (s - stride, s - 1, s + 1, s + stride):
-                    rid2 = region_of.get(n)
-                    if rid2 is not None and not borders_killed[rid2]:
+                    rid2 = region_of[n]
+                    if rid2 >= 0 and not borders_killed[rid2]:
                         borders_killed[rid2] = True
                         for h2 in vital_for[rid2]:
                             vital[h2] -= 1

@@ -20,6 +20,7 @@ as KataGo's ``Location::tryOfString`` accepts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from agent.errors import CoordinateError
 
@@ -64,10 +65,9 @@ class Geometry:
     def on_board(self, x: int, y: int) -> bool:
         return 0 <= x < self.x_size and 0 <= y < self.y_size
 
-    def all_locs(self) -> list[int]:
+    def all_locs(self) -> tuple[int, ...]:
         """Every board point, row by row (y ascending, x ascending): KataGo's scan order."""
-        s = self.x_size + 1
-        return [(x + 1) + (y + 1) * s for y in range(self.y_size) for x in range(self.x_size)]
+        return _all_locs(self.x_size, self.y_size)
 
     def loc_to_pos(self, loc: int, nn_x: int = 19, nn_y: int = 19) -> int:
         """Policy / NN-buffer index of ``loc`` (pass -> ``nn_x * nn_y``)."""
@@ -89,6 +89,12 @@ class Geometry:
 
     def from_gtp(self, text: str) -> int:
         return gtp_to_loc(text, self.x_size, self.y_size)
+
+
+@lru_cache(maxsize=512)
+def _all_locs(x_size: int, y_size: int) -> tuple[int, ...]:
+    s = x_size + 1
+    return tuple((x + 1) + (y + 1) * s for y in range(y_size) for x in range(x_size))
 
 
 def column_name(x: int) -> str:

@@ -218,7 +218,11 @@ def ladder_captured_attacker_first_2libs(board: Board, loc: int) -> tuple[bool, 
     defender = board.color[loc]
     attacker = 3 - defender
     works: list[int] = []
-    for m in list(board.libs[board.cid[loc]]):
+    libs = list(board.libs[board.cid[loc]])
+    for m in libs:
+        other = libs[1] if m == libs[0] else libs[0]
+        if _defender_surely_escapes(board, loc, m, other, defender):
+            continue
         if board.is_legal(m, attacker, False):
             u = board.play(m, attacker)
             ok = ladder_captured(board, loc, True)
@@ -226,6 +230,30 @@ def ladder_captured_attacker_first_2libs(board: Board, loc: int) -> tuple[bool, 
             if ok:
                 works.append(m)
     return bool(works), works
+
+
+def _defender_surely_escapes(board: Board, loc: int, m: int, other: int, defender: int) -> bool:
+    """After the attacker plays ``m``, would a defender stone at ``other`` surely have >= 3
+    liberties? Then the defender-first search escapes at once, so ``m`` cannot work. Exact
+    shortcut: an attacker stone at ``m`` only removes ``m`` itself as a liberty (captures only
+    add liberties), so the bound is computed on the current board."""
+    s = board.stride
+    if m in (other - s, other - 1, other + 1, other + s):
+        return False
+    color = board.color
+    head = board.cid[loc]
+    n_empty = 0
+    best = 0
+    for n in (other - s, other - 1, other + 1, other + s):
+        c = color[n]
+        if c == EMPTY:
+            n_empty += 1
+        elif c == defender:
+            h = board.cid[n]
+            if h != head:
+                lb = board.libs[h]
+                best = max(best, len(lb) - 1 - (1 if m in lb else 0))
+    return max(best, n_empty) >= 3
 
 
 def ladder_scan(board: Board) -> LadderScan:
