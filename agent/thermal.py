@@ -191,7 +191,10 @@ class ThermalGuard:
             state = next_state(previous, temp, self.settings)
             self._status = status = self._make_status(state, temp, zone)
         if state is not previous:
-            log = logger.warning if state in (ThermalState.SOFT, ThermalState.HARD) else logger.info
+            if state in (ThermalState.SOFT, ThermalState.HARD):
+                log = logger.warning
+            else:  # cooling down is news; the first reading after start is not
+                log = logger.debug if previous is ThermalState.UNKNOWN else logger.info
             log("thermal state %s -> %s: %s", previous.value, state.value, status.message)
             if self._on_change is not None:
                 self._on_change(status)

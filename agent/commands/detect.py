@@ -111,6 +111,21 @@ def _profile_lines(profile: Profile, runtime: str | None) -> list[str]:
     ]
 
 
+def _health(root: Path, profile: Profile) -> dict[str, Any]:
+    """A health snapshot with the chosen profile's thermal guard checked once and the default store."""
+    from agent.health import snapshot
+    from agent.thermal import ThermalGuard
+
+    store: Path | None = None
+    try:
+        store = importlib.import_module("agent.config").default_state_dir() / "models"
+    except (ImportError, AttributeError) as exc:
+        logger.debug("no default model store: %s", exc)
+    guard = ThermalGuard.from_profile(profile, root=root)
+    guard.check()
+    return snapshot(root=root, model_store=store, thermal=guard).to_dict()
+
+
 def command_detect(args: argparse.Namespace) -> int:
     if not args.root.is_dir():
         raise ConfigError(f"--root {args.root} is not a folder")
@@ -122,9 +137,7 @@ def command_detect(args: argparse.Namespace) -> int:
     missing = [s.name for s in hw.runtimes.items if not s.available] if hw.runtimes else []
     health = None
     if args.health:
-        from agent.health import snapshot
-
-        health = snapshot(root=args.root).to_dict()
+        health = _health(args.root, profile)
     if args.json:
         out: dict[str, Any] = {
             "hardware": hw.to_dict(),
