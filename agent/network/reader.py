@@ -40,16 +40,23 @@ def read_network(path: str | Path) -> m.Network:
     ``@BIN@`` markers, else text. Other suffixes are rejected.
     """
     path = Path(path)
-    lower = path.name.lower()
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise NetworkFileError(f"{path}: cannot read network file: {exc}") from exc
+    net = decode_network_file(raw, path.name, str(path))
+    logger.debug("read %s: %s v%d, %d parameters", path, net.name, net.version, net.num_parameters)
+    return net
+
+
+def decode_network_file(raw: bytes, file_name: str, source: str) -> m.Network:
+    """Parse the contents ``raw`` of a file called ``file_name`` (its suffix decides the format)."""
+    lower = file_name.lower()
     if lower.endswith(".gz"):
         try:
             data = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:
-            raise NetworkFileError(f"{path}: corrupt or truncated gzip data: {exc}") from exc
+            raise NetworkFileError(f"{source}: corrupt or truncated gzip data: {exc}") from exc
         stem = lower[:-3]
     else:
         data, stem = raw, lower
@@ -61,11 +68,9 @@ def read_network(path: str | Path) -> m.Network:
         binary = b"@BIN@" in data
     else:
         raise NetworkFileError(
-            f"{path}: unknown network file suffix (expected .bin.gz, .bin, .txt.gz or .txt)"
+            f"{source}: unknown network file suffix (expected .bin.gz, .bin, .txt.gz or .txt)"
         )
-    net = read_network_bytes(data, binary=binary, source=str(path))
-    logger.debug("read %s: %s v%d, %d parameters", path, net.name, net.version, net.num_parameters)
-    return net
+    return read_network_bytes(data, binary=binary, source=source)
 
 
 def read_network_bytes(data: bytes, *, binary: bool, source: str = "<bytes>") -> m.Network:
