@@ -61,6 +61,8 @@ def test_detect__forced_profile_and_health(capsys: pytest.CaptureFixture[str]) -
     out = _detect_json(capsys, "--root", str(FIXTURES / "raspberry-pi-3b"), "--profile", "arm64", "--health")
     assert out["profile"] == "arm64"
     assert out["health"]["throttling"]["raw"] == "0x50005"
+    assert out["health"]["thermal"]["state"] == "normal"  # 61.2 C, arm64 profile soft limit 75 C
+    assert out["health"]["thermal"]["temperature_c"] == 61.224
 
 
 def test_detect__missing_root_is_an_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
