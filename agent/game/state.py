@@ -69,9 +69,8 @@ class GameState:
     ) -> None:
         self.rules = rules
         self.board = board
-        self.clear(board, pla)
         self.assume_multi_black_handicap = assume_multi_black_handicap
-        self.white_handicap_bonus = float(self._compute_white_handicap_bonus())
+        self.clear(board, pla)
 
     @classmethod
     def empty(cls, x_size: int, y_size: int, rules: Rules, pla: int = BLACK) -> GameState:
@@ -79,7 +78,7 @@ class GameState:
 
     # ------------------------------------------------------------------ history
     def clear(self, board: Board, pla: int) -> None:
-        """KataGo's ``BoardHistory::clear`` (keeps ``assume_multi_black_handicap`` if set)."""
+        """KataGo's ``BoardHistory::clear`` followed by ``setAssumeMultipleStartingBlackMovesAreHandicap``."""
         rules = self.rules
         self.board = board
         self.pla = pla
@@ -113,10 +112,7 @@ class GameState:
         self._superko: frozenset[int] | None = frozenset()
         if rules.scoring == "TERRITORY":
             self.white_bonus += nb - nw - (board.captured[WHITE] - board.captured[BLACK])
-        if hasattr(self, "assume_multi_black_handicap"):
-            self.white_handicap_bonus = float(self._compute_white_handicap_bonus())
-        else:
-            self.white_handicap_bonus = 0.0
+        self.white_handicap_bonus = float(self._compute_white_handicap_bonus())
 
     def copy(self) -> GameState:
         s = GameState.__new__(GameState)
@@ -366,7 +362,8 @@ class GameState:
     def nn_hash(self, *, conservative_pass: bool = False, max_history: int = 1000) -> int:
         """64-bit key for an NN-result cache: everything the V7 inputs depend on (stones, ko and
         superko bans, side to move, self komi, rules, button, the recent moves and boards the
-        history features can see, and the pass/phase flags)."""
+        history features can see, and the pass/phase flags). Uses Python's ``hash`` of the rules,
+        so keys are only comparable within one process (an in-memory NN cache)."""
         h = self.board.hash ^ PLAYER_HASH[self.pla]
         if self.board.ko_loc != NULL_LOC:
             h ^= (self.board.ko_loc * KO_LOC_SALT) & _MASK64

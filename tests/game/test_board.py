@@ -157,3 +157,19 @@ def test_board__zobrist_hash_depends_on_stones_only() -> None:
     assert a.hash != Board(9, 9).hash
     assert Board(9, 9).hash != Board(9, 13).hash
     assert parse_rules("chinese").komi == 7.5
+
+
+def test_state__nn_hash_tracks_what_the_inputs_see() -> None:
+    a = position_from_query([["B", "D4"], ["W", "Q16"]], rules="chinese")
+    b = position_from_query([["B", "Q16"], ["W", "D4"]], rules="chinese")
+    c = position_from_query([["B", "D4"], ["W", "Q16"]], rules="japanese")
+    d = position_from_query([["B", "D4"], ["W", "Q16"]], rules="chinese", komi=6.5)
+    same = position_from_query([["B", "D4"], ["W", "Q16"]], rules="chinese")
+    assert a.nn_hash() == same.nn_hash()
+    assert len({a.nn_hash(), b.nn_hash(), c.nn_hash(), d.nn_hash()}) == 4
+    assert a.situation_hash() != b.situation_hash()
+    # with no history visible, only the board, side to move, ko and komi matter
+    assert a.nn_hash(max_history=0) != a.nn_hash()
+    e = a.copy()
+    e.play(e.board.geo.from_gtp("C3"))
+    assert e.nn_hash() != a.nn_hash() and a.board.to_rows() != e.board.to_rows()
