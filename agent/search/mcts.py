@@ -178,23 +178,29 @@ class Search:
         is_root = node is self.root
         vl = p.virtual_loss_visits
         virt = node.e_virtual
-        w_eff = node.e_weight + vl * virt
-        total = float(w_eff.sum())
+        weight = node.e_weight
         sign = node.sign
         visited = (node.e_visits > 0) | (virt > 0)
+        total = float(weight.sum())
         pri = node.priors
         if is_root and p.wide_root_noise > 0:
             pri = np.power(pri, 1.0 / (4.0 * p.wide_root_noise + 1.0))
-        # parent utility and its stdev, mover's view
-        if node.weight > 0:
-            parent_avg = sign * node.utility
-            var = node.utility_variance()
-        else:
-            parent_avg = sign * node.nn_utility
-            var = 0.0
+        # parent utility and its stdev (KataGo: prior-weighted variance), mover's view
         prior_sd = p.cpuct_utility_stdev_prior
         pw = p.cpuct_utility_stdev_prior_weight
-        sd = math.sqrt((prior_sd * prior_sd * pw + var * node.weight) / (pw + node.weight))
+        parent_avg = sign * node.utility if node.weight > 0 else sign * node.nn_utility
+        if node.weight <= 1.0:
+            sd = prior_sd
+        else:
+            u = node.utility
+            usq = max(node.avg(node.u_sq), u * u)
+            sd = math.sqrt(
+                max(
+                    0.0,
+                    ((u * u + prior_sd * prior_sd) * pw + usq * node.weight) / (pw + node.weight - 1.0)
+                    - u * u,
+                )
+            )
         factor = 1.0 + p.cpuct_utility_stdev_scale * (sd / prior_sd - 1.0) if prior_sd > 0 else 1.0
         cpuct = p.cpuct_exploration + p.cpuct_exploration_log * math.log(
             (total + p.cpuct_exploration_base) / p.cpuct_exploration_base
@@ -206,8 +212,18 @@ class Search:
         parent_u = avg_w * parent_avg + (1.0 - avg_w) * sign * node.nn_utility
         red = p.root_fpu_reduction_max if is_root else p.fpu_reduction_max
         fpu = parent_u - red * math.sqrt(visited_mass)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            q = np.where(w_eff > 0, (sign * node.e_usum - vl * virt) / np.where(w_eff > 0, w_eff, 1.0), fpu)
+        has_w = weight > 0
+        q = np.where(has_w, sign * node.e_usum / np.where(has_w, weight, 1.0), fpu)
+        w_eff = weight
+        if virt.any():
+            # virtual losses pull a child's value toward a loss (KataGo's utility radius)
+            radius = (
+                p.win_loss_utility_factor + p.static_score_utility_factor + p.dynamic_score_utility_factor
+            )
+            vlw = vl * virt
+            frac = vlw / (vlw + np.maximum(0.25, weight))
+            q = q + (-radius - q) * frac
+            w_eff = weight + vlw
         if is_root and p.wide_root_noise > 0:
             coin = self.np_rng.random(len(q)) < 0.5
             q = q + np.where(coin, p.wide_root_noise * np.abs(self.np_rng.standard_normal(len(q))), 0.0)

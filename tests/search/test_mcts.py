@@ -146,10 +146,10 @@ def test_mcts__report_during_search_then_one_final() -> None:
 def test_mcts__territory_pass_after_two_passes_is_terminal() -> None:
     moves = [["B", "E5"], ["W", "C3"], ["B", "pass"], ["W", "pass"]]
     s = make_search(SearchParams(max_visits=60), moves=moves, rules="japanese", komi=6.5)
+    s.prepare_root()
+    child = s._child(s.root, s.root.child_index(81))
+    assert child.terminal is not None  # territory scoring: no conservative pass, the game ends
     s.run()
-    k = s.root.child_index(81)
-    child = s.root.children[k]
-    assert child is not None and child.terminal is not None
     res = analysis_json(s, perspective="BLACK", pv_len=5)
     assert res is not None
     pass_info = [m for m in res["moveInfos"] if m["move"] == "pass"]
