@@ -41,7 +41,12 @@ from agent import __version__
 from agent.hardware._files import read_text
 from agent.hardware.jetson import read_gpu_load, read_power_mode
 from agent.hardware.nvidia import nvml_importable, nvml_stats
-from agent.hardware.raspberry_pi import ThrottleState, parse_throttled, read_throttled
+from agent.hardware.raspberry_pi import (
+    ThrottleState,
+    parse_throttled,
+    read_throttled,
+    read_undervoltage_hwmon,
+)
 from agent.hardware.thermal_zones import probe_thermal_zones
 from agent.thermal import ThermalGuard, ThermalStatus
 
@@ -198,12 +203,15 @@ class HealthCollector:
         return temps, None
 
     def _throttling(self) -> tuple[dict[str, Any] | None, str | None]:
-        state = read_throttled(self.root)
+        state, source = read_throttled(self.root), "sysfs get_throttled"
         if state is None and self.root == Path("/"):
-            state = read_vcgencmd_throttled()
-        if state is None:
-            return None, "no get_throttled source (not a Raspberry Pi, or no access to /dev/vcio)"
-        return state.to_dict(), None
+            state, source = read_vcgencmd_throttled(), "vcgencmd get_throttled"
+        if state is not None:
+            return {"source": source, **state.to_dict()}, None
+        alarm = read_undervoltage_hwmon(self.root)
+        if alarm is not None:  # only the live under-voltage alarm; the rest is unknown, not "no"
+            return {"source": "hwmon rpi_volt", "under_voltage_now": alarm}, None
+        return None, "no get_throttled source (not a Raspberry Pi, or no access to /dev/vcio)"
 
     def _jetson(self) -> tuple[dict[str, Any] | None, str | None]:
         load = read_gpu_load(self.root)

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.hardware._files import read_dt_strings, read_text
+from agent.hardware._files import read_dt_strings, read_text, under
 from agent.hardware.cpu import cpuinfo_trailer
 
 #: Board type field (bits 4-11). Source: raspberrypi/documentation revision-codes.adoc.
@@ -167,6 +167,26 @@ def read_throttled(root: Path = Path("/")) -> ThrottleState | None:
     """The throttling state from sysfs under ``root`` (no subprocess; see health for vcgencmd)."""
     text = read_text(root, THROTTLED_SYSFS)
     return parse_throttled(text) if text else None
+
+
+def read_undervoltage_hwmon(root: Path = Path("/")) -> bool | None:
+    """Under-voltage now from the ``rpi_volt`` hwmon device (``in0_lcrit_alarm``), or None.
+
+    Newer kernels mark the ``get_throttled`` sysfs file deprecated ("use hwmon sysfs instead") and
+    expose only the live under-voltage alarm there (the kernel's ``raspberrypi-hwmon`` driver).
+    """
+    base = under(root, "/sys/class/hwmon")
+    try:
+        devices = sorted(base.iterdir())
+    except OSError:
+        return None
+    for dev in devices:
+        name = read_text(root, f"/sys/class/hwmon/{dev.name}/name")
+        if name is not None and name.strip() == "rpi_volt":
+            alarm = read_text(root, f"/sys/class/hwmon/{dev.name}/in0_lcrit_alarm")
+            if alarm is not None and alarm.strip() in ("0", "1"):
+                return alarm.strip() == "1"
+    return None
 
 
 def probe_raspberry_pi(root: Path = Path("/")) -> RaspberryPiInfo | None:

@@ -85,6 +85,7 @@ def test_health__pi_throttling_bits_on_fixtures(
         now,
         since_boot,
     )
+    assert snap.throttling["source"] == "sysfs get_throttled"
     assert "cpu-thermal" in (snap.temperatures or {})
     assert snap.jetson is None and "jetson" in snap.absent
 
@@ -129,3 +130,15 @@ def test_health__nvml_without_a_driver_is_absent_with_the_reason() -> None:
     snap = HealthCollector(first_sample_s=0.0).snapshot()
     assert snap.nvidia_gpus is None
     assert snap.absent["nvidia_gpus"] == "NVML does not initialise (no NVIDIA driver)"
+
+
+def test_health__pi_hwmon_under_voltage_alarm_when_get_throttled_is_gone(tmp_path: Path) -> None:
+    """Kernels that dropped the get_throttled file still have the rpi_volt hwmon alarm."""
+    for index, (name, alarm) in enumerate([("cpu_thermal", None), ("rpi_volt", "1")]):
+        dev = tmp_path / f"sys/class/hwmon/hwmon{index}"
+        dev.mkdir(parents=True)
+        (dev / "name").write_text(name + "\n")
+        if alarm is not None:
+            (dev / "in0_lcrit_alarm").write_text(alarm + "\n")
+    snap = HealthCollector(root=tmp_path, first_sample_s=0.0).snapshot()
+    assert snap.throttling == {"source": "hwmon rpi_volt", "under_voltage_now": True}
