@@ -1,0 +1,399 @@
+"""Finding a KataGo binary, its settings, and the analysis config we generate for it.
+
+Where a binary comes from, first match wins (:func:`find_katago`):
+
+1. an explicit path (``[katago] binary`` in the agent config, ``--katago PATH`` on the CLI);
+2. ``katago`` on ``PATH`` (a distribution package, KataGo's own CUDA/TensorRT build on a Jetson,
+   the Eigen build on a Pi);
+3. the ``katrain`` wheel from PyPI (:func:`ensure_katrain_katago`). ``katrain`` 1.20.0 ships
+   ``katrain/KataGo/katago``: KataGo v1.18.1 for Linux x86-64 with the **OpenCL** backend, packed
+   as an AppImage. We extract the AppImage once (``--appimage-extract``, which needs no FUSE)
+   and run ``squashfs-root/usr/bin/katago`` with ``LD_LIBRARY_PATH`` at its bundled libraries
+   (libzip, libz, libbz2). On a machine without a GPU, Debian's PoCL (``pocl-opencl-icd`` +
+   ``ocl-icd-libopencl1``) provides an OpenCL CPU device. An AppImage given by path is run
+   with ``APPIMAGE_EXTRACT_AND_RUN=1`` so that it works without FUSE.
+
+OpenCL tuning: on its first run for a (device, board size, trunk width, model version) the OpenCL
+backend tunes its kernels and stores the result under ``<homeDataDir>/opencltuning/``. On PoCL
+with two cores this took 7 minutes for g170-b6c96. ``opencl_tuning = "generic"`` instead points
+``openclTunerFile`` at a parameter set we write ourselves (valid for any device, tuned on
+PoCL/x86-64), so a cold start takes seconds; ``"auto"`` lets KataGo tune once per device, cached
+in ``homeDataDir`` (``<cache_dir>/katago-home`` unless set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.errors import EngineError
+from agent.fsutil import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+KATRAIN_VERSION = "1.20.0"
+KATRAIN_KATAGO_MEMBER = "katrain/KataGo/katago"
+KATRAIN_DIR_NAME = f"katrain-{KATRAIN_VERSION}-katago"
+PIP_DOWNLOAD_TIMEOUT_S = 900.0
+EXTRACT_TIMEOUT_S = 300.0
+
+# OpenCL tuning parameters in KataGo's tuner-file format (VERSION=13, KataGo v1.18): the result of
+# KataGo's own tuner on PoCL (x86-64, AVX-512). Every value is a legal kernel parameter on any
+# OpenCL 1.2 device; a GPU runs faster after its own tuning (``opencl_tuning = "auto"``).
+GENERIC_OPENCL_TUNING = """VERSION=13
+#canUseFP16Storage
+0
+#canUseFP16Compute
+0
+#canUseFP16TensorCores
+0
+#canUseFP16TensorCoresFor1x1
+0
+#shouldUseFP16Storage
+0
+#shouldUseFP16Compute
+0
+#shouldUseFP16TensorCores
+0
+#shouldUseFP16TensorCoresFor1x1
+0
+#xGemmDirect
+WGD=32 MDIMCD=8 NDIMCD=8 MDIMAD=8 NDIMBD=8 KWID=2 VWMD=2 VWND=4 PADA=1 PADB=1
+#xGemm
+MWG=32 NWG=32 KWG=32 MDIMC=8 NDIMC=8 MDIMA=8 NDIMB=8 KWI=2 VWM=4 VWN=4 STRM=0 STRN=0 SA=0 SB=0
+#xGemm16
+MWG=32 NWG=32 KWG=32 MDIMC=8 NDIMC=8 MDIMA=8 NDIMB=8 KWI=2 VWM=4 VWN=4 STRM=0 STRN=0 SA=0 SB=0
+#hGemmWmma
+MWG=16 NWG=16 KWG=16 MWAVE=16 NWAVE=16 MWARP=16 NWARP=16 VWM=2 VWN=2 SA=0 SB=0
+#hGemmWmmaNCHW
+MWG=16 NWG=16 KWG=16 MWAVE=16 NWAVE=16 MWARP=16 NWARP=16 VWM=1 VWN=2 SB=0 PAD_ELTS_PER_THREAD=1 PAD_ROWS_PER_THREAD=1
+#conv3x3
+INTILE_XSIZE=6 INTILE_YSIZE=6 OUTTILE_XSIZE=4 OUTTILE_YSIZE=4 transLocalSize0=1 transLocalSize1=1 untransLocalSize0=1 untransLocalSize1=1 untransLocalSize2=4
+#conv5x5
+INTILE_XSIZE=6 INTILE_YSIZE=6 OUTTILE_XSIZE=2 OUTTILE_YSIZE=2 transLocalSize0=1 transLocalSize1=1 untransLocalSize0=1 untransLocalSize1=1 untransLocalSize2=4
+#gPool
+XYSTRIDE=4 CHANNELSTRIDE=16 BATCHSTRIDE=1
+#transformer
+ATTN_BLOCK_Q=32 ATTN_BLOCK_KV=32 Q_PER_THREAD=1 USE_TILED_ATTN=1
+#transformerRMSNorm
+WG_C_SIZE=64 WG_XY_SIZE=1 C_PER_THREAD=4
+#pointWise
+ELTS_PER_THREAD=8 LOCAL_SIZE=128
+#addChannelBiasesNCHW
+XY_ELTS_PER_THREAD=4 NC_ELTS_PER_THREAD=1
+#spatialRMSNorm
+TILE_SIZE=32 APPLY_ELTS_PER_THREAD=16
+"""
+
+Backend = Literal["auto", "opencl", "cuda", "tensorrt", "eigen", "metal"]
+ConfigValue = str | int | float | bool
+
+
+def default_cache_dir() -> Path:
+    """``$KATAGO_EDGE_CACHE``, systemd's ``$CACHE_DIRECTORY``, else ``$XDG_CACHE_HOME/katago-edge``."""
+    env = os.environ.get("KATAGO_EDGE_CACHE")
+    if env:
+        return Path(env)
+    systemd = os.environ.get("CACHE_DIRECTORY")
+    if systemd:
+        return Path(systemd.split(":")[0])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "katago-edge"
+
+
+class KataGoSettings(BaseModel):
+    """``[katago]`` in the agent config: the binary, the config we generate, and supervision."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    binary: Path | None = Field(default=None, description="katago executable; unset = PATH, then katrain")
+    config: Path | None = Field(
+        default=None, description="your own analysis .cfg; unset = generated from the keys below"
+    )
+    download: bool = Field(default=True, description="may fetch the katrain wheel from PyPI when needed")
+    cache_dir: Path | None = Field(default=None, description="unset = ~/.cache/katago-edge")
+    home_data_dir: Path | None = Field(
+        default=None, description="KataGo homeDataDir; unset = <cache>/katago-home"
+    )
+    backend: Backend = Field(default="auto", description="names the backend's device/FP16 keys; auto = none")
+    device: int | None = Field(default=None, ge=0, description="GPU index for the backend's DeviceToUse key")
+    use_fp16: Literal["auto", "true", "false"] = "auto"
+    num_analysis_threads: int = Field(default=2, ge=1, le=1024)
+    num_search_threads_per_analysis_thread: int = Field(default=1, ge=1, le=1024)
+    nn_max_batch_size: int = Field(default=8, ge=1, le=4096)
+    nn_cache_size_power_of_two: int = Field(default=18, ge=0, le=48)
+    nn_mutex_pool_size_power_of_two: int = Field(default=14, ge=0, le=32)
+    num_eigen_threads_per_model: int | None = Field(default=None, ge=1, le=1024)
+    max_visits: int | None = Field(default=None, ge=1)
+    report_analysis_winrates_as: Literal["BLACK", "WHITE", "SIDETOMOVE"] = "BLACK"
+    log_all_requests: bool = False
+    log_all_responses: bool = False
+    log_search_info: bool = False
+    opencl_tuning: Literal["auto", "generic"] = Field(
+        default="auto", description="generic = skip KataGo's first-run OpenCL tuning (minutes on a CPU)"
+    )
+    opencl_tuner_file: Path | None = Field(default=None, description="explicit openclTunerFile")
+    extra: dict[str, ConfigValue] = Field(default_factory=dict, description="more KataGo config keys")
+    # supervision
+    start_timeout_s: float = Field(default=900.0, gt=0, description="child start incl. OpenCL tuning")
+    restart_budget: int = Field(default=5, ge=0, description="restarts allowed per restart_window_s")
+    restart_window_s: float = Field(default=60.0, gt=0)
+    restart_backoff_s: float = Field(default=0.5, ge=0, description="first restart delay, doubled up to 8 s")
+    hang_timeout_s: float = Field(default=120.0, gt=0, description="no output while work pending -> kill")
+    query_timeout_s: float | None = Field(default=None, gt=0, description="terminate queries older than this")
+    stderr_tail_lines: int = Field(default=40, ge=1, le=10000)
+
+    def resolved_cache_dir(self) -> Path:
+        return (self.cache_dir or default_cache_dir()).expanduser()
+
+
+@dataclass(frozen=True)
+class KataGoBinary:
+    """An executable plus the environment it needs (bundled libraries, AppImage without FUSE)."""
+
+    path: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    source: str = "explicit"
+
+    def environ(self) -> dict[str, str]:
+        out = dict(os.environ)
+        for key, value in self.env.items():
+            if key == "LD_LIBRARY_PATH" and out.get(key):
+                value = value + os.pathsep + out[key]
+            out[key] = value
+        return out
+
+
+def binary_from_path(path: Path, source: str = "explicit") -> KataGoBinary:
+    """Wrap a given executable; an AppImage gets ``APPIMAGE_EXTRACT_AND_RUN=1``, an extracted one its libs."""
+    path = path.expanduser()
+    if not path.is_file():
+        raise EngineError(f"KataGo binary {path} does not exist")
+    if not os.access(path, os.X_OK):
+        raise EngineError(f"KataGo binary {path} is not executable (chmod +x it)")
+    env: dict[str, str] = {}
+    if _is_appimage(path):
+        env["APPIMAGE_EXTRACT_AND_RUN"] = "1"
+    libdir = path.parent.parent / "lib"
+    if path.parent.name == "bin" and (path.parent.parent.parent / "AppRun").exists() and libdir.is_dir():
+        env["LD_LIBRARY_PATH"] = str(libdir)
+    return KataGoBinary(path=path, env=env, source=source)
+
+
+def _is_appimage(path: Path) -> bool:
+    """AppImage type 2: an ELF with the magic bytes ``AI\\x02`` at offset 8."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(11)
+    except OSError:
+        return False
+    return head[:4] == b"\x7fELF" and head[8:11] == b"AI\x02"
+
+
+def find_katago(
+    explicit: Path | None = None, cache_dir: Path | None = None, *, download: bool = False
+) -> KataGoBinary:
+    """The binary to run: explicit path, ``katago`` on PATH, the cached katrain one, or a download."""
+    if explicit is not None:
+        return binary_from_path(explicit)
+    on_path = shutil.which("katago")
+    if on_path:
+        return binary_from_path(Path(on_path), source="PATH")
+    cache = (cache_dir or default_cache_dir()).expanduser()
+    cached = _katrain_binary_path(cache)
+    if cached.is_file():
+        return binary_from_path(cached, source="katrain")
+    if not download:
+        raise EngineError(
+            "no KataGo binary: give its path (--katago PATH / [katago] binary), put katago on PATH, "
+            f"or allow fetching it from the katrain {KATRAIN_VERSION} wheel (download = true)"
+        )
+    return binary_from_path(ensure_katrain_katago(cache), source="katrain")
+
+
+def _katrain_binary_path(cache_dir: Path) -> Path:
+    return cache_dir / KATRAIN_DIR_NAME / "squashfs-root" / "usr" / "bin" / "katago"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` so that two processes never fetch into the same cache at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_katrain_katago(cache_dir: Path | None = None, wheel: Path | None = None) -> Path:
+    """Fetch ``katrain==1.20.0`` once, extract its KataGo AppImage; returns ``.../usr/bin/katago``.
+
+    ``pip download --no-deps`` gets the wheel (~106 MB) into a temp folder inside the cache; the
+    AppImage (``katrain/KataGo/katago``) is taken out of it, unpacked with ``--appimage-extract``
+    and the result renamed into ``<cache>/katrain-1.20.0-katago/`` in one step, so a reader
+    sees no half-extracted tree. The wheel is deleted afterwards (only ~130 MB of binary stay).
+    ``wheel`` uses an already downloaded wheel instead.
+    """
+    cache = (cache_dir or default_cache_dir()).expanduser()
+    target = _katrain_binary_path(cache)
+    if target.is_file():
+        return target
+    with _file_lock(cache / ".katrain.lock"):
+        if target.is_file():
+            return target
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".katrain-") as tmp_name:
+            tmp = Path(tmp_name)
+            wheel_path = wheel or _pip_download_katrain(tmp)
+            appimage = tmp / "katago.AppImage"
+            try:
+                with (
+                    zipfile.ZipFile(wheel_path) as zf,
+                    zf.open(KATRAIN_KATAGO_MEMBER) as src,
+                    appimage.open("wb") as dst,
+                ):
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (OSError, KeyError, zipfile.BadZipFile) as exc:
+                raise EngineError(f"cannot take {KATRAIN_KATAGO_MEMBER} out of {wheel_path}: {exc}") from exc
+            appimage.chmod(0o755)
+            out_dir = tmp / KATRAIN_DIR_NAME
+            out_dir.mkdir()
+            _run(
+                [str(appimage), "--appimage-extract"], cwd=out_dir, timeout=EXTRACT_TIMEOUT_S, what="extract"
+            )
+            extracted = out_dir / "squashfs-root" / "usr" / "bin" / "katago"
+            if not extracted.is_file():
+                raise EngineError(f"the katrain AppImage did not contain usr/bin/katago ({out_dir})")
+            final = cache / KATRAIN_DIR_NAME
+            if final.exists():  # a stale partial tree from an older layout
+                shutil.rmtree(final)
+            os.replace(out_dir, final)
+    logger.info("KataGo from katrain %s extracted to %s", KATRAIN_VERSION, target)
+    return target
+
+
+def _pip_download_katrain(dest: Path) -> Path:
+    logger.info("downloading katrain==%s from PyPI (about 106 MB) for its KataGo binary", KATRAIN_VERSION)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"]
+    _run(
+        [*cmd, "-d", str(dest), f"katrain=={KATRAIN_VERSION}"],
+        cwd=dest,
+        timeout=PIP_DOWNLOAD_TIMEOUT_S,
+        what="pip download",
+    )
+    wheels = sorted(dest.glob(f"katrain-{KATRAIN_VERSION}-*.whl"))
+    if not wheels:
+        raise EngineError(f"pip download katrain=={KATRAIN_VERSION} produced no wheel in {dest}")
+    return wheels[0]
+
+
+def _run(cmd: list[str], *, cwd: Path, timeout: float, what: str) -> None:
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise EngineError(f"{what} took longer than {timeout:.0f} s: {' '.join(cmd)}") from exc
+    except OSError as exc:
+        raise EngineError(f"{what} could not run {cmd[0]}: {exc}") from exc
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
+        raise EngineError(f"{what} failed (exit code {proc.returncode}): {tail}")
+
+
+def opencl_available() -> str | None:
+    """``None`` when an OpenCL ICD loader and at least one ICD are installed, else what is missing."""
+    import ctypes.util
+
+    if ctypes.util.find_library("OpenCL") is None:
+        return "no libOpenCL (apt-get install ocl-icd-libopencl1)"
+    vendors = Path(os.environ.get("OCL_ICD_VENDORS", "/etc/OpenCL/vendors"))
+    if not (vendors.is_dir() and any(vendors.glob("*.icd"))):
+        return f"no OpenCL driver in {vendors} (apt-get install pocl-opencl-icd)"
+    return None
+
+
+# ------------------------------------------------------------------------------------ the config
+def config_entries(settings: KataGoSettings, home_data_dir: Path, tuner_file: Path | None) -> dict[str, str]:
+    """KataGo analysis config keys for ``settings`` (values already in KataGo's text syntax)."""
+
+    def text(v: ConfigValue) -> str:
+        return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+    cfg: dict[str, ConfigValue] = {
+        "logToStderr": True,  # the supervisor routes stderr into our log and keeps its tail
+        "logAllRequests": settings.log_all_requests,
+        "logAllResponses": settings.log_all_responses,
+        "logSearchInfo": settings.log_search_info,
+        "homeDataDir": str(home_data_dir),
+        "reportAnalysisWinratesAs": settings.report_analysis_winrates_as,
+        "numAnalysisThreads": settings.num_analysis_threads,
+        "numSearchThreadsPerAnalysisThread": settings.num_search_threads_per_analysis_thread,
+        "nnMaxBatchSize": settings.nn_max_batch_size,
+        "nnCacheSizePowerOfTwo": settings.nn_cache_size_power_of_two,
+        "nnMutexPoolSizePowerOfTwo": settings.nn_mutex_pool_size_power_of_two,
+    }
+    if settings.max_visits is not None:
+        cfg["maxVisits"] = settings.max_visits
+    prefix = {"opencl": "opencl", "cuda": "cuda", "tensorrt": "trt", "metal": "metal"}.get(settings.backend)
+    if prefix is not None:
+        if settings.device is not None:
+            cfg[f"{prefix}DeviceToUse"] = settings.device
+        if settings.use_fp16 != "auto":
+            cfg[f"{prefix}UseFP16"] = settings.use_fp16
+    if settings.backend == "eigen" and settings.num_eigen_threads_per_model is not None:
+        cfg["numEigenThreadsPerModel"] = settings.num_eigen_threads_per_model
+    if tuner_file is not None:
+        cfg["openclTunerFile"] = str(tuner_file)
+    cfg.update(settings.extra)
+    return {k: text(v) for k, v in cfg.items()}
+
+
+def render_config(entries: Mapping[str, str]) -> str:
+    lines = ["# generated by katago-edge (agent.engines.katago_binary); edits are overwritten"]
+    lines += [f"{k} = {v}" for k, v in entries.items()]
+    return "\n".join(lines) + "\n"
+
+
+def prepare_config(settings: KataGoSettings, config_path: Path | None = None) -> tuple[Path, dict[str, str]]:
+    """Write the generated config atomically; returns its path and the entries it holds.
+
+    ``config_path`` (or ``settings.config``) names a user's own file instead: it is used as is
+    and the returned entries are the ``-override-config`` keys the supervisor still needs.
+    """
+    cache = settings.resolved_cache_dir()
+    home = (settings.home_data_dir or cache / "katago-home").expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    tuner = settings.opencl_tuner_file
+    if tuner is None and settings.opencl_tuning == "generic":
+        tuner = home / "opencltuning" / "katago-edge-generic-tune13.txt"
+        if not tuner.is_file() or tuner.read_text() != GENERIC_OPENCL_TUNING:
+            atomic_write_text(tuner, GENERIC_OPENCL_TUNING)
+    user_config = config_path or settings.config
+    if user_config is not None:
+        if not user_config.expanduser().is_file():
+            raise EngineError(f"KataGo config {user_config} does not exist")
+        overrides = {"logToStderr": "true"}
+        if tuner is not None:
+            overrides["openclTunerFile"] = str(tuner)
+        return user_config.expanduser(), overrides
+    entries = config_entries(settings, home, tuner)
+    text = render_config(entries)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = cache / "configs" / f"analysis-{digest}.cfg"
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+    return path, {}

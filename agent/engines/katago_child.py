@@ -1,0 +1,185 @@
+"""One ``katago analysis`` process and the bookkeeping of one query sent to it.
+
+``KataGoChild`` owns the pipes: a writer lock for stdin (one JSON object per line), a named
+reader thread for stdout (each line decoded and handed to the engine's router) and one for
+stderr (each line logged under ``agent.engines.katago_child.stderr`` and kept in a bounded tail
+for error messages). It never restarts anything itself; ``KataGoEngine`` decides that.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.engines.base import Emit
+from agent.errors import EngineError
+
+logger = logging.getLogger(__name__)
+stderr_logger = logging.getLogger(__name__ + ".stderr")
+
+_LOUD = ("error", "exception", "what()", "warning", "failed")
+
+
+@dataclass(eq=False)
+class Pending:
+    """A query (or an internal action) written to a child and not yet fully answered."""
+
+    key: str  # the id KataGo sees
+    client_id: str  # the id the client used
+    query: dict[str, Any]  # exactly what is (re)sent, with ``key`` as id
+    emit: Emit | None
+    turns: set[int]  # turns still owed a final response
+    submitted: float
+    action: str | None = None  # internal action: finished by its first response
+    sent_gen: int | None = None  # child generation it was written to; None = waiting for a child
+    resent: bool = False
+    terminated_at: float | None = None
+    result: dict[str, Any] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def prepare_resend(self) -> None:
+        """Ask only for the turns still unanswered (and keep ``priorities`` aligned with them)."""
+        q = self.query
+        turns = q.get("analyzeTurns")
+        if not isinstance(turns, list) or set(turns) == self.turns:
+            return
+        priorities = q.get("priorities")
+        kept = sorted(self.turns)
+        if isinstance(priorities, list) and len(priorities) == len(turns):
+            by_turn = dict(zip(turns, priorities, strict=True))
+            q["priorities"] = [by_turn[t] for t in kept]
+        q["analyzeTurns"] = kept
+
+
+class KataGoChild:
+    """A running ``katago analysis`` process with its reader threads."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        gen: int,
+        on_line: Callable[[KataGoChild, dict[str, Any]], None],
+        tail_lines: int,
+    ) -> None:
+        self.proc = proc
+        self.gen = gen
+        self.last_output = time.monotonic()
+        self.exited = threading.Event()
+        self._on_line = on_line
+        self._write_lock = threading.Lock()
+        self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self._threads = [
+            threading.Thread(target=self._read_stdout, name=f"katago-stdout-{gen}", daemon=True),
+            threading.Thread(target=self._read_stderr, name=f"katago-stderr-{gen}", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    @classmethod
+    def spawn(
+        cls,
+        cmd: list[str],
+        env: dict[str, str],
+        gen: int,
+        on_line: Callable[[KataGoChild, dict[str, Any]], None],
+        tail_lines: int = 40,
+    ) -> KataGoChild:
+        logger.info("starting KataGo: %s", " ".join(cmd))
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # a Ctrl-C meant for the agent does not hit KataGo first
+            )
+        except OSError as exc:
+            raise EngineError(f"cannot start KataGo ({cmd[0]}): {exc}") from exc
+        return cls(proc, gen, on_line, tail_lines)
+
+    # ---------------------------------------------------------------------------------- I/O
+    def write(self, obj: dict[str, Any]) -> bool:
+        """Send one JSON line; False when the pipe is gone (the supervisor handles the death)."""
+        data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+        stdin = self.proc.stdin
+        if stdin is None:
+            return False
+        with self._write_lock:
+            try:
+                stdin.write(data)
+                stdin.flush()
+            except (OSError, ValueError) as exc:
+                logger.debug("write to KataGo pid %d failed: %s", self.proc.pid, exc)
+                return False
+        return True
+
+    def _read_stdout(self) -> None:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        try:
+            for raw in stdout:
+                self.last_output = time.monotonic()
+                try:
+                    obj = json.loads(raw)
+                except ValueError:
+                    logger.warning("KataGo wrote a line that is not JSON: %r", raw[:200])
+                    continue
+                if isinstance(obj, dict):
+                    self._on_line(self, obj)
+        except Exception:
+            logger.exception("KataGo stdout reader (pid %d) stopped", self.proc.pid)
+        finally:
+            self.exited.set()
+
+    def _read_stderr(self) -> None:
+        stderr = self.proc.stderr
+        assert stderr is not None
+        for raw in stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if not line:
+                continue
+            self._tail.append(line)
+            loud = any(word in line.lower() for word in _LOUD)
+            stderr_logger.log(
+                logging.WARNING if loud else logging.INFO, "katago[%d]: %s", self.proc.pid, line
+            )
+
+    # ---------------------------------------------------------------------------------- control
+    def tail(self) -> list[str]:
+        return list(self._tail)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and not self.exited.is_set()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
+    def stop(self, timeout: float) -> None:
+        """Close stdin (KataGo quits), wait up to ``timeout``, kill if needed, drain the readers."""
+        if self.proc.stdin is not None:
+            with self._write_lock, contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=max(0.1, timeout))
+        except subprocess.TimeoutExpired:
+            logger.warning("KataGo pid %d did not quit within %.1f s; killing it", self.proc.pid, timeout)
+            self.kill()
+            try:
+                self.proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                logger.error("KataGo pid %d survived SIGKILL for 5 s", self.proc.pid)
+        for t in self._threads:
+            t.join(timeout=5.0)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
