@@ -173,3 +173,22 @@ def test_state__nn_hash_tracks_what_the_inputs_see() -> None:
     e = a.copy()
     e.play(e.board.geo.from_gtp("C3"))
     assert e.nn_hash() != a.nn_hash() and a.board.to_rows() != e.board.to_rows()
+
+
+def test_position__initial_stones_player_and_errors() -> None:
+    from agent.errors import CoordinateError, GameError
+
+    stones = [["B", "D4"], ["B", "Q16"]]
+    s = position_from_query([], initial_stones=stones, rules="chinese")
+    assert s.pla == WHITE  # handicap stones on the board: White moves first
+    assert s.white_handicap_bonus == 2.0 and s.self_komi(WHITE) == 9.5
+    s = position_from_query([], initial_stones=stones, initial_player="b", rules="aga")
+    assert s.pla == BLACK and s.white_handicap_bonus == 1.0  # N-1
+    with pytest.raises(GameError, match="occupied"):
+        position_from_query([], initial_stones=[["B", "D4"], ["W", "D4"]])
+    with pytest.raises(CoordinateError, match="Could not parse board location: Z99"):
+        position_from_query([["B", "Z99"]])
+    with pytest.raises(CoordinateError):
+        position_from_query([], initial_stones=[["B", "pass"]])
+    with pytest.raises(GameError, match="Could not parse player: X"):
+        position_from_query([["X", "D4"]])

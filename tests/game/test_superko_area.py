@@ -153,3 +153,22 @@ def test_komi__territory_chill_and_button() -> None:
     assert ab.self_komi(WHITE) == 7.5 and glob[17] == 0.0
     ab0 = position_from_query([["B", "Q16"]], rules="aga-button")
     assert encode_v7(ab0)[1][17] == 1.0
+
+
+def test_history__finished_game_sees_only_the_last_move() -> None:
+    s = position_from_query([["B", "Q16"], ["W", "D4"], ["B", "pass"], ["W", "pass"]], rules="tromp-taylor")
+    assert s.is_game_finished and s.is_over
+    spatial, glob = encode_v7(s)
+    assert glob[0:5].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0] and spatial[9:14].sum() == 0.0
+    assert glob[14] == 1.0
+    jp = position_from_query([["B", "Q16"], ["W", "D4"], ["B", "pass"], ["W", "pass"]], rules="japanese")
+    assert jp.is_past_normal_phase_end and not jp.is_game_finished
+    assert encode_v7(jp)[1][0:5].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_history__colour_repetition_restarts_history() -> None:
+    s = position_from_query([["B", "D4"], ["B", "Q16"]], rules="tromp-taylor")
+    spatial, glob = encode_v7(s)
+    assert spatial[9, 3, 15] == 1.0 and spatial[9].sum() == 1.0  # Q16 only
+    assert spatial[10:14].sum() == 0.0 and glob[0:5].sum() == 0.0
+    assert spatial[2, 15, 3] == 1.0  # D4 is still on the board (opponent stone for White)
