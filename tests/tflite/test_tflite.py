@@ -101,6 +101,18 @@ def test_tflite_int8__calibrated_model_runs_close_to_fp32(
     assert float(win_err.mean()) < 0.05
     assert float(np.percentile(win_err, 99)) < 0.2
     assert top1 >= 0.75
+    # Keeping the fully connected layers (gpool biases, value and pass heads) in float.
+    mixed = tb.convert(
+        net,
+        tmp_path / "b6c96.int8fc.tflite",
+        "int8",
+        representative=representative,
+        float_ops=("FULLY_CONNECTED",),
+    )
+    assert mixed.stat().st_size > path.stat().st_size
+    got = TFLiteNet(mixed, threads=1).evaluate(NNInputs(inputs["spatial"][check], inputs["global"][check]))
+    mixed_err = np.abs(_softmax(got.value)[:, 0] - _softmax(ref.value)[:, 0])
+    assert float(np.percentile(mixed_err, 99)) < 0.15
 
 
 def test_tflite__int8_without_calibration_is_a_clear_error(models_dir: Path, tmp_path: Path) -> None:
