@@ -106,8 +106,13 @@ def test_probe_nvidia__procfs_without_nvml() -> None:
 def test_thermal_zones__offline_jetson_sensors_are_none() -> None:
     zones = probe_thermal_zones(FIXTURES / "jetson-agx-orin")
     by_name = {z.name: z.temp_c for z in zones}
-    assert by_name["CPU-therm"] == 44.562
-    assert by_name["Tj-therm"] == 44.343
-    assert by_name["GPU-therm"] is None  # -256 C: sensor offline
+    assert by_name["cpu-thermal"] == 44.562
+    assert by_name["tj-thermal"] == 44.343
+    assert by_name["gpu-thermal"] is None  # -256 C: sensor offline
     picked = select_zones(zones, ["cpu-therm*", "gpu-therm*", "tj-therm*"])
-    assert [z.name for z in picked] == ["CPU-therm", "GPU-therm", "Tj-therm"]
+    assert [z.name for z in picked] == ["cpu-thermal", "gpu-thermal", "tj-thermal"]
+    nano = select_zones(probe_thermal_zones(FIXTURES / "jetson-nano"), ["cpu-therm*", "gpu-therm*"])
+    assert [(z.name, z.temp_c) for z in nano] == [
+        ("CPU-therm", 41.5),
+        ("GPU-therm", 39.0),
+    ]  # case-insensitive
