@@ -35,6 +35,7 @@ Public API (import from the submodules; everything below is stable for consumers
         position_from_query(moves, initial_stones=None, initial_player=None, rules=...,
                             komi=None, board_x=19, board_y=19) -> GameState
         replay_query(...) -> [GameState after 0..len(moves) moves]   (analyzeTurns)
+        state_from_ascii("X.O\\n...", pla, rules) -> GameState (tests, debugging)
 
     from agent.game.features import encode_v7, legal_mask
         encode_v7(state, symmetry=0, nn_x=19, nn_y=19, conservative_pass=False, max_history=1000,
@@ -49,5 +50,9 @@ Public API (import from the submodules; everything below is stable for consumers
 
     from agent.game.area import calculate_area, independent_life_area   (Benson, pass-alive)
     from agent.game.ladder import ladder_scan, ladder_captured
-    from agent.game.sgf import parse_sgf, state_from_sgf, write_sgf, SgfGame
+    from agent.game.sgf import parse_sgf, sgf_rules, state_from_sgf, write_sgf, SgfGame
+        parse_sgf(text) -> SgfGame (main line; SZ incl. 13:9, KM, RU, HA, AB/AW/AE, PL, B/W,
+        pass as [] or [tt]); state_from_sgf(game, num_moves=None) -> GameState; SgfError.
+
+Benchmark: ``python -m agent.game.bench ../shared/reference`` (figures in docs/rules.md).
 """
