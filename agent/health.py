@@ -39,7 +39,7 @@ import psutil
 
 from agent import __version__
 from agent.hardware._files import read_text
-from agent.hardware.jetson import read_gpu_load, read_power_mode
+from agent.hardware.jetson import parse_nvpmodel_query, read_gpu_load, read_power_mode
 from agent.hardware.nvidia import nvml_importable, nvml_stats
 from agent.hardware.raspberry_pi import (
     ThrottleState,
@@ -108,6 +108,21 @@ def read_vcgencmd_throttled() -> ThrottleState | None:
         logger.debug("vcgencmd failed: %s", exc)
         return None
     return parse_throttled(out.stdout) if out.returncode == 0 and "throttled=" in out.stdout else None
+
+
+def read_nvpmodel_query() -> str | None:
+    """``nvpmodel -q`` on the running Jetson, when its status files cannot be read."""
+    exe = shutil.which("nvpmodel")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "-q"], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        logger.debug("nvpmodel -q failed: %s", exc)
+        return None
+    return parse_nvpmodel_query(out.stdout)
 
 
 class HealthCollector:
@@ -216,6 +231,8 @@ class HealthCollector:
     def _jetson(self) -> tuple[dict[str, Any] | None, str | None]:
         load = read_gpu_load(self.root)
         mode = read_power_mode(self.root)
+        if mode is None and load is not None and self.root == Path("/"):
+            mode = read_nvpmodel_query()
         if load is None and mode is None:
             return None, "not a Jetson (no gpu.0/load, no nvpmodel status)"
         return {"gpu_load_percent": load, "power_mode": mode}, None

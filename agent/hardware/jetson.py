@@ -218,3 +218,9 @@ def read_power_mode(root: Path = Path("/")) -> str | None:
         if int(mode_id) == wanted:
             return str(name)
     return None
+
+
+def parse_nvpmodel_query(text: str) -> str | None:
+    """``nvpmodel -q`` output (``NV Power Mode: MAXN`` then the id) -> ``"MAXN"`` (jtop's regex)."""
+    match = re.search(r"NV Power Mode:\s*(?P<name>[\w-]+)", text)
+    return match.group("name") if match else None

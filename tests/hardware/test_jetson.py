@@ -9,6 +9,7 @@ import pytest
 from agent.hardware.jetson import (
     jetpack_for,
     parse_nv_tegra_release,
+    parse_nvpmodel_query,
     probe_jetson,
     read_gpu_load,
     read_power_mode,
@@ -123,3 +124,9 @@ def test_probe_jetson__part_from_dtsfilename(tmp_path: Path) -> None:
 
 def test_probe_jetson__not_a_jetson(tmp_path: Path) -> None:
     assert probe_jetson(_tree(tmp_path, ["raspberrypi,5-model-b", "brcm,bcm2712"])) is None
+
+
+def test_parse_nvpmodel_query__jtop_format() -> None:
+    assert parse_nvpmodel_query("NV Power Mode: MAXN_SUPER\n2\n") == "MAXN_SUPER"
+    assert parse_nvpmodel_query("NVPM WARN: fan mode is not set!\nNV Power Mode: 15W\n0\n") == "15W"
+    assert parse_nvpmodel_query("nvpmodel: command failed") is None
