@@ -1,6 +1,8 @@
 """Shared fixtures: real KataGo networks and reference outputs from ../shared.
 
-Tests that need real networks use the ``models_dir`` fixture (or ``model_path(name)``). Outside CI
+Tests that need real networks use the ``models_dir`` fixture and ``edge_fixtures.model_file``
+(import helpers from ``edge_fixtures``, never from ``conftest``: several folders have a conftest.py
+and the name is ambiguous when the whole suite runs). Outside CI
 they skip with a message saying how to get a network; in CI (.ci/run) a skip of such a test fails
 the run.
 """
@@ -11,21 +13,9 @@ import os
 from pathlib import Path
 
 import pytest
+from edge_fixtures import HOW_TO_GET
 
 REPO = Path(__file__).resolve().parent.parent
-HOW_TO_GET = (
-    "set KATAGO_EDGE_MODELS to a folder with KataGo networks (in this project's CI: ../shared/models; "
-    "or `katago-edge fetch-model katrain` to fetch b10c384h6nbttflrs from the katrain wheel)"
-)
-
-NETS = {
-    "b6c96": "g170-b6c96-s175395328-d26788732.bin.gz",
-    "b7c96-cnorm": "b7c96h3tfrs-test5-cnorm.bin.gz",
-    "b7c96-gqa": "b7c96h6kv3qk32v16tflrs-fson-bnh.bin.gz",
-    "b10c384": "b10c384h6nbttflrs.bin.gz",
-}
-
-
 def _models_dir() -> Path | None:
     env = os.environ.get("KATAGO_EDGE_MODELS")
     if env and Path(env).is_dir():
@@ -59,13 +49,6 @@ def reference_dir() -> Path:
     if d is None:
         pytest.skip("needs KataGo reference outputs: set KATAGO_EDGE_REFERENCE (CI: ../shared/reference)")
     return d
-
-
-def model_file(models: Path, key: str) -> Path:
-    path = models / NETS[key]
-    if not path.is_file():
-        pytest.skip(f"network {NETS[key]} not in {models}: " + HOW_TO_GET)
-    return path
 
 
 # --- CI: required resources must not be skipped --------------------------------------------------

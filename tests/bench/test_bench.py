@@ -5,7 +5,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import model_file
+from edge_fixtures import model_file
 
 from agent import cli
 from agent.benchmark.katago import parse_benchmark_output

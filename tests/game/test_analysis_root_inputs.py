@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import model_file
+from edge_fixtures import model_file
 
 from agent.game.board import BLACK
 from agent.game.features import encode_v7

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import model_file
+from edge_fixtures import model_file
 from network_refdata import compare, load_reference, row_context
 
 from agent.game.symmetry import apply_symmetry

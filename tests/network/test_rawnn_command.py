@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import model_file
+from edge_fixtures import model_file
 from network_refdata import REFERENCE_FILES, Errors, compare_fields
 
 from agent import cli

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import model_file
+from edge_fixtures import model_file
 
 from agent.network.model import (
     Activation,

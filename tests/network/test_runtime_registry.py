@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import model_file
+from edge_fixtures import model_file
 
 from agent import runtime
 from agent.errors import RuntimeUnavailable

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import model_file
+from edge_fixtures import model_file
 
 from agent.errors import NetworkFileError, UnsupportedNetworkError
 from agent.network.model import Activation, Network

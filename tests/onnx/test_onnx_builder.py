@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import model_file
+from edge_fixtures import model_file
 from onnx_support import assert_within_tolerance, load_reference, worst_errors
 
 from agent.network.model import Network

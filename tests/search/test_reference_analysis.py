@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import model_file
+from edge_fixtures import model_file
 
 from agent.engines.native import NativeEngine
 from agent.protocol.service import AnalysisService

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import model_file
+from edge_fixtures import model_file
 
 from agent.errors import ConversionError, InferenceError
 from agent.network.postprocess import RowContext, legal_mask_from_features, postprocess_row

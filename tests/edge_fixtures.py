@@ -1,0 +1,31 @@
+"""Helpers shared by tests (import them as ``from edge_fixtures import ...``).
+
+Not in ``conftest.py``: several test folders have their own conftest, so ``from conftest import``
+resolves to whichever was imported first when the whole suite runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+HOW_TO_GET = (
+    "set KATAGO_EDGE_MODELS to a folder with KataGo networks (in this project's CI: ../shared/models; "
+    "or `katago-edge fetch-model katrain` to fetch b10c384h6nbttflrs from the katrain wheel)"
+)
+
+NETS = {
+    "b6c96": "g170-b6c96-s175395328-d26788732.bin.gz",
+    "b7c96-cnorm": "b7c96h3tfrs-test5-cnorm.bin.gz",
+    "b7c96-gqa": "b7c96h6kv3qk32v16tflrs-fson-bnh.bin.gz",
+    "b10c384": "b10c384h6nbttflrs.bin.gz",
+}
+
+
+def model_file(models: Path, key: str) -> Path:
+    """The network ``NETS[key]`` in ``models``; skips (a failure in CI) when it is missing."""
+    path = models / NETS[key]
+    if not path.is_file():
+        pytest.skip(f"network {NETS[key]} not in {models}: " + HOW_TO_GET)
+    return path
