@@ -20,6 +20,7 @@ Message handling itself lives in :mod:`agent.transports.mqtt_dispatch` (no paho 
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -40,7 +41,7 @@ from agent.transports.mqtt_handlers import Incoming, ReplyTo, Response, encode, 
 from agent.transports.mqtt_settings import MqttSettings, resolve_password
 from agent.transports.topics import DeviceTopics
 
-__all__ = ["MqttSettings", "MqttTransport", "make_client", "publish_properties"]
+__all__ = ["MqttSettings", "MqttTransport", "make_client", "publish_properties", "set_nodelay"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,20 @@ def make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
     client.max_queued_messages_set(settings.outgoing_queue)
     client.max_inflight_messages_set(100)
     return client
+
+
+def set_nodelay(client: mqtt.Client) -> None:
+    """Disable Nagle's algorithm on the client's socket (paho does not).
+
+    MQTT request/response is many small packets each way; with Nagle plus the peer's delayed ACK a
+    reply can sit ~40 ms in the kernel. Call from ``on_connect``."""
+    sock = client.socket()
+    if not isinstance(sock, socket.socket):  # ssl.SSLSocket is a socket.socket too
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:  # e.g. a proxy or Unix socket: not worth failing for
+        logger.debug("TCP_NODELAY not set: %s", exc)
 
 
 def publish_properties(
@@ -240,6 +255,7 @@ class MqttTransport:
         if reason.is_failure:
             self._refused(client, reason)
             return
+        set_nodelay(client)
         with self._lock:
             self._counts["connects"] += 1
             self._counts["auth_failures"] = 0

@@ -24,7 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.errors import TransportError
-from agent.transports.mqtt import AUTH_REFUSED, make_client, publish_properties
+from agent.transports.mqtt import AUTH_REFUSED, make_client, publish_properties, set_nodelay
 from agent.transports.mqtt_handlers import Response, encode, finals_expected, is_terminal
 from agent.transports.mqtt_settings import MqttSettings
 from agent.transports.topics import FleetTopics
@@ -137,6 +137,7 @@ class MqttRequester:
                 self._refused += " (check user name and password)"
             client.disconnect()
             return
+        set_nodelay(client)
         client.subscribe([(self.reply_topic, SubscribeOptions(qos=1))])
 
     def _on_subscribe(

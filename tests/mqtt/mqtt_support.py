@@ -42,7 +42,7 @@ class Mosquitto:
         # As root, mosquitto would drop to user "mosquitto", which cannot write into pytest's tmp dirs.
         user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            user + f"listener {self.port} 127.0.0.1\n"
+            user + f"listener {self.port} 127.0.0.1\nset_tcp_nodelay true\n"
             f"persistence true\npersistence_location {workdir / 'store'}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 100000\nmax_inflight_messages 100\n"
