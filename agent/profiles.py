@@ -15,7 +15,8 @@ Matching (``select``): a profile is a candidate when every rule it states holds:
 * ``min_memory_mb`` / ``max_memory_mb`` against ``MemTotal``;
 * ``cpu_features`` all present; ``nvidia_gpu`` true/false; ``runtimes`` all usable.
 
-The candidate with the highest ``priority`` wins (specific boards above the generic ``x86_64`` /
+A Pi / Jetson / Android board with an arm64 CPU that no profile matches falls back to the
+generic ``arm64`` profile. The candidate with the highest ``priority`` wins (specific boards above the generic ``x86_64`` /
 ``arm64`` profiles). The agent config can force a profile and override any field
 (``overrides = {"profile": "raspberry-pi-4", "search": {"threads": 2}}``).
 
@@ -27,6 +28,7 @@ dataclasses.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import sys
@@ -180,6 +182,8 @@ def load_profiles(directory: Path | None = None) -> list[Profile]:
 
 # --- matching -------------------------------------------------------------------------------------
 
+_ARM64_BOARDS = ("raspberry-pi", "jetson", "android")
+
 
 def _glob(text: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(text.lower(), pattern.lower())
@@ -315,6 +319,18 @@ def select(
                 candidates.append((profile, why))
             elif profile.match.kind == hardware.kind:
                 near_misses.append(f"{profile.name} not matched: {'; '.join(why)}")
+        if not candidates and hardware.cpu.arch == "aarch64" and hardware.kind in _ARM64_BOARDS:
+            # A board we have no profile for (a new Pi, a Tegra that is not a Jetson): the
+            # generic arm64 profile still fits the CPU.
+            generic = dataclasses.replace(hardware, kind="arm64")
+            for profile in profiles:
+                ok, why = match_profile(profile, generic)
+                if ok:
+                    candidates.append((profile, why))
+            if candidates:
+                reasons.append(
+                    f"no {hardware.kind} profile matches {hardware.model!r}; treating it as a generic arm64 board"
+                )
         if not candidates:
             raise ConfigError(
                 f"no profile matches {hardware.kind} {hardware.model!r}; "

@@ -178,3 +178,27 @@ def test_profiles_dir__env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     shutil.copy(profiles_dir() / "arm64.toml", tmp_path / "arm64.toml")
     monkeypatch.setenv("KATAGO_EDGE_PROFILES", str(tmp_path))
     assert [p.name for p in load_profiles()] == ["arm64"]
+
+
+def test_select__unknown_pi_model_falls_back_to_generic_arm64(tmp_path: Path) -> None:
+    root = tmp_path / "pi-next"
+    shutil.copytree(FIXTURES / "raspberry-pi-5-8gb", root)
+    (root / "proc/device-tree/model").write_bytes(b"Raspberry Pi 9 Model B Rev 1.0\0")
+    cpuinfo = (
+        (root / "proc/cpuinfo")
+        .read_text()
+        .replace("d04170", "d041f0")
+        .replace("Pi 5 Model B", "Pi 9 Model B")
+    )
+    (root / "proc/cpuinfo").write_text(cpuinfo)  # type 0x1f: not in the revision-code table
+    hw = probe_hardware(root)
+    assert hw.kind == "raspberry-pi" and hw.raspberry_pi is not None and hw.raspberry_pi.type_name is None
+    profile, reasons = select(hw)
+    assert profile.name == "arm64"
+    assert any(
+        r.startswith("raspberry-pi-5 not matched: model 'Raspberry Pi 9 Model B Rev 1.0'") for r in reasons
+    )
+    assert (
+        "no raspberry-pi profile matches 'Raspberry Pi 9 Model B Rev 1.0'; treating it as a generic arm64 board"
+        in reasons
+    )
