@@ -46,7 +46,7 @@ class Mosquitto:
             f"persistence true\npersistence_location {workdir / 'store'}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 100000\nmax_inflight_messages 100\n"
-            f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\n"
+            f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type debug\n"
             + (extra_conf if "allow_anonymous" in extra_conf else "allow_anonymous true\n" + extra_conf)
         )
         self.proc: subprocess.Popen[bytes] | None = None
