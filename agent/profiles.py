@@ -261,6 +261,19 @@ def choose_runtime(profile: Profile, runtimes: Runtimes | None) -> tuple[Runtime
     return None, reasons
 
 
+def choose_engine(profile: Profile, runtimes: Runtimes | None) -> tuple[str, list[str]]:
+    """The engine to run: the profile's, except ``katago`` without a usable binary falls back to native."""
+    if profile.engine.kind == "native":
+        return "native", ["engine native (our search over the chosen runtime)"]
+    if runtimes is None:
+        return "katago", ["engine katago (runtimes not probed)"]
+    status = runtimes.get("katago")
+    if status is not None and status.available:
+        return "katago", [f"engine katago: binary {status.path}"]
+    problem = status.problem if status else "no katago binary found"
+    return "native", [f"engine katago wanted, but {problem}: native engine as fallback"]
+
+
 def _deep_merge(
     base: dict[str, Any], extra: Mapping[str, Any], path: str, notes: list[str]
 ) -> dict[str, Any]:
@@ -346,6 +359,7 @@ def select(
     if overrides:
         chosen, notes = apply_overrides(chosen, overrides)
         reasons.extend(notes)
+    _, engine_reasons = choose_engine(chosen, hardware.runtimes)
     _, runtime_reasons = choose_runtime(chosen, hardware.runtimes)
-    reasons.extend(runtime_reasons)
+    reasons.extend(engine_reasons + runtime_reasons)
     return chosen, reasons

@@ -23,7 +23,15 @@ from typing import Any
 from agent.errors import ConfigError
 from agent.hardware import Hardware, probe_hardware
 from agent.hardware.runtimes import probe_runtimes
-from agent.profiles import Profile, apply_overrides, choose_runtime, load_profile, profiles_dir, select
+from agent.profiles import (
+    Profile,
+    apply_overrides,
+    choose_engine,
+    choose_runtime,
+    load_profile,
+    profiles_dir,
+    select,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +107,12 @@ def _hardware_lines(hw: Hardware) -> list[str]:
     return lines
 
 
-def _profile_lines(profile: Profile, runtime: str | None) -> list[str]:
+def _profile_lines(profile: Profile, engine: str, runtime: str | None) -> list[str]:
     s, t = profile.search, profile.thermal
     return [
         f"Profile: {profile.name}",
         f"  {profile.description}",
-        f"  engine {profile.engine.kind}; runtime {runtime or 'none usable'}; network {profile.network.recommended}",
+        f"  engine {engine}; runtime {runtime or 'none usable'}; network {profile.network.recommended}",
         f"  threads {s.threads}, batch {s.batch_size}, visits {s.default_visits} (max {s.max_visits}), "
         f"NN cache {s.nn_cache_size}",
         f"  thermal soft {t.soft_limit_c:.0f} C / hard {t.hard_limit_c:.0f} C on {', '.join(t.zones) or 'all zones'}",
@@ -134,6 +142,7 @@ def command_detect(args: argparse.Namespace) -> int:
     overrides = {"profile": args.profile} if args.profile else None
     profile, reasons = select(hw, overrides, profiles)
     choice, _ = choose_runtime(profile, hw.runtimes)
+    engine, _ = choose_engine(profile, hw.runtimes)
     missing = [s.name for s in hw.runtimes.items if not s.available] if hw.runtimes else []
     health = None
     if args.health:
@@ -142,6 +151,7 @@ def command_detect(args: argparse.Namespace) -> int:
         out: dict[str, Any] = {
             "hardware": hw.to_dict(),
             "profile": profile.name,
+            "engine": engine,
             "runtime": choice.model_dump() if choice else None,
             "reasons": reasons,
             "runtimes_missing": missing,
@@ -154,7 +164,7 @@ def command_detect(args: argparse.Namespace) -> int:
         return 0
     lines = _hardware_lines(hw)
     lines += ["Runtimes (this Python environment)", *_runtime_lines(hw)]
-    lines += _profile_lines(profile, choice.label if choice else None)
+    lines += _profile_lines(profile, engine, choice.label if choice else None)
     lines += ["Why", *(f"  - {r}" for r in reasons)]
     if health is not None:
         lines += ["Health", *(f"  {line}" for line in json.dumps(health, indent=2).splitlines())]

@@ -43,6 +43,7 @@ def test_detect__json_on_fixture_roots(
     assert (hw["kind"], hw["model"], hw["memory_mb"], out["profile"]) == (kind, model, memory_mb, profile)
     assert out["reasons"][0].startswith(f"profile {profile} matched")
     assert isinstance(out["runtimes_missing"], list)
+    assert out["engine"] == "native"
 
 
 def test_detect__this_machine(capsys: pytest.CaptureFixture[str]) -> None:

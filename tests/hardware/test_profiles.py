@@ -11,7 +11,7 @@ import pytest
 from agent.errors import ConfigError
 from agent.hardware import Runtimes, RuntimeStatus, probe_hardware
 from agent.hardware.nvidia import NvidiaGpu
-from agent.profiles import choose_runtime, load_profile, load_profiles, profiles_dir, select
+from agent.profiles import choose_engine, choose_runtime, load_profile, load_profiles, profiles_dir, select
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 REQUIRED = {
@@ -202,3 +202,14 @@ def test_select__unknown_pi_model_falls_back_to_generic_arm64(tmp_path: Path) ->
         "no raspberry-pi profile matches 'Raspberry Pi 9 Model B Rev 1.0'; treating it as a generic arm64 board"
         in reasons
     )
+
+
+def test_choose_engine__katago_needs_a_binary() -> None:
+    nano = load_profile(profiles_dir() / "jetson-nano.toml")
+    with_binary = Runtimes((RuntimeStatus("katago", True, path="/usr/local/bin/katago"),))
+    assert choose_engine(nano, with_binary) == ("katago", ["engine katago: binary /usr/local/bin/katago"])
+    engine, reasons = choose_engine(nano, _runtimes("numpy", "onnxruntime"))
+    assert engine == "native"
+    assert reasons == ["engine katago wanted, but katago missing: native engine as fallback"]
+    pi = load_profile(profiles_dir() / "raspberry-pi-4.toml")
+    assert choose_engine(pi, with_binary)[0] == "native"
