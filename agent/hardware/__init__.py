@@ -76,6 +76,8 @@ class Hardware:
         data = _jsonable(dataclasses.asdict(self))
         if self.android is not None:
             data["android"].pop("properties", None)
+        if self.runtimes is not None:
+            data["runtimes"] = data["runtimes"]["items"]
         data["memory_mb"] = self.memory_mb
         return data
 

@@ -101,3 +101,11 @@ def test_check_config__agent_config_file(capsys: pytest.CaptureFixture[str], tmp
     worse.write_text("[overrides.search]\nthreads = 0\n")
     assert cli.run(["check-config", str(worse)]) == 1
     assert "[overrides] do not fit profile" in capsys.readouterr().err
+
+
+def test_detect__runtimes_listed_with_problems(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _detect_json(capsys, "--root", str(FIXTURES / "arm64-rock-5b"))
+    runtimes = {r["name"]: r for r in out["hardware"]["runtimes"]}
+    assert runtimes["numpy"]["available"] is True
+    for name in out["runtimes_missing"]:
+        assert runtimes[name]["available"] is False and runtimes[name]["problem"]
