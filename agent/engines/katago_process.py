@@ -252,7 +252,8 @@ class KataGoEngine(Engine):
                 child.stop(2.0)
                 self._last_stderr = child.tail()
                 raise EngineError(
-                    f"KataGo exited at start (exit code {child.proc.returncode}); command: {' '.join(cmd)}\n"
+                    f"KataGo exited at start (exit code {child.proc.returncode}): {_cause(child.tail())}\n"
+                    f"command: {' '.join(cmd)}\n"
                     "KataGo's last stderr lines:\n  " + "\n  ".join(child.tail()[-15:])
                 )
             if time.monotonic() > deadline:
@@ -485,6 +486,17 @@ class KataGoEngine(Engine):
         for emit, resp in out:
             if emit is not None:
                 _safe_emit(emit, resp)
+
+
+def _cause(tail: list[str]) -> str:
+    """KataGo's own explanation: the exception text (``what(): ...``) or the last error line."""
+    for line in reversed(tail):
+        if "what():" in line:
+            return line.split("what():", 1)[1].strip()
+    for line in reversed(tail):
+        if "error" in line.lower():
+            return line.strip()
+    return tail[-1].strip() if tail else "no output on stderr"
 
 
 def _safe_emit(emit: Emit, resp: Response) -> None:
