@@ -17,8 +17,9 @@ OpenCL tuning: on its first run for a (device, board size, trunk width, model ve
 backend tunes its kernels and stores the result under ``<homeDataDir>/opencltuning/``. On PoCL
 with two cores this took 7 minutes for g170-b6c96. ``opencl_tuning = "generic"`` instead points
 ``openclTunerFile`` at a parameter set we write ourselves (valid for any device, tuned on
-PoCL/x86-64), so a cold start takes seconds; ``"auto"`` lets KataGo tune once per device, cached
-in ``homeDataDir`` (``<cache_dir>/katago-home`` unless set).
+PoCL/x86-64), so a cold start takes seconds; ``"tune"`` lets KataGo tune once per device, cached
+in ``homeDataDir`` (``<cache_dir>/katago-home`` unless set); ``"auto"`` (default) picks generic
+when PoCL is the only OpenCL driver and tune otherwise.
 """
 
 from __future__ import annotations
@@ -143,8 +144,10 @@ class KataGoSettings(BaseModel):
     log_all_requests: bool = False
     log_all_responses: bool = False
     log_search_info: bool = False
-    opencl_tuning: Literal["auto", "generic"] = Field(
-        default="auto", description="generic = skip KataGo's first-run OpenCL tuning (minutes on a CPU)"
+    opencl_tuning: Literal["auto", "generic", "tune"] = Field(
+        default="auto",
+        description="generic = skip KataGo's first-run OpenCL tuning; tune = let KataGo tune once; "
+        "auto = generic when the only OpenCL driver is PoCL (a CPU), else tune",
     )
     opencl_tuner_file: Path | None = Field(default=None, description="explicit openclTunerFile")
     extra: dict[str, ConfigValue] = Field(default_factory=dict, description="more KataGo config keys")
@@ -326,6 +329,20 @@ def opencl_available() -> str | None:
     return None
 
 
+def pocl_only(vendors: Path | None = None) -> bool:
+    """True when every installed OpenCL driver (ICD) is PoCL, i.e. OpenCL runs on the CPU.
+
+    KataGo's tuner then spends minutes timing kernels for a device where the generic parameter
+    set is as good as any (measured: 7 min for g170-b6c96 on two cores).
+    """
+    folder = vendors or Path(os.environ.get("OCL_ICD_VENDORS", "/etc/OpenCL/vendors"))
+    try:
+        icds = [p.read_text(errors="replace").strip() for p in folder.glob("*.icd")]
+    except OSError:
+        return False
+    return bool(icds) and all("pocl" in icd.lower() for icd in icds)
+
+
 # ------------------------------------------------------------------------------------ the config
 def config_entries(settings: KataGoSettings, home_data_dir: Path, tuner_file: Path | None) -> dict[str, str]:
     """KataGo analysis config keys for ``settings`` (values already in KataGo's text syntax)."""
@@ -378,7 +395,8 @@ def prepare_config(settings: KataGoSettings, config_path: Path | None = None) ->
     home = (settings.home_data_dir or cache / "katago-home").expanduser()
     home.mkdir(parents=True, exist_ok=True)
     tuner = settings.opencl_tuner_file
-    if tuner is None and settings.opencl_tuning == "generic":
+    generic = settings.opencl_tuning == "generic" or (settings.opencl_tuning == "auto" and pocl_only())
+    if tuner is None and generic:
         tuner = home / "opencltuning" / "katago-edge-generic-tune13.txt"
         if not tuner.is_file() or tuner.read_text() != GENERIC_OPENCL_TUNING:
             atomic_write_text(tuner, GENERIC_OPENCL_TUNING)

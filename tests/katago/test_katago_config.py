@@ -13,6 +13,7 @@ from agent.engines.katago_binary import (
     binary_from_path,
     config_entries,
     find_katago,
+    pocl_only,
     prepare_config,
 )
 from agent.errors import EngineError
@@ -77,9 +78,11 @@ def test_prepare_config__generic_tuning_written_atomically(tmp_path: Path) -> No
 def test_prepare_config__user_config_used_as_is(tmp_path: Path) -> None:
     user = tmp_path / "mine.cfg"
     user.write_text("numAnalysisThreads = 1\n")
-    path, overrides = prepare_config(KataGoSettings(cache_dir=tmp_path), user)
+    path, overrides = prepare_config(KataGoSettings(cache_dir=tmp_path, opencl_tuning="tune"), user)
     assert path == user
     assert overrides == {"logToStderr": "true"}
+    _, overrides = prepare_config(KataGoSettings(cache_dir=tmp_path, opencl_tuning="generic"), user)
+    assert overrides["openclTunerFile"].endswith("katago-edge-generic-tune13.txt")
     with pytest.raises(EngineError, match="does not exist"):
         prepare_config(KataGoSettings(cache_dir=tmp_path), tmp_path / "missing.cfg")
 
@@ -106,3 +109,19 @@ def test_binary_from_path__appimage_runs_without_fuse(tmp_path: Path) -> None:
     fake.write_bytes(b"\x7fELF\x02\x01\x01\x00AI\x02" + bytes(32))
     fake.chmod(0o755)
     assert binary_from_path(fake).env == {"APPIMAGE_EXTRACT_AND_RUN": "1"}
+
+
+@pytest.mark.parametrize(
+    ("icds", "expected"),
+    [
+        ({"pocl.icd": "libpocl.so.2.10.0\n"}, True),
+        ({"pocl.icd": "libpocl.so.2", "nvidia.icd": "libnvidia-opencl.so.1"}, False),
+        ({}, False),
+    ],
+)
+def test_pocl_only__generic_tuning_only_for_cpu_opencl(
+    icds: dict[str, str], expected: bool, tmp_path: Path
+) -> None:
+    for name, text in icds.items():
+        (tmp_path / name).write_text(text)
+    assert pocl_only(tmp_path) is expected
