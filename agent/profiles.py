@@ -197,17 +197,21 @@ def match_profile(profile: Profile, hw: Hardware) -> tuple[bool, list[str]]:
         return False, [f"kind is {hw.kind}, not {rules.kind}"]
     why.append(f"kind={hw.kind}")
 
+    # Identity: a decoded Pi revision type or Jetson module family decides on its own (the Pi docs:
+    # filter on the type field); the model-string globs are for boards whose type is unknown.
     identity: list[str] = []
     pi_type = hw.raspberry_pi.type_name if hw.raspberry_pi else None
+    family = hw.jetson.family if hw.jetson else None
+    decided = (rules.pi_types and pi_type) or (rules.jetson_families and family)
     if rules.pi_types and pi_type in rules.pi_types:
         identity.append(f"Pi revision type {pi_type!r} in {rules.pi_types}")
-    family = hw.jetson.family if hw.jetson else None
     if rules.jetson_families and family in rules.jetson_families:
         identity.append(f"Jetson module family {family!r} ({hw.jetson.part_number if hw.jetson else ''})")
-    for pattern in rules.model_patterns:
-        if _glob(hw.model, pattern):
-            identity.append(f"model {hw.model!r} matches {pattern!r}")
-            break
+    if not decided:
+        for pattern in rules.model_patterns:
+            if _glob(hw.model, pattern):
+                identity.append(f"model {hw.model!r} matches {pattern!r}")
+                break
     if (rules.pi_types or rules.jetson_families or rules.model_patterns) and not identity:
         return False, [f"model {hw.model!r} (type {pi_type or family}) matches none of its identity rules"]
     why.extend(identity)

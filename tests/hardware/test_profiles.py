@@ -213,3 +213,20 @@ def test_choose_engine__katago_needs_a_binary() -> None:
     assert reasons == ["engine katago wanted, but katago missing: native engine as fallback"]
     pi = load_profile(profiles_dir() / "raspberry-pi-4.toml")
     assert choose_engine(pi, with_binary)[0] == "native"
+
+
+def test_select__revision_type_decides_and_model_glob_covers_unknown_types(tmp_path: Path) -> None:
+    root = tmp_path / "pi"
+    shutil.copytree(FIXTURES / "raspberry-pi-4b-4gb", root)
+    cpuinfo = root / "proc/cpuinfo"
+    # the device-tree model names a Pi 5, but the revision code (type 0x11 = 4B) decides
+    (root / "proc/device-tree/model").write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\0")
+    profile, reasons = select(probe_hardware(root))
+    assert profile.name == "raspberry-pi-4" and "Pi revision type '4B'" in reasons[0]
+    # without a Revision line the model string is all there is
+    cpuinfo.write_text(
+        "\n".join(line for line in cpuinfo.read_text().splitlines() if not line.startswith("Revision"))
+    )
+    profile, reasons = select(probe_hardware(root))
+    assert profile.name == "raspberry-pi-5"
+    assert "model 'Raspberry Pi 5 Model B Rev 1.0' matches 'Raspberry Pi 5*'" in reasons[0]
