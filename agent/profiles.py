@@ -11,7 +11,8 @@ Matching (``select``): a profile is a candidate when every rule it states holds:
 * ``kind`` equals ``Hardware.kind``;
 * identity: when any of ``pi_types`` (Raspberry Pi revision-code *type*, the field the Pi docs
   say to filter on), ``jetson_families`` or ``model_patterns`` (case-insensitive globs over the
-  model string) is given, at least one must match;
+  model string) is given, at least one must match; a decoded type or family decides on its own,
+  the globs count only when it is unknown;
 * ``min_memory_mb`` / ``max_memory_mb`` against ``MemTotal``;
 * ``cpu_features`` all present; ``nvidia_gpu`` true/false; ``runtimes`` all usable.
 
