@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.errors import ThermalLimit
 from agent.health import HealthCollector
@@ -120,3 +122,16 @@ def test_next_state__table() -> None:
     assert next_state(ThermalState.HARD, 60.0, s) is ThermalState.NORMAL
     assert next_state(ThermalState.SOFT, 67.1, s) is ThermalState.SOFT
     assert next_state(ThermalState.SOFT, None, s) is ThermalState.UNKNOWN
+
+
+@given(st.lists(st.floats(min_value=20, max_value=110, allow_nan=False), min_size=1, max_size=40))
+def test_next_state__invariants_over_any_temperature_sequence(temps: list[float]) -> None:
+    s = ThermalSettings(soft_limit_c=75, hard_limit_c=85, hysteresis_c=5)
+    state = ThermalState.UNKNOWN
+    for temp in temps:
+        state = next_state(state, temp, s)
+        assert (state is ThermalState.HARD) == (temp >= 85) or 80 <= temp < 85  # hysteresis band only
+        if temp >= 75:
+            assert state in (ThermalState.SOFT, ThermalState.HARD)
+        if temp < 70:
+            assert state is ThermalState.NORMAL
