@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from mqtt_support import wait_for
 
 from agent.cli import run
+from agent.errors import QueryError
 from agent.fleet import DeviceView, summarize
+from agent.fleet_view import parse_moves
 
 
 def test_fleet__json_once_lists_two_running_agents_with_health(make_agent, settings, capsys):
@@ -132,3 +135,32 @@ def test_fleet__summarize_reads_the_daemon_health_layout():
         1500.0,
         1,
     )
+
+
+def test_query__sgf_position_is_sent_with_its_rules_komi_and_size(
+    make_agent, real_service, settings, tmp_path, capsys
+):
+    sgf = tmp_path / "g.sgf"
+    sgf.write_text("(;GM[1]FF[4]SZ[9]KM[6.5]RU[Japanese]AB[cc];W[ee];B[gg])")
+    make_agent("dev1", real_service)
+    argv = ["query", "--device", "dev1", "--broker", f"127.0.0.1:{settings.port}", "--sgf", str(sgf)]
+    assert run([*argv, "--visits", "5", "--json"]) == 0
+    final = [json.loads(line) for line in capsys.readouterr().out.splitlines()][-1]
+    assert final["turnNumber"] == 2 and final["isDuringSearch"] is False
+
+
+@pytest.mark.parametrize(
+    ("tokens", "moves"),
+    [
+        (["D4", "Q16", "pass"], [["B", "D4"], ["W", "Q16"], ["B", "pass"]]),
+        (["W:D4", "b:Q16"], [["W", "D4"], ["B", "Q16"]]),
+        (['[["B","C3"],["W","D4"]]'], [["B", "C3"], ["W", "D4"]]),
+    ],
+)
+def test_query__parse_moves_forms(tokens, moves):
+    assert parse_moves(tokens) == moves
+
+
+def test_query__parse_moves_rejects_bad_player():
+    with pytest.raises(QueryError, match="bad player"):
+        parse_moves(["X:D4"])
