@@ -82,8 +82,8 @@ def split_host_port(text: str, default_port: int) -> tuple[str, int]:
     host = match.group(1) or match.group(3)
     port_text = match.group(2) or match.group(4)
     port = int(port_text) if port_text else default_port
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} out of range 1-65535")
+    if not 0 <= port < 65536:
+        raise ValueError(f"port {port} out of range 0-65535")
     return host, port
 
 
@@ -126,7 +126,6 @@ class AgentConfig(_Strict):
     model_store: Path | None = Field(default=None, description="unset = <state_dir>/models")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     stop_timeout: float = Field(default=20.0, gt=0, description="seconds to finish in-flight work on SIGTERM")
-    max_visits: int | None = Field(default=None, ge=1, description="cap on maxVisits; unset = the profile's")
     overrides: dict[str, Any] = Field(default_factory=dict, description="profile fields to override")
     socket: SocketSettings = Field(default_factory=lambda: SocketSettings())
     websocket: WebSocketSettings = Field(default_factory=lambda: WebSocketSettings())

@@ -252,6 +252,12 @@ class Daemon:
         for name in ("unix", "websocket"):
             if name in self.transports:
                 self.transports[name].stop_accepting()
+        # A search may have millions of visits to go: cut running ones short (each still sends its
+        # final response with what it found) and answer queued ones with noResults.
+        try:
+            self.engine.terminate_all()
+        except AgentError as exc:
+            logger.warning("terminating in-flight queries failed: %s", exc)
         self._close_all(timeout=max(1.0, deadline - time.monotonic()))
         logger.info("stopped")
 
@@ -356,7 +362,7 @@ class Daemon:
         self.notifier.ready(self._serving_status())
 
     def _apply(self, old: AgentConfig, new: AgentConfig, plan: Plan) -> None:
-        engine_keys = ("model", "engine", "katago", "root", "overrides", "profile", "max_visits")
+        engine_keys = ("model", "engine", "katago", "root", "overrides", "profile")
         if plan != self.plan or any(getattr(old, k) != getattr(new, k) for k in engine_keys):
             logger.info("reload: new engine (profile %s)", plan.profile)
             engine, service = self._new_engine(plan)

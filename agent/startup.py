@@ -48,7 +48,8 @@ class Plan:
     runtimes: tuple[tuple[str, str], ...]  # (runtime, precision) by preference; first that loads wins
     threads: int = 2
     batch_size: int = 8
-    max_visits: int | None = None
+    default_visits: int = 500
+    cache_size: int = 1 << 16
     recommended_network: str | None = None
     reasons: tuple[str, ...] = ()
 
@@ -96,7 +97,8 @@ def make_plan(config: AgentConfig) -> Plan:
         runtimes=tuple(runtimes),
         threads=profile.search.threads,
         batch_size=profile.search.batch_size,
-        max_visits=config.max_visits or profile.search.max_visits,
+        default_visits=profile.search.default_visits,
+        cache_size=max(1024, profile.search.nn_cache_size),
         recommended_network=profile.network.recommended,
         reasons=tuple(reasons),
     )
@@ -204,11 +206,35 @@ def build_engine(config: AgentConfig, plan: Plan, progress: Progress) -> Any:
             raise RuntimeUnavailable("engine 'katago' needs agent.engines.katago_binary (not installed)")
         source = fetch_network(config, progress)
         return module.KataGoEngine(config.katago, model=source)
-    module = _optional("agent.engines.native")
-    if module is None:
-        raise RuntimeUnavailable("engine 'native' needs agent.engines.native (not installed)")
+    from agent.engines.native import NativeEngine
+    from agent.search.params import SearchParams
+
     net = load_net(config, plan, progress)
-    return module.NativeEngine(net, threads=plan.threads, max_batch_size=plan.batch_size)
+    params = SearchParams(max_visits=plan.default_visits, num_threads=plan.threads)
+    return NativeEngine(
+        net,
+        post_params(net, config),
+        default_params=params,
+        max_batch_size=plan.batch_size,
+        cache_size=plan.cache_size,
+    )
+
+
+def post_params(net: Any, config: AgentConfig) -> Any:
+    """The header's post-processing parameters for ``net`` (runtimes keep them in different places)."""
+    from agent.network.model import PostProcessParams
+
+    if getattr(net.info, "runtime", "") == "fake":
+        return PostProcessParams(model_version=15, policy_channels=2)  # FakeNet mimics a v15 net
+    for found in (
+        getattr(net, "postprocess_params", None),
+        getattr(getattr(net, "network", None), "postprocess", None),
+    ):
+        if isinstance(found, PostProcessParams):
+            return found
+    from agent.network.reader import read_network
+
+    return read_network(fetch_network(config, lambda _text: None)).postprocess
 
 
 def build_service(engine: Any) -> Any:

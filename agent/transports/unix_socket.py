@@ -114,10 +114,12 @@ class UnixSocketTransport:
             session.close()
             self._sessions.discard(session)
             out.put_nowait(None)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pump, 5.0)
-            self._outputs.pop(writer, None)
-            writer.close()
+            try:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pump, 5.0)
+            finally:  # also when cancelled at loop shutdown: never leave the transport open
+                self._outputs.pop(writer, None)
+                writer.close()
 
     async def _pump(self, out: asyncio.Queue[str | None], writer: asyncio.StreamWriter) -> None:
         while (text := await out.get()) is not None:
@@ -131,8 +133,8 @@ class UnixSocketTransport:
         """No new connections or queries; responses to running queries still go out."""
         for session in list(self._sessions):
             session.accepting = False
-        if self._server is not None:
-            self._server.close()
+        if self._server is not None and self._loop.running:
+            self._loop.loop.call_soon_threadsafe(self._server.close)  # asyncio is not thread-safe
 
     def close(self, timeout: float = 5.0) -> None:
         self.stop_accepting()
@@ -150,3 +152,6 @@ class UnixSocketTransport:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pump, 2.0)
             writer.close()
+        handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if handlers:
+            await asyncio.wait(handlers, timeout=2.0)
