@@ -305,12 +305,20 @@ class HealthCollector:
 
 
 def _busy_percent(before: Any, after: Any) -> float:
-    """Busy share of one core between two ``cpu_times`` samples (idle and iowait count as idle)."""
-    total = sum(after) - sum(before)
-    if total <= 0:
+    """Busy share of one core between two ``cpu_times`` samples (idle and iowait count as idle).
+
+    On Linux ``guest``/``guest_nice`` time is already included in ``user``/``nice`` (proc(5)), so
+    it is left out of the total, as psutil's own ``cpu_percent`` does.
+    """
+
+    def total(t: Any) -> float:
+        return float(sum(t)) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+    total_delta = total(after) - total(before)
+    if total_delta <= 0:
         return 0.0
     idle = (after.idle - before.idle) + (getattr(after, "iowait", 0.0) - getattr(before, "iowait", 0.0))
-    return round(max(0.0, min(100.0, 100.0 * (1.0 - idle / total))), 1)
+    return round(max(0.0, min(100.0, 100.0 * (1.0 - idle / total_delta))), 1)
 
 
 def snapshot(

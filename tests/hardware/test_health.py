@@ -141,3 +141,11 @@ def test_health__pi_hwmon_under_voltage_alarm_when_get_throttled_is_gone(tmp_pat
             (dev / "in0_lcrit_alarm").write_text(alarm + "\n")
     snap = HealthCollector(root=tmp_path, first_sample_s=0.0).snapshot()
     assert snap.throttling == {"source": "hwmon rpi_volt", "under_voltage_now": True}
+
+
+def test_busy_percent__guest_time_not_counted_twice() -> None:
+    kind = type(psutil.cpu_times())
+    zero = kind(*([0.0] * len(kind._fields)))
+    after = zero._replace(user=30.0, idle=60.0, iowait=10.0, guest=20.0)  # guest is inside user
+    assert health._busy_percent(zero, after) == 30.0
+    assert health._busy_percent(after, after) == 0.0
