@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 8.0
 TERMINATE_GRACE_S = 30.0
+CLOSE_GRACE_S = 3.0
 
 
 class KataGoEngine(Engine):
@@ -72,6 +73,7 @@ class KataGoEngine(Engine):
         self._child: KataGoChild | None = None
         self._generation = 0
         self._state = "new"
+        self._draining = False  # close() called: no new queries
         self._failure = ""
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -127,29 +129,46 @@ class KataGoEngine(Engine):
         return self
 
     def close(self, timeout: float = 10.0) -> None:
+        """Let queued work finish for most of ``timeout``, then terminate the rest and stop.
+
+        While work drains the supervisor keeps running, so a child that dies or hangs meanwhile
+        is still restarted or killed: even ``timeout=1e9`` (stdin closed without
+        ``-quit-without-waiting``, like KataGo) cannot wait forever on a hung child. The last
+        ``CLOSE_GRACE_S`` (or a fifth of a short timeout) is left for terminated searches to
+        report their final responses.
+        """
         deadline = time.monotonic() + timeout
+        grace = min(CLOSE_GRACE_S, timeout / 5)
         with self._lock:
-            if self._state in ("stopped", "stopping"):
+            if self._draining or self._state == "stopped":
                 return
-            self._state = "stopping"
-            child = self._child
+            self._draining = True
+        while time.monotonic() < deadline - grace and self._has_work():
+            time.sleep(0.02)
         self._stop.set()
         self._wake.set()
         if self._supervisor is not None:
             self._supervisor.join(max(0.1, deadline - time.monotonic()))
+        with self._lock:
+            child = self._child
+            if self._state != "failed":
+                self._state = "stopping"
         if child is not None and child.alive():
-            self._send_action(child, "terminate_all")
-            while time.monotonic() < deadline and self._busy(child.gen, analysis_only=True):
+            if self._has_work():
+                self._send_action(child, "terminate_all")
+            while time.monotonic() < deadline and self._has_work():
                 time.sleep(0.02)
             child.stop(max(0.5, deadline - time.monotonic()))
         self._fail_pending(lambda p: True, "the KataGo engine was closed before this query finished")
         with self._lock:
-            self._state, self._child = "stopped", None
+            if self._state != "failed":
+                self._state = "stopped"
+            self._child = None
 
     # ------------------------------------------------------------------------------ Engine API
     def submit(self, query: dict[str, Any], emit: Emit) -> None:
         with self._lock:
-            if self._state not in ("running", "restarting"):
+            if self._draining or self._state not in ("running", "restarting"):
                 error = self._unavailable_message()
             else:
                 error = ""
@@ -440,11 +459,17 @@ class KataGoEngine(Engine):
     def _unavailable_message(self) -> str:
         if self._state == "failed":
             return "KataGo engine failed: " + self._failure
-        return f"KataGo engine is {self._state}"
+        return "KataGo engine is " + (
+            "stopping" if self._draining and self._state != "stopped" else self._state
+        )
 
-    def _busy(self, gen: int, analysis_only: bool = False) -> bool:
+    def _has_work(self) -> bool:
         with self._lock:
-            return any(p.sent_gen == gen and not (analysis_only and p.action) for p in self._pending.values())
+            return any(not p.action for p in self._pending.values())
+
+    def _busy(self, gen: int) -> bool:
+        with self._lock:
+            return any(p.sent_gen == gen for p in self._pending.values())
 
     def _fail_pending(self, which: Any, message: str) -> None:
         with self._lock:

@@ -155,11 +155,16 @@ def test_close__in_flight_query_gets_its_final_response(
     engine = KataGoEngine(katago_binary, b6_model, fast_settings(tmp_path)).start()
     out = Collector()
     engine.submit(query_9x9("open", [("B", "E5")], visits=1_000_000, reportDuringSearchEvery=0.1), out)
+    engine.submit(query_9x9("short", [("B", "C3")], visits=8), out)
     assert out.wait(lambda: len(out.responses) >= 1, 60)
     pid = engine.stats()["pid"]
-    engine.close(timeout=10.0)
+    start = time.monotonic()
+    engine.close(timeout=5.0)  # 4 s to finish queued work, then terminate and 1 s for finals
+    assert time.monotonic() - start < 7.0
     (final,) = out.finals("open")
-    assert final["isDuringSearch"] is False and final["rootInfo"]["visits"] >= 1
+    assert final["isDuringSearch"] is False and 1 <= final["rootInfo"]["visits"] < 1_000_000
+    (short,) = out.finals("short")
+    assert short["rootInfo"]["visits"] >= 8  # finished, not cut short
     assert engine.stats()["state"] == "stopped"
     assert _wait(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 5.0)
     after = Collector()
