@@ -126,7 +126,11 @@ class Profile(_Strict):
     network: NetworkSettings
     search: SearchSettings
     thermal: ThermalSettings
-    verify: dict[str, float] = Field(default_factory=dict, description="verification threshold overrides")
+    verify: dict[Precision, dict[str, tuple[Literal["<", "<=", ">", ">="], float]]] = Field(
+        default_factory=dict,
+        description="per precision, verification thresholds overriding agent.network.verify's defaults: "
+        '"metric.stat" = [op, value], e.g. [verify.int8] "policy_kl.mean" = ["<", 0.05]',
+    )
 
 
 # --- locating and loading -------------------------------------------------------------------------

@@ -230,3 +230,19 @@ def test_select__revision_type_decides_and_model_glob_covers_unknown_types(tmp_p
     profile, reasons = select(probe_hardware(root))
     assert profile.name == "raspberry-pi-5"
     assert "model 'Raspberry Pi 5 Model B Rev 1.0' matches 'Raspberry Pi 5*'" in reasons[0]
+
+
+def test_load_profile__verify_overrides_per_precision(tmp_path: Path) -> None:
+    extra = '\n[verify.int8]\n"policy_kl.mean" = ["<", 0.05]\n"policy_top1_agreement" = [">=", 0.9]\n'
+    profile = load_profile(_copy_profile(tmp_path, "raspberry-pi-4", extra=extra))
+    assert profile.verify == {"int8": {"policy_kl.mean": ("<", 0.05), "policy_top1_agreement": (">=", 0.9)}}
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pytest.raises(ConfigError, match=r"verify\.int8\.policy_kl\.mean\.0"):
+        load_profile(
+            _copy_profile(bad, "raspberry-pi-4", extra='\n[verify.int8]\n"policy_kl.mean" = ["~", 0.05]\n')
+        )
+    with pytest.raises(ConfigError, match=r"verify\.int4"):
+        load_profile(
+            _copy_profile(bad, "raspberry-pi-4", extra='\n[verify.int4]\n"policy_kl.mean" = ["<", 0.05]\n')
+        )
