@@ -136,6 +136,7 @@ class MqttTransport:
         self._since = time.time()
         self._stop = threading.Event()
         self._connected = threading.Event()
+        self._health_now = threading.Event()
         self._lock = threading.Lock()
         self._counts = {
             "connects": 0,
@@ -211,6 +212,7 @@ class MqttTransport:
     def stop(self, clean: bool = True, timeout: float = 5.0) -> None:
         """Stop serving: answer or abort pending requests, publish ``stopped``, disconnect."""
         self._stop.set()
+        self._health_now.set()
         self.dispatcher.stop(timeout)
         if clean and self._connected.is_set():
             info = self._publish(self.topics.status, self._status("stopped"), retain=True)
@@ -272,7 +274,7 @@ class MqttTransport:
         client.subscribe(subs)
         self._connected.set()
         self._publish(self.topics.status, self._status("online"), retain=True)
-        self.publish_health()
+        self._health_now.set()  # the snapshot may take a while (CPU sampling): not on this thread
 
     def _refused(self, client: mqtt.Client, reason: ReasonCode) -> None:
         code = reason.value
@@ -377,6 +379,8 @@ class MqttTransport:
         return info
 
     def _health_loop(self) -> None:
-        while not self._stop.wait(self.config.health_interval_s):
-            if self._connected.is_set():
+        while not self._stop.is_set():
+            self._health_now.wait(self.config.health_interval_s)
+            self._health_now.clear()
+            if self._connected.is_set() and not self._stop.is_set():
                 self.publish_health()
