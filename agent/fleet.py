@@ -5,8 +5,10 @@ starts late still sees every device at once) and keeps one row per device:
 
 ======== =================================================================================
 state    ``online`` / ``offline`` (last will) / ``stopped`` (clean exit); ``stale`` when an
-         online device sent nothing for ``--stale-after`` seconds (its health is retained
-         with an expiry, so a silent device also loses its health row)
+         online device sent nothing for ``--stale-after`` seconds, or has no health at all
+         (health is retained with an expiry, so a silent device loses it)
+seen     seconds since the device's last health snapshot (its ``ts``) or live status; a
+         retained status alone does not count as seen
 profile  status ``profile``; engine = status ``engine`` / ``runtime``
 temp     hottest thermal zone (health ``temperatures``), else the thermal guard's reading
 throttle Raspberry Pi throttling conditions active now (health ``throttling.now``)
@@ -84,8 +86,8 @@ def summarize(view: DeviceView, now: float, stale_after_s: float) -> dict[str, A
     state = str(status.get("state", "unknown"))
     seen = view.last_seen
     age = None if seen is None else max(0.0, now - seen)
-    if state == "online" and age is not None and age > stale_after_s:
-        state = "stale"
+    if state == "online" and (view.health is None or age is None or age > stale_after_s):
+        state = "stale"  # online per its retained status, but no health within its expiry
     zones = _first(health, "temperatures", "device.temperatures")
     temps = [t for t in (_num(v) for v in zones.values()) if t is not None] if isinstance(zones, dict) else []
     temperature = (
@@ -198,12 +200,17 @@ class FleetMonitor:
             return
         if doc is not None and not isinstance(doc, dict):
             return
+        now = time.time()
         with self._lock:
             view = self._devices.setdefault(device, DeviceView(device))
             if kind == "status":
-                view.status, view.status_at = doc, time.time() if doc is not None else None
+                # A retained status may be hours old: it says nothing about when the device was seen.
+                view.status = doc
+                view.status_at = None if doc is None or msg.retain else now
             else:
-                view.health, view.health_at = doc, time.time() if doc is not None else None
+                view.health = doc
+                ts = _num(doc.get("ts")) if doc is not None else None
+                view.health_at = None if doc is None else (min(ts, now) if ts is not None else now)
             if view.status is None and view.health is None:
                 del self._devices[device]  # retained messages cleared: the device was removed
 

@@ -110,6 +110,12 @@ def test_query__table_output(make_agent, real_service, settings, capsys):
     assert "winrate" in out and "round trip" in out
 
 
+def test_fleet__online_without_health_is_stale():
+    view = DeviceView("ghost", {"state": "online"}, None, None, None)
+    row = summarize(view, now=1000.0, stale_after_s=90.0)
+    assert row["state"] == "stale" and row["last_seen_s"] is None
+
+
 def test_fleet__summarize_reads_the_daemon_health_layout():
     """The daemon nests the device snapshot under ``device`` and engine stats under ``service.engine``."""
     health = {
