@@ -42,7 +42,9 @@ def main() -> None:
     models = Path(os.environ.get("KATAGO_EDGE_MODELS", root / "models"))
     data = np.load(root / "reference" / "inputs-v7.npz")
     full = [i for i in range(len(data["ids"])) if data["spatial"][i, 0].sum() == 361]
-    print(f"# {cpu_name()}, {os.cpu_count()} CPUs, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', '-')}")
+    print(
+        f"# {cpu_name()}, {os.cpu_count()} CPUs, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', '-')}"
+    )
     for key in args.nets.split(","):
         for runtime in args.runtimes.split(","):
             net = load_net(models / NETS[key], runtime=runtime)
