@@ -50,6 +50,7 @@ from agent.network.model import (
     Network,
     OrdinaryBlock,
     RMSNormLayer,
+    iter_blocks,
 )
 from agent.network.onnx_graph import F32, Act, GraphBuilder, Layout, inv_sqrt, rope_tables
 
@@ -141,8 +142,25 @@ class _Builder:
             "katago.board_x": str(w),
             "katago.board_y": str(h),
             "katago.builder_version": BUILDER_VERSION,
+            "katago.layer_groups": json.dumps(self.layer_groups()),
         }
         return g.make_model(net.name, inputs, outs, meta)
+
+    def layer_groups(self) -> dict[str, list[str]]:
+        """Layer names by role, stored as metadata so that FP16/INT8 passes can pick nodes by role.
+
+        Node names are ``<layer name>/<op>`` or ``<layer name>.<part>/<op>``.
+        """
+        net = self.net
+        return {
+            "initial": [net.trunk.initial_conv.name, net.trunk.initial_matmul.name],
+            "tip": [net.trunk.tip_norm.name, net.trunk.tip_act.name],
+            "policy_head": _layer_names(net.policy_head),
+            "value_head": _layer_names(net.value_head),
+            "rmsnorm": [
+                b.norm.name for b in iter_blocks(net.trunk.blocks) if isinstance(b, AttentionBlock | FFNBlock)
+            ],
+        }
 
     # --- blocks -----------------------------------------------------------------------------
 
@@ -354,6 +372,16 @@ class _Builder:
         own = g.to_layout(g.conv(v1, vh.ownership_conv.name, vh.ownership_conv.weight), "nchw")
         ownership = g.op("Reshape", [own.name, g.ints("shape/ownership", [0, self.s])], "ownership")
         return [value, score, ownership]
+
+
+def _layer_names(obj: object) -> list[str]:
+    """The ``name`` of ``obj`` and of every record nested in it (dataclass fields)."""
+    names = [obj.name] if hasattr(obj, "name") else []
+    for fname in getattr(obj, "__dataclass_fields__", {}):
+        value = getattr(obj, fname)
+        if hasattr(value, "__dataclass_fields__"):
+            names += _layer_names(value)
+    return names
 
 
 def _is_1x1(conv: ConvLayer) -> bool:
