@@ -155,6 +155,7 @@ class MqttTransport:
             max_payload_bytes=config.max_payload_bytes,
             request_timeout_s=config.request_timeout_s,
             dedup_ttl_s=config.dedup_ttl_s,
+            reply_check=self.topics.fleet.reply_conflict,
         )
         self._client = make_client(config, self.client_id)
         self._client.on_connect = self._on_connect

@@ -34,6 +34,7 @@ from agent.transports.mqtt_handlers import (
     Incoming,
     RecentKeys,
     Rejection,
+    ReplyCheck,
     ReplyTo,
     Request,
     Response,
@@ -63,6 +64,7 @@ COUNTERS = (
     "timeouts",  # no final response within request_timeout_s
     "internal_errors",  # the analysis service raised
     "aborted",  # still queued when the transport stopped
+    "error_replies",  # responses carrying "error" (any cause, service field errors included)
 )
 
 
@@ -88,6 +90,7 @@ class RequestDispatcher:
         request_timeout_s: float = 600.0,
         dedup_capacity: int = 4096,
         dedup_ttl_s: float = 600.0,
+        reply_check: ReplyCheck | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._handle_query = handle_query
@@ -97,6 +100,7 @@ class RequestDispatcher:
         self._max_payload = max_payload_bytes
         self._timeout = request_timeout_s
         self._clock = clock
+        self._reply_check = reply_check
         self._recent = RecentKeys(dedup_capacity, dedup_ttl_s)
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
@@ -138,7 +142,7 @@ class RequestDispatcher:
 
     # -- receiving (paho's network thread: must not block) ---------------------------------------
     def on_message(self, msg: Incoming) -> None:
-        decoded = decode_request(msg, self._max_payload)
+        decoded = decode_request(msg, self._max_payload, self._reply_check)
         with self._cond:
             self._counts["received"] += 1
             if isinstance(decoded, Rejection):
@@ -152,6 +156,8 @@ class RequestDispatcher:
                 "rejected request on %s (%s): %s", msg.topic, decoded.counter, decoded.error["error"]
             )
             if decoded.reply is not None:
+                with self._cond:
+                    self._counts["error_replies"] += 1
                 self._publish(decoded.reply, decoded.error)
             return
         self._accept(decoded)
@@ -183,6 +189,7 @@ class RequestDispatcher:
                 self._cond.notify()
                 return
             self._counts["busy"] += 1
+            self._counts["error_replies"] += 1
             self._recent.discard(request.dedup_key)  # a retry of a refused request is welcome
         self._publish(request.reply, error_response(reason, request.query_id))
 
@@ -266,6 +273,8 @@ class RequestDispatcher:
         finished = False
         with self._cond:
             self._counts["replies"] += 1
+            if "error" in out:
+                self._counts["error_replies"] += 1
             if terminal is not None and not job.done.is_set():
                 job.remaining = 0 if terminal else job.remaining - 1
                 if job.remaining <= 0:

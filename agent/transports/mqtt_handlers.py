@@ -23,7 +23,7 @@ import json
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,15 +97,31 @@ def error_response(message: str, query_id: str | None = None, field_name: str | 
     return out
 
 
-def _reply_target(msg: Incoming) -> ReplyTo | None:
-    if msg.response_topic is None or check_publish_topic(msg.response_topic) is not None:
+ReplyCheck = Callable[[str], str | None]
+
+
+def reply_topic_problem(topic: str, reply_check: ReplyCheck | None = None) -> str | None:
+    """Why replies cannot go to ``topic`` (wildcards, ``$``, or what ``reply_check`` refuses), or None."""
+    why = check_publish_topic(topic)
+    if why is None and reply_check is not None:
+        why = reply_check(topic)
+    return why
+
+
+def _reply_target(msg: Incoming, reply_check: ReplyCheck | None) -> ReplyTo | None:
+    if msg.response_topic is None or reply_topic_problem(msg.response_topic, reply_check) is not None:
         return None
     return ReplyTo(msg.response_topic, msg.correlation)
 
 
-def decode_request(msg: Incoming, max_payload_bytes: int) -> Request | Rejection:
-    """Decode one request payload strictly; never raises for any payload."""
-    reply = _reply_target(msg)
+def decode_request(
+    msg: Incoming, max_payload_bytes: int, reply_check: ReplyCheck | None = None
+) -> Request | Rejection:
+    """Decode one request payload strictly; never raises for any payload.
+
+    ``reply_check(topic)`` may veto reply topics (the transport refuses its own prefix's status,
+    health and request topics)."""
+    reply = _reply_target(msg, reply_check)
     size = len(msg.payload)
     if size > max_payload_bytes:
         err = error_response(f"payload too large: {size} bytes, limit {max_payload_bytes}")
@@ -135,7 +151,7 @@ def decode_request(msg: Incoming, max_payload_bytes: int) -> Request | Rejection
     if REPLY_TOPIC_KEY in obj:
         fallback = obj.pop(REPLY_TOPIC_KEY)
         if reply is None:
-            why = check_publish_topic(fallback) if isinstance(fallback, str) else "not a string"
+            why = reply_topic_problem(fallback, reply_check) if isinstance(fallback, str) else "not a string"
             if why is not None:
                 # Nowhere valid to reply to: the error cannot be delivered.
                 return Rejection(

@@ -94,6 +94,16 @@ class FleetTopics:
     def client_reply(self, client_id: str) -> str:
         return f"{self.prefix}/clients/{client_id}/reply"
 
+    def reply_conflict(self, topic: str) -> str | None:
+        """Why ``topic`` must not receive analysis replies (a status, health or request topic of
+        this prefix: a requester could otherwise inject messages there), or None."""
+        if self.split_device_topic(topic) is not None:
+            return "reply topic is a device status/health topic"
+        head = self.prefix + "/"
+        if topic.startswith(head) and topic.endswith("/analysis/request"):
+            return "reply topic is a request topic"
+        return None
+
     def split_device_topic(self, topic: str) -> tuple[str, str] | None:
         """``<p>/<device>/<kind>`` -> ``(device, kind)`` for status/health topics, else None."""
         head = self.prefix + "/"

@@ -83,6 +83,24 @@ def test_decode__no_usable_reply_topic_is_dropped(reply):
     assert isinstance(out, Rejection) and out.counter == "no_reply_topic" and out.reply is None
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "katago/dev-a/status",
+        "katago/dev-a/health",
+        "katago/dev-a/analysis/request",
+        "katago/fleet/analysis/request",
+    ],
+)
+def test_decode__reply_to_status_health_or_request_topics_is_refused(reply):
+    check = FleetTopics("katago").reply_conflict
+    out = decode_request(msg(GOOD, reply=reply), 1000, check)
+    assert isinstance(out, Rejection) and out.counter == "no_reply_topic"
+    fallback = json.dumps({"id": "a", "replyTopic": reply}).encode()
+    assert decode_request(msg(fallback, reply=None), 1000, check).counter == "no_reply_topic"
+    assert isinstance(decode_request(msg(GOOD, reply="katago/clients/me/reply"), 1000, check), Request)
+
+
 def test_decode__wildcard_reply_topic_in_payload_is_dropped():
     payload = json.dumps({"id": "a", "replyTopic": "x/#"}).encode()
     out = decode_request(msg(payload, reply=None), 1000)
