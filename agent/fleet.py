@@ -254,7 +254,7 @@ def configure_fleet(parser: argparse.ArgumentParser) -> None:
 
 
 def command_fleet(args: argparse.Namespace) -> int:
-    from agent.fleet_view import render_table, run_live
+    from agent.fleet_view import render_table, run_live, wide_console
 
     monitor = FleetMonitor(settings_from_args(args))
     monitor.connect()
@@ -265,11 +265,7 @@ def command_fleet(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"ts": round(time.time(), 3), "devices": rows}, indent=2))
             else:
-                from rich.console import Console
-
-                console = Console()
-                console.width = max(console.width, 150)  # 12 columns: do not fold them on narrow pipes
-                console.print(render_table(rows, args.warn_temp, args.hot_temp))
+                wide_console().print(render_table(rows, args.warn_temp, args.hot_temp))
             return 0
         run_live(monitor, args)
         return 0

@@ -91,12 +91,18 @@ def render_table(rows: list[dict[str, Any]], warn_temp: float = 70.0, hot_temp: 
     return table
 
 
+def wide_console() -> Console:
+    """A console at least 150 columns wide: the 12 columns must not fold on pipes / narrow terminals."""
+    console = Console()
+    console.width = max(console.width, 150)
+    return console
+
+
 def run_live(monitor: FleetMonitor, args: argparse.Namespace) -> None:
     from rich.live import Live
 
-    with Live(
-        render_table(monitor.rows(args.stale_after), args.warn_temp, args.hot_temp), refresh_per_second=4
-    ) as live:
+    table = render_table(monitor.rows(args.stale_after), args.warn_temp, args.hot_temp)
+    with Live(table, console=wide_console(), refresh_per_second=4) as live:
         while True:
             time.sleep(args.refresh)
             live.update(render_table(monitor.rows(args.stale_after), args.warn_temp, args.hot_temp))

@@ -170,3 +170,31 @@ def test_query__parse_moves_forms(tokens, moves):
 def test_query__parse_moves_rejects_bad_player():
     with pytest.raises(QueryError, match="bad player"):
         parse_moves(["X:D4"])
+
+
+def test_fleet__live_table_runs_until_interrupted(make_agent, settings):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    make_agent("pi-live")
+    cmd = [
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "fleet",
+        "--broker",
+        f"127.0.0.1:{settings.port}",
+        "--refresh",
+        "0.2",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "pi-live" in out and "online" in out

@@ -137,6 +137,8 @@ def test_resilience__1000_fuzzed_payloads_never_crash_and_good_requests_answered
     assert dropped + stats["accepted"] + stats["duplicates"] == stats["received"]
     assert stats["oversize"] > 0 and stats["malformed"] > 0 and stats["no_reply_topic"] > 0
     assert stats["internal_errors"] == 0
+    # Every fuzzed payload that named a reply topic (500 of them) got at least one reply there.
+    assert wait_for(lambda: req.unmatched >= 500, 10)
 
 
 def test_resilience__requests_sent_while_agent_away_are_served_when_it_returns(make_agent, make_requester):
