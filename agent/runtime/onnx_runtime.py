@@ -71,6 +71,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o644)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -145,6 +146,7 @@ class OnnxNet(NeuralNet):
         *,
         providers: Sequence[ProviderSpec] | None = None,
         intra_op_threads: int | None = None,
+        threads: int | None = None,
         board_x: int = 19,
         board_y: int = 19,
         cache_dir: Path | None = None,
@@ -164,8 +166,8 @@ class OnnxNet(NeuralNet):
         self.path = path
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads:
-            options.intra_op_num_threads = int(intra_op_threads)
+        if intra_op_threads or threads:
+            options.intra_op_num_threads = int(intra_op_threads or threads or 0)
         engine_cache = (cache_dir or default_cache_dir()) / "trt-engines"
         self.providers = resolve_providers(providers, engine_cache)
         try:

@@ -1,0 +1,216 @@
+"""``katago-edge convert`` and ``katago-edge verify``.
+
+``convert MODEL --to onnx|tflite|tensorrt --precision fp32|fp16|int8 [-o OUT]`` builds the
+converted network in memory (or a temp file), verifies it against the FP32 reference
+(:mod:`agent.network.verify`) on positions that were not used for calibration, and only then
+writes it with its manifest (:mod:`agent.network.manifest`). A network that misses its
+thresholds is refused (exit 1, nothing written) unless ``--force``.
+
+INT8 calibration positions come from ``--calibration SGF_FILE_OR_FOLDER``, or, without records,
+from self-play with the FP32 network. Verification positions come from ``--positions``, else the
+calibration records (minus the calibration positions), else self-play with another seed.
+
+TFLite and TensorRT conversions live in :mod:`agent.network.tflite_builder` and
+:mod:`agent.network.tensorrt_builder` and are imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from agent.errors import ConversionError
+from agent.network.verify import MIN_POSITIONS, Threshold, VerifyReport
+
+logger = logging.getLogger(__name__)
+
+TARGETS: dict[str, tuple[str, ...]] = {
+    "onnx": ("fp32", "fp16", "int8"),
+    "tflite": ("fp32", "fp16", "int8", "int8-full"),
+    "tensorrt": ("fp32", "fp16", "int8"),
+}
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tensorrt": ".engine"}
+ProgressFn = Callable[[int, int], None]
+
+
+# --- progress: a rich bar on a terminal, plain log lines otherwise --------------------------------
+
+
+@contextmanager
+def progress_reporter(description: str, total: int) -> Iterator[ProgressFn]:
+    if sys.stderr.isatty():
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda done, tot: bar.update(task, completed=done, total=tot)
+        return
+    step = max(total // 10, 1)
+    last = [-step]
+
+    def log(done: int, tot: int) -> None:
+        if done - last[0] >= step or done == tot:
+            last[0] = done
+            logger.info("%s: %d/%d", description, done, tot)
+
+    yield log
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--positions", type=Path, metavar="SGF", help="SGF file or folder for verification")
+    parser.add_argument(
+        "--verify-positions", type=int, default=MIN_POSITIONS, metavar="N", help="default 200"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for evaluation (0 = runtime default)"
+    )
+    parser.add_argument(
+        "--threshold",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("METRIC", "OP", "VALUE"),
+        help='override a threshold, e.g. --threshold policy_top1_agreement ">=" 0.9',
+    )
+    parser.add_argument("--json", action="store_true", help="print the verification report as JSON")
+
+
+def configure_convert(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="KataGo network (.bin.gz, .bin, .txt.gz, .txt)")
+    parser.add_argument("--to", required=True, choices=sorted(TARGETS), help="target format")
+    parser.add_argument("--precision", default="fp32", help="fp32, fp16, int8 (tflite also: int8-full)")
+    parser.add_argument("-o", "--output", type=Path, help="output file (default: beside MODEL or in .)")
+    parser.add_argument(
+        "--calibration", type=Path, metavar="SGF", help="SGF file/folder for INT8 calibration"
+    )
+    parser.add_argument(
+        "--calibration-method", default="percentile", choices=["minmax", "percentile", "entropy"]
+    )
+    parser.add_argument("--calibration-positions", type=int, default=256, metavar="N")
+    parser.add_argument(
+        "--int8-mode", default="static", choices=["static", "dynamic"], help="ONNX INT8 flavour"
+    )
+    parser.add_argument("--board", type=int, default=19, help="buffer size the network is built for")
+    parser.add_argument("--force", action="store_true", help="write the network even if verification fails")
+    _add_common(parser)
+
+
+def configure_verify(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("converted", type=Path, help="converted network (.onnx, .tflite, .engine)")
+    parser.add_argument("--reference", required=True, type=Path, help="the FP32 KataGo network it came from")
+    parser.add_argument("--precision", help="thresholds to apply (default: from the file / manifest)")
+    _add_common(parser)
+
+
+def _thresholds(args: argparse.Namespace) -> dict[str, Threshold]:
+    out: dict[str, Threshold] = {}
+    for metric, op, value in args.threshold:
+        try:
+            out[metric] = (op, float(value))
+        except ValueError as exc:
+            raise ConversionError(f"--threshold {metric} {op} {value}: VALUE must be a number") from exc
+    return out
+
+
+def _print_report(report: VerifyReport, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.summary())
+
+
+def _default_output(model: Path, target: str, precision: str) -> Path:
+    stem = model.name.split(".")[0]
+    folder = model.parent if os.access(model.parent, os.W_OK) else Path.cwd()
+    return folder / f"{stem}.{precision}{SUFFIX[target]}"
+
+
+def command_convert(args: argparse.Namespace) -> int:
+    from agent.network.convert_pipeline import ConvertJob, run_conversion
+
+    target, precision = args.to, args.precision
+    if precision not in TARGETS[target]:
+        raise ConversionError(
+            f"precision {precision!r} is not supported for {target} (supported: {', '.join(TARGETS[target])})"
+        )
+    if not args.model.is_file():
+        raise ConversionError(f"{args.model}: no such network file")
+    job = ConvertJob(
+        model=args.model,
+        target=target,
+        precision=precision,
+        output=args.output or _default_output(args.model, target, precision),
+        calibration=args.calibration,
+        calibration_method=args.calibration_method,
+        calibration_positions=args.calibration_positions,
+        int8_mode=args.int8_mode,
+        verify_source=args.positions,
+        verify_positions=args.verify_positions,
+        thresholds=_thresholds(args),
+        threads=args.threads,
+        board=args.board,
+        force=args.force,
+    )
+    report, written = run_conversion(job, progress_reporter)
+    _print_report(report, args)
+    if written is None:
+        print(
+            f"katago-edge convert: {target} {precision} network refused (verification failed); "
+            "nothing written. Use --force to write it anyway.",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"wrote {written} (manifest {written.name}.manifest.json)", file=sys.stderr)
+    return 0
+
+
+def command_verify(args: argparse.Namespace) -> int:
+    from agent.network.convert_pipeline import load_converted, verification_positions
+    from agent.network.manifest import read_manifest
+    from agent.network.verify import verify
+    from agent.runtime.onnx_runtime import OnnxNet
+
+    if not args.converted.is_file():
+        raise ConversionError(f"{args.converted}: no such file")
+    manifest = read_manifest(args.converted)
+    converted = load_converted(args.converted, args.threads)
+    precision = args.precision or (manifest.precision if manifest else converted.info.precision)
+    with tempfile.TemporaryDirectory(prefix="katago-edge-verify-") as tmp:
+        reference = OnnxNet(args.reference, intra_op_threads=args.threads or None, cache_dir=Path(tmp))
+        cal = manifest.calibration if manifest and manifest.calibration else {}
+        positions = verification_positions(
+            args.positions
+            or (Path(cal["source"][4:]) if str(cal.get("source", "")).startswith("sgf:") else None),
+            args.verify_positions,
+            reference,
+            exclude=cal.get("ids", []),
+            board=converted.info.board_x,
+        )
+        with progress_reporter("verifying", 2 * len(positions)) as prog:
+            done = [0]
+
+            def step(n: int) -> None:
+                done[0] += n
+                prog(done[0], 2 * len(positions))
+
+            report = verify(
+                converted,
+                reference,
+                positions,
+                reference.postprocess_params,
+                precision=precision,
+                thresholds=_thresholds(args),
+                progress=step,
+            )
+    _print_report(report, args)
+    return 0 if report.passed else 1

@@ -1,0 +1,218 @@
+"""The convert → verify → write pipeline behind ``katago-edge convert`` (no argparse here).
+
+Order matters for the "no partial output" rule: the converted network is produced in memory (or
+in a temp file), verified, and only then written atomically with its manifest. Any error or a
+failed verification (without ``force``) leaves nothing at the output path.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConversionError, RuntimeUnavailable
+from agent.network.manifest import Manifest, source_info, write_network_and_manifest
+from agent.network.positions import PositionSet, positions_from_selfplay, positions_from_sgf
+from agent.network.verify import Threshold, VerifyReport, verify
+from agent.runtime.base import NeuralNet
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+ProgressFactory = Callable[[str, int], AbstractContextManager[ProgressFn]]
+CALIBRATION_SEED = 7
+VERIFY_SEED = 1001
+
+
+@dataclass
+class ConvertJob:
+    model: Path
+    target: str
+    precision: str
+    output: Path
+    calibration: Path | None = None
+    calibration_method: str = "percentile"
+    calibration_positions: int = 256
+    int8_mode: str = "static"
+    verify_source: Path | None = None
+    verify_positions: int = 200
+    thresholds: dict[str, Threshold] = field(default_factory=dict)
+    threads: int = 0
+    board: int = 19
+    force: bool = False
+
+
+def verification_positions(
+    source: Path | None,
+    count: int,
+    reference: NeuralNet,
+    *,
+    exclude: Any = (),
+    board: int = 19,
+    progress: ProgressFn | None = None,
+) -> PositionSet:
+    """SGF positions (minus ``exclude``) when a source is given, else FP32 self-play."""
+    if source is not None:
+        return positions_from_sgf(
+            source, count, nn_x=board, nn_y=board, seed=VERIFY_SEED, exclude=exclude, progress=progress
+        )
+    return positions_from_selfplay(reference, count, seed=VERIFY_SEED, progress=progress)
+
+
+def _calibration(job: ConvertJob, reference: NeuralNet, progress: ProgressFactory) -> PositionSet:
+    with progress("collecting calibration positions", job.calibration_positions) as prog:
+        if job.calibration is not None:
+            return positions_from_sgf(
+                job.calibration,
+                job.calibration_positions,
+                nn_x=job.board,
+                nn_y=job.board,
+                seed=CALIBRATION_SEED,
+                progress=prog,
+            )
+        return positions_from_selfplay(
+            reference, job.calibration_positions, seed=CALIBRATION_SEED, progress=prog
+        )
+
+
+def _onnx_bytes(
+    job: ConvertJob, fp32: Any, reference: NeuralNet, progress: ProgressFactory
+) -> tuple[bytes, PositionSet | None]:
+    from agent.network import quantize
+
+    if job.precision == "fp32":
+        return fp32.SerializeToString(), None
+    if job.precision == "fp16":
+        return quantize.to_fp16(fp32).SerializeToString(), None
+    if job.int8_mode == "dynamic":
+        return quantize.to_int8_dynamic(fp32).SerializeToString(), None
+    cal = _calibration(job, reference, progress)
+    with progress(f"INT8 calibration ({job.calibration_method})", len(cal)) as prog:
+        model = quantize.to_int8_static(fp32, cal, method=job.calibration_method, progress=prog)
+    return model.SerializeToString(), cal
+
+
+def _tflite_file(
+    job: ConvertJob, net: Any, reference: NeuralNet, tmp: Path, progress: ProgressFactory
+) -> tuple[Path, PositionSet | None]:
+    from agent.network import tflite_builder
+
+    cal = _calibration(job, reference, progress) if job.precision.startswith("int8") else None
+
+    def representative() -> Iterator[tuple[Any, Any]]:
+        assert cal is not None
+        for i in range(len(cal)):
+            yield cal.spatial[i : i + 1], cal.global_[i : i + 1]
+
+    out = tmp / f"converted{job.output.suffix or '.tflite'}"
+    tflite_builder.convert(
+        net, out, job.precision, representative=representative if cal else None, board=job.board
+    )
+    return out, cal
+
+
+def _tensorrt_file(job: ConvertJob, fp32: Any, tmp: Path) -> Path:
+    from agent.network import tensorrt_builder
+
+    onnx_path = tmp / "fp32.onnx"
+    onnx_path.write_bytes(fp32.SerializeToString())
+    settings = tensorrt_builder.BuildSettings(precision=job.precision, board=job.board)
+    return tensorrt_builder.ensure_engine(onnx_path, tmp / "engines", settings)
+
+
+def load_converted(path: Path, threads: int = 0) -> NeuralNet:
+    """Open a converted network with the runtime its suffix names."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from agent.runtime.onnx_runtime import OnnxNet
+
+        return OnnxNet(path, intra_op_threads=threads or None)
+    if suffix == ".tflite":
+        from agent.runtime.tflite_runtime import TFLiteNet
+
+        return TFLiteNet(path, threads=threads)
+    if suffix in (".engine", ".plan"):
+        from agent.runtime.tensorrt_runtime import TensorRTNet
+
+        return TensorRTNet(path)
+    raise RuntimeUnavailable(f"{path}: unknown converted-network suffix {suffix!r} (.onnx, .tflite, .engine)")
+
+
+def run_conversion(job: ConvertJob, progress: ProgressFactory) -> tuple[VerifyReport, Path | None]:
+    """Convert, verify, and write when verification passed (or ``force``); returns the report and path."""
+    from agent.network.onnx_builder import OnnxBuildOptions, build_onnx
+    from agent.network.reader import read_network
+    from agent.runtime.onnx_runtime import OnnxNet
+
+    net = read_network(job.model)
+    fp32 = build_onnx(net, OnnxBuildOptions(board_x=job.board, board_y=job.board))
+    threads = job.threads or None
+    reference = OnnxNet(fp32.SerializeToString(), intra_op_threads=threads)
+    cal: PositionSet | None = None
+    with tempfile.TemporaryDirectory(prefix="katago-edge-convert-") as tmpdir:
+        tmp = Path(tmpdir)
+        if job.target == "onnx":
+            data, cal = _onnx_bytes(job, fp32, reference, progress)
+            converted: NeuralNet = OnnxNet(data, intra_op_threads=threads)
+        else:
+            if job.target == "tflite":
+                path, cal = _tflite_file(job, net, reference, tmp, progress)
+            elif job.target == "tensorrt":
+                path = _tensorrt_file(job, fp32, tmp)
+            else:
+                raise ConversionError(f"unknown target {job.target!r}")
+            converted = load_converted(path, job.threads)
+            data = path.read_bytes()
+        positions = verification_positions(
+            job.verify_source or job.calibration,
+            job.verify_positions,
+            reference,
+            exclude=cal.ids if cal is not None else (),
+            board=job.board,
+        )
+        with progress("verifying", 2 * len(positions)) as prog:
+            done = [0]
+
+            def step(n: int) -> None:
+                done[0] += n
+                prog(done[0], 2 * len(positions))
+
+            report = verify(
+                converted,
+                reference,
+                positions,
+                net.postprocess,
+                precision=job.precision.split("-")[0],
+                thresholds=job.thresholds,
+                progress=step,
+            )
+    if not report.passed and not job.force:
+        return report, None
+    verification = report.to_json()
+    verification["source"] = positions.source
+    if not report.passed:
+        verification["forced"] = True
+    manifest = Manifest(
+        format=job.target,
+        precision=job.precision,
+        file=job.output.name,
+        sha256="",
+        source=source_info(job.model, net.name, net.version),
+        calibration=None
+        if cal is None
+        else {
+            "source": cal.source,
+            "method": job.calibration_method,
+            "positions": len(cal),
+            "ids": list(cal.ids),
+        },
+        verification=verification,
+        extra={"board": job.board, "int8_mode": job.int8_mode if job.precision == "int8" else None},
+    )
+    write_network_and_manifest(job.output, data, manifest)
+    return report, job.output
