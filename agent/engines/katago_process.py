@@ -269,6 +269,7 @@ class KataGoEngine(Engine):
         while not all(p.done.is_set() for p in waiters.values()):
             if child.exited.wait(0.05) or not child.alive():
                 child.stop(2.0)
+                self._forget(gen)
                 self._last_stderr = child.tail()
                 raise EngineError(
                     f"KataGo exited at start (exit code {child.proc.returncode}): {_cause(child.tail())}\n"
@@ -277,6 +278,8 @@ class KataGoEngine(Engine):
                 )
             if time.monotonic() > deadline:
                 child.kill()
+                child.stop(2.0)
+                self._forget(gen)
                 self._last_stderr = child.tail()
                 raise EngineError(
                     f"KataGo did not answer within {self.settings.start_timeout_s:.0f} s of starting; "
@@ -462,6 +465,12 @@ class KataGoEngine(Engine):
         return "KataGo engine is " + (
             "stopping" if self._draining and self._state != "stopped" else self._state
         )
+
+    def _forget(self, gen: int) -> None:
+        """Drop the start-up actions of a child that never became current."""
+        with self._lock:
+            for p in [p for p in self._pending.values() if p.sent_gen == gen and p.action]:
+                del self._pending[p.key]
 
     def _has_work(self) -> bool:
         with self._lock:

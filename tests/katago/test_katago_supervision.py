@@ -62,7 +62,7 @@ def test_kill9_during_burst__all_20_answered_exactly_once(
         assert stats["state"] == "running"
         assert stats["restarts"] == 1 and stats["generation"] == 2
         assert stats["pid"] != first_pid
-        assert stats["queries_resent"] == 20 - answered_before
+        assert 1 <= stats["queries_resent"] <= 20 - answered_before
         assert stats["queries_completed"] == 20 and stats["pending"] == 0
         assert "exited with code -9" in stats["last_exit"]
         # the restarted child serves new work
