@@ -125,6 +125,7 @@ parse_args() {
 	done
 	[[ $PURGE -eq 0 || $UNINSTALL -eq 1 ]] || die "--purge goes with --uninstall"
 	[[ $PREFIX == /* ]] || PREFIX="$(pwd)/$PREFIX"
+	[[ -z $VENV || $VENV == /* ]] || VENV="$(pwd)/$VENV"
 	[[ -d $ROOT ]] || die "--root $ROOT is not a folder"
 	if [[ -n $BROKER && ! $BROKER =~ ^[A-Za-z0-9._-]+(:[0-9]+)?$ && ! $BROKER =~ ^\[[0-9a-fA-F:]+\](:[0-9]+)?$ ]]; then
 		die "--broker expects HOST:PORT, got '$BROKER'"
@@ -220,13 +221,14 @@ set_paths() {
 	[[ -f $SRC/pyproject.toml ]] && grep -q '^name = "katago-edge"' "$SRC/pyproject.toml" || SRC=""
 	VENV_GIVEN=0
 	if [[ -n $VENV ]]; then VENV_GIVEN=1; else VENV="$PREFIX/venv"; fi
-	STAMP_DIR="$PREFIX/.install"
+	STAMP_DIR="$PREFIX/.katago-edge-install"
 	if [[ $NO_SYSTEMD -eq 1 ]]; then
-		CONFIG="$PREFIX/etc/agent.toml"
-		STATE_DIR="$PREFIX/var/lib"
-		CACHE_DIR="$PREFIX/var/cache"
-		RUN_DIR="$PREFIX/run"
-		LOG_FILE="$PREFIX/var/log/agent.log"
+		# FHS under the prefix, every folder named katago-edge: a shared prefix (/usr/local) is safe
+		CONFIG="$PREFIX/etc/katago-edge/agent.toml"
+		STATE_DIR="$PREFIX/var/lib/katago-edge"
+		CACHE_DIR="$PREFIX/var/cache/katago-edge"
+		RUN_DIR="$PREFIX/run/katago-edge"
+		LOG_FILE="$PREFIX/var/log/katago-edge/agent.log"
 	else
 		CONFIG="/etc/katago-edge/agent.toml"
 		STATE_DIR="/var/lib/katago-edge"
@@ -311,6 +313,10 @@ create_user() {
 }
 
 source_stamp() {
+	if venv_has_checkout; then # runs the checkout in place (a dev venv): nothing to reinstall
+		echo "in-place:$SRC extras=$EXTRAS"
+		return
+	fi
 	if [[ -z $SRC ]]; then
 		echo "pypi:katago-edge[$EXTRAS]"
 		return
@@ -468,8 +474,8 @@ start_local_broker() {
 	if (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then return 0; fi # one is listening already
 	command -v mosquitto >/dev/null 2>&1 || die "no MQTT broker on 127.0.0.1:1883 and no mosquitto; pass --broker"
 	printf 'listener 1883 127.0.0.1\nallow_anonymous true\npid_file %s\n' "$RUN_DIR/mosquitto.pid" |
-		write_file "$PREFIX/etc/mosquitto.conf" 0644 || true
-	run mosquitto -d -c "$PREFIX/etc/mosquitto.conf"
+		write_file "$(dirname "$CONFIG")/mosquitto.conf" 0644 || true
+	run mosquitto -d -c "$(dirname "$CONFIG")/mosquitto.conf"
 	changed "local Mosquitto on 127.0.0.1:1883"
 }
 
@@ -513,7 +519,8 @@ start_background() {
 wait_online() {
 	[[ $DRY_RUN -eq 1 ]] && return 0
 	say "  waiting for the agent to report online"
-	"$VENV/bin/python" - "$SOCKET" "$BROKER_HOST" "$BROKER_PORT" "$DEVICE_ID" "${PID_FILE}" <<'PY' ||
+	local rc=0
+	"$VENV/bin/python" - "$SOCKET" "$BROKER_HOST" "$BROKER_PORT" "$DEVICE_ID" "${PID_FILE}" <<'PY' || rc=$?
 import json, os, socket, sys, time
 sock_path, host, port, device, pid_file = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 deadline = time.monotonic() + float(os.environ.get("KATAGO_EDGE_INSTALL_WAIT", "900"))
@@ -534,7 +541,8 @@ while True:
     except OSError:
         pass
     if time.monotonic() > deadline or not alive():
-        sys.exit("the agent did not start: see its log")
+        print("the agent did not start", file=sys.stderr)
+        sys.exit(1)
     time.sleep(0.5)
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -550,15 +558,23 @@ client.on_connect = lambda c, *a: c.subscribe(f"katago/{device}/status", qos=1)
 try:
     client.connect(host, port)
 except OSError as exc:
-    sys.exit(f"serving locally, but the broker {host}:{port} is unreachable: {exc}")
+    print(f"serving locally, but the broker {host}:{port} is unreachable: {exc}", file=sys.stderr)
+    sys.exit(3)
 client.loop_start()
 while state.get("state") != "online" and time.monotonic() < deadline:
     time.sleep(0.2)
 client.loop_stop()
-sys.exit(0 if state.get("state") == "online" else f"no 'online' status from {device} on {host}:{port}")
+if state.get("state") != "online":
+    print(f"serving locally, but no 'online' status from {device} on {host}:{port}", file=sys.stderr)
+    sys.exit(3)
 PY
-		die "the agent is not serving; $([[ -n $LOG_FILE ]] && echo "log: $LOG_FILE" || echo "see: journalctl -u katago-edge")"
-	say "  online: $DEVICE_ID"
+	local where="see: journalctl -u katago-edge"
+	[[ -n $LOG_FILE ]] && where="log: $LOG_FILE"
+	case $rc in
+	0) say "  online: $DEVICE_ID" ;;
+	3) warn "the agent serves locally but is not reachable over MQTT yet (it keeps retrying); $where" ;;
+	*) die "the agent is not serving; $where" ;;
+	esac
 }
 
 print_howto() {
@@ -602,21 +618,23 @@ uninstall() {
 			run kill -TERM "$(cat "$RUN_DIR/mosquitto.pid")" || true
 		fi
 	fi
-	[[ $VENV_GIVEN -eq 0 ]] && remove_path "$VENV"
+	if [[ $VENV_GIVEN -eq 0 && -x $VENV/bin/katago-edge ]]; then remove_path "$VENV"; fi
 	remove_path "$RUN_DIR"
 	if [[ $NO_SYSTEMD -eq 1 ]]; then
-		# --prefix is this installation: remove what install.sh put there, keep an edited config
+		# under --prefix: remove our folders, keep an edited config unless --purge
 		local edited=0
 		if [[ -f $CONFIG && -f $STAMP_DIR/config.sha256 && $(sha256sum "$CONFIG" | cut -d' ' -f1) != "$(cat "$STAMP_DIR/config.sha256")" ]]; then
 			edited=1
 		fi
 		if [[ $edited -eq 1 && $PURGE -eq 0 ]]; then
 			say "  keeping edited config $CONFIG (--purge removes it)"
-			remove_path "$PREFIX/etc/mosquitto.conf"
+			remove_path "$(dirname "$CONFIG")/mosquitto.conf"
 		else
-			remove_path "$PREFIX/etc"
+			remove_path "$(dirname "$CONFIG")"
 		fi
-		remove_path "$PREFIX/var"
+		remove_path "$STATE_DIR"
+		remove_path "$CACHE_DIR"
+		remove_path "$(dirname "$LOG_FILE")"
 	elif [[ $PURGE -eq 1 ]]; then
 		remove_path "/etc/katago-edge"
 		remove_path "$STATE_DIR"
@@ -629,8 +647,12 @@ uninstall() {
 		say "  kept: /etc/katago-edge, $STATE_DIR (networks), $CACHE_DIR (--purge removes them)"
 	fi
 	remove_path "$STAMP_DIR"
-	if [[ -d $PREFIX && $DRY_RUN -eq 0 ]]; then
-		if rmdir "$PREFIX" 2>/dev/null; then say "  removed $PREFIX"; fi
+	if [[ $DRY_RUN -eq 0 ]]; then
+		# parents we may have created, only if now empty (never anything else in a shared prefix)
+		local d
+		for d in "$PREFIX/etc" "$PREFIX/var/lib" "$PREFIX/var/cache" "$PREFIX/var/log" "$PREFIX/var" "$PREFIX/run" "$PREFIX"; do
+			[[ -d $d ]] && rmdir "$d" 2>/dev/null && say "  removed empty $d"
+		done
 	fi
 	[[ ${#CHANGES[@]} -eq 0 ]] && say "katago-edge is not installed here: nothing to remove"
 	return 0

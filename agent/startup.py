@@ -165,13 +165,54 @@ def prepare_for_runtime(
     if target.is_file():
         logger.info("using cached %s conversion %s", runtime, target)
         return target
-    convert_mod = _optional("agent.network.convert")
-    if convert_mod is None or not hasattr(convert_mod, "convert_network"):
-        raise RuntimeUnavailable(f"converting to {runtime} needs agent.network.convert (not installed)")
     target.parent.mkdir(parents=True, exist_ok=True)
     progress(f"converting network to {runtime} {precision} (once; cached by source hash)")
+    if runtime == "onnx" and precision in ("fp32", "fp16"):
+        convert_onnx(source, target, precision)
+        return target
+    convert_mod = _optional("agent.network.convert")
+    if convert_mod is None or not hasattr(convert_mod, "convert_network"):
+        raise RuntimeUnavailable(f"converting to {runtime} {precision} needs agent.network.convert")
     convert_mod.convert_network(source, target, to=runtime, precision=precision)
     return target
+
+
+VERIFY_POSITIONS = 24
+
+
+def convert_onnx(source: Path, target: Path, precision: str) -> None:
+    """Build the ONNX graph (FP16 if asked), verify it against the numpy reference, then store it.
+
+    Verification uses a few self-play positions of the reference network itself, so it needs no
+    data; a conversion that misses the accuracy thresholds is never cached (``VerificationFailed``).
+    """
+    from agent.fsutil import atomic_write_bytes
+    from agent.network.onnx_builder import build_onnx
+    from agent.network.positions import positions_from_selfplay
+    from agent.network.reader import read_network
+    from agent.network.verify import verify
+    from agent.runtime import load_net as runtime_load
+
+    network = read_network(source)
+    model = build_onnx(network)
+    if precision == "fp16":
+        from agent.network.quantize import to_fp16
+
+        model = to_fp16(model)
+    data = model.SerializeToString()
+    staging = target.with_suffix(".unverified.onnx")
+    atomic_write_bytes(staging, data)
+    try:
+        reference = runtime_load(network, runtime="numpy")
+        converted = runtime_load(staging, runtime="onnx")
+        positions = positions_from_selfplay(reference, VERIFY_POSITIONS, games=2, max_moves=60)
+        report = verify(converted, reference, positions, network.postprocess, precision=precision)
+        report.raise_if_failed(f"{network.name} as onnx {precision}")
+        converted.close()
+        logger.info("conversion verified: %s", report.summary())
+        staging.replace(target)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def load_net(config: AgentConfig, plan: Plan, progress: Progress) -> Any:

@@ -77,7 +77,7 @@ def test_config__env_overrides_file_and_flags_override_env() -> None:
 
 
 def test_config__bad_env_value_names_the_variable() -> None:
-    with pytest.raises(ConfigError, match="environment KATAGO_EDGE_WEBSOCKET__PORT: websocket.port"):
+    with pytest.raises(ConfigError, match=r"environment KATAGO_EDGE_WEBSOCKET__PORT: websocket\.port"):
         parse_config(None, env={"KATAGO_EDGE_WEBSOCKET__PORT": "99999"})
 
 
@@ -97,7 +97,7 @@ def test_config__rendered_toml_loads_back_equal() -> None:
 
 
 def test_config__missing_file_says_so(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read config .*nope.toml"):
+    with pytest.raises(ConfigError, match=r"cannot read config .*nope\.toml"):
         load_config(tmp_path / "nope.toml", env={})
 
 

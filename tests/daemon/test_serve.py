@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from conftest import Mosquitto, NotifySocket, ServeProcess, base_env, free_port, socket_request, wait_for_path
+from daemon_support import (
+    Mosquitto,
+    NotifySocket,
+    ServeProcess,
+    base_env,
+    free_port,
+    socket_request,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.transports.mqtt_client import MqttRequester
@@ -112,7 +119,7 @@ def test_serve__sigterm_during_a_search__final_responses__stopped__exit_0(
         "none",
     )
     watcher = StatusWatcher(broker.port, "dev-term")
-    requester = MqttRequester(MqttSettings(host="127.0.0.1", port=broker.port))
+    requester = MqttRequester(MqttSettings.model_validate({"host": "127.0.0.1", "port": broker.port}))
     try:
         notify_socket.wait_for("READY=1", 60)
         watcher.wait("online", 20)
@@ -227,4 +234,3 @@ def test_serve__websocket_port_in_use_says_what_to_do(short_tmp: Path) -> None:
         proc.stop()
     assert code == 1
     assert "--websocket HOST:PORT" in proc.text().strip().splitlines()[-1]
-    wait_for_path  # noqa: B018 - imported for other tests' use

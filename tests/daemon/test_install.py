@@ -1,0 +1,257 @@
+"""install.sh: a real install under a prefix (no systemd) against a real mosquitto, dry runs on
+device trees captured from a Pi and a Jetson, shellcheck, and the systemd unit's verify/security.
+
+The install test reuses this test run's virtual environment (``--venv``, which already has
+katago-edge installed editable from this checkout), so it downloads nothing; everything else
+(config, network preparation and conversion, the background agent, the broker check) is the
+real thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from daemon_support import REPO, Mosquitto, base_env, free_port, socket_request
+from edge_fixtures import model_file
+
+from agent.transports.mqtt_client import MqttRequester
+from agent.transports.mqtt_settings import MqttSettings
+
+INSTALL = REPO / "install.sh"
+FIXTURES = REPO / "tests" / "fixtures"
+UNIT = REPO / "systemd" / "katago-edge.service"
+QUERY = {
+    "moves": [["B", "Q16"], ["W", "D4"]],
+    "rules": "japanese",
+    "komi": 6.5,
+    "boardXSize": 19,
+    "boardYSize": 19,
+    "maxVisits": 8,
+}
+
+
+def _install(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(INSTALL), *args], capture_output=True, text=True, timeout=timeout, env=env or base_env()
+    )
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+@pytest.mark.slow
+def test_install__prefix_no_systemd__serves_mqtt_socket_websocket__idempotent__uninstall(
+    short_tmp: Path, broker: Mosquitto, models_dir: Path
+) -> None:
+    model = model_file(models_dir, "b6c96")
+    prefix = short_tmp / "opt"
+    ws_port = free_port()
+    env = base_env(KATAGO_EDGE_INSTALL_WS_PORT=str(ws_port), KATAGO_EDGE_INSTALL_WAIT="180")
+    venv = str(Path(sys.executable).parent.parent)
+    args = [
+        "--prefix",
+        str(prefix),
+        "--no-systemd",
+        "--broker",
+        f"127.0.0.1:{broker.port}",
+        "--model",
+        str(model),
+        "--device-id",
+        "install-test",
+        "--venv",
+        venv,
+        "--yes",
+    ]
+    pid = ""
+    try:
+        first = _install(*args, env=env)
+        out = first.stdout + first.stderr
+        assert first.returncode == 0, out
+        assert "online: install-test" in out and "changed: config" in out
+        log = (prefix / "var/log/katago-edge/agent.log").read_text()
+        assert "using cached onnx conversion" in log  # prepared by install.sh, not converted again
+        pid = (prefix / "run/katago-edge/agent.pid").read_text().strip()
+
+        # Unix socket
+        answer = socket_request(prefix / "run/katago-edge/agent.sock", {"id": "sock", **QUERY}, 60)
+        assert answer[-1]["isDuringSearch"] is False and answer[-1]["moveInfos"]
+
+        # WebSocket, the way KaTrain sends: one JSON object per text frame, id QUERY:<n>
+        async def ws_query() -> dict[str, object]:
+            from websockets.asyncio.client import connect
+
+            async with connect(f"ws://127.0.0.1:{ws_port}") as ws:
+                await ws.send(json.dumps({"id": "QUERY:1", **QUERY}))
+                while True:
+                    response = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                    if response.get("isDuringSearch") is False:
+                        return response
+
+        ws_final = asyncio.run(ws_query())
+        assert ws_final["id"] == "QUERY:1" and ws_final["rootInfo"]
+
+        # MQTT request/response through the broker
+        requester = MqttRequester(MqttSettings.model_validate({"host": "127.0.0.1", "port": broker.port}))
+        requester.connect(10)
+        try:
+            replies = requester.request("katago/install-test/analysis/request", {"id": "mqtt", **QUERY}, 60)
+        finally:
+            requester.close()
+        assert replies[-1]["id"] == "mqtt" and replies[-1]["isDuringSearch"] is False
+
+        # idempotent: a second run changes nothing and leaves the running agent alone
+        second = _install(*args, env=env)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "nothing changed" in second.stdout and "changed:" not in second.stdout
+        assert (prefix / "run/katago-edge/agent.pid").read_text().strip() == pid
+
+        # an edited config is never overwritten
+        config = prefix / "etc/katago-edge/agent.toml"
+        config.write_text(config.read_text() + "\n# edited by hand\n")
+        third = _install(*args, env=env)
+        assert "keeping edited config" in third.stdout
+        assert config.read_text().endswith("# edited by hand\n")
+    finally:
+        gone = _install("--uninstall", *args, env=env)
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert _tree(prefix) == [] or "keeping edited config" in gone.stdout
+    os.kill(int(pid), 0) if False else None
+    with pytest.raises(ProcessLookupError):  # the agent was stopped
+        os.kill(int(pid), 0)
+    purge = _install("--uninstall", "--purge", *args, env=env)
+    assert purge.returncode == 0 and _tree(prefix) == [], purge.stdout
+
+
+@pytest.mark.parametrize(
+    ("device", "kind", "extras", "system_site", "dropin"),
+    [
+        ("raspberry-pi-4b-4gb", "raspberry-pi", "onnx,tflite", False, None),
+        ("raspberry-pi-5-8gb", "raspberry-pi", "onnx,tflite", False, None),
+        ("jetson-orin-nano-devkit", "jetson", "onnx", True, "L4T R36.4.3"),
+        ("jetson-nano", "jetson", "onnx", True, "KataGo binary"),
+        ("x86-64-nvidia-desktop", "x86_64-nvidia", "onnx", False, "NVIDIA GPU"),
+        ("x86-64-avx2-laptop", "x86_64", "onnx,tflite", False, None),
+    ],
+)
+def test_install__dry_run_on_device_trees_prints_extras_and_changes_nothing(
+    short_tmp: Path, device: str, kind: str, extras: str, system_site: bool, dropin: str | None
+) -> None:
+    prefix = short_tmp / "opt"
+    result = _install(
+        "--dry-run", "--root", str(FIXTURES / device), "--prefix", str(prefix), "--model", "fake"
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert re.search(rf"device: +{re.escape(kind)} \(", out), out
+    assert f"extras:    katago-edge[{extras}]" in out
+    assert "packages:  python3-venv python3-pip ca-certificates mosquitto" in out
+    assert ("--system-site-packages" in out) is system_site
+    assert f"pip install --progress-bar on {REPO}[{extras}]" in out
+    if dropin:
+        assert dropin in out
+    assert "dry run finished: nothing was changed" in out
+    assert not prefix.exists()
+
+
+def test_install__dry_run_extras_cover_the_profile_the_agent_chooses() -> None:
+    """install.sh decides extras in bash (before any Python package exists); the agent's own profile
+    choice for the same device tree must find its preferred pip runtime among them."""
+    from agent import profiles
+    from agent.hardware import probe_hardware
+
+    pip_runtime_extra = {"onnxruntime": "onnx", "litert": "tflite"}
+    for device in ("raspberry-pi-4b-4gb", "jetson-orin-nano-devkit", "x86-64-avx2-laptop", "arm64-rock-5b"):
+        out = _install("--dry-run", "--root", str(FIXTURES / device), "--model", "fake").stdout
+        extras = re.search(r"katago-edge\[([a-z,]+)\]", out)
+        assert extras, out
+        profile, _ = profiles.select(probe_hardware(FIXTURES / device))
+        wanted = [pip_runtime_extra[c.runtime] for c in profile.runtimes if c.runtime in pip_runtime_extra]
+        assert wanted and wanted[0] in extras.group(1).split(","), (device, profile.name, extras.group(1))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "unknown option --bogus"),
+        (["--broker", "a b"], "--broker expects HOST:PORT"),
+        (["--device-id", "x/y"], "--device-id may use"),
+        (["--purge"], "--purge goes with --uninstall"),
+        (["--prefix"], "--prefix needs a value"),
+    ],
+)
+def test_install__bad_options_fail_with_one_line(args: list[str], message: str) -> None:
+    result = _install(*args)
+    assert result.returncode == 1 and message in result.stderr
+
+
+def test_install__shellcheck_clean() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("needs shellcheck (apt-get install -y shellcheck; Makefile DEB_TEST_PACKAGES)")
+    result = subprocess.run([shellcheck, str(INSTALL)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+
+
+def _analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("needs systemd-analyze (apt-get install -y systemd; Makefile DEB_TEST_PACKAGES)")
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_unit__systemd_analyze_verify_clean() -> None:
+    result = _analyze("verify", str(UNIT))
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+
+
+@pytest.mark.parametrize("dropin", [None, "jetson", "raspberry-pi", "nvidia"])
+def test_unit__security_exposure_at_most_3(tmp_path: Path, dropin: str | None) -> None:
+    """The base unit and the unit with each device drop-in (later assignments win) stay <= 3.0."""
+    unit = UNIT.read_text()
+    if dropin:
+        extra = (REPO / "systemd/drop-ins" / f"{dropin}.conf").read_text().split("[Service]", 1)[1]
+        unit = unit.replace("\n[Install]", extra + "\n[Install]")
+    path = tmp_path / "katago-edge.service"
+    path.write_text(unit)
+    assert _analyze("verify", str(path)).returncode == 0
+    result = _analyze("security", "--offline=yes", str(path))
+    match = re.search(r"Overall exposure level for katago-edge.service: ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 3.0
+
+
+def test_unit__directives_the_daemon_relies_on() -> None:
+    text = UNIT.read_text()
+    for line in (
+        "Type=notify",
+        "WatchdogSec=60s",
+        "Restart=on-failure",
+        "StartLimitBurst=5",
+        "TimeoutStopSec=30s",
+        "User=katago-edge",
+        "StateDirectory=katago-edge",
+        "CacheDirectory=katago-edge",
+        "ConfigurationDirectory=katago-edge",
+        "RuntimeDirectory=katago-edge",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ):
+        assert f"\n{line}\n" in text, line
+    # the daemon's default stop_timeout (20 s) must fit in TimeoutStopSec
+    from agent.config import AgentConfig
+
+    assert AgentConfig().stop_timeout < 30
