@@ -540,4 +540,17 @@ def _safe_emit(emit: Emit, resp: Response) -> None:
         logger.exception("emit failed for a KataGo response (id %s)", resp.get("id"))
 
 
+def engine_from_settings(
+    settings: KataGoSettings, model: Path | str, cache_dir: Path | None = None
+) -> KataGoEngine:
+    """The daemon's way in: find the binary as ``settings`` say, then build and start the engine.
+
+    ``cache_dir`` (the agent's cache folder) is used when ``settings.cache_dir`` is unset.
+    """
+    if settings.cache_dir is None and cache_dir is not None:
+        settings = settings.model_copy(update={"cache_dir": cache_dir})
+    binary = find_katago(settings.binary, settings.resolved_cache_dir(), download=settings.download)
+    return KataGoEngine(binary, Path(model), settings).start()
+
+
 KataGoProcessEngine = KataGoEngine  # the name agent.commands.analysis looks up

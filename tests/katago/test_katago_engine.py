@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from kg_helpers import Collector, query_9x9
 
-from agent.engines.katago_process import KataGoEngine
+from agent.engines.katago_binary import KataGoBinary, KataGoSettings
+from agent.engines.katago_process import KataGoEngine, engine_from_settings
 from agent.protocol.service import AnalysisService
 
 pytestmark = pytest.mark.needs_katago
@@ -126,3 +127,18 @@ def test_terminate__long_search_ends_with_one_final(shared_engine: KataGoEngine)
     assert final["isDuringSearch"] is False
     assert final["rootInfo"]["visits"] < 1_000_000
     assert {"id": "t", "action": "terminate", "terminateId": "long"} in out.responses
+
+
+def test_engine_from_settings__daemon_entry_point(
+    katago_binary: KataGoBinary, b6_model: Path, tmp_path: Path
+) -> None:
+    settings = KataGoSettings.model_validate({"binary": str(katago_binary.path), "opencl_tuning": "generic"})
+    engine = engine_from_settings(settings, b6_model, cache_dir=tmp_path)
+    try:
+        assert engine.describe()["config"].startswith(str(tmp_path / "configs"))
+        out = Collector()
+        engine.submit(query_9x9("d", [("B", "E5")], visits=2), out)
+        assert out.wait_finals(["d"], 60)
+        assert "moveInfos" in out.finals("d")[0]
+    finally:
+        engine.close()
