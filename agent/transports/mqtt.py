@@ -144,6 +144,7 @@ class MqttTransport:
             "auth_failures": 0,
             "dropped_outgoing": 0,
             "publish_errors": 0,
+            "publish_refused": 0,
         }
         self._error: TransportError | None = None
         self._health_thread: threading.Thread | None = None
@@ -162,6 +163,10 @@ class MqttTransport:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_publish = self._on_publish
+        self._own_mids: dict[int, str] = {}  # mid -> our status/health topic, to explain refusals
+        self._refused_topics: set[str] = set()
         will = status_payload(
             "offline", device_id, self._since, {"version": __version__, **_info(status_info)}
         )
@@ -304,6 +309,38 @@ class MqttTransport:
                 "%s; retrying with backoff (attempt %d of %s)", message, failures, limit or "unlimited"
             )
 
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            logger.error(
+                "MQTT: broker refused %d request subscription(s) (%s): check the ACL for user %r",
+                len(refused),
+                ", ".join(refused),
+                self.config.username or "(none)",
+            )
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
+    ) -> None:
+        with self._lock:
+            topic = self._own_mids.pop(mid, None)
+            if not reason.is_failure:
+                return
+            self._counts["publish_refused"] += 1
+            first = topic is not None and topic not in self._refused_topics
+            if first and topic is not None:
+                self._refused_topics.add(topic)
+        if first:
+            logger.error(
+                "MQTT: broker refused our publish to %s: %s; check the ACL (user %r must be allowed "
+                "to write the device's own topics)",
+                topic,
+                reason,
+                self.config.username or "(none)",
+            )
+
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         logger.info("MQTT: cannot reach %s:%s; retrying with backoff", self.config.host, self.config.port)
 
@@ -377,6 +414,11 @@ class MqttTransport:
             with self._lock:
                 self._counts["dropped_outgoing"] += 1
             return None
+        if topic in (self.topics.status, self.topics.health):
+            with self._lock:
+                if len(self._own_mids) > 1000:  # unacknowledged for long: forget the oldest
+                    self._own_mids.pop(next(iter(self._own_mids)))
+                self._own_mids[info.mid] = topic
         return info
 
     def _health_loop(self) -> None:

@@ -240,11 +240,12 @@ def status_payload(state: str, device_id: str, since: float, info: dict[str, Any
 
 
 def encode(obj: Any) -> bytes:
-    """Compact JSON as UTF-8; NaN/Infinity (not JSON) become null so that no reply is unreadable."""
+    """Compact JSON as UTF-8; NaN/Infinity (not JSON) become null so that no reply is unreadable,
+    and values JSON cannot hold (paths, enums in a health snapshot) become their ``str``."""
     try:
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str).encode("utf-8")
     except ValueError:
-        return json.dumps(_strip_nan(obj), separators=(",", ":")).encode("utf-8")
+        return json.dumps(_strip_nan(obj), separators=(",", ":"), default=str).encode("utf-8")
 
 
 def _strip_nan(obj: Any) -> Any:

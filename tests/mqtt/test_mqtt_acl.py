@@ -7,7 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
-from mqtt_support import MOSQUITTO, NEEDS_MOSQUITTO, Mosquitto, StubService, add_password, read_retained
+from mqtt_support import (
+    MOSQUITTO,
+    NEEDS_MOSQUITTO,
+    Mosquitto,
+    StubService,
+    add_password,
+    read_retained,
+    wait_for,
+)
 
 from agent.cli import run
 from agent.transports.mqtt import MqttSettings, MqttTransport
@@ -104,3 +112,16 @@ def test_acl__documented_rules_let_each_role_do_its_job_and_nothing_more(acl_bro
 
 def test_acl__anonymous_gets_nothing(acl_broker):
     assert read_retained(acl_broker.port, ["katago/+/status"], timeout=0.5) == {}
+
+
+def test_acl__device_id_not_matching_user_name_says_check_the_acl(acl_broker, monkeypatch, caplog):
+    agent = MqttTransport(login(acl_broker, "dev-b", monkeypatch), "dev-a", StubService().handle_query)
+    agent.start()
+    try:
+        assert agent.wait_connected(10)
+        wait_for(
+            lambda: "broker refused our publish to katago/dev-a/status: Not authorized" in caplog.text, 5
+        )
+        assert wait_for(lambda: agent.stats()["publish_refused"] >= 2, 5)  # status and health
+    finally:
+        agent.stop()

@@ -136,8 +136,11 @@ def test_recent_keys__remembers_within_ttl_and_capacity():
     assert not keys.check_and_add("b", 30)  # expired
 
 
-def test_encode__nan_becomes_null():
+def test_encode__nan_becomes_null_and_odd_values_strings():
     assert json.loads(encode({"w": float("nan"), "l": [float("inf"), 1.0]})) == {"w": None, "l": [None, 1.0]}
+    from pathlib import Path
+
+    assert json.loads(encode({"p": Path("/models/x.onnx")})) == {"p": "/models/x.onnx"}
 
 
 def test_topics__layout_and_reserved_ids():
