@@ -18,8 +18,7 @@ they fall back to the XDG folders of the user.
 
 Settings owned by other modules are embedded as sub-tables: ``[mqtt]`` is
 ``agent.transports.mqtt_settings.MqttSettings`` and ``[katago]`` is
-``agent.engines.katago_binary.KataGoSettings`` (until that module exists a placeholder below
-stands in for it). ``[overrides]`` is deep-merged into the chosen profile (``agent.profiles``).
+``agent.engines.katago_binary.KataGoSettings``. ``[overrides]`` is deep-merged into the chosen profile (``agent.profiles``).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agent.engines.katago_binary import KataGoSettings
 from agent.errors import ConfigError
 from agent.transports.mqtt_settings import MqttSettings
 
@@ -87,13 +87,6 @@ def split_host_port(text: str, default_port: int) -> tuple[str, int]:
     return host, port
 
 
-class KataGoSettings(_Strict):
-    """Placeholder for ``agent.engines.katago_binary.KataGoSettings`` (helper G) until it lands."""
-
-    binary: str | None = None
-    config: str | None = None
-
-
 class SocketSettings(_Strict):
     """Local Unix socket speaking the analysis protocol as JSON lines."""
 
@@ -130,7 +123,7 @@ class AgentConfig(_Strict):
     socket: SocketSettings = Field(default_factory=lambda: SocketSettings())
     websocket: WebSocketSettings = Field(default_factory=lambda: WebSocketSettings())
     mqtt: MqttSettings = Field(default_factory=lambda: MqttSettings.model_validate({}))
-    katago: KataGoSettings = Field(default_factory=lambda: KataGoSettings())
+    katago: KataGoSettings = Field(default_factory=lambda: KataGoSettings.model_validate({}))
 
     @field_validator("device_id")
     @classmethod
@@ -301,7 +294,7 @@ def render_toml(config: AgentConfig) -> str:
     dumped = config.model_dump(mode="json", exclude_none=True)
     top = [f"{k} = {_toml_value(v)}" for k, v in dumped.items() if not isinstance(v, dict)]
     tables = [
-        f"\n[{k}]\n" + "\n".join(f"{sk} = {_toml_value(sv)}" for sk, sv in v.items())
+        f"\n[{k}]\n" + "\n".join(f"{_toml_key(sk)} = {_toml_value(sv)}" for sk, sv in v.items())
         for k, v in dumped.items()
         if isinstance(v, dict)
     ]
@@ -315,5 +308,11 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)

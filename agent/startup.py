@@ -74,7 +74,9 @@ def make_plan(config: AgentConfig) -> Plan:
     from agent.hardware import probe_hardware
     from agent.hardware.runtimes import probe_runtimes
 
-    hardware = probe_hardware(config.root).with_runtimes(probe_runtimes(config.katago.binary))
+    hardware = probe_hardware(config.root).with_runtimes(
+        probe_runtimes(str(config.katago.binary) if config.katago.binary else None)
+    )
     overrides: dict[str, Any] = dict(config.overrides)
     if config.profile:
         overrides["profile"] = config.profile
@@ -120,22 +122,35 @@ def parse_fake(spec: str) -> dict[str, float] | None:
     return kwargs
 
 
-def fetch_network(config: AgentConfig, progress: Progress) -> Path:
-    """``config.model`` as a local ``.bin.gz`` path in the model store."""
+# The networks profiles recommend by short name, and where to get them when no model is configured.
+RECOMMENDED_SOURCES: dict[str, tuple[str, str | None]] = {
+    # KataGo's repository, cpp/tests/models/ (MIT); sha256 as in ../shared/models/README.md
+    "b6c96": (
+        "https://raw.githubusercontent.com/lightvector/KataGo/master/cpp/tests/models/"
+        "g170-b6c96-s175395328-d26788732.bin.gz",
+        "f5d32604e3675c480c7c8f6aa579a1ea857135628a0afccc8fa56330fbacd38d",
+    ),
+    # inside the PyPI package katrain (katrain/models/), fetched with pip download
+    "b10c384": ("katrain", "0ba27eced5180b3e3d0b898b280c541112989765e789d1eb6cd0d31b2b2c1229"),
+}
+
+
+def fetch_network(config: AgentConfig, progress: Progress, plan: Plan | None = None) -> Path:
+    """``config.model`` (or the profile's recommended network) as a local file in the model store."""
     spec = config.model
+    sha256 = None
+    if not spec and plan is not None and plan.recommended_network:
+        spec, sha256 = RECOMMENDED_SOURCES.get(plan.recommended_network, (plan.recommended_network, None))
+        logger.info("no model configured: using %s, recommended by profile %s", spec, plan.profile)
     if not spec:
         raise ModelStoreError(
             "no network configured: pass --model PATH|URL, or set model = ... in the config "
             "(`katago-edge fetch-model katrain` fetches one)"
         )
-    fetch_mod = _optional("agent.network.fetch")
-    if fetch_mod is not None and hasattr(fetch_mod, "fetch_model"):
-        progress(f"fetching network {spec}")
-        return Path(fetch_mod.fetch_model(spec, store=config.model_store_dir))
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ModelStoreError(f"network {spec} not found: give a path to a KataGo .bin.gz file")
-    return path
+    from agent.network.fetch import fetch_model
+
+    progress(f"fetching network {spec}")
+    return Path(fetch_model(spec, store=config.model_store_dir, sha256=sha256))
 
 
 def source_hash(path: Path) -> str:
@@ -222,7 +237,7 @@ def load_net(config: AgentConfig, plan: Plan, progress: Progress) -> Any:
         from agent.runtime.fake import FakeNet
 
         return FakeNet(seed=int(fake.get("seed", 1)), delay=fake.get("delay", 0.0))
-    source = fetch_network(config, progress)
+    source = fetch_network(config, progress, plan)
     runtime_mod = _optional("agent.runtime")
     loader = getattr(runtime_mod, "load_net", None)
     if loader is None:
@@ -242,11 +257,11 @@ def load_net(config: AgentConfig, plan: Plan, progress: Progress) -> Any:
 def build_engine(config: AgentConfig, plan: Plan, progress: Progress) -> Any:
     """The engine the plan asks for (native search over the net, or a supervised KataGo)."""
     if plan.engine == "katago":
-        module = _optional("agent.engines.katago_binary")
-        if module is None:
-            raise RuntimeUnavailable("engine 'katago' needs agent.engines.katago_binary (not installed)")
-        source = fetch_network(config, progress)
-        return module.KataGoEngine(config.katago, model=source)
+        from agent.engines.katago_process import engine_from_settings
+
+        source = fetch_network(config, progress, plan)
+        progress("starting the KataGo binary")
+        return engine_from_settings(config.katago, source, cache_dir=config.cache_dir / "katago")
     from agent.engines.native import NativeEngine
     from agent.search.params import SearchParams
 
@@ -254,14 +269,14 @@ def build_engine(config: AgentConfig, plan: Plan, progress: Progress) -> Any:
     params = SearchParams(max_visits=plan.default_visits, num_threads=plan.threads)
     return NativeEngine(
         net,
-        post_params(net, config),
+        post_params(net, config, plan),
         default_params=params,
         max_batch_size=plan.batch_size,
         cache_size=plan.cache_size,
     )
 
 
-def post_params(net: Any, config: AgentConfig) -> Any:
+def post_params(net: Any, config: AgentConfig, plan: Plan) -> Any:
     """The header's post-processing parameters for ``net`` (runtimes keep them in different places)."""
     from agent.network.model import PostProcessParams
 
@@ -275,7 +290,7 @@ def post_params(net: Any, config: AgentConfig) -> Any:
             return found
     from agent.network.reader import read_network
 
-    return read_network(fetch_network(config, lambda _text: None)).postprocess
+    return read_network(fetch_network(config, lambda _text: None, plan)).postprocess
 
 
 def build_service(engine: Any) -> Any:
