@@ -150,19 +150,43 @@ class _Parser:
             arr = np.frombuffer(self.data, dtype="<f4", count=n, offset=begin).astype(np.float32)
             self.pos = end
         else:
-            values = []
-            for i in range(n):
-                tok = self.token(f"float {i} of {n} of {what}")
-                try:
-                    values.append(float(tok))
-                except ValueError as exc:
-                    raise self.fail(f"value {i} of {what} is not a number: {tok[:40]!r}") from exc
-            arr = np.asarray(values, dtype=np.float32)
+            fast = self.text_floats_fast(n)
+            arr = fast if fast is not None else self.text_floats_slow(n, what)
         if not np.isfinite(arr).all():
             bad = int(np.flatnonzero(~np.isfinite(arr))[0])
             raise self.fail(f"{what} holds a non-finite value at index {bad}", at=start)
         arr.flags.writeable = False
         return arr
+
+    def text_floats_fast(self, n: int) -> m.F32 | None:
+        """``n`` decimal tokens parsed in bulk; None if they are not all numbers (the slow path
+        then finds and reports the bad one) or the file ends first."""
+        window = 16 * n + 64
+        while True:
+            chunk = self.data[self.pos : self.pos + window]
+            parts = chunk.split(maxsplit=n)
+            if len(parts) > n or self.pos + window >= len(self.data):
+                break
+            window *= 2
+        if len(parts) < n:
+            return None
+        rest = parts[n] if len(parts) > n else b""
+        try:
+            arr = np.array(parts[:n]).astype(np.float32)
+        except ValueError:
+            return None
+        self.pos += len(chunk) - len(rest)
+        return arr
+
+    def text_floats_slow(self, n: int, what: str) -> m.F32:
+        values = []
+        for i in range(n):
+            tok = self.token(f"float {i} of {n} of {what}")
+            try:
+                values.append(float(tok))
+            except ValueError as exc:
+                raise self.fail(f"value {i} of {what} is not a number: {tok[:40]!r}") from exc
+        return np.asarray(values, dtype=np.float32)
 
     # --- layers ---------------------------------------------------------------------------------
 

@@ -146,3 +146,20 @@ def test_corrupt__unknown_suffix_and_missing_file(tmp_path: Path) -> None:
     (tmp_path / "net.onnx").write_bytes(b"x")
     with pytest.raises(NetworkFileError, match="unknown network file suffix"):
         read_network(tmp_path / "net.onnx")
+
+
+def test_corrupt__text_weights_bad_token_and_truncation() -> None:
+    text = network_to_bytes(tiny_network(11, blocks=("ordinary",), rope="none"), binary=False)
+    lines = text.split(b"\n")
+    at = lines.index(b"model.linear_global") + 3 + 5  # name, 19, 8, then the 6th weight
+    bad = b"\n".join([*lines[:at], b"1.5abc", *lines[at + 1 :]])
+    with pytest.raises(
+        NetworkFileError, match=r"record 'model.linear_global' .*value 5 of matmul weights .*'1.5abc'"
+    ):
+        read_network_bytes(bad, binary=False, source="x.txt")
+    cut = b"\n".join(lines[: at + 3])
+    with pytest.raises(
+        NetworkFileError, match=r"record 'model.linear_global' .*file ends where float 8 of 152"
+    ):
+        read_network_bytes(cut, binary=False, source="x.txt")
+    assert read_network_bytes(text, binary=False).version == 11
