@@ -164,3 +164,35 @@ def test_resilience__redelivered_duplicate_is_not_analysed_twice(make_agent, mak
     req.wait(other, 5)
     assert service.seen.count("mqtt1:once") == 1 and len(service.seen) == 2
     assert wait_for(lambda: agent.stats()["duplicates"] == 1)
+
+
+def test_resilience__agent_started_before_the_broker_connects_when_it_comes(make_agent, broker):
+    broker.stop()
+    agent = make_agent("early", connect=False)
+    time.sleep(0.5)
+    assert not agent.connected
+    broker.start()
+    assert agent.wait_connected(10)
+    assert wait_for(lambda: status_of(broker.port, agent.topics.status) == "online", 10)
+
+
+def test_resilience__outgoing_queue_is_bounded_while_disconnected_and_drops_are_counted(
+    broker, settings, make_agent, make_requester
+):
+    from agent.transports.mqtt_handlers import Incoming
+
+    agent = make_agent("dev1", config=settings.model_copy(update={"outgoing_queue": 5}))
+    req = make_requester(client_id="queue-client", persistent=True)
+    broker.stop()
+    wait_for(lambda: not agent.connected, 5)
+    for i in range(10):  # as if these had been received just before the connection dropped
+        payload = json.dumps({**QUERY, "id": f"o{i}"}).encode()
+        agent.dispatcher.on_message(Incoming(agent.topics.request, payload, req.reply_topic, bytes([i])))
+    wait_for(lambda: agent.stats()["answered"] == 10, 5)
+    dropped = agent.stats()["dropped_outgoing"]
+    assert dropped >= 5
+    broker.start()
+    assert agent.wait_connected(10)
+    wait_for(lambda: req.unmatched == 10 - dropped, 10)
+    time.sleep(0.3)
+    assert req.unmatched == 10 - dropped  # the queued replies were delivered after reconnecting
