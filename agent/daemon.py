@@ -36,22 +36,13 @@ from typing import Any
 
 from agent import __version__
 from agent.config import AgentConfig, find_config, load_config, split_host_port
-from agent.errors import AgentError, ConfigError, EngineError, TransportError
+from agent.errors import AgentError, ConfigError, TransportError
 from agent.notify import Notifier
+from agent.service_switch import ServiceSwitch, self_test
 from agent.startup import Plan, build_engine, build_service, make_plan
-from agent.transports.session import Response
 
 logger = logging.getLogger(__name__)
 
-SELF_TEST = {
-    "id": "katago-edge-self-test",
-    "moves": [["B", "D4"]],
-    "rules": "tromp-taylor",
-    "komi": 7.5,
-    "boardXSize": 9,
-    "boardYSize": 9,
-    "maxVisits": 2,
-}
 SELF_TEST_TIMEOUT = 300.0  # a first evaluation on a Pi (or a TensorRT engine load) can take minutes
 TICK = 0.5
 
@@ -115,38 +106,6 @@ def command_serve(args: argparse.Namespace) -> int:
     return daemon.run()
 
 
-class ServiceSwitch:
-    """The service the transports talk to; SIGHUP may swap the engine behind it."""
-
-    def __init__(self, service: Any) -> None:
-        self.current = service
-
-    def handle_line(self, line: str, emit: Any) -> None:
-        self.current.handle_line(line, emit)
-
-    def handle_query(self, query: Any, emit: Any) -> None:
-        self.current.handle_query(query, emit)
-
-
-def self_test(service: Any, timeout: float) -> float:
-    """Send one tiny query; return the seconds it took. ``EngineError`` unless it is answered."""
-    done = threading.Event()
-    result: dict[str, Any] = {}
-
-    def emit(response: Response) -> None:
-        if "error" in response or response.get("isDuringSearch") is False:
-            result.update(response)
-            done.set()
-
-    start = time.monotonic()
-    service.handle_query(dict(SELF_TEST), emit)
-    if not done.wait(timeout):
-        raise EngineError(f"the engine did not answer a 2-visit test query within {timeout:.0f} s")
-    if "error" in result:
-        raise EngineError(f"the engine failed its test query: {result['error']}")
-    return time.monotonic() - start
-
-
 class Daemon:
     """One agent: owns the engine, the service and the transports for its lifetime."""
 
@@ -169,7 +128,9 @@ class Daemon:
         self.service: Any = None
         self.switch: ServiceSwitch | None = None
         self.transports: dict[str, Any] = {}
-        self._started = time.time()
+        self.thermal: Any = None
+        self.health_collector: Any = None
+        self.started_at = time.time()
 
     # -- signals ------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -209,13 +170,24 @@ class Daemon:
         for reason in self.plan.reasons:
             logger.info("profile: %s", reason)
         self.engine, self.service = self._new_engine(self.plan)
-        self.switch = ServiceSwitch(self.service)
+        self.thermal = self._start_thermal_guard(self.plan)
+        self.switch = ServiceSwitch(self.service, self.thermal)
         self.notifier.status("starting transports")
         self._start_local_transports()
         self._start_mqtt()
         self.ready_event.set()
         self.notifier.ready(self._serving_status())
         logger.info("serving (profile %s, engine %s)", self.plan.profile, self.plan.engine)
+
+    def _start_thermal_guard(self, plan: Plan) -> Any:
+        if plan.profile_model is None:
+            return None
+        from agent.thermal import ThermalGuard
+
+        guard = ThermalGuard.from_profile(plan.profile_model, root=self.config.root)
+        guard.check()
+        guard.start()
+        return guard
 
     def _new_engine(self, plan: Plan) -> tuple[Any, Any]:
         engine = build_engine(self.config, plan, self.notifier.status)
@@ -259,6 +231,8 @@ class Daemon:
         except AgentError as exc:
             logger.warning("terminating in-flight queries failed: %s", exc)
         self._close_all(timeout=max(1.0, deadline - time.monotonic()))
+        if self.thermal is not None:
+            self.thermal.stop()
         logger.info("stopped")
 
     def _close_all(self, timeout: float) -> None:

@@ -8,7 +8,6 @@ reason, never as zero.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from typing import Any
@@ -19,20 +18,19 @@ logger = logging.getLogger(__name__)
 
 
 def _device_snapshot(daemon: Any) -> dict[str, Any]:
-    try:
-        health = importlib.import_module("agent.health")
-    except ImportError:
-        return {"device": None, "device_absent": "agent.health not installed"}
-    collect = getattr(health, "snapshot", None) or getattr(health, "collect_health", None)
-    if collect is None:
-        return {"device": None, "device_absent": "agent.health has no snapshot()"}
+    """Device health from ``agent.health`` (one collector per daemon: CPU use between snapshots)."""
+    from agent.health import HealthCollector
+
+    if daemon.health_collector is None:
+        plan = daemon.plan
+        daemon.health_collector = HealthCollector(
+            root=daemon.config.root,
+            model_store=daemon.config.model_store_dir,
+            versions={"profile": plan.profile if plan else None, "network": daemon.config.model},
+            thermal=daemon.thermal,
+        )
     engine_stats = daemon.engine.stats() if daemon.engine is not None else None
-    try:
-        result = collect(root=daemon.config.root, engine_stats=engine_stats)
-    except TypeError:
-        result = collect(daemon.config.root)
-    data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
-    return {"device": data}
+    return {"device": daemon.health_collector.snapshot(engine_stats).to_dict()}
 
 
 def snapshot(daemon: Any) -> dict[str, Any]:
@@ -46,7 +44,7 @@ def snapshot(daemon: Any) -> dict[str, Any]:
         "time": time.time(),
         "agent": {
             "version": __version__,
-            "uptime_s": round(time.time() - daemon._started, 1),
+            "uptime_s": round(time.time() - daemon.started_at, 1),
             "profile": plan.profile if plan else None,
             "engine": plan.engine if plan else None,
             "runtimes": [f"{r}/{p}" for r, p in plan.runtimes] if plan else None,
@@ -54,6 +52,9 @@ def snapshot(daemon: Any) -> dict[str, Any]:
         },
         "local": transports,
         "service": daemon.service.stats() if daemon.service is not None else None,
+        "thermal_guard": {"refused": daemon.switch.refused, "capped": daemon.switch.capped}
+        if daemon.switch is not None
+        else None,
     }
     out.update(_device_snapshot(daemon))
     return out

@@ -23,7 +23,7 @@ import hashlib
 import importlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class Plan:
     cache_size: int = 1 << 16
     recommended_network: str | None = None
     reasons: tuple[str, ...] = ()
+    profile_model: Any = field(default=None, compare=False)  # agent.profiles.Profile (thermal limits)
 
 
 def _optional(module: str) -> Any | None:
@@ -103,6 +104,7 @@ def make_plan(config: AgentConfig) -> Plan:
         cache_size=max(1024, profile.search.nn_cache_size),
         recommended_network=profile.network.recommended,
         reasons=tuple(reasons),
+        profile_model=profile,
     )
 
 
