@@ -113,7 +113,7 @@ class AgentConfig(_Strict):
     engine: Literal["auto", "native", "katago"] = "auto"
     root: Path = Field(default=Path("/"), description="hardware probe root (a captured device tree in tests)")
     profiles_dir: Path | None = Field(
-        default=None, description="extra profiles folder; unset = shipped profiles"
+        default=None, description="profiles folder; unset = the shipped profiles"
     )
     state_dir: Path = Field(default_factory=default_state_dir)
     model_store: Path | None = Field(default=None, description="unset = <state_dir>/models")
