@@ -217,9 +217,10 @@ class FleetMonitor:
 
 # -- CLI --------------------------------------------------------------------------------------------
 def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("broker")
+    g = parser.add_argument_group("broker (defaults: the [mqtt] table of --config, else localhost:1883)")
+    g.add_argument("--config", type=str, help="agent config (TOML) whose [mqtt] table to use")
     g.add_argument("--broker", metavar="HOST[:PORT]", default=os.environ.get("KATAGO_EDGE_MQTT_BROKER"))
-    g.add_argument("--prefix", default="katago", help="topic prefix (default katago)")
+    g.add_argument("--prefix", default=None, help="topic prefix (default katago)")
     g.add_argument("--username")
     g.add_argument("--password-file", type=str, help="file holding the password")
     g.add_argument("--password-env", help="environment variable holding the password")
@@ -229,18 +230,35 @@ def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> MqttSettings:
+    """Broker settings for the client commands: ``--config``'s ``[mqtt]``, then the flags on top.
+
+    The client gets its own random client id; the config's ``client_id`` belongs to the agent."""
+    from pathlib import Path
+
     from pydantic import ValidationError
 
     from agent.errors import ConfigError
 
-    fields: dict[str, Any] = {"topic_prefix": args.prefix, "reconnect_max_s": 5}
+    base: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        from agent.config import load_config
+
+        base = load_config(Path(args.config)).mqtt.model_dump(exclude={"client_id"}, exclude_unset=True)
+    fields: dict[str, Any] = {**base, "reconnect_max_s": max(5, int(base.get("reconnect_min_s", 1)))}
+    if args.prefix:
+        fields["topic_prefix"] = args.prefix
+    for name in ("password_file", "password_env"):
+        if getattr(args, name, None):  # a password flag replaces the config's password source
+            for source in ("password_file", "password_env", "password_credential"):
+                fields.pop(source, None)
     for name in ("username", "password_file", "password_env", "ca_file", "cert_file", "key_file"):
         if getattr(args, name, None):
             fields[name] = getattr(args, name)
     try:
-        return MqttSettings(**fields).with_broker(args.broker)
+        settings = MqttSettings(**fields)
     except ValidationError as exc:
         raise ConfigError(f"bad broker options: {exc.errors()[0]['msg']}") from exc
+    return settings.with_broker(args.broker)
 
 
 def configure_fleet(parser: argparse.ArgumentParser) -> None:

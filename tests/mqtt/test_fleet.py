@@ -198,3 +198,12 @@ def test_fleet__live_table_runs_until_interrupted(make_agent, settings):
         proc.kill()
     assert proc.returncode == 130, err
     assert "pi-live" in out and "online" in out
+
+
+def test_query__uses_the_agent_config_mqtt_table(make_agent, settings, tmp_path, capsys):
+    make_agent("dev1")
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[mqtt]\nhost = "127.0.0.1"\nport = {settings.port}\nclient_id = "the-agent"\n')
+    rc = run(["query", "--config", str(config), "--device", "dev1", "--board-size", "9", "--json"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["isDuringSearch"] is False
