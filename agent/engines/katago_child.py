@@ -1,4 +1,4 @@
-"""One ``katago analysis`` process and the bookkeeping of one query sent to it.
+"""One ``katago analysis`` process: its pipes, reader threads and stderr tail.
 
 ``KataGoChild`` owns the pipes: a writer lock for stdin (one JSON object per line), a named
 reader thread for stdout (each line decoded and handed to the engine's router) and one for
@@ -16,47 +16,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from agent.engines.base import Emit
 from agent.errors import EngineError
 
 logger = logging.getLogger(__name__)
 stderr_logger = logging.getLogger(__name__ + ".stderr")
 
 _LOUD = ("error", "exception", "what()", "warning", "failed")
-
-
-@dataclass(eq=False)
-class Pending:
-    """A query (or an internal action) written to a child and not yet fully answered."""
-
-    key: str  # the id KataGo sees
-    client_id: str  # the id the client used
-    query: dict[str, Any]  # exactly what is (re)sent, with ``key`` as id
-    emit: Emit | None
-    turns: set[int]  # turns still owed a final response
-    submitted: float
-    action: str | None = None  # internal action: finished by its first response
-    sent_gen: int | None = None  # child generation it was written to; None = waiting for a child
-    resent: bool = False
-    terminated_at: float | None = None
-    result: dict[str, Any] | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def prepare_resend(self) -> None:
-        """Ask only for the turns still unanswered (and keep ``priorities`` aligned with them)."""
-        q = self.query
-        turns = q.get("analyzeTurns")
-        if not isinstance(turns, list) or set(turns) == self.turns:
-            return
-        priorities = q.get("priorities")
-        kept = sorted(self.turns)
-        if isinstance(priorities, list) and len(priorities) == len(turns):
-            by_turn = dict(zip(turns, priorities, strict=True))
-            q["priorities"] = [by_turn[t] for t in kept]
-        q["analyzeTurns"] = kept
 
 
 class KataGoChild:

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.engines.katago_binary import KataGoSettings, find_katago, prepare_config
+from agent.engines.katago_binary import KataGoSettings, find_katago
+from agent.engines.katago_config import prepare_config
 from agent.engines.katago_process import KataGoEngine
 from agent.protocol.service import AnalysisService
 

@@ -7,15 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.engines.katago_binary import (
-    GENERIC_OPENCL_TUNING,
-    KataGoSettings,
-    binary_from_path,
-    config_entries,
-    find_katago,
-    pocl_only,
-    prepare_config,
-)
+from agent.engines.katago_binary import KataGoSettings, binary_from_path, find_katago
+from agent.engines.katago_config import GENERIC_OPENCL_TUNING, config_entries, pocl_only, prepare_config
 from agent.errors import EngineError
 
 
