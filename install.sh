@@ -332,6 +332,9 @@ create_venv() {
 		return 0
 	fi
 	[[ -x $VENV/bin/python ]] && return 0
+	if [[ $DRY_RUN -eq 0 ]] && ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+		die "katago-edge needs Python 3.11+, found $(python3 -V 2>&1); on JetPack 5 / Ubuntu 20.04 install python3.11 and python3.11-venv first"
+	fi
 	local args=()
 	[[ $SYSTEM_SITE -eq 1 ]] && args+=(--system-site-packages)
 	run python3 -m venv "${args[@]}" "$VENV"
@@ -473,10 +476,21 @@ start_local_broker() {
 	[[ -n $BROKER ]] && return 0
 	if (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then return 0; fi # one is listening already
 	command -v mosquitto >/dev/null 2>&1 || die "no MQTT broker on 127.0.0.1:1883 and no mosquitto; pass --broker"
-	printf 'listener 1883 127.0.0.1\nallow_anonymous true\npid_file %s\n' "$RUN_DIR/mosquitto.pid" |
-		write_file "$(dirname "$CONFIG")/mosquitto.conf" 0644 || true
-	run mosquitto -d -c "$(dirname "$CONFIG")/mosquitto.conf"
-	changed "local Mosquitto on 127.0.0.1:1883"
+	# loopback only, anonymous: the agent and local clients (a remote fleet needs --broker)
+	printf 'listener 1883 127.0.0.1\nallow_anonymous true\n' | write_file "$(dirname "$CONFIG")/mosquitto.conf" 0644 || true
+	if [[ $DRY_RUN -eq 1 ]]; then
+		say "  would run in the background: mosquitto -c $(dirname "$CONFIG")/mosquitto.conf"
+		return 0
+	fi
+	# not -d: as root mosquitto drops to its own user before it could write a pid file here
+	setsid mosquitto -c "$(dirname "$CONFIG")/mosquitto.conf" >>"$(dirname "$LOG_FILE")/mosquitto.log" 2>&1 </dev/null &
+	echo "$!" >"$RUN_DIR/mosquitto.pid"
+	local i
+	for ((i = 0; i < 50; i++)); do
+		if (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then break; fi
+		sleep 0.1
+	done
+	changed "local Mosquitto on 127.0.0.1:1883 (pid $!)"
 }
 
 stop_background() {
