@@ -12,15 +12,17 @@ wheel) does on the wire, and so what this endpoint accepts:
 - on reconnect it re-sends the queries that got no final response, with the same ids.
 
 Frames with several newline-separated queries are accepted too (a ``katago analysis`` script
-ported to a socket). The server listens on localhost by default; a request whose ``Origin``
-names another host (a web page in a browser on the same machine) is refused with 403, which
-closes the cross-site WebSocket hole that localhost servers otherwise have.
+ported to a socket). The server listens on localhost by default; a handshake whose ``Origin``
+names a foreign site (a web page in a browser on the same machine) is refused with 403, which
+closes the cross-site WebSocket hole that localhost servers otherwise have (see
+:func:`origin_allowed`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -34,12 +36,32 @@ logger = logging.getLogger(__name__)
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def origin_allowed(origin: str | None, allowed_hosts: Iterable[str]) -> bool:
-    """No Origin (non-browser client) or an Origin naming one of ``allowed_hosts``."""
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def origin_allowed(origin: str | None, allowed_hosts: Iterable[str], host_header: str | None = None) -> bool:
+    """Whether a handshake may proceed, judged by its ``Origin`` (browsers always send one).
+
+    Allowed: no Origin (a non-browser client); an Origin naming one of ``allowed_hosts``
+    (localhost, the configured listen host); or an Origin equal to the ``Host`` the client
+    connected to when that is an IP address, which is what ``websocket-client`` (KaTrain) sends
+    when it connects to ``ws://<device ip>:<port>``. A page from another site has a foreign Origin;
+    a DNS-rebinding page has Origin == Host but a domain name as Host, so both are refused.
+    """
     if origin is None:
         return True
-    host = urlsplit(origin).hostname
-    return host is not None and host.lower() in {h.lower() for h in allowed_hosts}
+    host = (urlsplit(origin).hostname or "").lower()
+    if not host:
+        return False
+    if host in {h.lower() for h in allowed_hosts}:
+        return True
+    target = (urlsplit(f"//{host_header}").hostname or "").lower() if host_header else ""
+    return host == target and _is_ip(target)
 
 
 class WebSocketTransport:
@@ -104,7 +126,7 @@ class WebSocketTransport:
 
     def _check_origin(self, connection: Any, request: Any) -> Any:
         origin = request.headers.get("Origin")
-        if origin_allowed(origin, self._allowed):
+        if origin_allowed(origin, self._allowed, request.headers.get("Host")):
             return None
         logger.warning("refused WebSocket from origin %s", origin)
         return connection.respond(403, "origin not allowed\n")

@@ -41,15 +41,22 @@ def _serve(tmp: Path, notify: NotifySocket | None, *args: str, **env: str) -> Se
 
 
 class StatusWatcher:
-    """Records the retained/live ``status`` documents of one device."""
+    """Records the ``status`` documents (and the last ``health``) of one device."""
 
     def __init__(self, port: int, device: str) -> None:
         self.states: list[str] = []
+        self.health: dict[str, Any] = {}
         self._client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self._client.on_message = lambda _c, _u, msg: self.states.append(json.loads(msg.payload)["state"])
-        self._client.on_connect = lambda c, *_a: c.subscribe(f"katago/{device}/status", qos=1)
+        self._client.on_message = self._on_message
+        self._client.on_connect = lambda c, *_a: c.subscribe(f"katago/{device}/#", qos=1)
         self._client.connect("127.0.0.1", port)
         self._client.loop_start()
+
+    def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
+        if msg.topic.endswith("/status"):
+            self.states.append(json.loads(msg.payload)["state"])
+        elif msg.topic.endswith("/health") and msg.payload:
+            self.health = json.loads(msg.payload)
 
     def wait(self, state: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -123,6 +130,12 @@ def test_serve__sigterm_during_a_search__final_responses__stopped__exit_0(
     try:
         notify_socket.wait_for("READY=1", 60)
         watcher.wait("online", 20)
+        deadline = time.monotonic() + 20
+        while not watcher.health and time.monotonic() < deadline:
+            time.sleep(0.1)
+        agent = watcher.health.get("agent", {})
+        assert agent.get("profile") and agent.get("engine") == "native", watcher.health
+        assert watcher.health["device"]["memory"]["total_mb"] > 0, watcher.health
         requester.connect(10)
         long = {**QUERY, "maxVisits": 10_000_000, "reportDuringSearchEvery": 0.2}
         searching = threading.Event()

@@ -127,16 +127,21 @@ def test_unix_socket__refuses_to_steal_a_live_socket(sock_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("origin", "ok"),
+    ("origin", "host", "ok"),
     [
-        (None, True),
-        ("http://127.0.0.1:6470", True),
-        ("http://localhost", True),
-        ("https://evil.example", False),
+        (None, None, True),  # not a browser
+        ("http://127.0.0.1:6470", "127.0.0.1:6470", True),
+        ("http://localhost", "localhost:6470", True),
+        ("https://evil.example", "127.0.0.1:6470", False),  # cross-site page
+        ("http://192.168.1.20:6470", "192.168.1.20:6470", True),  # KaTrain on another machine
+        ("http://[fe80::1]:6470", "[fe80::1]:6470", True),
+        ("http://rebind.example:6470", "rebind.example:6470", False),  # DNS rebinding
+        ("http://192.168.1.21", "192.168.1.20:6470", False),
+        ("null", "127.0.0.1:6470", False),
     ],
 )
-def test_websocket__origin_allowed(origin: str | None, ok: bool) -> None:
-    assert origin_allowed(origin, {"127.0.0.1", "localhost", "::1"}) is ok
+def test_websocket__origin_allowed(origin: str | None, host: str | None, ok: bool) -> None:
+    assert origin_allowed(origin, {"127.0.0.1", "localhost", "::1"}, host) is ok
 
 
 def test_websocket__katrain_style_frames_and_foreign_origin_refused() -> None:
