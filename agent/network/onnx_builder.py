@@ -149,7 +149,8 @@ class _Builder:
     def layer_groups(self) -> dict[str, list[str]]:
         """Layer names by role, stored as metadata so that FP16/INT8 passes can pick nodes by role.
 
-        Node names are ``<layer name>/<op>`` or ``<layer name>.<part>/<op>``.
+        Node names are ``<layer name>/<op>`` or ``<layer name>.<part>/<op>``. Groups: ``initial``,
+        ``tip``, ``policy_head``, ``value_head``, ``rmsnorm`` and ``block<i>`` per trunk block.
         """
         net = self.net
         return {
@@ -160,7 +161,7 @@ class _Builder:
             "rmsnorm": [
                 b.norm.name for b in iter_blocks(net.trunk.blocks) if isinstance(b, AttentionBlock | FFNBlock)
             ],
-        }
+        } | {f"block{i}": _layer_names(b) for i, b in enumerate(net.trunk.blocks)}
 
     # --- blocks -----------------------------------------------------------------------------
 
@@ -379,8 +380,9 @@ def _layer_names(obj: object) -> list[str]:
     names = [obj.name] if hasattr(obj, "name") else []
     for fname in getattr(obj, "__dataclass_fields__", {}):
         value = getattr(obj, fname)
-        if hasattr(value, "__dataclass_fields__"):
-            names += _layer_names(value)
+        for item in value if isinstance(value, tuple) else (value,):
+            if hasattr(item, "__dataclass_fields__"):
+                names += _layer_names(item)
     return names
 
 

@@ -160,6 +160,7 @@ def to_int8_static(
         "ActivationSymmetric": False,
         "MatMulConstBOnly": True,
         "CalibPercentile": percentile,
+        "OpTypesToExcludeOutputQuantization": ["Conv", "MatMul"],
     }
     if method != "minmax":
         extra["CalibTensorRangeSymmetric"] = False

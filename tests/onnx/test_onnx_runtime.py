@@ -1,0 +1,88 @@
+"""OnnxNet: building and caching from .bin.gz, interface checks, clear shape errors, providers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from edge_fixtures import model_file
+from onnx import TensorProto, helper
+
+from agent.errors import InferenceError, NetworkFileError
+from agent.runtime import load_net
+from agent.runtime.base import NNInputs
+from agent.runtime.onnx_runtime import OnnxNet, built_onnx_path, resolve_providers
+
+
+def _empty_board(n: int = 1, size: int = 19) -> NNInputs:
+    spatial = np.zeros((n, 22, size, size), np.float32)
+    spatial[:, 0] = 1.0
+    return NNInputs(spatial, np.zeros((n, 19), np.float32))
+
+
+def test_onnx_runtime__builds_once_and_caches_beside_a_hash(models_dir: Path, tmp_path: Path) -> None:
+    src = model_file(models_dir, "b6c96")
+    net = OnnxNet(src, cache_dir=tmp_path, intra_op_threads=1)
+    cached = built_onnx_path(src, cache_dir=tmp_path)
+    assert cached.is_file() and net.path == cached
+    assert "f5d32604e3675c48" in cached.name  # the source's sha256 prefix
+    mtime = cached.stat().st_mtime_ns
+    again = OnnxNet(src, cache_dir=tmp_path, intra_op_threads=1)
+    assert cached.stat().st_mtime_ns == mtime
+    info = again.info
+    assert (info.name, info.model_version, info.runtime, info.precision) == (
+        "g170-b6c96-s175395328-d26788732",
+        8,
+        "onnx",
+        "fp32",
+    )
+    assert again.postprocess_params.model_version == 8
+    out = again.evaluate(_empty_board(3))
+    assert out.policy.shape == (3, 1, 361) and out.score_value.shape == (3, 4)
+    # empty board, komi 0 features: the three rows are identical
+    assert np.allclose(out.value[0], out.value[2], atol=1e-6)
+
+
+def test_onnx_runtime__wrong_buffer_size_says_got_and_expected(models_dir: Path, tmp_path: Path) -> None:
+    net = OnnxNet(model_file(models_dir, "b6c96"), cache_dir=tmp_path, board_x=9, board_y=9)
+    assert (net.info.board_x, net.info.board_y) == (9, 9)
+    with pytest.raises(InferenceError, match=r"got shape \[1, 22, 19, 19\], expected \[N, 22, 9, 9\]"):
+        net.evaluate(_empty_board(1, 19))
+
+
+def test_onnx_runtime__rejects_a_foreign_onnx_graph(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(NetworkFileError, match="not a katago-edge network graph"):
+        OnnxNet(path)
+
+
+def test_onnx_runtime__garbage_file_is_a_network_file_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(b"\x00not an onnx model at all")
+    with pytest.raises(NetworkFileError, match="onnxruntime cannot load it"):
+        OnnxNet(path)
+    with pytest.raises(NetworkFileError, match="no such network file"):
+        OnnxNet(tmp_path / "missing.onnx")
+
+
+def test_onnx_runtime__unavailable_providers_fall_back_to_cpu(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        providers = resolve_providers(
+            ["TensorrtExecutionProvider", ("CUDAExecutionProvider", {"device_id": 0})], tmp_path
+        )
+    assert providers == ["CPUExecutionProvider"]
+    assert "TensorrtExecutionProvider is not available" in caplog.text
+
+
+def test_onnx_runtime__registry_loads_it_with_threads(models_dir: Path, tmp_path: Path) -> None:
+    net = load_net(model_file(models_dir, "b6c96"), runtime="onnx", threads=1, cache_dir=tmp_path)
+    assert isinstance(net, OnnxNet) and net.info.runtime == "onnx"
