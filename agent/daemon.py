@@ -133,19 +133,24 @@ class Daemon:
         self.started_at = time.time()
 
     # -- signals ------------------------------------------------------------------------------------
-    def install_signal_handlers(self) -> None:
+    def install_signal_handlers(self, serving: bool) -> None:
+        """SIGHUP is an event from the start (its default would kill us); SIGTERM and SIGINT only
+        once serving: during start-up (a conversion can take minutes) their default action ends
+        the process at once, which is right since nothing is being served yet."""
         if threading.current_thread() is not threading.main_thread():
             return  # tests drive the events directly
-        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
+        if serving:
+            signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+            signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        else:
+            signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
 
     def stop(self) -> None:
         self.stop_event.set()
 
     # -- life cycle -----------------------------------------------------------------------------------
     def run(self) -> int:
-        self.install_signal_handlers()
+        self.install_signal_handlers(serving=False)
         try:
             self._start()
         except AgentError as exc:
@@ -175,6 +180,7 @@ class Daemon:
         self.notifier.status("starting transports")
         self._start_local_transports()
         self._start_mqtt()
+        self.install_signal_handlers(serving=True)
         self.ready_event.set()
         self.notifier.ready(self._serving_status())
         logger.info("serving (profile %s, engine %s)", self.plan.profile, self.plan.engine)
