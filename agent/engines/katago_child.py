@@ -1,9 +1,11 @@
 """One ``katago analysis`` process: its pipes, reader threads and stderr tail.
 
-``KataGoChild`` owns the pipes: a writer lock for stdin (one JSON object per line), a named
-reader thread for stdout (each line decoded and handed to the engine's router) and one for
-stderr (each line logged under ``agent.engines.katago_child.stderr`` and kept in a bounded tail
-for error messages). It never restarts anything itself; ``KataGoEngine`` decides that.
+``KataGoChild`` owns the pipes, each served by a named thread: a writer for stdin (one JSON
+object per line, fed through a queue, so no caller ever blocks on a child that stopped reading;
+the supervisor must stay free to kill it), a reader for stdout (each line decoded and handed to
+the engine's router) and one for stderr (each line logged under
+``agent.engines.katago_child.stderr`` and kept in a bounded tail for error messages). It never
+restarts anything itself; ``KataGoEngine`` decides that.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import collections
 import contextlib
 import json
 import logging
+import queue
 import subprocess
 import threading
 import time
@@ -41,9 +44,10 @@ class KataGoChild:
         self.last_output = time.monotonic()
         self.exited = threading.Event()
         self._on_line = on_line
-        self._write_lock = threading.Lock()
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         self._threads = [
+            threading.Thread(target=self._write_stdin, name=f"katago-stdin-{gen}", daemon=True),
             threading.Thread(target=self._read_stdout, name=f"katago-stdout-{gen}", daemon=True),
             threading.Thread(target=self._read_stderr, name=f"katago-stderr-{gen}", daemon=True),
         ]
@@ -74,20 +78,22 @@ class KataGoChild:
         return cls(proc, gen, on_line, tail_lines)
 
     # ---------------------------------------------------------------------------------- I/O
-    def write(self, obj: dict[str, Any]) -> bool:
-        """Send one JSON line; False when the pipe is gone (the supervisor handles the death)."""
-        data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+    def write(self, obj: dict[str, Any]) -> None:
+        """Queue one JSON line for the child (never blocks; lost if the child dies first)."""
+        self._outbox.put((json.dumps(obj, separators=(",", ":")) + "\n").encode())
+
+    def _write_stdin(self) -> None:
         stdin = self.proc.stdin
-        if stdin is None:
-            return False
-        with self._write_lock:
-            try:
+        assert stdin is not None
+        try:
+            while (data := self._outbox.get()) is not None:
                 stdin.write(data)
                 stdin.flush()
-            except (OSError, ValueError) as exc:
-                logger.debug("write to KataGo pid %d failed: %s", self.proc.pid, exc)
-                return False
-        return True
+        except (OSError, ValueError) as exc:  # the child is gone; the supervisor handles that
+            logger.debug("write to KataGo pid %d failed: %s", self.proc.pid, exc)
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()  # KataGo quits at EOF (-quit-without-waiting: without finishing work)
 
     def _read_stdout(self) -> None:
         stdout = self.proc.stdout
@@ -133,9 +139,7 @@ class KataGoChild:
 
     def stop(self, timeout: float) -> None:
         """Close stdin (KataGo quits), wait up to ``timeout``, kill if needed, drain the readers."""
-        if self.proc.stdin is not None:
-            with self._write_lock, contextlib.suppress(OSError):
-                self.proc.stdin.close()
+        self._outbox.put(None)  # the writer flushes what is queued, then closes stdin
         try:
             self.proc.wait(timeout=max(0.1, timeout))
         except subprocess.TimeoutExpired:

@@ -140,7 +140,12 @@ def test_hang__quiet_search_pinged_stopped_child_killed(
         pid = engine.stats()["pid"]
         engine.submit(query_9x9("stuck", [("B", "C3")], visits=16), out)
         os.kill(pid, signal.SIGSTOP)
-        assert out.wait_finals(["stuck"], 60)
+        # more than a pipe buffer for a child that reads nothing: submit must not block
+        start = time.monotonic()
+        engine.submit(query_9x9("big", [("B", "D4")], visits=2, padding="x" * 300_000), out)
+        assert time.monotonic() - start < 0.5
+        assert out.wait_finals(["stuck", "big"], 60)
+        assert [r["field"] for r in out.responses if r.get("id") == "big" and "warning" in r] == ["padding"]
         stats = engine.stats()
         assert "moveInfos" in out.finals("stuck")[0]
         assert stats["hangs_killed"] == 1 and stats["restarts"] == 1 and stats["pid"] != pid
