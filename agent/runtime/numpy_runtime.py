@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 F32 = m.F32
 _NEG = np.float32(-1e30)
+_OUTPUT_FIELDS = ("policy", "policy_pass", "value", "score_value", "ownership")
 
 
 def activate(x: F32, kind: m.Activation) -> F32:
@@ -250,9 +251,13 @@ def forward(net: m.Network, spatial: F32, global_: F32) -> NNOutputs:
 
 
 class NumpyNet(NeuralNet):
-    """The numpy reference runtime: ``NumpyNet(path_or_network)``; fp32, any batch, any buffer."""
+    """The numpy reference runtime: ``NumpyNet(path_or_network)``; fp32, any batch, any buffer.
 
-    def __init__(self, network: m.Network | str | Path, **_opts: object) -> None:
+    Batches larger than ``max_chunk`` rows are evaluated chunk by chunk (the attention scores of
+    b10c384 take ~19 MB per row). Other keyword options of ``load_net`` are accepted and ignored.
+    """
+
+    def __init__(self, network: m.Network | str | Path, *, max_chunk: int = 16, **_opts: object) -> None:
         if not isinstance(network, m.Network):
             from agent.network.reader import read_network
 
@@ -262,6 +267,7 @@ class NumpyNet(NeuralNet):
                 f"{network.source or network.name}: SGF-metadata (human-SL) networks are not supported"
             )
         self.network = network
+        self.max_chunk = max(1, int(max_chunk))
         self._info = NetInfo(network.name, network.version, "numpy", "fp32")
 
     @property
@@ -274,8 +280,20 @@ class NumpyNet(NeuralNet):
         return self.network.postprocess
 
     def evaluate(self, inputs: NNInputs) -> NNOutputs:
+        """Evaluate in chunks of at most ``max_chunk`` rows (bounds attention memory on small devices)."""
+        n = inputs.batch_size
         try:
             with np.errstate(over="ignore", under="ignore"):
-                return forward(self.network, inputs.spatial, inputs.global_)
+                parts = [
+                    forward(
+                        self.network,
+                        inputs.spatial[i : i + self.max_chunk],
+                        inputs.global_[i : i + self.max_chunk],
+                    )
+                    for i in range(0, n, self.max_chunk)
+                ]
         except (ValueError, FloatingPointError, MemoryError) as exc:
             raise InferenceError(f"numpy evaluation of {self.network.name} failed: {exc}") from exc
+        if len(parts) == 1:
+            return parts[0]
+        return NNOutputs(*(np.concatenate([getattr(p, f) for p in parts]) for f in _OUTPUT_FIELDS))

@@ -107,3 +107,14 @@ def test_numpy__empty_mask_is_an_inference_error(models_dir: Path) -> None:
     net = NumpyNet(read_network(model_file(models_dir, "b6c96")))
     with pytest.raises(InferenceError, match="empty board mask"):
         net.evaluate(NNInputs(np.zeros((1, 22, 19, 19), np.float32), np.zeros((1, 19), np.float32)))
+
+
+def test_numpy__chunked_batch_equals_whole_batch(models_dir: Path, reference_dir: Path) -> None:
+    whole = NumpyNet(model_file(models_dir, "b7c96-gqa"))
+    chunked = NumpyNet(whole.network, max_chunk=3)
+    ref = load_reference(reference_dir, "b7c96-gqa")
+    inputs = NNInputs(ref.spatial[:10], ref.global_[:10])
+    a, b = whole.evaluate(inputs), chunked.evaluate(inputs)
+    assert b.policy.shape == (10, 2, 361) and b.score_value.shape == (10, 6)
+    for name in ("policy", "policy_pass", "value", "score_value", "ownership"):
+        assert np.allclose(getattr(a, name), getattr(b, name), atol=1e-4), name
