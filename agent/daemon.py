@@ -38,13 +38,14 @@ from agent import __version__
 from agent.config import AgentConfig, find_config, load_config, split_host_port
 from agent.errors import AgentError, ConfigError, TransportError
 from agent.notify import Notifier
-from agent.service_switch import ServiceSwitch, self_test
+from agent.service_switch import ProgressWatch, ServiceSwitch, self_test
 from agent.startup import Plan, build_engine, build_service, make_plan
 
 logger = logging.getLogger(__name__)
 
 SELF_TEST_TIMEOUT = 300.0  # a first evaluation on a Pi (or a TensorRT engine load) can take minutes
 TICK = 0.5
+ENGINE_STALL_S = 120.0  # no NN evaluation for this long with searches running = wedged
 
 
 def configure_serve(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +130,8 @@ class Daemon:
         self.switch: ServiceSwitch | None = None
         self.transports: dict[str, Any] = {}
         self.thermal: Any = None
+        self.progress = ProgressWatch(ENGINE_STALL_S)
+        self._stall_logged = False
         self.health_collector: Any = None
         self.started_at = time.time()
 
@@ -215,8 +218,17 @@ class Daemon:
                 self.reload_event.clear()
                 self.reload()
             if self.notifier.watchdog_due(now):
-                self.engine.stats()  # blocks if the engine is wedged: then no ping, and a restart
-                self.notifier.ping(now)
+                # stats() blocks if the engine is wedged, and a stall means no progress: either
+                # way no ping, and systemd restarts us after WatchdogSec
+                if self.progress.alive(self.engine.stats(), now):
+                    self.notifier.ping(now)
+                elif not self._stall_logged:
+                    self._stall_logged = True
+                    logger.error(
+                        "engine made no progress for %.0f s with searches running; "
+                        "stopping watchdog pings so that systemd restarts the service",
+                        self.progress.stall_s,
+                    )
             self.notifier.status(self._serving_status())
             wait = (
                 TICK if self.notifier.watchdog_every is None else min(TICK, self.notifier.watchdog_every / 2)

@@ -78,6 +78,31 @@ class ServiceSwitch:
         self.current.handle_query(query, emit)
 
 
+class ProgressWatch:
+    """Decides whether the engine is alive enough to deserve a watchdog ping.
+
+    A native engine with searches running must evaluate NN rows (``nn_rows`` grows); if it does
+    not for ``stall_s`` seconds, it is wedged (a hung accelerator, a deadlock) and the daemon
+    stops pinging, so systemd restarts the service. Idle engines, and engines that supervise
+    their own child (the KataGo engine kills hung children itself), are always alive.
+    """
+
+    def __init__(self, stall_s: float) -> None:
+        self.stall_s = stall_s
+        self._rows: Any = None
+        self._since = 0.0
+
+    def alive(self, stats: dict[str, Any], now: float) -> bool:
+        rows, running = stats.get("nn_rows"), stats.get("running")
+        if not isinstance(rows, int) or not running:
+            self._rows, self._since = rows, now
+            return True
+        if rows != self._rows:
+            self._rows, self._since = rows, now
+            return True
+        return now - self._since < self.stall_s
+
+
 def self_test(service: Any, timeout: float) -> float:
     """Send one tiny query; return the seconds it took. ``EngineError`` unless it is answered."""
     done = threading.Event()

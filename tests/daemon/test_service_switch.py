@@ -105,3 +105,16 @@ def test_self_test__engine_that_never_answers_is_an_error() -> None:
 
     with pytest.raises(EngineError, match="did not answer a 2-visit test query within 0 s"):
         self_test(Silent(), 0.2)
+
+
+def test_progress_watch__stall_only_counts_while_searching() -> None:
+    from agent.service_switch import ProgressWatch
+
+    watch = ProgressWatch(stall_s=10)
+    assert watch.alive({"nn_rows": 5, "running": 0}, 0.0)
+    assert watch.alive({"nn_rows": 5, "running": 0}, 100.0)  # idle: fine forever
+    assert watch.alive({"nn_rows": 5, "running": 1}, 101.0)
+    assert watch.alive({"nn_rows": 5, "running": 1}, 109.0)
+    assert not watch.alive({"nn_rows": 5, "running": 1}, 111.0)  # >10 s searching, no evaluation
+    assert watch.alive({"nn_rows": 9, "running": 1}, 113.0)  # progress again
+    assert watch.alive({"engine": "katago", "pending": 3}, 500.0)  # supervises its own child
