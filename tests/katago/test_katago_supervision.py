@@ -182,3 +182,20 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+def test_query_timeout__old_query_terminated_with_its_result(
+    katago_binary: KataGoBinary, b6_model: Path, tmp_path: Path
+) -> None:
+    engine = KataGoEngine(katago_binary, b6_model, fast_settings(tmp_path, query_timeout_s=1.0)).start()
+    try:
+        out = Collector()
+        start = time.monotonic()
+        engine.submit(query_9x9("endless", [("B", "E5")], visits=1_000_000), out)
+        assert out.wait_finals(["endless"], 30)
+        assert 1.0 <= time.monotonic() - start < 10.0
+        (final,) = out.finals("endless")
+        assert final["isDuringSearch"] is False and 1 <= final["rootInfo"]["visits"] < 1_000_000
+        assert engine.stats()["restarts"] == 0
+    finally:
+        engine.close()
