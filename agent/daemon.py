@@ -362,6 +362,10 @@ class Daemon:
             assert self.switch is not None
             self.switch.current = service
             threading.Thread(target=old_service.close, args=(new.stop_timeout,), name="old-engine").start()
+            if self.thermal is not None:
+                self.thermal.stop()
+            self.thermal = self.switch.guard = self._start_thermal_guard(plan)
+            self.health_collector = None  # versions and thermal source follow the new plan
         for name, key in (("unix", "socket"), ("websocket", "websocket")):
             if getattr(old, key) != getattr(new, key):
                 if name in self.transports:
