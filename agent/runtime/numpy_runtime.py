@@ -15,6 +15,7 @@ works (the board is wherever channel 0 of the input is 1), so 9x9 in a 19x19 buf
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from pathlib import Path
 
@@ -30,6 +31,41 @@ logger = logging.getLogger(__name__)
 F32 = m.F32
 _NEG = np.float32(-1e30)
 _OUTPUT_FIELDS = ("policy", "policy_pass", "value", "score_value", "ownership")
+
+
+_BLAS_THREAD_SETTERS = (
+    "scipy_openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+    "openblas_set_num_threads",
+)
+
+
+def set_blas_threads(threads: int) -> bool:
+    """Best effort: cap the worker threads of the OpenBLAS numpy uses (process-wide).
+
+    OpenBLAS workers spin while waiting; when other processes or threads compete for the cores
+    (a search running several evaluator threads, a busy 2-core box) that made evaluations 5-20x
+    slower here. This is what ``OPENBLAS_NUM_THREADS`` does at start-up, done later through the
+    library's own setter (found via ``/proc/self/maps``, so Linux only). False if not possible.
+    """
+    try:
+        with open("/proc/self/maps") as fh:
+            libs = {ln.split()[-1] for ln in fh if "openblas" in ln.lower() and "/" in ln}
+    except OSError:
+        return False
+    for path in sorted(libs):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for symbol in _BLAS_THREAD_SETTERS:
+            setter = getattr(lib, symbol, None)
+            if setter is not None:
+                setter(ctypes.c_int(threads))
+                logger.debug("OpenBLAS threads set to %d via %s", threads, symbol)
+                return True
+    return False
 
 
 def activate(x: F32, kind: m.Activation) -> F32:
@@ -254,10 +290,18 @@ class NumpyNet(NeuralNet):
     """The numpy reference runtime: ``NumpyNet(path_or_network)``; fp32, any batch, any buffer.
 
     Batches larger than ``max_chunk`` rows are evaluated chunk by chunk (the attention scores of
-    b10c384 take ~19 MB per row). Other keyword options of ``load_net`` are accepted and ignored.
+    b10c384 take ~19 MB per row). ``threads`` caps OpenBLAS's threads (process-wide, see
+    :func:`set_blas_threads`). Other keyword options of ``load_net`` are accepted and ignored.
     """
 
-    def __init__(self, network: m.Network | str | Path, *, max_chunk: int = 16, **_opts: object) -> None:
+    def __init__(
+        self,
+        network: m.Network | str | Path,
+        *,
+        max_chunk: int = 16,
+        threads: int | None = None,
+        **_opts: object,
+    ) -> None:
         if not isinstance(network, m.Network):
             from agent.network.reader import read_network
 
@@ -268,6 +312,10 @@ class NumpyNet(NeuralNet):
             )
         self.network = network
         self.max_chunk = max(1, int(max_chunk))
+        if threads and not set_blas_threads(int(threads)):
+            logger.info(
+                "numpy runtime: cannot set BLAS threads here; set OPENBLAS_NUM_THREADS=%d instead", threads
+            )
         self._info = NetInfo(network.name, network.version, "numpy", "fp32")
 
     @property
