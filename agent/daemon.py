@@ -169,7 +169,8 @@ class Daemon:
         self.plan = make_plan(self.config)
         self.engine, self.service = self._new_engine(self.plan)
         self.service.close(5.0)
-        print(f"ready: profile {self.plan.profile}, engine {self.plan.engine}, network {self.config.model}")
+        network = self.config.model or f"{self.plan.recommended_network} (recommended by the profile)"
+        print(f"ready: profile {self.plan.profile}, engine {self.plan.engine}, network {network}")
         return 0
 
     def _start(self) -> None:
@@ -249,8 +250,6 @@ class Daemon:
         except AgentError as exc:
             logger.warning("terminating in-flight queries failed: %s", exc)
         self._close_all(timeout=max(1.0, deadline - time.monotonic()))
-        if self.thermal is not None:
-            self.thermal.stop()
         logger.info("stopped")
 
     def _close_all(self, timeout: float) -> None:
@@ -267,6 +266,8 @@ class Daemon:
         for transport in self.transports.values():
             transport.close(timeout=max(0.5, timeout * 0.2))
         self.transports.clear()
+        if self.thermal is not None:
+            self.thermal.stop()
 
     # -- transports -----------------------------------------------------------------------------------
     def _start_local_transports(self) -> None:
