@@ -20,6 +20,7 @@ from daemon_support import (
     free_port,
     socket_request,
 )
+from edge_fixtures import model_file
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.transports.mqtt_client import MqttRequester
@@ -247,3 +248,44 @@ def test_serve__websocket_port_in_use_says_what_to_do(short_tmp: Path) -> None:
         proc.stop()
     assert code == 1
     assert "--websocket HOST:PORT" in proc.text().strip().splitlines()[-1]
+
+
+def test_serve__katago_binary_engine_answers_and_stops_cleanly(
+    short_tmp: Path, notify_socket: NotifySocket, models_dir: Path
+) -> None:
+    """``engine = "katago"``: the daemon supervises KataGo (katrain 1.20.0's binary, OpenCL on PoCL)."""
+    import os
+
+    import pytest
+
+    from agent.engines.katago_binary import default_cache_dir, ensure_katrain_katago, opencl_available
+    from agent.errors import EngineError
+
+    needs = "needs the KataGo binary"
+    binary = os.environ.get("KATAGO_EDGE_KATAGO")
+    if not binary:
+        missing = opencl_available()
+        if missing is not None:
+            pytest.skip(f"{needs}: {missing}")
+        try:
+            binary = str(ensure_katrain_katago(default_cache_dir()))
+        except EngineError as exc:
+            pytest.skip(f"{needs}: {exc}")
+    model = model_file(models_dir, "b6c96")
+    sock = short_tmp / "agent.sock"
+    config = short_tmp / "agent.toml"
+    config.write_text(
+        f'device_id = "kg"\nengine = "katago"\nmodel = "{model}"\ncache_dir = "{short_tmp / "cache"}"\n'
+        f'state_dir = "{short_tmp / "state"}"\n\n[socket]\npath = "{sock}"\n\n[websocket]\nenabled = false\n\n'
+        "[mqtt]\nenabled = false\n\n[katago]\n"
+        f'binary = "{binary}"\nopencl_tuning = "generic"\nnum_analysis_threads = 2\nnn_max_batch_size = 4\n'
+    )
+    proc = _serve(short_tmp, notify_socket, "--config", str(config))
+    try:
+        notify_socket.wait_for("READY=1", 180)
+        answer = socket_request(sock, {**QUERY, "maxVisits": 8}, 120)
+        final = answer[-1]
+        assert final["id"] == "q1" and final["isDuringSearch"] is False and final["rootInfo"]["visits"] >= 8
+    finally:
+        code = proc.stop(timeout=60)
+    assert code == 0, proc.text()
