@@ -49,6 +49,9 @@ def configure_rawnn(parser: argparse.ArgumentParser) -> None:
         help="policy optimism in [0, 1] (KataGo's kata-raw-nn default: 0.2)",
     )
     parser.add_argument(
+        "--threads", type=int, default=0, metavar="N", help="CPU threads for the runtime (0 = its default)"
+    )
+    parser.add_argument(
         "--dump-features", action="store_true", help="add the V7 input features (board region) to each line"
     )
 
@@ -61,7 +64,10 @@ def command_rawnn(args: argparse.Namespace) -> int:
     from agent.runtime import load_net
 
     network = read_network(args.model)
-    net = load_net(network if args.runtime == "numpy" else args.model, runtime=args.runtime)
+    opts: dict[str, Any] = {}
+    if args.threads:
+        opts["threads" if args.runtime == "numpy" else "intra_op_threads"] = args.threads
+    net = load_net(network if args.runtime == "numpy" else args.model, runtime=args.runtime, **opts)
     logger.info("rawnn: %s (v%d) on %s", network.name, network.version, net.info.runtime)
     run_rawnn(net, network, sys.stdin, sys.stdout, args.symmetry, args.policy_optimism, args.dump_features)
     return 0
