@@ -5,6 +5,7 @@ engine over the deterministic fake network (``--model fake:delay=S`` makes each 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from daemon_support import (
     Mosquitto,
     NotifySocket,
@@ -23,6 +25,8 @@ from daemon_support import (
 from edge_fixtures import model_file
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.engines.katago_binary import default_cache_dir, ensure_katrain_katago, opencl_available
+from agent.errors import EngineError
 from agent.transports.mqtt_client import MqttRequester
 from agent.transports.mqtt_settings import MqttSettings
 
@@ -254,13 +258,6 @@ def test_serve__katago_binary_engine_answers_and_stops_cleanly(
     short_tmp: Path, notify_socket: NotifySocket, models_dir: Path
 ) -> None:
     """``engine = "katago"``: the daemon supervises KataGo (katrain 1.20.0's binary, OpenCL on PoCL)."""
-    import os
-
-    import pytest
-
-    from agent.engines.katago_binary import default_cache_dir, ensure_katrain_katago, opencl_available
-    from agent.errors import EngineError
-
     needs = "needs the KataGo binary"
     binary = os.environ.get("KATAGO_EDGE_KATAGO")
     if not binary:
