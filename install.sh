@@ -103,7 +103,7 @@ parse_args() {
 		--no-systemd) NO_SYSTEMD=1 ;;
 		--foreground) FOREGROUND=1 ;;
 		--prefix | --broker | --device-id | --model | --profile | --root | --venv)
-			[[ $# -ge 2 ]] || die "$1 needs a value"
+			[[ $# -ge 2 && $2 != --* ]] || die "$1 needs a value"
 			case $1 in
 			--prefix) PREFIX=$2 ;;
 			--broker) BROKER=$2 ;;

@@ -188,6 +188,7 @@ def test_install__dry_run_extras_cover_the_profile_the_agent_chooses() -> None:
         (["--device-id", "x/y"], "--device-id may use"),
         (["--purge"], "--purge goes with --uninstall"),
         (["--prefix"], "--prefix needs a value"),
+        (["--prefix", "--no-systemd"], "--prefix needs a value"),
     ],
 )
 def test_install__bad_options_fail_with_one_line(args: list[str], message: str) -> None:
