@@ -56,32 +56,29 @@ homeDataDir = {home}
 
 @pytest.fixture(scope="module")
 def katago(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict[str, str], Path]:
-    from agent.engines.katago_binary import (
-        KataGoSettings,
-        binary_from_path,
-        default_cache_dir,
-        ensure_katrain_katago,
-        opencl_available,
-        prepare_config,
-    )
+    from agent.engines import katago_binary as kb
 
+    try:
+        from agent.engines.katago_config import GENERIC_OPENCL_TUNING
+    except ImportError:
+        GENERIC_OPENCL_TUNING = getattr(kb, "GENERIC_OPENCL_TUNING", None)
     try:
         explicit = os.environ.get("KATAGO_EDGE_KATAGO")
         if explicit:
-            binary = binary_from_path(Path(explicit))
+            binary = kb.binary_from_path(Path(explicit))
         else:
-            missing = opencl_available()
+            missing = kb.opencl_available()
             if missing is not None:
                 pytest.skip(f"{NEEDS}: {missing}")
-            binary = binary_from_path(ensure_katrain_katago(default_cache_dir()), source="katrain")
+            binary = kb.binary_from_path(kb.ensure_katrain_katago(kb.default_cache_dir()), source="katrain")
     except EngineError as exc:
         pytest.skip(f"{NEEDS}: {exc}")
     tmp = tmp_path_factory.mktemp("katago-tiny")
-    prepare_config(KataGoSettings(cache_dir=tmp, opencl_tuning="generic"), None)
     cfg = GTP_CONFIG.format(home=tmp / "home")
-    analysis_cfg = next((tmp / "configs").glob("*.cfg")).read_text()
-    tuner = [ln for ln in analysis_cfg.splitlines() if ln.startswith("openclTunerFile")]
-    (tmp / "gtp.cfg").write_text(cfg + "\n".join(tuner) + "\n")
+    if GENERIC_OPENCL_TUNING:  # skip KataGo's minutes-long first-run OpenCL tuning on PoCL
+        (tmp / "tune.txt").write_text(GENERIC_OPENCL_TUNING)
+        cfg += f"openclTunerFile = {tmp / 'tune.txt'}\n"
+    (tmp / "gtp.cfg").write_text(cfg)
     return [str(binary.path)], binary.environ(), tmp / "gtp.cfg"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +44,9 @@ def test_numpy__b10c384_matches_katago_on_a_subset(models_dir: Path, reference_d
 
 @pytest.mark.slow
 def test_numpy__b10c384_matches_katago_on_all_positions(models_dir: Path, reference_dir: Path) -> None:
-    # one BLAS thread: several times faster than spinning workers when the cores are busy
     net = NumpyNet(model_file(models_dir, "b10c384"), threads=1)
-    try:
-        ref = load_reference(reference_dir, "b10c384")
-        errors = compare(net, net.network.postprocess, ref, list(range(len(ref.records))))
-    finally:
-        set_blas_threads(os.cpu_count() or 1)
+    ref = load_reference(reference_dir, "b10c384")
+    errors = compare(net, net.network.postprocess, ref, list(range(len(ref.records))))
     assert not errors.violations(), errors.worst
 
 
@@ -63,10 +58,7 @@ def test_numpy__blas_threads_can_be_capped() -> None:
         ln.split()[-1] for ln in Path("/proc/self/maps").read_text().splitlines() if "openblas" in ln.lower()
     }
     getters = [getattr(ctypes.CDLL(p), "scipy_openblas_get_num_threads64_", None) for p in libs]
-    try:
-        assert [g() for g in getters if g is not None] in ([], [1])
-    finally:
-        set_blas_threads(os.cpu_count() or 1)
+    assert [g() for g in getters if g is not None] in ([], [1])
 
 
 @pytest.mark.parametrize("key", ["b6c96", "b7c96-cnorm"])
