@@ -212,7 +212,7 @@ def build_katago_engine(args: argparse.Namespace) -> Any:
     import importlib
 
     module = importlib.import_module("agent.engines.katago_process")
-    return module.KataGoProcessEngine.from_command_line(args)
+    return module.KataGoEngine.from_command_line(args)
 
 
 def command_analysis(args: argparse.Namespace) -> int:

@@ -245,7 +245,14 @@ class AnalysisService:
         action = q["action"]
         qid = q["id"]
         if action == "query_version":
-            emit({**q, "version": self.version, "git_hash": f"katago-edge {__version__}"})
+            desc = self.engine.describe()  # a KataGo child reports its own version
+            emit(
+                {
+                    **q,
+                    "version": desc.get("version") or self.version,
+                    "git_hash": desc.get("git_hash") or f"katago-edge {__version__}",
+                }
+            )
         elif action == "query_models":
             models = self.engine.describe().get("models", [])
             emit({**q, "models": models})
