@@ -181,10 +181,10 @@ class Daemon:
         self.engine, self.service = self._new_engine(self.plan)
         self.thermal = self._start_thermal_guard(self.plan)
         self.switch = ServiceSwitch(self.service, self.thermal)
+        self.install_signal_handlers(serving=True)  # from the first client on, stops are clean
         self.notifier.status("starting transports")
         self._start_local_transports()
         self._start_mqtt()
-        self.install_signal_handlers(serving=True)
         self.ready_event.set()
         self.notifier.ready(self._serving_status())
         logger.info("serving (profile %s, engine %s)", self.plan.profile, self.plan.engine)

@@ -14,8 +14,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,45 @@ def test_unit__directives_the_daemon_relies_on() -> None:
     from agent.config import AgentConfig
 
     assert AgentConfig().stop_timeout < 30
+
+
+def test_install__foreground_execs_the_agent_and_sigterm_exits_0(short_tmp: Path) -> None:
+    """``--no-systemd --foreground`` (a container's entry point): install.sh becomes the agent."""
+    prefix = short_tmp / "opt"
+    env = base_env(KATAGO_EDGE_INSTALL_WS_PORT=str(free_port()))
+    args = [
+        "--prefix",
+        str(prefix),
+        "--no-systemd",
+        "--foreground",
+        "--broker",
+        f"127.0.0.1:{free_port()}",
+        "--model",
+        "fake",
+        "--venv",
+        str(Path(sys.executable).parent.parent),
+        "--yes",
+    ]
+    proc = subprocess.Popen(
+        ["bash", str(INSTALL), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        sock = prefix / "run/katago-edge/agent.sock"
+        deadline = time.monotonic() + 60
+        while not sock.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        answer = socket_request(sock, {"id": "fg", **QUERY, "maxVisits": 2}, 30)
+        assert answer[-1]["isDuringSearch"] is False
+        proc.send_signal(signal.SIGTERM)  # the same pid: install.sh exec'd the agent
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out = ""
+        if proc.stdout is not None:
+            out = proc.stdout.read().decode()
+            proc.stdout.close()
+        _install("--uninstall", *[a for a in args if a != "--foreground"])
+    assert "running in the foreground" in out
+    assert _tree(prefix) == []
