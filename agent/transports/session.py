@@ -41,7 +41,7 @@ class ClientSession:
         self._send = send
         self.name = name
         self.tag = f"{name}#{secrets.token_hex(4)}:"
-        self._pending: set[str] = set()
+        self._pending: dict[str, int] = {}  # client id -> final responses still to come
         self._lock = threading.Lock()
         self.accepting = True
         self.closed = False
@@ -49,7 +49,7 @@ class ClientSession:
     @property
     def pending(self) -> int:
         with self._lock:
-            return len(self._pending)
+            return sum(self._pending.values())
 
     def feed_line(self, line: str) -> None:
         """Handle one protocol line from the client (blank lines are ignored, like KataGo)."""
@@ -70,8 +70,10 @@ class ClientSession:
         if isinstance(query.get("terminateId"), str):
             query["terminateId"] = self.tag + query["terminateId"]
         if "action" not in query:
+            turns = query.get("analyzeTurns")
+            finals = len(turns) if isinstance(turns, list) and turns else 1  # one final per turn
             with self._lock:
-                self._pending.add(client_id)
+                self._pending[client_id] = self._pending.get(client_id, 0) + finals
         self._service.handle_line(json.dumps(query), self._emit)
 
     def _emit(self, response: Response | str) -> None:
@@ -93,7 +95,11 @@ class ClientSession:
         is_final = "error" in out or out.get("isDuringSearch") is False
         if is_final and isinstance(out.get("id"), str) and "action" not in out:
             with self._lock:
-                self._pending.discard(out["id"])
+                left = self._pending.get(out["id"], 0) - 1
+                if "error" in out or left <= 0:
+                    self._pending.pop(out["id"], None)
+                else:
+                    self._pending[out["id"]] = left
         self._deliver(json.dumps(out, separators=(",", ":")))
 
     def _deliver(self, text: str) -> None:
@@ -108,7 +114,7 @@ class ClientSession:
         """The client disconnected: terminate what it left running, drop later responses."""
         self.closed = True
         with self._lock:
-            leftovers = sorted(self._pending)
+            leftovers = sorted(self._pending)  # ids only
             self._pending.clear()
         for client_id in leftovers:
             terminate = {

@@ -170,3 +170,32 @@ def test_websocket__katrain_style_frames_and_foreign_origin_refused() -> None:
             asyncio.run(foreign())
     finally:
         transport.close()
+
+
+def test_session__pending_counts_one_final_per_analysed_turn() -> None:
+    from agent.transports.session import ClientSession
+
+    sent: list[str] = []
+    emits: list[Callable[[dict[str, Any]], None]] = []
+
+    class Holding:
+        """Keeps ``emit`` so the test decides when each final response arrives."""
+
+        def __init__(self) -> None:
+            self.lines: list[dict[str, Any]] = []
+
+        def handle_line(self, line: str, emit: Callable[[dict[str, Any]], None]) -> None:
+            self.lines.append(json.loads(line))
+            emits.append(emit)
+
+    service = Holding()
+    session = ClientSession(service, sent.append, "test")
+    session.feed_line('{"id": "g", "moves": [], "analyzeTurns": [0, 1, 2]}')
+    assert session.pending == 3
+    internal = service.lines[0]["id"]
+    for turn in (0, 1):
+        emits[0]({"id": internal, "turnNumber": turn, "isDuringSearch": False})
+    assert session.pending == 1 and json.loads(sent[-1])["id"] == "g"
+    session.close()  # the client left with turn 2 still running: it is terminated
+    terminate = service.lines[-1]
+    assert terminate["action"] == "terminate" and terminate["terminateId"] == internal
