@@ -36,6 +36,7 @@ from agent.search.evaluator import NNEvaluator, average_evals
 from agent.search.node import LeafValue, Node
 from agent.search.params import SearchParams
 from agent.search.position import SearchState
+from agent.search.symmetry import orbits, position_symmetries
 from agent.search.utility import UtilityModel
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Search:
         self.start_time = 0.0
         self.elapsed = 0.0
         self.root_raw: NetEval | None = None
+        self.root_copies: dict[int, tuple[int, int]] = {}  # pruned symmetric move -> (representative, sym)
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, state: SearchState, is_root: bool) -> NetEval:
@@ -163,6 +165,17 @@ class Search:
         order = np.argsort(-pri, kind="stable")
         idx, pri = idx[order], pri[order]
         raw = pri.copy()
+        if node is self.root and self.params.root_symmetry_pruning and not table:
+            syms = position_symmetries(state)
+            if syms:
+                copies = orbits([int(i) for i in idx], syms, state.x_size, state.y_size)
+                if copies:
+                    pos = {int(m): k for k, m in enumerate(idx)}
+                    for copy, (rep, _s) in copies.items():
+                        pri[pos[rep]] += pri[pos[copy]]  # the representative carries its orbit's policy
+                    keep = np.array([int(m) not in copies for m in idx], dtype=bool)
+                    idx, pri, raw = idx[keep], pri[keep], raw[keep]
+                    self.root_copies = copies
         if node is self.root and self.params.root_policy_temperature != 1.0:
             with np.errstate(divide="ignore"):
                 pri = np.power(np.maximum(pri, 1e-30), 1.0 / self.params.root_policy_temperature)

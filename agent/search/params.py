@@ -54,6 +54,7 @@ class SearchParams:
     policy_optimism: float = _f("policyOptimism", 1.0, 0.0, 1.0)
     wide_root_noise: float = _f("wideRootNoise", 0.04, 0.0, 5.0)
     root_num_symmetries_to_sample: int = _f("rootNumSymmetriesToSample", 1, 1, 8)
+    root_symmetry_pruning: bool = _f("rootSymmetryPruning", True)
     # utility
     win_loss_utility_factor: float = _f("winLossUtilityFactor", 1.0, 0.0, 1.0)
     static_score_utility_factor: float = _f("staticScoreUtilityFactor", 0.1, 0.0, 1.0)

@@ -98,8 +98,9 @@ def play_selection_values(search: Search) -> tuple[np.ndarray, np.ndarray]:
     return psv, lcbs
 
 
-def _pv(node: Node, first: int, max_len: int, gtp: Any) -> tuple[list[str], list[int], list[int]]:
-    moves = [gtp(node.state, first)]
+def _pv(node: Node, first: int, max_len: int) -> tuple[list[int], list[int], list[int]]:
+    """Policy indices of the principal variation starting with ``first``, with visit counts."""
+    moves = [first]
     idx = node.child_index(first)
     child = node.children[idx] if idx >= 0 else None
     visits = [child.visits if child is not None else 0]
@@ -110,11 +111,44 @@ def _pv(node: Node, first: int, max_len: int, gtp: Any) -> tuple[list[str], list
             break
         j = int(np.argmax(cur.e_visits))
         nxt = cur.children[j]
-        moves.append(gtp(cur.state, int(cur.moves[j])))
+        moves.append(int(cur.moves[j]))
         edge.append(int(cur.e_visits[j]))
         visits.append(nxt.visits if nxt is not None else 0)
         cur = nxt
     return moves, visits, edge
+
+
+def _symmetric_copies(search: Search, infos: list[dict[str, Any]], per: Any) -> list[dict[str, Any]]:
+    """moveInfos for root moves pruned as symmetric images of a searched move (``isSymmetryOf``)."""
+    from agent.search.symmetry import map_index
+
+    state = search.root.state
+    xs, ys = state.x_size, state.y_size
+    by_index = {info["_index"]: info for info in infos}
+    raw = search.root_raw
+    out = []
+    for copy, (rep, sym) in search.root_copies.items():
+        src = by_index.get(rep)
+        if src is None:
+            continue
+        info = dict(src)
+        info["move"] = state.gtp(copy)
+        info["isSymmetryOf"] = src["move"]
+        info["_index"] = copy
+        info["pv"] = [state.gtp(map_index(m, sym, xs, ys)) for m in src["_pv"]]
+        info["_pv"] = [map_index(m, sym, xs, ys) for m in src["_pv"]]
+        if raw is not None:
+            info["prior"] = float(raw.policy[copy])
+            info["_prior"] = info["prior"]
+        for key in ("ownership", "ownershipStdev"):
+            if key in src:
+                grid = src[key]
+                mapped = [0.0] * len(grid)
+                for i, v in enumerate(grid):
+                    mapped[map_index(i, sym, xs, ys)] = v
+                info[key] = mapped
+        out.append(info)
+    return out
 
 
 def analysis_json(
@@ -140,9 +174,6 @@ def analysis_json(
     wr_scale = search.util.utility_to_winrate_scale()
     psv, lcbs = play_selection_values(search)
 
-    def gtp(st: Any, idx: int) -> str:
-        return str(st.gtp(idx))
-
     infos: list[dict[str, Any]] = []
     for i in range(len(root.moves)):
         if root.e_visits[i] <= 0:
@@ -157,9 +188,9 @@ def analysis_json(
         util_lcb_white = root.sign * (mover_u - radius)
         wr_lcb_mover = mover_wr - radius / wr_scale
         wr_lcb_white = wr_lcb_mover if root.sign > 0 else 1.0 - wr_lcb_mover
-        pv, pv_visits, pv_edge = _pv(root, move, pv_len + 1, gtp)
+        pv_idx, pv_visits, pv_edge = _pv(root, move, pv_len + 1)
         info: dict[str, Any] = {
-            "move": gtp(state, move),
+            "move": state.gtp(move),
             "visits": child.visits,
             "edgeVisits": int(root.e_visits[i]),
             "weight": round(child.weight, 7),
@@ -174,7 +205,9 @@ def analysis_json(
             "utilityLcb": per.v(util_lcb_white),
             "lcb": wr_lcb_white if per.s > 0 else 1.0 - wr_lcb_white,
             "playSelectionValue": round(float(psv[i]), 7),
-            "pv": pv,
+            "pv": [state.gtp(m) for m in pv_idx],
+            "_pv": pv_idx,
+            "_index": move,
             "_psv": float(psv[i]),
             "_w": float(root.e_weight[i]),
             "_lcb": float(lcbs[i]),
@@ -191,10 +224,11 @@ def analysis_json(
                 sd = np.sqrt(np.maximum(0.0, child.own_sq / child.weight - mean * mean))
                 info["ownershipStdev"] = [round(float(v), 6) for v in sd]
         infos.append(info)
-    infos.sort(key=lambda d: (-d["_psv"], -d["_w"], -d["_prior"]))
+    infos.extend(_symmetric_copies(search, infos, per))
+    infos.sort(key=lambda d: (-d["_psv"], -d["_w"], -d["_prior"], d["_index"]))
     for order, info in enumerate(infos):
         info["order"] = order
-        for key in ("_psv", "_w", "_lcb", "_prior"):
+        for key in ("_psv", "_w", "_lcb", "_prior", "_pv", "_index"):
             info.pop(key)
 
     gs = state.gs

@@ -101,7 +101,7 @@ def test_mcts__response_fields_and_perspectives() -> None:
     assert side is not None and side["rootInfo"]["winrate"] == black["rootInfo"]["winrate"]  # Black to move
     infos = black["moveInfos"]
     assert infos[0]["order"] == 0 and infos[0]["pv"][0] == infos[0]["move"]
-    assert sum(m["edgeVisits"] for m in infos) == 39
+    assert sum(m["edgeVisits"] for m in infos if "isSymmetryOf" not in m) == 39
     assert len(black["policy"]) == 82 and black["policy"][4 * 9 + 4] == -1  # E5: x=4, y=9-5
     assert black["policy"][6 * 9 + 2] == -1  # C3: x=2, y=9-3
 
@@ -221,3 +221,19 @@ def test_mcts__nn_cache_hits_and_clear() -> None:
     ev.clear_cache()
     make_search(SearchParams(max_visits=1), ev).run()
     assert ev.cache_hits == 1 and ev.cache_misses == 2
+
+
+def test_mcts__root_symmetry_pruning_reports_copies() -> None:
+    s = make_search(SearchParams(max_visits=60), moves=[])
+    s.run()
+    assert len(s.root.moves) <= 16  # empty 9x9: 15 orbits of points, plus pass
+    res = analysis_json(s, perspective="BLACK", include_pv_visits=True)
+    assert res is not None
+    copies = [m for m in res["moveInfos"] if "isSymmetryOf" in m]
+    assert copies
+    by_move = {m["move"]: m for m in res["moveInfos"]}
+    for c in copies:
+        src = by_move[c["isSymmetryOf"]]
+        assert (c["visits"], c["winrate"], len(c["pv"])) == (src["visits"], src["winrate"], len(src["pv"]))
+        assert c["move"] != src["move"]
+    assert sum(m["edgeVisits"] for m in res["moveInfos"] if "isSymmetryOf" not in m) == 59
