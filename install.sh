@@ -207,6 +207,9 @@ detect_device() {
 }
 
 detect_systemd() {
+	if [[ $NO_SYSTEMD -eq 0 && $DRY_RUN -eq 1 && $ROOT != / ]]; then
+		return 0 # a dry run for a captured device: show what happens there (Pi OS and JetPack run systemd)
+	fi
 	if [[ $NO_SYSTEMD -eq 0 && ! -d /run/systemd/system ]]; then
 		warn "no running systemd here: installing under $PREFIX and starting the agent in the background"
 		NO_SYSTEMD=1
@@ -257,7 +260,7 @@ set_paths() {
 
 print_plan() {
 	say "katago-edge installer"
-	say "  OS:        ${OS_ID} ${OS_VERSION} (${OS_LIKE:-}) packages via ${PKG}, arch ${ARCH}"
+	say "  OS:        ${OS_ID} ${OS_VERSION}${OS_LIKE:+ (like $OS_LIKE)}, packages via ${PKG}, arch ${ARCH}"
 	say "  device:    ${DEVICE} (${DEVICE_MODEL})$([[ $ROOT != / ]] && echo " detected under $ROOT")"
 	say "  extras:    katago-edge[${EXTRAS}]"
 	say "  packages:  ${OS_PACKAGES[*]}"

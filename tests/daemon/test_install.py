@@ -136,18 +136,24 @@ def test_install__prefix_no_systemd__serves_mqtt_socket_websocket__idempotent__u
 
 
 @pytest.mark.parametrize(
-    ("device", "kind", "extras", "system_site", "dropin"),
+    ("device", "kind", "extras", "system_site", "dropin", "unit_dropin"),
     [
-        ("raspberry-pi-4b-4gb", "raspberry-pi", "onnx,tflite", False, None),
-        ("raspberry-pi-5-8gb", "raspberry-pi", "onnx,tflite", False, None),
-        ("jetson-orin-nano-devkit", "jetson", "onnx", True, "L4T R36.4.3"),
-        ("jetson-nano", "jetson", "onnx", True, "KataGo binary"),
-        ("x86-64-nvidia-desktop", "x86_64-nvidia", "onnx", False, "NVIDIA GPU"),
-        ("x86-64-avx2-laptop", "x86_64", "onnx,tflite", False, None),
+        ("raspberry-pi-4b-4gb", "raspberry-pi", "onnx,tflite", False, None, "raspberry-pi"),
+        ("raspberry-pi-5-8gb", "raspberry-pi", "onnx,tflite", False, None, "raspberry-pi"),
+        ("jetson-orin-nano-devkit", "jetson", "onnx", True, "L4T R36.4.3", "jetson"),
+        ("jetson-nano", "jetson", "onnx", True, "KataGo binary", "jetson"),
+        ("x86-64-nvidia-desktop", "x86_64-nvidia", "onnx", False, "NVIDIA GPU", "nvidia"),
+        ("x86-64-avx2-laptop", "x86_64", "onnx,tflite", False, None, None),
     ],
 )
 def test_install__dry_run_on_device_trees_prints_extras_and_changes_nothing(
-    short_tmp: Path, device: str, kind: str, extras: str, system_site: bool, dropin: str | None
+    short_tmp: Path,
+    device: str,
+    kind: str,
+    extras: str,
+    system_site: bool,
+    dropin: str | None,
+    unit_dropin: str | None,
 ) -> None:
     prefix = short_tmp / "opt"
     result = _install(
@@ -162,6 +168,15 @@ def test_install__dry_run_on_device_trees_prints_extras_and_changes_nothing(
     assert f"pip install --progress-bar on {REPO}[{extras}]" in out
     if dropin:
         assert dropin in out
+    # a captured device runs systemd: the dry run shows the service steps for it
+    assert "would run: useradd --system" in out
+    assert "would write: /etc/systemd/system/katago-edge.service\n" in out
+    assert ("would write: /etc/systemd/system/katago-edge.service.d/device.conf" in out) is (
+        unit_dropin is not None
+    )
+    if unit_dropin:
+        assert f"+ drop-in {unit_dropin}.conf" in out
+    assert "would run: systemctl restart katago-edge.service" in out
     assert "dry run finished: nothing was changed" in out
     assert not prefix.exists()
 
