@@ -81,8 +81,7 @@ class Search:
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, state: SearchState, is_root: bool) -> NetEval:
         p = self.params
-        legal = state.legal_mask()
-        ctx = state.row_context(legal, self.evaluator.buffer)
+        buffer = self.evaluator.buffer
         key = state.nn_key(p)
         optimism = p.root_policy_optimism if is_root else p.policy_optimism
         syms = (
@@ -94,7 +93,7 @@ class Search:
             self.evaluator.evaluate(
                 key,
                 lambda: state.encode(p, self.evaluator.buffer, self.evaluator.pass_alive_suicide),
-                ctx,
+                lambda: state.row_context(state.legal_mask(), buffer),
                 symmetry=s,
                 optimism=optimism,
                 temperature=p.nn_policy_temperature,
