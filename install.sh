@@ -435,7 +435,8 @@ prepare_network() {
 	say "  preparing the network (fetch, convert once, test the engine); this can take minutes"
 	local cmd=("$VENV/bin/katago-edge" serve --config "$CONFIG" --prepare-only)
 	if [[ $NO_SYSTEMD -eq 0 ]]; then
-		run runuser -u "$SERVICE_USER" -- "${cmd[@]}"
+		# as the service user, with its own HOME (pip's cache when fetching the katrain wheel)
+		run runuser -u "$SERVICE_USER" -- env HOME="$STATE_DIR" XDG_CACHE_HOME="$CACHE_DIR" "${cmd[@]}"
 	else
 		run "${cmd[@]}"
 	fi
