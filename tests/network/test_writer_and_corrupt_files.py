@@ -163,3 +163,17 @@ def test_corrupt__text_weights_bad_token_and_truncation() -> None:
     ):
         read_network_bytes(cut, binary=False, source="x.txt")
     assert read_network_bytes(text, binary=False).version == 11
+
+
+def test_reader__old_versions_are_unsupported_and_bare_gz_is_sniffed(
+    tmp_path: Path, tiny_bytes: bytes
+) -> None:
+    with pytest.raises(
+        UnsupportedNetworkError, match=r"model version 7 is not supported \(supported: 8\.\.17\)"
+    ):
+        read_network_bytes(tiny_bytes.replace(b"\n15\n22\n", b"\n7\n22\n", 1), binary=True)
+    net = tiny_network(11, blocks=("ordinary",), rope="none")
+    for suffix, binary in ((".bin.gz", True), (".txt.gz", False)):
+        path = write_network(net, tmp_path / f"n{suffix}")
+        bare = path.rename(tmp_path / f"bare-{int(binary)}.GZ")  # suffixes are case-insensitive
+        assert _same_weights(read_network(bare), net)
