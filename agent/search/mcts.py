@@ -32,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 
 from agent.network.postprocess import NetEval
+from agent.search.ending import ending_white_bonus
 from agent.search.evaluator import NNEvaluator, average_evals
 from agent.search.node import LeafValue, Node
 from agent.search.params import SearchParams
@@ -77,6 +78,7 @@ class Search:
         self.elapsed = 0.0
         self.root_raw: NetEval | None = None
         self.root_copies: dict[int, tuple[int, int]] = {}  # pruned symmetric move -> (representative, sym)
+        self.root_bonus = np.zeros(0)  # ending bonus (White points) per root edge
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, state: SearchState, is_root: bool) -> NetEval:
@@ -197,27 +199,8 @@ class Search:
         pri = node.priors
         if is_root and p.wide_root_noise > 0:
             pri = np.power(pri, 1.0 / (4.0 * p.wide_root_noise + 1.0))
-        # parent utility and its stdev (KataGo: prior-weighted variance), mover's view
-        prior_sd = p.cpuct_utility_stdev_prior
-        pw = p.cpuct_utility_stdev_prior_weight
         parent_avg = sign * node.utility if node.weight > 0 else sign * node.nn_utility
-        if node.weight <= 1.0:
-            sd = prior_sd
-        else:
-            u = node.utility
-            usq = max(node.avg(node.u_sq), u * u)
-            sd = math.sqrt(
-                max(
-                    0.0,
-                    ((u * u + prior_sd * prior_sd) * pw + usq * node.weight) / (pw + node.weight - 1.0)
-                    - u * u,
-                )
-            )
-        factor = 1.0 + p.cpuct_utility_stdev_scale * (sd / prior_sd - 1.0) if prior_sd > 0 else 1.0
-        cpuct = p.cpuct_exploration + p.cpuct_exploration_log * math.log(
-            (total + p.cpuct_exploration_base) / p.cpuct_exploration_base
-        )
-        explore = cpuct * math.sqrt(total + 0.01) * factor
+        explore = self.explore_scaling(node, total)
         # first-play urgency
         visited_mass = float(node.raw_priors[visited].sum()) if visited.any() else 0.0
         avg_w = min(1.0, visited_mass**p.fpu_parent_weight_by_visited_policy_pow)
@@ -227,6 +210,8 @@ class Search:
         has_w = weight > 0
         q = np.where(has_w, sign * node.e_usum / np.where(has_w, weight, 1.0), fpu)
         w_eff = weight
+        if is_root and self.root_bonus.any():
+            q = q + sign * self._bonus_utility(node)
         if virt.any():
             # virtual losses pull a child's value toward a loss (KataGo's utility radius)
             radius = (
@@ -241,6 +226,51 @@ class Search:
             q = q + np.where(coin, p.wide_root_noise * np.abs(self.np_rng.standard_normal(len(q))), 0.0)
         score = q + explore * pri / (1.0 + w_eff)
         return int(np.argmax(score))
+
+    def explore_scaling(self, node: Node, total_child_weight: float) -> float:
+        """``cPUCT(W) * sqrt(W + 0.01) * f``: KataGo's visit-dependent cPUCT times the parent's
+        utility-stdev factor (observed utility variance shrunk toward the prior)."""
+        p = self.params
+        prior_sd = p.cpuct_utility_stdev_prior
+        pw = p.cpuct_utility_stdev_prior_weight
+        if node.weight <= 1.0 or prior_sd <= 0:
+            sd = prior_sd
+        else:
+            u = node.utility
+            usq = max(node.avg(node.u_sq), u * u)
+            sd = math.sqrt(
+                max(
+                    0.0,
+                    ((u * u + prior_sd * prior_sd) * pw + usq * node.weight) / (pw + node.weight - 1.0)
+                    - u * u,
+                )
+            )
+        factor = 1.0 + p.cpuct_utility_stdev_scale * (sd / prior_sd - 1.0) if prior_sd > 0 else 1.0
+        cpuct = p.cpuct_exploration + p.cpuct_exploration_log * math.log(
+            (total_child_weight + p.cpuct_exploration_base) / p.cpuct_exploration_base
+        )
+        return cpuct * math.sqrt(total_child_weight + 0.01) * factor
+
+    def _bonus_utility(self, node: Node) -> np.ndarray:
+        """Root ending bonus as a White utility per edge (0 for unvisited edges)."""
+        out = np.zeros(len(node.moves))
+        for k in np.nonzero(self.root_bonus)[0]:
+            child = node.children[int(k)]
+            if child is not None and child.weight > 0:
+                out[k] = self.util.score_utility_diff(
+                    child.score_mean, child.avg(child.score_sq_sum), float(self.root_bonus[k])
+                )
+        return out
+
+    def _compute_root_bonus(self) -> None:
+        root = self.root
+        ev = self.root_raw or root.ev
+        if ev is None or self.params.root_ending_bonus_points == 0:
+            self.root_bonus = np.zeros(len(root.moves))
+            return
+        self.root_bonus = ending_white_bonus(
+            root.state, root.moves, ev.white_ownership, self.params.root_ending_bonus_points
+        )
 
     # --------------------------------------------------------------------- playouts
     def _child(self, node: Node, k: int) -> Node:
@@ -335,6 +365,7 @@ class Search:
         self.util.dynamic_center = center
         value, u = self._leaf_value(ev, self.track_ownership)
         self._expand(root, ev, u)
+        self._compute_root_bonus()
         root.add(value)
         self.playouts += 1
 
@@ -368,6 +399,7 @@ class Search:
         node.raw_priors = raw
         node.ev = ev
         node.nn_utility = u
+        self._compute_root_bonus()
 
     def should_stop(self) -> bool:
         p = self.params

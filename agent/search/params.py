@@ -74,6 +74,7 @@ class SearchParams:
     lcb_stdevs: float = _f("lcbStdevs", 5.0, 1.0, 12.0)
     min_visit_prop_for_lcb: float = _f("minVisitPropForLCB", 0.15, 0.0, 1.0)
     chosen_move_prune: float = _f("chosenMovePrune", 1.0, 0.0, 1e6)
+    root_ending_bonus_points: float = _f("rootEndingBonusPoints", 0.5, -1.0, 1.0)
     # evaluation options
     conservative_pass: bool = _f("conservativePass", True)
     enable_passing_hacks: bool = _f("enablePassingHacks", True)

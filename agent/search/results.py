@@ -40,54 +40,59 @@ class _Persp:
         return self.s * white_value
 
 
-def _lcb_radius(search: Search, child: Node) -> float:
+def utility_lcb(search: Search, child: Node, bonus_utility: float = 0.0) -> tuple[float, float]:
+    """(LCB of the child's utility from the root mover's view, its radius), KataGo's formula: a
+    small prior at the largest possible variance keeps few-visit LCBs wide."""
     p = search.params
-    ess = child.ess()
-    if ess <= 0:
-        return 1e6
-    prior = p.cpuct_utility_stdev_prior
-    pw = p.cpuct_utility_stdev_prior_weight
-    var = (prior * prior * pw + child.utility_variance() * ess) / (pw + ess)
-    return p.lcb_stdevs * math.sqrt(var) / math.sqrt(ess)
+    big = search.util.utility_radius()
+    w, wsq = child.weight, child.weight_sq
+    if child.visits <= 0 or w <= 0 or wsq <= 0:
+        radius = 2.0 * big * p.lcb_stdevs
+        return -radius, radius
+    ess = w * w / wsq
+    prior_w = w / (ess * ess * ess)
+    u = child.utility
+    usq = max(child.avg(child.u_sq), u * u + 1e-8)
+    usq = (usq * w + (usq + big * big) * prior_w) / (w + prior_w)
+    w2, wsq2 = w + prior_w, wsq + prior_w * prior_w
+    ess = w2 * w2 / wsq2
+    radius = math.sqrt(max(0.0, usq - u * u) / ess) * p.lcb_stdevs
+    return search.root.sign * (u + bonus_utility) - radius, radius
 
 
-def play_selection_values(search: Search) -> tuple[np.ndarray, np.ndarray]:
-    """(play selection values, utility LCBs from the mover's view) for the root's children."""
+def play_selection_values(search: Search) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(play selection values, utility LCBs and LCB radii from the mover's view) per root edge."""
     root = search.root
     p = search.params
     k = len(root.moves)
     psv = np.zeros(k)
     lcbs = np.full(k, -1e9)
+    radii = np.full(k, 1e9)
     if k == 0:
-        return psv, lcbs
+        return psv, lcbs, radii
     w = root.e_weight
     best = int(np.argmax(w))
     if w[best] <= 0:
-        return psv, lcbs
+        return psv, lcbs, radii
     sign = root.sign
-    total = float(w.sum())
-    cpuct = p.cpuct_exploration + p.cpuct_exploration_log * math.log(
-        (total + p.cpuct_exploration_base) / p.cpuct_exploration_base
-    )
-    explore = cpuct * math.sqrt(total + 0.01)
-    q = np.where(w > 0, sign * root.e_usum / np.where(w > 0, w, 1.0), 0.0)
+    bonus = search._bonus_utility(root) if search.root_bonus.any() else np.zeros(k)
+    explore = search.explore_scaling(root, float(w.sum()))
+    q = np.where(w > 0, sign * (root.e_usum / np.where(w > 0, w, 1.0) + bonus), 0.0)
     target = q[best] + explore * root.priors[best] / (1.0 + w[best])
     for i in range(k):
         if w[i] <= 0:
             continue
         child = root.children[i]
         if child is not None and child.weight > 0:
-            lcbs[i] = sign * child.utility - _lcb_radius(search, child)
+            lcbs[i], radii[i] = utility_lcb(search, child, float(bonus[i]))
         if i == best:
             psv[i] = w[i]
             continue
         gap = target - q[i]
-        if gap <= 0:
-            psv[i] = w[i]
-        else:
-            needed = explore * root.priors[i] / gap - 1.0
-            psv[i] = min(float(root.e_visits[i]), max(0.0, math.floor(needed + 1e-9)))
-        if root.e_visits[i] <= p.chosen_move_prune:
+        psv[i] = (
+            w[i] if gap <= 0 else min(w[i], max(0.0, math.floor(explore * root.priors[i] / gap - 1.0 + 1e-9)))
+        )
+        if psv[i] < p.chosen_move_prune:
             psv[i] = 0.0
     if p.use_lcb_for_selection:
         eligible = (w >= p.min_visit_prop_for_lcb * w[best]) & (w > 0)
@@ -95,7 +100,7 @@ def play_selection_values(search: Search) -> tuple[np.ndarray, np.ndarray]:
             cand = int(np.argmax(np.where(eligible, lcbs, -np.inf)))
             if cand != best and lcbs[cand] > lcbs[best]:
                 psv[cand] = max(psv[cand], psv.max() * 1.0000001 + 1e-9)
-    return psv, lcbs
+    return psv, lcbs, radii
 
 
 def _pv(node: Node, first: int, max_len: int) -> tuple[list[int], list[int], list[int]]:
@@ -172,7 +177,8 @@ def analysis_json(
     state = root.state
     per = _Persp(perspective, state.white_to_move)
     wr_scale = search.util.utility_to_winrate_scale()
-    psv, lcbs = play_selection_values(search)
+    psv, lcbs, radii = play_selection_values(search)
+    bonus = search._bonus_utility(root) if search.root_bonus.any() else np.zeros(len(root.moves))
 
     infos: list[dict[str, Any]] = []
     for i in range(len(root.moves)):
@@ -182,8 +188,9 @@ def analysis_json(
         if child is None or child.weight <= 0:
             continue
         move = int(root.moves[i])
-        radius = _lcb_radius(search, child)
-        mover_u = root.sign * child.utility
+        radius = float(radii[i])
+        child_u = child.utility + float(bonus[i])
+        mover_u = root.sign * child_u
         mover_wr = 0.5 + 0.5 * root.sign * child.win_loss
         util_lcb_white = root.sign * (mover_u - radius)
         wr_lcb_mover = mover_wr - radius / wr_scale
@@ -201,7 +208,7 @@ def analysis_json(
             "scoreSelfplay": per.v(child.score_mean),
             "scoreStdev": child.score_stdev,
             "prior": float(root.raw_priors[i]),
-            "utility": per.v(child.utility),
+            "utility": per.v(child_u),
             "utilityLcb": per.v(util_lcb_white),
             "lcb": wr_lcb_white if per.s > 0 else 1.0 - wr_lcb_white,
             "playSelectionValue": round(float(psv[i]), 7),

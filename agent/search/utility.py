@@ -75,6 +75,18 @@ class UtilityModel:
             )
         return u
 
+    def score_utility_diff(self, score_mean: float, score_mean_sq: float, delta: float) -> float:
+        """Change of the score utility when ``delta`` points go to White (KataGo's
+        ``getScoreUtilityDiff``, used for the root ending bonus)."""
+        if delta == 0:
+            return 0.0
+        sd = math.sqrt(max(0.0, score_mean_sq - score_mean * score_mean))
+        return self.score_utility(score_mean + delta, sd) - self.score_utility(score_mean, sd)
+
+    def utility_radius(self) -> float:
+        p = self.p
+        return p.win_loss_utility_factor + p.static_score_utility_factor + p.dynamic_score_utility_factor
+
     def utility(
         self,
         white_win: float,
