@@ -236,10 +236,15 @@ class AnalysisService:
             for field, msg in (*rules_warnings, *request.warnings):
                 self._warning(emit, qid, field, msg)
         submit_request = getattr(self.engine, "submit_request", None)
-        if submit_request is not None:
-            submit_request(request, turns, emit)
-        else:
-            self.engine.submit(q, emit)
+        try:
+            if submit_request is not None:
+                submit_request(request, turns, emit)
+            else:
+                self.engine.submit(q, emit)
+        except AgentError as exc:  # busy, shutting down, thermal limit: the query is not queued
+            self._count("errors")
+            logger.warning("query %s refused: %s", qid, exc)
+            emit({"id": qid, "error": str(exc)})
 
     def _action(self, q: dict[str, Any], emit: Emit) -> None:
         action = q["action"]

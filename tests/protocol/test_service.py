@@ -97,3 +97,10 @@ def test_service__terminate_queued_gives_no_results(collect: Collector) -> None:
     assert queued == [{"id": "queued", "turnNumber": 2, "isDuringSearch": False, "noResults": True}]
     long_finals = [r for r in collect.by_id("long") if r.get("isDuringSearch") is False]
     assert len(long_finals) == 1 and "rootInfo" in long_finals[0]
+
+
+def test_service__engine_refusal_is_an_error_with_the_id(collect: Collector) -> None:
+    svc = AnalysisService(make_engine())
+    svc.close()
+    svc.handle_line(line(id="late"), collect)
+    assert collect.items == [{"id": "late", "error": "engine is shutting down"}]
