@@ -98,7 +98,18 @@ def configure_convert(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--calibration-positions", type=int, default=256, metavar="N")
     parser.add_argument(
-        "--int8-mode", default="static", choices=["static", "dynamic"], help="ONNX INT8 flavour"
+        "--int8-mode",
+        default="static",
+        choices=["static", "static-qlinear", "dynamic"],
+        help="ONNX INT8: static (QDQ, float Conv/MatMul outputs), static-qlinear (int8 outputs too: "
+        "faster conv nets, less accurate), dynamic (weight-only)",
+    )
+    parser.add_argument(
+        "--smooth",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="SmoothQuant alpha for static INT8 (0 = off)",
     )
     parser.add_argument("--board", type=int, default=19, help="buffer size the network is built for")
     parser.add_argument("--force", action="store_true", help="write the network even if verification fails")
@@ -160,6 +171,7 @@ def command_convert(args: argparse.Namespace) -> int:
         threads=args.threads,
         board=args.board,
         force=args.force,
+        smooth_alpha=args.smooth,
     )
     report, written = run_conversion(job, progress_reporter)
     _print_report(report, args)

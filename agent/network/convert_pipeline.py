@@ -45,6 +45,7 @@ class ConvertJob:
     threads: int = 0
     board: int = 19
     force: bool = False
+    smooth_alpha: float = 0.0  # > 0: SmoothQuant rescaling before static INT8 (agent.network.smoothing)
 
 
 def verification_positions(
@@ -92,8 +93,23 @@ def _onnx_bytes(
     if job.int8_mode == "dynamic":
         return quantize.to_int8_dynamic(fp32).SerializeToString(), None
     cal = _calibration(job, reference, progress)
+    if job.smooth_alpha > 0:
+        from agent.network.onnx_builder import OnnxBuildOptions, build_onnx
+        from agent.network.reader import read_network
+        from agent.network.smoothing import smoothing_scales
+
+        skip = quantize.nodes_in_groups(fp32, quantize.INT8_FLOAT_GROUPS)
+        scales = smoothing_scales(fp32, cal, skip=skip, alpha=job.smooth_alpha)
+        options = OnnxBuildOptions(board_x=job.board, board_y=job.board, prescale=scales)
+        fp32 = build_onnx(read_network(job.model), options)
     with progress(f"INT8 calibration ({job.calibration_method})", len(cal)) as prog:
-        model = quantize.to_int8_static(fp32, cal, method=job.calibration_method, progress=prog)
+        model = quantize.to_int8_static(
+            fp32,
+            cal,
+            method=job.calibration_method,
+            quantize_outputs=job.int8_mode == "static-qlinear",
+            progress=prog,
+        )
     return model.SerializeToString(), cal
 
 

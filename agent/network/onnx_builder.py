@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,8 @@ class OnnxBuildOptions:
 
     board_x: int = MAX_BOARD
     board_y: int = MAX_BOARD
+    #: layer name -> per-input-channel scale (SmoothQuant, :mod:`agent.network.smoothing`)
+    prescale: Mapping[str, F32] | None = None
 
 
 def build_onnx(network: Network, options: OnnxBuildOptions | None = None) -> onnx.ModelProto:
@@ -80,7 +83,7 @@ def build_onnx(network: Network, options: OnnxBuildOptions | None = None) -> onn
         raise UnsupportedNetworkError(
             f"{network.name}: SGF-metadata encoder (human-SL nets) is not supported"
         )
-    b = _Builder(network, GraphBuilder(opts.board_y, opts.board_x))
+    b = _Builder(network, GraphBuilder(opts.board_y, opts.board_x, opts.prescale))
     model = b.build()
     logger.debug("built ONNX graph for %s: %d nodes", network.name, len(model.graph.node))
     return model
@@ -150,18 +153,44 @@ class _Builder:
         """Layer names by role, stored as metadata so that FP16/INT8 passes can pick nodes by role.
 
         Node names are ``<layer name>/<op>`` or ``<layer name>.<part>/<op>``. Groups: ``initial``,
-        ``tip``, ``policy_head``, ``value_head``, ``rmsnorm`` and ``block<i>`` per trunk block.
+        ``tip``, ``policy_head``, ``value_head``, ``rmsnorm``, the transformer MatMul roles
+        ``attention_qkv``, ``attention_out``, ``ffn_in``, ``ffn_out``, the nested-bottleneck 1x1 convs
+        ``bottleneck``, and ``block<i>`` per trunk block.
         """
         net = self.net
+        return (
+            {
+                "initial": [net.trunk.initial_conv.name, net.trunk.initial_matmul.name],
+                "tip": [net.trunk.tip_norm.name, net.trunk.tip_act.name],
+                "policy_head": _layer_names(net.policy_head),
+                "value_head": _layer_names(net.value_head),
+                "rmsnorm": [
+                    b.norm.name
+                    for b in iter_blocks(net.trunk.blocks)
+                    if isinstance(b, AttentionBlock | FFNBlock)
+                ],
+            }
+            | self.transformer_groups()
+            | {f"block{i}": _layer_names(b) for i, b in enumerate(net.trunk.blocks)}
+        )
+
+    def transformer_groups(self) -> dict[str, list[str]]:
+        """Transformer MatMuls by role (quantization sensitivity differs a lot between them)."""
+        blocks = list(iter_blocks(self.net.trunk.blocks))
+        att = [b for b in blocks if isinstance(b, AttentionBlock)]
+        ffn = [b for b in blocks if isinstance(b, FFNBlock)]
         return {
-            "initial": [net.trunk.initial_conv.name, net.trunk.initial_matmul.name],
-            "tip": [net.trunk.tip_norm.name, net.trunk.tip_act.name],
-            "policy_head": _layer_names(net.policy_head),
-            "value_head": _layer_names(net.value_head),
-            "rmsnorm": [
-                b.norm.name for b in iter_blocks(net.trunk.blocks) if isinstance(b, AttentionBlock | FFNBlock)
+            "attention_qkv": [f"{b.name}.qkv" for b in att],
+            "attention_out": [b.out_proj.name for b in att],
+            "ffn_in": [f"{b.name}.ffn_in" for b in ffn],
+            "ffn_out": [b.linear2.name for b in ffn],
+            "bottleneck": [
+                c.name
+                for b in blocks
+                if isinstance(b, NestedBottleneckBlock)
+                for c in (b.pre_conv, b.post_conv)
             ],
-        } | {f"block{i}": _layer_names(b) for i, b in enumerate(net.trunk.blocks)}
+        }
 
     # --- blocks -----------------------------------------------------------------------------
 

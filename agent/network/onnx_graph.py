@@ -21,6 +21,7 @@ what the FP16 block list and the INT8 exclusion list refer to.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -66,7 +67,7 @@ class Masks:
 class GraphBuilder:
     """Collects ONNX nodes and initializers for one graph over a fixed ``H x W`` buffer."""
 
-    def __init__(self, height: int, width: int) -> None:
+    def __init__(self, height: int, width: int, prescale: Mapping[str, F32] | None = None) -> None:
         self.height = height
         self.width = width
         self.nodes: list[onnx.NodeProto] = []
@@ -74,6 +75,9 @@ class GraphBuilder:
         self._used: set[str] = set()
         self._scalars: dict[tuple[float, str], str] = {}
         self.masks: Masks | None = None
+        #: layer name -> per-input-channel s: the layer computes (x / s) @ (s * W), the same
+        #: function with flatter activations for INT8 (see agent.network.smoothing)
+        self.prescale: Mapping[str, F32] = prescale or {}
 
     # --- naming and constants ---------------------------------------------------------------
 
@@ -203,6 +207,18 @@ class GraphBuilder:
         A 1x1 convolution on an ``nsc`` tensor becomes a MatMul (no transpose needed).
         """
         ky, kx, cin, cout = weight_kkio.shape
+        if name in self.prescale:
+            sc = self.prescale[name]
+            x = Act(
+                self.op(
+                    "Mul",
+                    [x.name, self.channel_vec(f"{name}.prescale", 1.0 / sc, x.layout)],
+                    f"{name}.prescale",
+                ),
+                x.layout,
+                x.channels,
+            )
+            weight_kkio = (weight_kkio * sc[None, None, :, None]).astype(np.float32)
         if ky == 1 and kx == 1 and x.layout == "nsc":
             y = self.op("MatMul", [x.name, self.const(f"{name}.w", weight_kkio.reshape(cin, cout))], name)
             if bias is not None:
@@ -226,6 +242,10 @@ class GraphBuilder:
         return Act(self.op("Mul", [y, self.mask_for(x.layout)], f"{name}/mask"), x.layout, x.channels)
 
     def matmul(self, x: str, name: str, weight: F32, bias: F32 | None = None) -> str:
+        if name in self.prescale:
+            sc = self.prescale[name]
+            x = self.op("Mul", [x, self.const(f"{name}.prescale", 1.0 / sc)], f"{name}.prescale")
+            weight = (weight * sc[:, None]).astype(np.float32)
         y = self.op("MatMul", [x, self.const(f"{name}.w", weight)], name)
         if bias is not None:
             y = self.op("Add", [y, self.const(f"{name}.b", bias)], name)
@@ -282,12 +302,17 @@ class GraphBuilder:
     # --- norms ------------------------------------------------------------------------------
 
     def rms_norm_nsc(self, x: Act, name: str, eps: float, weight: F32) -> Act:
-        """Per-position RMSNorm over channels in the pattern onnxruntime fuses."""
+        """Per-position RMSNorm over channels in the pattern onnxruntime fuses, 0 off the board.
+
+        Zeroing the off-board rows is not needed for FP32 (off-board keys get probability 0) but
+        keeps the residual junk there out of INT8 calibration ranges.
+        """
         sq = self.op("Pow", [x.name, self.scalar(2.0)], name)
         ms = self.op("ReduceMean", [sq], name, axes=[-1], keepdims=1)
         rms = self.op("Sqrt", [self.op("Add", [ms, self.scalar(eps)], name)], name)
         y = self.op("Div", [x.name, rms], name)
-        return Act(self.op("Mul", [y, self.const(f"{name}.weight", weight)], name), "nsc", x.channels)
+        y = self.op("Mul", [y, self.const(f"{name}.weight", weight)], name)
+        return Act(self.op("Mul", [y, self.m.nsc], f"{name}/mask"), "nsc", x.channels)
 
     def rms_norm_spatial_stat(self, x: Act, name: str, eps: float) -> str:
         """``1/sqrt(sum_onboard x^2 / (A*C) + eps)`` per batch row, shaped to broadcast over ``x``."""

@@ -99,7 +99,8 @@ def positions_from_sgf(
     candidates = [(gi, k) for gi, k in candidates if f"{games[gi][0].name}#{k}" not in excluded]
     if not candidates:
         raise ConversionError(
-            f"{source}: no usable games ({len(files)} SGF files, {len(games)} readable, none with positions left)"
+            f"{source}: no usable games ({len(files)} SGF files, {len(games)} readable, "
+            "none with positions left)"
         )
     rng = random.Random(seed)
     chosen = sorted(rng.sample(candidates, min(count, len(candidates))))

@@ -140,9 +140,19 @@ def to_int8_static(
     keep_float: Sequence[str] = INT8_FLOAT_GROUPS,
     batch: int = 8,
     percentile: float = 99.999,
+    quantize_outputs: bool = False,
+    reduce_range: bool = False,
+    signed_activations: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> onnx.ModelProto:
-    """Static QDQ INT8 (per-channel weights) calibrated on ``calibration`` (module docstring)."""
+    """Static QDQ INT8 (per-channel weights) calibrated on ``calibration`` (module docstring).
+
+    ``quantize_outputs=False`` (default) quantizes the inputs and weights of Conv/MatMul but keeps
+    their outputs in float: onnxruntime then runs MatMuls as ``MatMulIntegerToFloat`` (int8 GEMM,
+    fast) but convolutions as dequantize + float Conv. ``True`` also quantizes the outputs so
+    convolutions become ``QLinearConv`` (int8 end to end, faster on conv nets) at the price of a
+    second rounding of every pre-activation, which measurably hurts accuracy (docs/conversion.md).
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {
@@ -157,11 +167,12 @@ def to_int8_static(
     exclude = nodes_in_groups(model, keep_float)
     extra: dict[str, Any] = {
         "WeightSymmetric": True,
-        "ActivationSymmetric": False,
+        "ActivationSymmetric": signed_activations,
         "MatMulConstBOnly": True,
         "CalibPercentile": percentile,
-        "OpTypesToExcludeOutputQuantization": ["Conv", "MatMul"],
     }
+    if not quantize_outputs:
+        extra["OpTypesToExcludeOutputQuantization"] = ["Conv", "MatMul"]
     if method != "minmax":
         extra["CalibTensorRangeSymmetric"] = False
     with tempfile.TemporaryDirectory(prefix="katago-edge-int8-") as tmp:
@@ -175,7 +186,8 @@ def to_int8_static(
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=["Conv", "MatMul"],
                 per_channel=True,
-                activation_type=QuantType.QUInt8,
+                activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8,
+                reduce_range=reduce_range,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=exclude,
                 calibrate_method=methods[method],
@@ -188,7 +200,7 @@ def to_int8_static(
         quant,
         "int8",
         {
-            "katago.int8_mode": "static-qdq",
+            "katago.int8_mode": "static-qlinear" if quantize_outputs else "static",
             "katago.calibration_method": method,
             "katago.calibration_positions": str(len(calibration)),
             "katago.int8_float_groups": ",".join(keep_float),

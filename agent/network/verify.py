@@ -78,7 +78,8 @@ class VerifyReport:
         return (
             f"{self.positions} positions: winrate |err| p99 {m['winrate_abs_error']['p99']:.5f}, "
             f"lead |err| p99 {m['lead_abs_error']['p99']:.4f}, policy KL mean {m['policy_kl']['mean']:.5f}, "
-            f"top-1 {m['policy_top1_agreement']:.4f}, ownership |err| p99 {m['ownership_abs_error']['p99']:.5f}"
+            f"top-1 {m['policy_top1_agreement']:.4f}, "
+            f"ownership |err| p99 {m['ownership_abs_error']['p99']:.5f}"
             f" -> {'PASSED' if self.passed else 'FAILED: ' + '; '.join(self.failures)}"
         )
 

@@ -231,7 +231,8 @@ class OnnxNet(NeuralNet):
         expected = (22, self._height, self._width)
         if tuple(inputs.spatial.shape[1:]) != expected:
             raise InferenceError(
-                f"spatial: got shape {list(inputs.spatial.shape)}, expected [N, 22, {self._height}, {self._width}] "
+                f"spatial: got shape {list(inputs.spatial.shape)}, "
+                f"expected [N, 22, {self._height}, {self._width}] "
                 f"(this ONNX model was built for a {self._width}x{self._height} buffer)"
             )
         feed = {
