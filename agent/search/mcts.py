@@ -149,9 +149,18 @@ class Search:
             score_mean=score,
             score_mean_sq=score * score,
             lead=score,
-            weight=1.0,
+            weight=self._terminal_weight(),
             ownership=own,
         )
+
+    def _terminal_weight(self) -> float:
+        """A finished game has no uncertainty: with uncertainty weighting its visits get the
+        maximum weight (``coeff / (0 + coeff / maxWeight)``), like KataGo's."""
+        p = self.params
+        raw = self.root_raw or self.root.ev
+        if p.use_uncertainty and raw is not None and raw.shortterm_winloss_error >= 0:
+            return p.uncertainty_max_weight
+        return 1.0
 
     def _expand(self, node: Node, ev: NetEval, nn_utility: float) -> None:
         state = node.state

@@ -89,17 +89,23 @@ def play_selection_values(search: Search) -> tuple[np.ndarray, np.ndarray, np.nd
             psv[i] = w[i]
             continue
         gap = target - q[i]
-        psv[i] = (
-            w[i] if gap <= 0 else min(w[i], max(0.0, math.floor(explore * root.priors[i] / gap - 1.0 + 1e-9)))
-        )
-        if psv[i] < p.chosen_move_prune:
-            psv[i] = 0.0
+        reduced = w[i] if gap <= 0 else min(w[i], max(0.0, explore * root.priors[i] / gap - 1.0))
+        psv[i] = math.ceil(reduced - 1e-9) if reduced < w[i] else w[i]
     if p.use_lcb_for_selection:
-        eligible = (w >= p.min_visit_prop_for_lcb * w[best]) & (w > 0)
+        # the best-LCB move among those with enough weight gets a value large enough to lead
+        eligible = (psv > 0) & (psv >= p.min_visit_prop_for_lcb * w[best])
         if eligible.any():
             cand = int(np.argmax(np.where(eligible, lcbs, -np.inf)))
-            if cand != best and lcbs[cand] > lcbs[best]:
-                psv[cand] = max(psv[cand], psv.max() * 1.0000001 + 1e-9)
+            adjusted = psv[cand]
+            for i in range(k):
+                excess = lcbs[cand] - lcbs[i]
+                if i == cand or excess < 0 or psv[i] <= 0:
+                    continue
+                factor = (radii[i] + excess) / (radii[i] + 0.2 * excess)
+                adjusted = max(adjusted, factor * factor * psv[i])
+            psv[cand] = adjusted
+    prune = min(p.chosen_move_prune, psv.max() / 64.0)
+    psv[psv < prune] = 0.0
     return psv, lcbs, radii
 
 

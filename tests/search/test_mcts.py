@@ -165,7 +165,7 @@ def test_mcts__conservative_pass_keeps_the_root_pass_child_alive() -> None:
     s2 = make_search(SearchParams(max_visits=60, conservative_pass=False), moves=moves, rules="tromp-taylor")
     s2.prepare_root()
     child2 = s2._child(s2.root, s2.root.child_index(81))
-    assert child2.terminal is not None and child2.terminal.weight == 1.0
+    assert child2.terminal is not None and child2.terminal.weight > 0
 
 
 def test_mcts__priorities_run_higher_first() -> None:
