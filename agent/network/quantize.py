@@ -22,6 +22,8 @@ the fly per batch; no calibration, simpler, usually a little slower than static.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import tempfile
@@ -89,19 +91,70 @@ def fp16_float_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """FP16 copy of an FP32 katago-edge graph (FP32 I/O, see the module docstring)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    """FP16 copy of an FP32 katago-edge graph (FP32 I/O, see the module docstring).
 
-    keep = fp16_float_nodes(model)
+    A direct rewrite rather than onnxruntime's ``float16`` converter, which round-trips the
+    tensors *between* two blocked nodes through FP16 (overflowing the trunk tip's sums of
+    squares). Every node runs in FP16 unless kept; a ``Cast`` sits on each edge whose producer
+    and consumer differ; float initializers are stored in the precision of their consumers
+    (duplicated when both use them).
+    """
+    keep = set(fp16_float_nodes(model))
+    half = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = half.graph
+    inits = {i.name: i for i in graph.initializer}
+    precision: dict[str, int] = {i.name: onnx.TensorProto.FLOAT for i in graph.input}
+    for node in graph.node:
+        for out in node.output:
+            precision[out] = onnx.TensorProto.FLOAT if node.name in keep else onnx.TensorProto.FLOAT16
+    new_nodes: list[onnx.NodeProto] = []
+    casts: dict[tuple[str, int], str] = {}
+    fp16_inits: dict[str, str] = {}
+
+    def cast(tensor: str, to: int) -> str:
+        key = (tensor, to)
+        if key not in casts:
+            name = f"{tensor}/cast{'16' if to == onnx.TensorProto.FLOAT16 else '32'}"
+            new_nodes.append(onnx.helper.make_node("Cast", [tensor], [name], name=name, to=to))
+            casts[key] = name
+        return casts[key]
+
+    for node in graph.node:
+        want = onnx.TensorProto.FLOAT if node.name in keep else onnx.TensorProto.FLOAT16
+        for i, name in enumerate(node.input):
+            init = inits.get(name)
+            if init is not None:
+                if init.data_type == onnx.TensorProto.FLOAT and want == onnx.TensorProto.FLOAT16:
+                    if name not in fp16_inits:
+                        arr = onnx.numpy_helper.to_array(init)
+                        clipped = np.clip(arr, -65504.0, 65504.0).astype(np.float16)
+                        fp16_inits[name] = f"{name}/fp16"
+                        graph.initializer.append(onnx.numpy_helper.from_array(clipped, fp16_inits[name]))
+                    node.input[i] = fp16_inits[name]
+            elif name in precision and precision[name] != want:
+                node.input[i] = cast(name, want)
+        new_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    for out in graph.output:
+        producer = next(n for n in graph.node if out.name in n.output)
+        if precision.get(out.name) == onnx.TensorProto.FLOAT16:
+            renamed = f"{out.name}/half"
+            producer.output[list(producer.output).index(out.name)] = renamed
+            graph.node.append(
+                onnx.helper.make_node(
+                    "Cast", [renamed], [out.name], name=f"{out.name}/cast32", to=onnx.TensorProto.FLOAT
+                )
+            )
+    used = {i for n in graph.node for i in n.input}
+    remaining = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(remaining)
+    del graph.value_info[:]
     try:
-        half = convert_float_to_float16(
-            onnx.ModelProto.FromString(model.SerializeToString()),
-            keep_io_types=True,
-            node_block_list=keep,
-            disable_shape_infer=False,
-        )
-    except Exception as exc:  # the converter raises plain Exceptions / onnx errors
-        raise ConversionError(f"FP16 conversion failed: {exc}") from exc
+        onnx.checker.check_model(half)
+    except onnx.checker.ValidationError as exc:
+        raise ConversionError(f"FP16 conversion produced an invalid graph: {exc}") from exc
     _set_precision(half, "fp16", {"katago.fp16_float_nodes": str(len(keep))})
     logger.info("FP16: %d of %d nodes kept in FP32", len(keep), len(model.graph.node))
     return half
@@ -178,23 +231,26 @@ def to_int8_static(
     with tempfile.TemporaryDirectory(prefix="katago-edge-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
+        chatter = io.StringIO()  # the percentile/entropy calibrators print() progress to stdout
         try:
-            quantize_static(
-                str(src),
-                str(dst),
-                _Reader(calibration, batch, progress),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=["Conv", "MatMul"],
-                per_channel=True,
-                activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8,
-                reduce_range=reduce_range,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=exclude,
-                calibrate_method=methods[method],
-                extra_options=extra,
-            )
+            with contextlib.redirect_stdout(chatter):
+                quantize_static(
+                    str(src),
+                    str(dst),
+                    _Reader(calibration, batch, progress),
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["Conv", "MatMul"],
+                    per_channel=True,
+                    activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8,
+                    reduce_range=reduce_range,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude,
+                    calibrate_method=methods[method],
+                    extra_options=extra,
+                )
         except Exception as exc:  # onnxruntime raises generic exceptions
             raise ConversionError(f"INT8 static quantization failed: {exc}") from exc
+        logger.debug("calibrator output: %s", chatter.getvalue().strip())
         quant = onnx.load(dst)
     _set_precision(
         quant,

@@ -94,7 +94,7 @@ def test_quantize__fp16_keeps_io_fp32_and_is_near_lossless(models_dir: Path, ref
     kept = set(fp16_float_nodes(fp32))
     assert set(nodes_in_groups(fp32, ["policy_head", "value_head"])) <= kept
     inits = {i.name: i.data_type for i in half.graph.initializer}
-    assert inits["rconv1/w1.w"] == onnx.TensorProto.FLOAT16  # trunk conv in half precision
+    assert inits["rconv1/w1.w/fp16"] == onnx.TensorProto.FLOAT16  # trunk conv in half precision
     assert inits["v3/w.w"] == onnx.TensorProto.FLOAT  # value head kept FP32
     report = verify(OnnxNet(half.SerializeToString()), ref, ver, net.postprocess, precision="fp16")
     m = report.to_json()
@@ -142,3 +142,19 @@ def test_quantize__unknown_method_and_empty_calibration_are_errors(
         to_int8_static(fp32, empty)
     with pytest.raises(ConversionError, match="unknown layer groups"):
         nodes_in_groups(fp32, ["no_such_group"])
+
+
+def test_quantize__fp16_transformer_keeps_tip_sums_in_fp32(models_dir: Path, reference_dir: Path) -> None:
+    """b7c96-cnorm: RMSNorm tip and softmax stay FP32; no FP16 round trip between kept nodes."""
+    net, fp32, ref, _, ver = _setup(model_file(models_dir, "b7c96-cnorm"), reference_dir / "sgf")
+    half = to_fp16(fp32)
+    kept = set(fp16_float_nodes(fp32))
+    assert any(n.op_type == "Softmax" for n in fp32.graph.node if n.name in kept)
+    casts16 = [
+        n for n in half.graph.node if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT16
+    ]
+    producers = {o: n.name for n in half.graph.node for o in n.output}
+    assert not [c for c in casts16 if producers.get(c.input[0]) in kept and "trunkfinal" in c.input[0]]
+    m = verify(OnnxNet(half.SerializeToString()), ref, ver, net.postprocess, precision="fp16").to_json()
+    assert m["winrate_abs_error"]["p99"] < 0.005 and m["policy_top1_agreement"] >= 0.97
+    assert np.isfinite(m["lead_abs_error"]["max"])
