@@ -295,10 +295,11 @@ class Search:
                 and self.root_pass_would_end_game
             )
             track = self.track_moves_ownership and is_root
-            if st.is_terminal(conservative):
+            if st.is_terminal(conservative) and st.gs.is_game_finished:
                 child = Node(st, terminal=self._terminal_value(st), track_ownership=track)
             else:
                 child = Node(st, track_ownership=track)
+                child.nn_terminal = st.is_terminal(conservative)
             node.children[k] = child
         return child
 
@@ -344,7 +345,11 @@ class Search:
                 raise
             value, u = self._leaf_value(ev, self.track_ownership)
         with self.lock:
-            if ev is not None and not node.expanded:
+            if ev is not None and node.nn_terminal:
+                node.terminal = value  # past the normal end (territory): no children, same value
+                node.ev = ev
+                node.pending = False
+            elif ev is not None and not node.expanded:
                 self._expand(node, ev, u)
             self._backup(path, node, value)
             self.playouts += 1

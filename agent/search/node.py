@@ -45,6 +45,7 @@ class Node:
         "expanded",
         "lead_sum",
         "moves",
+        "nn_terminal",
         "nn_utility",
         "nr_sum",
         "own_sq",
@@ -74,6 +75,8 @@ class Node:
         self.expanded = False
         self.pending = False
         self.terminal = terminal
+        # territory scoring past the normal end: KataGo keeps re-adding the node's own NN value
+        self.nn_terminal = False
         self.moves = np.zeros(0, dtype=np.int64)
         self.priors = np.zeros(0, dtype=np.float64)
         self.raw_priors = np.zeros(0, dtype=np.float64)

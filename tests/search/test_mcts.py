@@ -148,7 +148,7 @@ def test_mcts__territory_pass_after_two_passes_is_terminal() -> None:
     s = make_search(SearchParams(max_visits=60), moves=moves, rules="japanese", komi=6.5)
     s.prepare_root()
     child = s._child(s.root, s.root.child_index(81))
-    assert child.terminal is not None  # territory scoring: no conservative pass, the game ends
+    assert child.nn_terminal  # territory scoring: past the normal end, the node is never expanded
     s.run()
     res = analysis_json(s, perspective="BLACK", pv_len=5)
     assert res is not None
