@@ -5,7 +5,7 @@
 For each thread count ``t``:
 
 * **evals/s** - ``NeuralNet.evaluate`` alone on batches of ``t`` real V7 inputs (positions of a
-  short opening, 19x19), repeated for ``--seconds``;
+  short opening, 19x19), half of ``--seconds`` before and half after the search, averaged;
 * **visits/s** - a fresh search (NN cache cleared, so every visit is a real evaluation) from the
   same opening position with ``numSearchThreads = t`` and ``nnMaxBatchSize = t``, for
   ``--visits`` visits, reported as root visits per wall-clock second.
@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     out["load_avg"] = os.getloadavg()[0]
     rows = []
     for t in args.threads:
-        eps = evals_per_second(net, t, args.seconds)
+        # evals measured before and after the search: the machine's load drifts
+        e1 = evals_per_second(net, t, args.seconds / 2)
         vps, stats = visits_per_second(net, post, t, args.visits)
+        eps = (e1 + evals_per_second(net, t, args.seconds / 2)) / 2
         rows.append(
             {
                 "threads": t,
