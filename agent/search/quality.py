@@ -63,7 +63,9 @@ def _symmetric_moves(query: dict[str, Any], move: str) -> set[str]:
     return out
 
 
-def run(model: str, reference: str, runtime: str, visits: int | None, threads: int) -> dict[str, Any]:
+def run(
+    model: str, reference: str, runtime: str, visits: int | None, threads: int, seed: int = 11
+) -> dict[str, Any]:
     from agent.commands.analysis import postprocess_params_of
     from agent.engines.native import NativeEngine
     from agent.protocol.service import AnalysisService
@@ -128,6 +130,7 @@ def run(model: str, reference: str, runtime: str, visits: int | None, threads: i
         "max_policy_diff": max(r["policy_max_diff"] for r in rows),
         "max_raw_winrate_diff": max(r["raw_winrate_diff"] for r in rows),
         "max_raw_lead_diff": max(r["raw_lead_diff"] for r in rows),
+        "seed": seed,
         "seconds": round(elapsed, 1),
         "engine": engine.stats(),
         "rows": rows,
@@ -141,8 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runtime", default="onnx")
     ap.add_argument("--visits", type=int, help="override the recorded maxVisits")
     ap.add_argument("--threads", type=int, default=1, help="search threads")
+    ap.add_argument("--seed", type=int, default=11, help="search random seed (wide root noise)")
     args = ap.parse_args(argv)
-    print(json.dumps(run(args.model, args.reference, args.runtime, args.visits, args.threads), indent=1))
+    print(
+        json.dumps(
+            run(args.model, args.reference, args.runtime, args.visits, args.threads, args.seed), indent=1
+        )
+    )
     return 0
 
 
