@@ -19,9 +19,9 @@ Choices made for onnxruntime's graph optimizer (and for later INT8/FP16 passes):
 * BN scale/bias that directly follows a convolution is folded into the conv weights and a Conv
   bias, so onnxruntime fuses ``Conv+bias+ReLU``; in gpool blocks and the policy head the BN after
   "conv + pooled bias" is folded into both the conv and the pooled-bias MatMul.
-* Transformer stacks run in ``[N, S, C]`` with one fused Q/K/V MatMul per attention block; RoPE's
-  pair rotation is folded into that MatMul (extra columns holding the pair-swapped projections),
-  the ``1/sqrt(qd)`` score scale into ``Wq``; the softmax sees an additive key mask.
+* Transformer stacks run in ``[N, S, C]``; RoPE is two multiplies with precomputed cos/sin tables
+  (plus a pair swap), the ``1/sqrt(qd)`` score scale is folded into ``Wq``; the softmax sees an
+  additive key mask.
 * Layout switches (one Transpose) happen only between conv and transformer sections.
 """
 
@@ -180,9 +180,9 @@ class _Builder:
         att = [b for b in blocks if isinstance(b, AttentionBlock)]
         ffn = [b for b in blocks if isinstance(b, FFNBlock)]
         return {
-            "attention_qkv": [f"{b.name}.qkv" for b in att],
+            "attention_qkv": [p.name for b in att for p in (b.q_proj, b.k_proj, b.v_proj)],
             "attention_out": [b.out_proj.name for b in att],
-            "ffn_in": [f"{b.name}.ffn_in" for b in ffn],
+            "ffn_in": [p.name for b in ffn if b.linear_gate is not None for p in (b.linear1, b.linear_gate)],
             "ffn_out": [b.linear2.name for b in ffn],
             "bottleneck": [
                 c.name
@@ -302,10 +302,10 @@ class _Builder:
         xn = g.rms_norm_nsc(x, block.norm.name, block.norm.epsilon, block.norm.weight)
         wq = block.q_proj.weight * np.float32(inv_sqrt(qd))
         wk, wv = block.k_proj.weight, block.v_proj.weight
-        w_all = np.concatenate([wq, wk, wv], axis=1).astype(np.float32)
-        sizes = [nh * qd, nkv * qd, nkv * vd]
-        qkv = g.matmul(xn.name, f"{name}.qkv", w_all)
-        q, k, v = g.op_n("Split", [qkv, g.ints(f"{name}.qkv.split", sizes)], f"{name}.qkv", 3, axis=-1)
+        # separate projections: a fused MatMul + Split costs more in Split copies than it saves
+        q = g.matmul(xn.name, block.q_proj.name, wq.astype(np.float32))
+        k = g.matmul(xn.name, block.k_proj.name, wk)
+        v = g.matmul(xn.name, block.v_proj.name, wv)
         if block.use_rope:
             q_ang, k_ang = self.rope_angles(block)
             q = g.rope(q, nh * qd, *rope_tables(q_ang), f"{name}.rope_q")
@@ -338,12 +338,8 @@ class _Builder:
         if not block.use_swiglu or block.linear_gate is None:
             raise UnsupportedNetworkError(f"{name}: non-SwiGLU FFN blocks are rejected by KataGo too")
         xn = g.rms_norm_nsc(x, block.norm.name, block.norm.epsilon, block.norm.weight)
-        f = block.ffn_channels
-        w = np.concatenate([block.linear1.weight, block.linear_gate.weight], axis=1).astype(np.float32)
-        both = g.matmul(xn.name, f"{name}.ffn_in", w)
-        a, gate = g.op_n(
-            "Split", [both, g.ints(f"{name}.ffn_in.split", [f, f])], f"{name}.ffn_in", 2, axis=-1
-        )
+        a = g.matmul(xn.name, block.linear1.name, block.linear1.weight)
+        gate = g.matmul(xn.name, block.linear_gate.name, block.linear_gate.weight)
         hidden = g.op("Mul", [g.activation(a, Activation.SILU, f"{name}.silu"), gate], f"{name}.swiglu")
         y = g.matmul(hidden, block.linear2.name, block.linear2.weight)
         y = g.op("Mul", [y, g.m.nsc], f"{name}/mask")
