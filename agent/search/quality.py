@@ -79,7 +79,7 @@ def run(
         postprocess_params_of(net),
         default_params=SearchParams(num_threads=threads),
         randomize=False,
-        seed=11,
+        seed=seed,
     )
     service = AnalysisService(engine)
     finals: dict[str, dict[str, Any]] = {}
