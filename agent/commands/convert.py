@@ -83,6 +83,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help='override a threshold, e.g. --threshold policy_top1_agreement ">=" 0.9',
     )
     parser.add_argument("--json", action="store_true", help="print the verification report as JSON")
+    parser.add_argument("--profile", metavar="NAME", help="take threshold overrides from this device profile")
 
 
 def configure_convert(parser: argparse.ArgumentParser) -> None:
@@ -123,8 +124,21 @@ def configure_verify(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
 
 
-def _thresholds(args: argparse.Namespace) -> dict[str, Threshold]:
+def _profile_thresholds(name: str, precision: str) -> dict[str, Threshold]:
+    """The ``[verify.<precision>]`` overrides of the shipped profile ``name``."""
+    from agent.profiles import load_profiles
+
+    for profile in load_profiles():
+        if profile.name == name:
+            tables = {str(prec): table for prec, table in profile.verify.items()}
+            return {k: (op, float(v)) for k, (op, v) in tables.get(precision, {}).items()}
+    raise ConversionError(f"no profile named {name!r}")
+
+
+def _thresholds(args: argparse.Namespace, precision: str | None = None) -> dict[str, Threshold]:
     out: dict[str, Threshold] = {}
+    if getattr(args, "profile", None) and precision:
+        out.update(_profile_thresholds(args.profile, precision.split("-")[0]))
     for metric, op, value in args.threshold:
         try:
             out[metric] = (op, float(value))
@@ -167,7 +181,7 @@ def command_convert(args: argparse.Namespace) -> int:
         int8_mode=args.int8_mode,
         verify_source=args.positions,
         verify_positions=args.verify_positions,
-        thresholds=_thresholds(args),
+        thresholds=_thresholds(args, precision),
         threads=args.threads,
         board=args.board,
         force=args.force,
@@ -221,7 +235,7 @@ def command_verify(args: argparse.Namespace) -> int:
                 positions,
                 reference.postprocess_params,
                 precision=precision,
-                thresholds=_thresholds(args),
+                thresholds=_thresholds(args, precision),
                 progress=step,
             )
     _print_report(report, args)

@@ -122,3 +122,12 @@ def test_convert__calibration_folder_without_games(
     assert run([*args, "-o", str(out), "--calibration", str(games)]) == 1
     assert "no usable games" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["games"]
+
+
+def test_convert__unknown_profile_for_thresholds(
+    models_dir: Path, reference_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "x.onnx"
+    assert _convert(models_dir, reference_dir, out, "--precision", "fp16", "--profile", "no-such-device") == 1
+    assert "no profile named 'no-such-device'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
