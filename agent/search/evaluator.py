@@ -179,8 +179,8 @@ class NNEvaluator:
         passing_hacks: bool = True,
     ) -> NetEval:
         """Evaluate one position. ``encode()`` returns ``(spatial [22,H,W], global [19])`` in the
-        canonical frame; ``ctx`` is a ``RowContext`` or a callable making one. Both are only used
-        on a cache miss. Blocks until the batch ran."""
+        canonical frame; ``ctx`` is a ``RowContext`` or a callable making one from those features.
+        Both are only used on a cache miss. Blocks until the batch ran."""
         full_key = (key, symmetry, optimism, temperature, passing_hacks)
         with self._cache_lock:
             hit = self._cache.get(full_key)
@@ -189,9 +189,9 @@ class NNEvaluator:
                 self.cache_hits += 1
                 return hit
             self.cache_misses += 1
-        if not isinstance(ctx, RowContext):
-            ctx = ctx()
         spatial, global_ = encode()
+        if not isinstance(ctx, RowContext):
+            ctx = ctx(spatial, global_)
         spatial = np.ascontiguousarray(apply_symmetry(spatial, symmetry), dtype=np.float32)
         pending = _Pending(
             spatial, np.asarray(global_, np.float32), replace(ctx, symmetry=symmetry), optimism, temperature

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from agent.network.postprocess import NetEval
+from agent.network.postprocess import NetEval, legal_mask_from_features
 from agent.search.ending import ending_white_bonus
 from agent.search.evaluator import NNEvaluator, average_evals
 from agent.search.node import LeafValue, Node
@@ -95,7 +95,9 @@ class Search:
             self.evaluator.evaluate(
                 key,
                 lambda: state.encode(p, self.evaluator.buffer, self.evaluator.pass_alive_suicide),
-                lambda: state.row_context(state.legal_mask(), buffer),
+                lambda sp, gl: state.row_context(
+                    legal_mask_from_features(sp, gl, state.x_size, state.y_size), buffer
+                ),
                 symmetry=s,
                 optimism=optimism,
                 temperature=p.nn_policy_temperature,
