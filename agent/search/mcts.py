@@ -236,6 +236,12 @@ class Search:
             coin = self.np_rng.random(len(q)) < 0.5
             q = q + np.where(coin, p.wide_root_noise * np.abs(self.np_rng.standard_normal(len(q))), 0.0)
         score = q + explore * pri / (1.0 + w_eff)
+        if not visited.all():
+            # like KataGo, only the highest-prior move not yet tried competes as a new child
+            fresh = ~visited
+            best_new = int(np.argmax(np.where(fresh, node.priors, -1.0)))
+            fresh[best_new] = False
+            score = np.where(fresh, -np.inf, score)
         return int(np.argmax(score))
 
     def explore_scaling(self, node: Node, total_child_weight: float) -> float:
