@@ -145,5 +145,7 @@ def test_katrain__engine_driver_analyses_a_short_game(models_dir: Path, tmp_path
     summary = json.loads(out.read_text())
     assert summary["errors"] == []
     for node in summary["nodes"]:
-        assert node["complete"] and node["root_visits"] >= 24
+        assert node["complete"] and node["root_visits"] >= 1
         assert node["ownership"] == 81 and node["policy"] == 82
+    # the last node's analysis may be replaced by the pondering query KaTrain terminates after 1 s
+    assert all(node["root_visits"] >= 24 for node in summary["nodes"][:-1])
