@@ -268,6 +268,7 @@ class NativeEngine(Engine):
             include_moves_ownership=r.include_moves_ownership,
             include_moves_ownership_stdev=r.include_moves_ownership_stdev,
             include_pv_visits=r.include_pv_visits,
+            include_no_result_value=r.include_no_result_value,
         )
         if body is None:
             return None

@@ -173,6 +173,7 @@ def analysis_json(
     include_moves_ownership: bool = False,
     include_moves_ownership_stdev: bool = False,
     include_pv_visits: bool = False,
+    include_no_result_value: bool = False,
 ) -> dict[str, Any] | None:
     """Fields of one analysis response (without id/turnNumber/isDuringSearch); None before
     the root was evaluated."""
@@ -226,6 +227,8 @@ def analysis_json(
             "_lcb": float(lcbs[i]),
             "_prior": float(root.raw_priors[i]),
         }
+        if include_no_result_value:
+            info["noResultValue"] = child.avg(child.nr_sum)
         if include_pv_visits:
             info["pvVisits"] = pv_visits
             info["pvEdgeVisits"] = pv_edge

@@ -252,3 +252,11 @@ def test_mcts__ending_bonus_discourages_pointless_moves_and_territory_passes() -
     assert ending_white_bonus(jp, np.array([81]), np.zeros(81, dtype=np.float32), 0.5)[0] == pytest.approx(
         1 / 3
     )
+
+
+def test_mcts__no_result_value_on_request() -> None:
+    s = make_search()
+    s.run()
+    res = analysis_json(s, perspective="BLACK", include_no_result_value=True)
+    assert res is not None
+    assert all(0.0 <= m["noResultValue"] <= 1.0 for m in res["moveInfos"])
