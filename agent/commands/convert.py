@@ -106,6 +106,13 @@ def configure_convert(parser: argparse.ArgumentParser) -> None:
         "faster conv nets, less accurate), dynamic (weight-only)",
     )
     parser.add_argument(
+        "--keep-float",
+        metavar="GROUPS",
+        help="comma-separated layer groups left in float in static INT8 (default: "
+        "initial,policy_head,value_head,block0,ffn_out; groups: block<i>, bottleneck, attention_qkv, "
+        "attention_out, ffn_in, ffn_out, initial, policy_head, value_head)",
+    )
+    parser.add_argument(
         "--smooth",
         type=float,
         default=0.0,
@@ -186,6 +193,7 @@ def command_convert(args: argparse.Namespace) -> int:
         board=args.board,
         force=args.force,
         smooth_alpha=args.smooth,
+        keep_float=tuple(g for g in args.keep_float.split(",") if g) if args.keep_float is not None else None,
     )
     report, written = run_conversion(job, progress_reporter)
     _print_report(report, args)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConversionError, RuntimeUnavailable
+from agent.network import quantize
 from agent.network.manifest import Manifest, source_info, write_network_and_manifest
 from agent.network.positions import PositionSet, positions_from_selfplay, positions_from_sgf
 from agent.network.verify import Threshold, VerifyReport, verify
@@ -45,6 +46,7 @@ class ConvertJob:
     threads: int = 0
     board: int = 19
     force: bool = False
+    keep_float: tuple[str, ...] | None = None  # INT8 layer groups left in float (None: the default list)
     smooth_alpha: float = 0.0  # > 0: SmoothQuant rescaling before static INT8 (agent.network.smoothing)
 
 
@@ -98,7 +100,7 @@ def _onnx_bytes(
         from agent.network.reader import read_network
         from agent.network.smoothing import smoothing_scales
 
-        skip = quantize.nodes_in_groups(fp32, quantize.INT8_FLOAT_GROUPS)
+        skip = quantize.nodes_in_groups(fp32, job.keep_float or quantize.INT8_FLOAT_GROUPS)
         scales = smoothing_scales(fp32, cal, skip=skip, alpha=job.smooth_alpha)
         options = OnnxBuildOptions(board_x=job.board, board_y=job.board, prescale=scales)
         fp32 = build_onnx(read_network(job.model), options)
@@ -108,6 +110,7 @@ def _onnx_bytes(
             cal,
             method=job.calibration_method,
             quantize_outputs=job.int8_mode == "static-qlinear",
+            keep_float=job.keep_float if job.keep_float is not None else quantize.INT8_FLOAT_GROUPS,
             progress=prog,
         )
     return model.SerializeToString(), cal
@@ -228,7 +231,15 @@ def run_conversion(job: ConvertJob, progress: ProgressFactory) -> tuple[VerifyRe
             "ids": list(cal.ids),
         },
         verification=verification,
-        extra={"board": job.board, "int8_mode": job.int8_mode if job.precision == "int8" else None},
+        extra={
+            "board": job.board,
+            "int8_mode": job.int8_mode if job.precision == "int8" else None,
+            "int8_float_groups": list(
+                job.keep_float if job.keep_float is not None else quantize.INT8_FLOAT_GROUPS
+            )
+            if job.precision == "int8"
+            else None,
+        },
     )
     write_network_and_manifest(job.output, data, manifest)
     return report, job.output

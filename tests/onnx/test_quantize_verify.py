@@ -110,10 +110,11 @@ def test_quantize__int8_static_is_per_channel_qdq_with_float_heads(
     ops = [n.op_type for n in q.graph.node]
     assert ops.count("QuantizeLinear") >= 12 and ops.count("DequantizeLinear") >= 30
     inits = {i.name: i for i in q.graph.initializer}
-    w = onnx.numpy_helper.to_array(inits["rconv1/w1.w_quantized"])
-    scale = onnx.numpy_helper.to_array(inits["rconv1/w1.w_scale"])
+    w = onnx.numpy_helper.to_array(inits["rconv2/w1.w_quantized"])
+    scale = onnx.numpy_helper.to_array(inits["rconv2/w1.w_scale"])
     assert w.dtype == np.int8 and scale.shape == (96,)  # one scale per output channel
     assert "v3/w.w" in inits and inits["v3/w.w"].data_type == onnx.TensorProto.FLOAT  # heads left in float
+    assert "rconv1/w1.w" in inits and "rconv1/w1.w_quantized" not in inits  # first block left in float
     props = {p.key: p.value for p in q.metadata_props}
     assert props["katago.precision"] == "int8" and props["katago.calibration_positions"] == "24"
     m = verify(OnnxNet(q.SerializeToString()), ref, ver, net.postprocess, precision="int8").to_json()
@@ -158,3 +159,22 @@ def test_quantize__fp16_transformer_keeps_tip_sums_in_fp32(models_dir: Path, ref
     m = verify(OnnxNet(half.SerializeToString()), ref, ver, net.postprocess, precision="fp16").to_json()
     assert m["winrate_abs_error"]["p99"] < 0.005 and m["policy_top1_agreement"] >= 0.97
     assert np.isfinite(m["lead_abs_error"]["max"])
+
+
+def test_quantize__int8_leaves_attention_scores_and_probabilities_float(
+    models_dir: Path, reference_dir: Path
+) -> None:
+    """The QDQ quantizer ignores MatMulConstBOnly; activation x activation MatMuls must stay float."""
+    net, fp32, ref, cal, ver = _setup(model_file(models_dir, "b7c96-gqa"), reference_dir / "sgf")
+    small = PositionSet(cal.spatial[:8], cal.global_[:8], cal.ids[:8], cal.source)
+    q = to_int8_static(fp32, small)
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    attention = [n for n in q.graph.node if n.name.endswith(("scores/MatMul", "attn/MatMul"))]
+    assert len(attention) == 2 * 7  # 7 attention blocks in this net
+    assert all(producers.get(i) != "DequantizeLinear" for n in attention for i in n.input)
+    quantized = [
+        n for n in q.graph.node if n.op_type == "MatMul" and producers.get(n.input[1]) == "DequantizeLinear"
+    ]
+    assert quantized  # the projections are quantized
+    m = verify(OnnxNet(q.SerializeToString()), ref, ver, net.postprocess, precision="int8").to_json()
+    assert m["policy_top1_agreement"] >= 0.85 and m["winrate_abs_error"]["p99"] < 0.1
