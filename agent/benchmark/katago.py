@@ -12,7 +12,6 @@ Its result lines look like (one per thread count)::
 from __future__ import annotations
 
 import logging
-import os
 import re
 import subprocess
 import tempfile
@@ -44,9 +43,12 @@ class KataGoBenchLine:
 
 
 def parse_benchmark_output(text: str) -> list[KataGoBenchLine]:
-    """Every ``numSearchThreads = N: ...`` result line of ``katago benchmark`` output."""
-    out = []
+    """The first ``numSearchThreads = N: ...`` result line per thread count (KataGo repeats some
+    lines in its closing summary)."""
+    out: list[KataGoBenchLine] = []
     for m in _LINE.finditer(text):
+        if any(line.threads == int(m["threads"]) for line in out):
+            continue
         out.append(
             KataGoBenchLine(
                 threads=int(m["threads"]),
@@ -68,7 +70,7 @@ numSearchThreads = {max_threads}
 nnMaxBatchSize = {max_threads}
 nnCacheSizePowerOfTwo = 18
 rules = tromp-taylor
-"""
+{extra}"""
 
 
 def run_katago_benchmark(
@@ -88,14 +90,24 @@ def run_katago_benchmark(
     work.mkdir(parents=True, exist_ok=True)
     sgf = work / "bench.sgf"
     sgf.write_text(sgf_text)
+    from agent.engines.katago_binary import binary_from_path
+    from agent.engines.katago_config import GENERIC_OPENCL_TUNING, pocl_only
+
+    extra = ""
+    if pocl_only():
+        # Without a tuner file KataGo's OpenCL backend tunes itself for minutes on PoCL first.
+        tuner = work / "opencl-tuning.txt"
+        tuner.write_text(GENERIC_OPENCL_TUNING)
+        extra = f"openclTunerFile = {tuner}\n"
     cfg = work / "bench.cfg"
     cfg.write_text(
         BENCH_CONFIG.format(
-            log=work / "katago.log", home=work / "home", visits=visits, max_threads=max(threads)
+            log=work / "katago.log", home=work / "home", visits=visits, max_threads=max(threads), extra=extra
         )
     )
+    kg = binary_from_path(binary)
     cmd = [
-        str(binary),
+        str(kg.path),
         "benchmark",
         "-model",
         str(model),
@@ -117,7 +129,7 @@ def run_katago_benchmark(
             capture_output=True,
             text=True,
             timeout=timeout_s,
-            env={**os.environ, **(env or {})},
+            env={**kg.environ(), **(env or {})},
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
