@@ -144,9 +144,18 @@ def prepare_variant(source: Path, runtime: str, precision: str, cache_dir: Path)
             return ensure_onnx(source, cache_dir=cache_dir)
         out = cache_dir / f"{stem}.{precision}.onnx"
         if not out.is_file():
-            from agent.network import quantize
+            import onnx
 
-            quantize.convert_onnx(source, out, precision)
+            from agent.fsutil import atomic_write_bytes
+            from agent.network import quantize
+            from agent.runtime.onnx_runtime import ensure_onnx
+
+            fp32 = onnx.load(str(ensure_onnx(source, cache_dir=cache_dir)))
+            if precision == "fp16":
+                model = quantize.to_fp16(fp32)
+            else:
+                model = quantize.to_int8_static(fp32, _calibration_set())
+            atomic_write_bytes(out, model.SerializeToString())
         return out
     if runtime == "tflite":
         out = cache_dir / f"{stem}.{precision}.tflite"
@@ -169,6 +178,17 @@ def prepare_variant(source: Path, runtime: str, precision: str, cache_dir: Path)
             onnx_path = prepare_variant(source, "onnx", "int8", cache_dir)
         return ensure_engine(onnx_path, cache_dir, BuildSettings(precision=precision))
     raise AgentError(f"unknown runtime {runtime!r}")
+
+
+def _calibration_set() -> Any:
+    """Calibration positions for ONNX INT8 (a seeded game other than the benchmark's)."""
+    from agent.benchmark.positions import bench_positions
+    from agent.network.positions import PositionSet
+
+    positions = bench_positions(seed=7, move_numbers=tuple(range(0, 240, 8)))
+    batch = encode_batch(positions, len(positions))
+    ids = tuple(f"bench-cal-{i}" for i in range(batch.batch_size))
+    return PositionSet(batch.spatial, batch.global_, ids, "katago-edge bench seeded game 7")
 
 
 def _representative_positions() -> Callable[[], list[tuple[Any, Any]]]:

@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 OUTPUT_NAMES = ("policy", "policy_pass", "value", "score_value", "ownership")
 INPUT_SPATIAL = "spatial"
 INPUT_GLOBAL = "global"
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 MAX_BOARD = 19
 
 
