@@ -8,11 +8,12 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> Path:
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = 0o644) -> Path:
     """Write ``data`` to ``path`` through a temp file in the same folder, fsync, then rename.
 
     A reader sees the old file or the whole new one, never a torn write; on any error the temp
-    file is removed and ``path`` is untouched.
+    file is removed and ``path`` is untouched. ``mode`` defaults to 0o644 (``mkstemp`` makes 0o600
+    files, which the agent's service user could not read); ``None`` keeps 0o600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -30,7 +31,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> Path
     return path
 
 
-def atomic_write_text(path: Path, text: str, mode: int | None = None) -> Path:
+def atomic_write_text(path: Path, text: str, mode: int | None = 0o644) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 

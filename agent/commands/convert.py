@@ -209,9 +209,8 @@ def command_convert(args: argparse.Namespace) -> int:
 
 
 def command_verify(args: argparse.Namespace) -> int:
-    from agent.network.convert_pipeline import load_converted, verification_positions
+    from agent.network.convert_pipeline import load_converted, verification_positions, verify_with_progress
     from agent.network.manifest import read_manifest
-    from agent.network.verify import verify
     from agent.runtime.onnx_runtime import OnnxNet
 
     if not args.converted.is_file():
@@ -230,21 +229,14 @@ def command_verify(args: argparse.Namespace) -> int:
             exclude=cal.get("ids", []),
             board=converted.info.board_x,
         )
-        with progress_reporter("verifying", 2 * len(positions)) as prog:
-            done = [0]
-
-            def step(n: int) -> None:
-                done[0] += n
-                prog(done[0], 2 * len(positions))
-
-            report = verify(
-                converted,
-                reference,
-                positions,
-                reference.postprocess_params,
-                precision=precision,
-                thresholds=_thresholds(args, precision),
-                progress=step,
-            )
+        report = verify_with_progress(
+            converted,
+            reference,
+            positions,
+            reference.postprocess_params,
+            precision=precision,
+            thresholds=_thresholds(args, precision),
+            progress=progress_reporter,
+        )
     _print_report(report, args)
     return 0 if report.passed else 1

@@ -144,6 +144,30 @@ def _tensorrt_file(job: ConvertJob, fp32: Any, tmp: Path) -> Path:
     return tensorrt_builder.ensure_engine(onnx_path, tmp / "engines", settings)
 
 
+def verify_with_progress(
+    converted: NeuralNet,
+    reference: NeuralNet,
+    positions: PositionSet,
+    post: Any,
+    *,
+    precision: str,
+    thresholds: Any,
+    progress: ProgressFactory,
+) -> VerifyReport:
+    """``verify`` with one progress bar over both networks' evaluations."""
+    total = 2 * len(positions)
+    with progress("verifying", total) as prog:
+        done = [0]
+
+        def step(n: int) -> None:
+            done[0] += n
+            prog(done[0], total)
+
+        return verify(
+            converted, reference, positions, post, precision=precision, thresholds=thresholds, progress=step
+        )
+
+
 def load_converted(path: Path, threads: int = 0) -> NeuralNet:
     """Open a converted network with the runtime its suffix names."""
     suffix = path.suffix.lower()
@@ -194,22 +218,15 @@ def run_conversion(job: ConvertJob, progress: ProgressFactory) -> tuple[VerifyRe
             exclude=cal.ids if cal is not None else (),
             board=job.board,
         )
-        with progress("verifying", 2 * len(positions)) as prog:
-            done = [0]
-
-            def step(n: int) -> None:
-                done[0] += n
-                prog(done[0], 2 * len(positions))
-
-            report = verify(
-                converted,
-                reference,
-                positions,
-                net.postprocess,
-                precision=job.precision.split("-")[0],
-                thresholds=job.thresholds,
-                progress=step,
-            )
+        report = verify_with_progress(
+            converted,
+            reference,
+            positions,
+            net.postprocess,
+            precision=job.precision.split("-")[0],
+            thresholds=job.thresholds,
+            progress=progress,
+        )
     if not report.passed and not job.force:
         return report, None
     verification = report.to_json()

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO
 
 from agent.errors import ModelStoreError, NetworkFileError
+from agent.fsutil import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +95,12 @@ def fetch_model(
 
 def _from_path(path: Path, dest: Path, expected: str | None) -> Path:
     target = dest / path.name
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if expected and digest != expected:
         raise ModelStoreError(f"{path}: sha256 {digest} does not match the expected {expected}")
     if target.resolve() == path.resolve():
         return target
-    if target.is_file() and sha256_of(target) == digest:
+    if target.is_file() and sha256_file(target) == digest:
         logger.info("%s is already in the store as %s", path, target)
         return target
     with path.open("rb") as src, _atomic_target(target) as (tmp, out):
@@ -114,7 +115,7 @@ def _from_url(url: str, dest: Path, expected: str | None, force: bool) -> Path:
     if not name.lower().endswith(NETWORK_SUFFIXES):
         raise ModelStoreError(f"{url}: the URL does not name a KataGo network file (.bin.gz, .txt.gz, ...)")
     target = dest / name
-    if target.is_file() and not force and (expected is None or sha256_of(target) == expected):
+    if target.is_file() and not force and (expected is None or sha256_file(target) == expected):
         logger.info("%s is already in the store", target)
         return target
     digest = hashlib.sha256()
@@ -142,7 +143,7 @@ def _from_url(url: str, dest: Path, expected: str | None, force: bool) -> Path:
 
 def _from_katrain(spec: str, dest: Path, expected: str | None, force: bool, pip_args: Sequence[str]) -> Path:
     target = dest / Path(KATRAIN_MEMBER).name
-    if target.is_file() and not force and (expected is None or sha256_of(target) == expected):
+    if target.is_file() and not force and (expected is None or sha256_file(target) == expected):
         logger.info("%s is already in the store", target)
         return target
     with tempfile.TemporaryDirectory(prefix="katago-edge-katrain-") as tmp:
@@ -191,16 +192,8 @@ def _from_katrain(spec: str, dest: Path, expected: str | None, force: bool, pip_
 # --- helpers ---------------------------------------------------------------------------------------
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_sha(path: Path, expected: str | None, what: str) -> None:
-    if expected and (got := sha256_of(path)) != expected:
+    if expected and (got := sha256_file(path)) != expected:
         raise ModelStoreError(f"{what}: sha256 {got} does not match the expected {expected}")
 
 

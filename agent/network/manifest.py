@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConversionError
-from agent.runtime.onnx_runtime import sha256_file, write_atomic
+from agent.fsutil import atomic_write_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +107,11 @@ def source_info(path: Path, name: str, model_version: int) -> dict[str, Any]:
 def write_network_and_manifest(target: Path, data: bytes, manifest: Manifest) -> Path:
     """Atomically write the converted network, then its manifest; returns the manifest path."""
     try:
-        write_atomic(target, data)
+        atomic_write_bytes(target, data)
         manifest.file = target.name
         manifest.sha256 = sha256_file(target)
         mpath = manifest_path(target)
-        write_atomic(mpath, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
+        atomic_write_bytes(mpath, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
     except OSError as exc:
         raise ConversionError(f"cannot write {target}: {exc}") from exc
     logger.info("wrote %s and %s", target, mpath.name)

@@ -17,10 +17,8 @@ on the first query.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import ConversionError, InferenceError, NetworkFileError, RuntimeUnavailable
+from agent.fsutil import atomic_write_bytes, sha256_file
 from agent.network.model import PostProcessParams
 from agent.runtime.base import NetInfo, NeuralNet, NNInputs, NNOutputs
 
@@ -48,14 +47,6 @@ def _import_ort() -> Any:
     return ort
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "katago-edge" / "onnx"
@@ -63,22 +54,6 @@ def default_cache_dir() -> Path:
 
 def is_katago_file(path: Path) -> bool:
     return path.name.lower().endswith(KATAGO_SUFFIXES)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o644)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def built_onnx_path(
@@ -106,7 +81,7 @@ def ensure_onnx(source: Path, board_x: int = 19, board_y: int = 19, cache_dir: P
     logger.info("building ONNX graph of %s (cached at %s)", source, target)
     model = build_onnx(read_network(source), OnnxBuildOptions(board_x=board_x, board_y=board_y))
     try:
-        write_atomic(target, model.SerializeToString())
+        atomic_write_bytes(target, model.SerializeToString())
     except OSError as exc:
         raise ConversionError(f"cannot write the ONNX cache file {target}: {exc}") from exc
     return target
