@@ -243,6 +243,7 @@ set_paths() {
 	PID_FILE="$RUN_DIR/agent.pid"
 	UNIT_FILE="/etc/systemd/system/katago-edge.service"
 	DROPIN_DIR="/etc/systemd/system/katago-edge.service.d"
+	BROKER_DROPIN="/etc/mosquitto/conf.d/katago-edge.conf"
 	SERVICE_USER="katago-edge"
 	if [[ -z $DEVICE_ID ]]; then
 		DEVICE_ID=$(hostname 2>/dev/null | tr -c 'A-Za-z0-9._\n-' '-' | head -c 64)
@@ -444,6 +445,22 @@ prepare_network() {
 	changed "network prepared"
 }
 
+# Debian's mosquitto service reads /etc/mosquitto/conf.d: turn Nagle's algorithm off there (the
+# default config delays every small MQTT reply by ~40 ms). Only a global option, so Mosquitto 2's
+# local-only default listener (127.0.0.1:1883, anonymous) stays as it is.
+configure_system_broker() {
+	[[ -n $BROKER ]] && return 0
+	[[ -d /etc/mosquitto/conf.d || $DRY_RUN -eq 1 ]] || return 0
+	if printf '# written by katago-edge install.sh (removed by --uninstall)\nset_tcp_nodelay true\n' |
+		write_file "$BROKER_DROPIN" 0644; then
+		run systemctl enable mosquitto.service || true
+		run systemctl restart mosquitto.service || warn "could not restart mosquitto: check 'journalctl -u mosquitto'"
+		changed "$BROKER_DROPIN (set_tcp_nodelay true)"
+	elif ! systemctl is-active --quiet mosquitto.service; then
+		run systemctl start mosquitto.service || warn "could not start mosquitto: check 'journalctl -u mosquitto'"
+	fi
+}
+
 render_unit() {
 	sed "s#^ExecStart=.*#ExecStart=$VENV/bin/katago-edge serve#" "$SRC/systemd/katago-edge.service"
 }
@@ -481,7 +498,8 @@ start_local_broker() {
 	if (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then return 0; fi # one is listening already
 	command -v mosquitto >/dev/null 2>&1 || die "no MQTT broker on 127.0.0.1:1883 and no mosquitto; pass --broker"
 	# loopback only, anonymous: the agent and local clients (a remote fleet needs --broker)
-	printf 'listener 1883 127.0.0.1\nallow_anonymous true\n' | write_file "$(dirname "$CONFIG")/mosquitto.conf" 0644 || true
+	# set_tcp_nodelay: without it Nagle's algorithm + delayed ACKs add ~40 ms to every small reply
+	printf 'listener 1883 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n' | write_file "$(dirname "$CONFIG")/mosquitto.conf" 0644 || true
 	if [[ $DRY_RUN -eq 1 ]]; then
 		say "  would run in the background: mosquitto -c $(dirname "$CONFIG")/mosquitto.conf"
 		return 0
@@ -629,6 +647,10 @@ uninstall() {
 		fi
 		remove_path "$UNIT_FILE"
 		remove_path "$DROPIN_DIR"
+		if [[ -f $BROKER_DROPIN ]]; then
+			remove_path "$BROKER_DROPIN"
+			run systemctl try-restart mosquitto.service || true
+		fi
 		if [[ $DRY_RUN -eq 0 ]]; then systemctl daemon-reload || true; fi
 	else
 		stop_background
@@ -704,6 +726,7 @@ main() {
 	if [[ $NO_SYSTEMD -eq 1 ]]; then
 		start_background
 	else
+		configure_system_broker
 		install_unit
 	fi
 	wait_online

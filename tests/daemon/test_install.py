@@ -177,6 +177,9 @@ def test_install__dry_run_on_device_trees_prints_extras_and_changes_nothing(
     if unit_dropin:
         assert f"+ drop-in {unit_dropin}.conf" in out
     assert "would run: systemctl restart katago-edge.service" in out
+    # Debian's mosquitto service gets Nagle off (else ~40 ms per small MQTT reply)
+    assert "would write: /etc/mosquitto/conf.d/katago-edge.conf" in out
+    assert "would run: systemctl restart mosquitto.service" in out
     assert "dry run finished: nothing was changed" in out
     assert not prefix.exists()
 
