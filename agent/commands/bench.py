@@ -302,9 +302,10 @@ def _print_table(report: dict[str, Any]) -> None:
         console.print(f"[dim]skipped {label}: {reason}[/dim]")
     for r in report.get("search", {}).get("results", []):
         console.print(
-            f"search {r['threads']} thread(s): {r['visits_per_s']:.1f} visits/s, network "
-            f"{r['nn_evals_per_s']:.1f} evals/s (avg batch {r['avg_batch']:.2f}), "
-            f"visits/evals {r['visits_over_evals']:.2f}"
+            f"search {r['threads']} thread(s): {r['visits_per_s']:.1f} visits/s, network alone "
+            f"{r.get('standalone_evals_per_s', 0.0):.1f} evals/s, during search {r['nn_evals_per_s']:.1f} "
+            f"(avg batch {r['avg_batch']:.2f}), visits/evals {r['visits_over_evals']:.2f} "
+            f"(during search {r.get('visits_over_evals_during_search', 0.0):.2f})"
         )
     if report.get("ratios_vs_katago"):
         console.print(f"ratios to KataGo: {report['ratios_vs_katago']}")

@@ -149,12 +149,13 @@ def encode_v7(
             spatial[8 + k, table[loc]] = 1.0
 
     # ladders
-    scan = ladder_scan(board)
+    recent = state.recent
+    scan = ladder_scan(board, recent[1])
     if scan.laddered:
         spatial[14, table[scan.laddered]] = 1.0
     prev = board if included < 1 else state.recent[1]
     prev2 = prev if included < 2 else state.recent[2]
-    scan1 = ladder_scan(prev)
+    scan1 = ladder_scan(prev, recent[2] if prev is recent[1] else None)
     if scan1.laddered:
         spatial[15, table[scan1.laddered]] = 1.0
     scan2 = ladder_scan(prev2)

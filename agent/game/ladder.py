@@ -11,14 +11,24 @@ quirk that later searches on the same scratch board inherit).
 
 ``ladder_scan(board)`` runs ``iterLadders``: every chain with 1 or 2 liberties, once per chain,
 in row-major order; results are cached on the (immutable, snapshotted) board.
+
+Reuse between related boards (``ladder_scan(board, parent=...)``, a search child and its parent):
+each chain's search records a *footprint*, a bitmask of every point whose colour can influence it.
+The search only looks at its candidate moves, the defender's stones and their neighbours, and at
+the stones and liberties of chains found there, so the footprint is the closed neighbourhood of
+those points plus, for every chain meeting it, the chain's stones and their neighbours. When the
+two boards agree on every footprint point (and on the ko point where the footprint could see it),
+the search would replay move for move, so its result is taken over unchanged. A scan in which a
+search ran out of budget (the ko quirk above couples later searches) is never reused from.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from agent.game.board import BLACK, EMPTY, WALL, WHITE, Board
-from agent.game.coords import NULL_LOC
+from agent.game.coords import NULL_LOC, Geometry
 
 MAX_LADDER_MOVES = 25_000
 
@@ -33,16 +43,21 @@ class LadderScan:
 
     laddered: list[int] = field(default_factory=list)
     working: dict[int, list[int]] = field(default_factory=lambda: {BLACK: [], WHITE: []})
+    # per searched chain head: (captured, working moves, footprint bitmask)
+    entries: dict[int, tuple[bool, list[int], int]] = field(default_factory=dict)
+    exhausted: bool = False
+    reused: int = 0
 
 
 class _Search:
-    __slots__ = ("b", "budget", "limit", "loc")
+    __slots__ = ("b", "budget", "limit", "loc", "touched")
 
-    def __init__(self, board: Board, loc: int, budget: list[int]) -> None:
+    def __init__(self, board: Board, loc: int, budget: list[int], touched: list[int] | None = None) -> None:
         self.b = board
         self.loc = loc
         self.budget = budget
         self.limit = board.x_size * board.y_size * 3 // 2 + 1
+        self.touched = touched  # candidate moves looked at (footprint), when recorded
 
     def _libs_if_played(self, m: int, pla: int) -> int:
         b = self.b
@@ -102,6 +117,9 @@ class _Search:
             if nlibs >= 3:
                 return False
             a, c2 = libs
+            if self.touched is not None:
+                self.touched.append(a)
+                self.touched.append(c2)
             ia = sum(1 for n in (a - stride, a - 1, a + 1, a + stride) if color[n] == EMPTY)
             ib = sum(1 for n in (c2 - stride, c2 - 1, c2 + 1, c2 + stride) if color[n] == EMPTY)
             if (
@@ -145,6 +163,8 @@ class _Search:
             (own,) = libs
             if own not in moves:
                 moves.append(own)
+            if self.touched is not None:
+                self.touched.extend(moves)
             last = moves[-1]
             n_empty = n_caps = cap_size = conn = 0
             max_conn = 0
@@ -199,37 +219,53 @@ def ladder_captured(
 
     ``board`` is a scratch board: it is restored, except for the budget quirk (ko point cleared).
     """
+    return _captured(board, loc, defender_first, budget, None)[0]
+
+
+def _captured(
+    board: Board, loc: int, defender_first: bool, budget: list[int] | None, touched: list[int] | None
+) -> tuple[bool, bool]:
+    """``(captured, budget exhausted)``; candidate moves are appended to ``touched``."""
     bud = budget if budget is not None else [MAX_LADDER_MOVES]
     saved_ko = board.ko_loc
     if defender_first:
         board.ko_loc = NULL_LOC
     try:
-        r = _Search(board, loc, bud).node(0, defender_first)
+        r = _Search(board, loc, bud, touched).node(0, defender_first)
     except _BudgetExhausted:
         board.ko_loc = NULL_LOC
-        return False
+        return False, True
     board.ko_loc = saved_ko
-    return r
+    return r, False
 
 
 def ladder_captured_attacker_first_2libs(board: Board, loc: int) -> tuple[bool, list[int]]:
     """For a chain with exactly 2 liberties: can the attacker start a working ladder? Returns
     (captured, the attacker first moves that work)."""
+    r, works, _ = _attacker_first(board, loc, None)
+    return r, works
+
+
+def _attacker_first(board: Board, loc: int, touched: list[int] | None) -> tuple[bool, list[int], bool]:
     defender = board.color[loc]
     attacker = 3 - defender
     works: list[int] = []
+    exhausted = False
     libs = list(board.libs[board.cid[loc]])
+    if touched is not None:
+        touched.extend(libs)
     for m in libs:
         other = libs[1] if m == libs[0] else libs[0]
         if _defender_surely_escapes(board, loc, m, other, defender):
             continue
         if board.is_legal(m, attacker, False):
             u = board.play(m, attacker)
-            ok = ladder_captured(board, loc, True)
+            ok, ex = _captured(board, loc, True, None, touched)
+            exhausted = exhausted or ex
             board.undo(u)
             if ok:
                 works.append(m)
-    return bool(works), works
+    return bool(works), works, exhausted
 
 
 def _defender_surely_escapes(board: Board, loc: int, m: int, other: int, defender: int) -> bool:
@@ -256,17 +292,113 @@ def _defender_surely_escapes(board: Board, loc: int, m: int, other: int, defende
     return max(best, n_empty) >= 3
 
 
-def ladder_scan(board: Board) -> LadderScan:
-    """KataGo's ``iterLadders`` over one board (cached on the board object)."""
+@lru_cache(maxsize=64)
+def _closed_nbhd_masks(x_size: int, y_size: int) -> tuple[int, ...]:
+    """Per loc: bitmask of the loc and its on-board neighbours (0 off the board)."""
+    g = Geometry(x_size, y_size)
+    stride = x_size + 1
+    onb = set(g.all_locs())
+    out = [0] * g.arr_size
+    for p in onb:
+        m = 1 << p
+        for n in (p - stride, p - 1, p + 1, p + stride):
+            if n in onb:
+                m |= 1 << n
+        out[p] = m
+    return tuple(out)
+
+
+def _footprint(board: Board, loc: int, touched: list[int], nbhd: tuple[int, ...]) -> int:
+    """Points whose colour a search from ``board`` on the chain at ``loc`` can depend on.
+
+    Colours are read around the candidate moves and around the defender chain, which grows by
+    the chains it merges with (all next to a candidate move); chain liberties are read for chains
+    found there. So: the closed neighbourhood of the candidates and defender stones, widened twice
+    by "every chain meeting the set, with its stones' neighbours" (merged chains, then the chains
+    whose liberties are counted around them).
+    """
+    zone = 0
+    for p in board.stones[board.cid[loc]]:
+        zone |= nbhd[p]
+    for p in touched:
+        zone |= nbhd[p]
+    seen: set[int] = set()
+    mask = _close(board, zone, zone, nbhd, seen)
+    return _close(board, mask & ~zone, mask, nbhd, seen)
+
+
+def _close(board: Board, probe: int, mask: int, nbhd: tuple[int, ...], seen: set[int]) -> int:
+    """``mask`` plus the stones' neighbourhoods of every chain with a stone in ``probe``."""
+    color = board.color
+    cid = board.cid
+    stones = board.stones
+    z = probe
+    while z:
+        low = z & -z
+        p = low.bit_length() - 1
+        z ^= low
+        if color[p] in (BLACK, WHITE):
+            h = cid[p]
+            if h not in seen:
+                seen.add(h)
+                for q in stones[h]:
+                    mask |= nbhd[q]
+    return mask
+
+
+def _diff_mask(a: Board, b: Board) -> int:
+    """Bitmask of the points whose colour differs between two boards of one size."""
+    m = 0
+    for i, (x, y) in enumerate(zip(a.color, b.color, strict=True)):
+        if x != y:
+            m |= 1 << i
+    return m
+
+
+def ladder_scan(board: Board, parent: Board | None = None) -> LadderScan:
+    """KataGo's ``iterLadders`` over one board (cached on the board object).
+
+    ``parent``: a board whose cached scan may be reused chain by chain (see the module notes);
+    any board of the same size is correct, a search node's parent makes it pay off.
+    """
     cached = board.cache.get("ladder") if board.cache is not None else None
     if isinstance(cached, LadderScan):
         return cached
+    prev: LadderScan | None = None
+    if parent is not None and parent is not board and parent.cache is not None:
+        p = parent.cache.get("ladder")
+        if (
+            isinstance(p, LadderScan)
+            and not p.exhausted
+            and parent.x_size == board.x_size
+            and parent.y_size == board.y_size
+        ):
+            prev = p
+    out = _scan(board, parent, prev)
+    if out.exhausted and prev is not None:
+        out = _scan(board, None, None)  # the budget quirk couples searches: no reuse at all
+    if board.cache is None:
+        board.cache = {}
+    board.cache["ladder"] = out
+    return out
+
+
+def _scan(board: Board, parent: Board | None, prev: LadderScan | None) -> LadderScan:
     out = LadderScan()
     scratch: Board | None = None
     solved: dict[int, bool] = {}
     color = board.color
     cid = board.cid
     libs = board.libs
+    nbhd = _closed_nbhd_masks(board.x_size, board.y_size)
+    diff = 0
+    ko_bits = 0
+    if prev is not None and parent is not None:
+        diff = _diff_mask(parent, board)
+        if parent.ko_loc != board.ko_loc:
+            ko_bits = (1 << parent.ko_loc if parent.ko_loc != NULL_LOC else 0) | (
+                1 << board.ko_loc if board.ko_loc != NULL_LOC else 0
+            )
     for loc in board.geo.all_locs():
         c = color[loc]
         if c == EMPTY:
@@ -280,18 +412,27 @@ def ladder_scan(board: Board) -> LadderScan:
             if done:
                 out.laddered.append(loc)
             continue
-        if scratch is None:
-            scratch = board.copy()
-        if nl == 1:
-            r = ladder_captured(scratch, loc, True)
-            wm: list[int] = []
-        else:
-            r, wm = ladder_captured_attacker_first_2libs(scratch, loc)
+        entry: tuple[bool, list[int], int] | None = None
+        if prev is not None and parent is not None and parent.color[loc] == c:
+            old = prev.entries.get(parent.cid[loc])
+            if old is not None and not (old[2] & (diff | ko_bits)):
+                entry = old
+                out.reused += 1
+        if entry is None:
+            if scratch is None:
+                scratch = board.copy()
+            touched: list[int] = []
+            if nl == 1:
+                r, ex = _captured(scratch, loc, True, None, touched)
+                wm: list[int] = []
+            else:
+                r, wm, ex = _attacker_first(scratch, loc, touched)
+            out.exhausted = out.exhausted or ex
+            entry = (r, wm, _footprint(board, loc, touched, nbhd))
+        out.entries[head] = entry
+        r, wm, _ = entry
         solved[head] = r
         if r:
             out.laddered.append(loc)
             out.working[c].extend(wm)
-    if board.cache is None:
-        board.cache = {}
-    board.cache["ladder"] = out
     return out

@@ -213,9 +213,24 @@ class GameState:
         salt = PLAYER_HASH[opp(pla)] if rules.ko in ("SITUATIONAL", "SIMPLE") else 0
         suicide = rules.suicide
         was = self.was_played
+        # A move can only recreate an earlier position if its point held a stone before, or if
+        # it is a (multi-stone, so legal only where suicide is) suicide, whose point is the
+        # single liberty of one of the mover's chains.
+        cands: set[int] = set()
+        m = was
+        while m:
+            low = m & -m
+            loc = low.bit_length() - 1
+            m ^= low
+            if color[loc] == EMPTY:
+                cands.add(loc)
+        if suicide:
+            for head, lb in board.libs.items():
+                if len(lb) == 1 and color[head] == pla:
+                    cands |= lb
         banned = []
-        for loc in board.geo.all_locs():
-            if color[loc] != EMPTY or loc == ko or board.is_illegal_suicide(loc, pla, suicide):
+        for loc in cands:
+            if loc == ko or board.is_illegal_suicide(loc, pla, suicide):
                 continue
             if not (was >> loc) & 1 and not board.is_suicide(loc, pla):
                 continue
