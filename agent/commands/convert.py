@@ -113,6 +113,12 @@ def configure_convert(parser: argparse.ArgumentParser) -> None:
         "attention_out, ffn_in, ffn_out, initial, policy_head, value_head)",
     )
     parser.add_argument(
+        "--weight-rounding",
+        default="gptq",
+        choices=["gptq", "nearest"],
+        help="static INT8 weight rounding: gptq (calibrated error feedback, default) or nearest",
+    )
+    parser.add_argument(
         "--smooth",
         type=float,
         default=0.0,
@@ -193,6 +199,7 @@ def command_convert(args: argparse.Namespace) -> int:
         board=args.board,
         force=args.force,
         smooth_alpha=args.smooth,
+        weight_rounding=args.weight_rounding,
         keep_float=tuple(g for g in args.keep_float.split(",") if g) if args.keep_float is not None else None,
     )
     report, written = run_conversion(job, progress_reporter)

@@ -48,6 +48,7 @@ class ConvertJob:
     force: bool = False
     keep_float: tuple[str, ...] | None = None  # INT8 layer groups left in float (None: the default list)
     smooth_alpha: float = 0.0  # > 0: SmoothQuant rescaling before static INT8 (agent.network.smoothing)
+    weight_rounding: str = "gptq"  # static INT8 weight rounding (agent.network.weight_rounding)
 
 
 def verification_positions(
@@ -111,6 +112,7 @@ def _onnx_bytes(
             method=job.calibration_method,
             quantize_outputs=job.int8_mode == "static-qlinear",
             keep_float=job.keep_float if job.keep_float is not None else quantize.INT8_FLOAT_GROUPS,
+            weight_rounding=job.weight_rounding,
             progress=prog,
         )
     return model.SerializeToString(), cal
@@ -251,6 +253,9 @@ def run_conversion(job: ConvertJob, progress: ProgressFactory) -> tuple[VerifyRe
         extra={
             "board": job.board,
             "int8_mode": job.int8_mode if job.precision == "int8" else None,
+            "int8_weight_rounding": job.weight_rounding
+            if job.precision == "int8" and job.int8_mode != "dynamic"
+            else None,
             "int8_float_groups": list(
                 job.keep_float if job.keep_float is not None else quantize.INT8_FLOAT_GROUPS
             )

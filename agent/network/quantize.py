@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 
 from agent.errors import ConversionError
+from agent.network import weight_rounding as weight_rounding_mod
 from agent.network.positions import PositionSet
 
 logger = logging.getLogger(__name__)
@@ -198,6 +199,13 @@ def activation_matmuls(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in consts]
 
 
+def pooled_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls reading a global-pooling ``Concat`` (mean, scaled mean, max: very different ranges
+    in one tensor). They are a negligible share of the work; ``static-qlinear`` leaves them float."""
+    concat = {o for n in model.graph.node if n.op_type == "Concat" and ".gpool" in n.name for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[0] in concat]
+
+
 def to_int8_static(
     model: onnx.ModelProto,
     calibration: PositionSet,
@@ -209,6 +217,8 @@ def to_int8_static(
     quantize_outputs: bool = False,
     reduce_range: bool = False,
     signed_activations: bool = False,
+    weight_rounding: str = "nearest",
+    bias_correction: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> onnx.ModelProto:
     """Static QDQ INT8 (per-channel weights) calibrated on ``calibration`` (module docstring).
@@ -218,6 +228,10 @@ def to_int8_static(
     fast) but convolutions as dequantize + float Conv. ``True`` also quantizes the outputs so
     convolutions become ``QLinearConv`` (int8 end to end, faster on conv nets) at the price of a
     second rounding of every pre-activation, which measurably hurts accuracy (docs/conversion.md).
+
+    ``weight_rounding="gptq"`` rounds the INT8 weights with GPTQ on the calibration positions
+    (:mod:`agent.network.weight_rounding`) instead of to nearest, on the same grid;
+    ``bias_correction`` removes the mean output shift of the weight rounding from the biases.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -230,7 +244,22 @@ def to_int8_static(
         raise ConversionError(f"unknown calibration method {method!r}; expected one of {list(methods)}")
     if len(calibration) == 0:
         raise ConversionError("INT8 calibration needs at least one position")
+    if weight_rounding not in weight_rounding_mod.ROUNDINGS:
+        raise ConversionError(
+            f"unknown weight rounding {weight_rounding!r}; expected one of {list(weight_rounding_mod.ROUNDINGS)}"
+        )
     exclude = nodes_in_groups(model, keep_float) + activation_matmuls(model)
+    if quantize_outputs:
+        exclude += [n for n in pooled_matmuls(model) if n not in exclude]
+    grid: dict[str, Any] = {}
+    if weight_rounding != "nearest" or bias_correction:
+        layers = weight_rounding_mod.quantized_layers(model, exclude)
+        stats = weight_rounding_mod.collect_stats(model, layers, calibration, batch, progress)
+        grid = weight_rounding_mod.rounded_weights(model, layers, stats, weight_rounding)
+        if bias_correction:
+            model = weight_rounding_mod.replace_initializers(
+                model, weight_rounding_mod.bias_corrections(model, layers, stats, grid)
+            )
     extra: dict[str, Any] = {
         "WeightSymmetric": True,
         "ActivationSymmetric": signed_activations,
@@ -265,11 +294,18 @@ def to_int8_static(
             raise ConversionError(f"INT8 static quantization failed: {exc}") from exc
         logger.debug("calibrator output: %s", chatter.getvalue().strip())
         quant = onnx.load(dst)
+    if quantize_outputs:
+        logger.info("INT8 qlinear: %d ReLU-fed output ranges tightened", share_relu_output_ranges(quant))
+    if weight_rounding != "nearest":
+        replaced = weight_rounding_mod.apply_rounding(quant, model, grid)
+        logger.info("INT8 weights: %s rounding of %d layers", weight_rounding, replaced)
     _set_precision(
         quant,
         "int8",
         {
             "katago.int8_mode": "static-qlinear" if quantize_outputs else "static",
+            "katago.weight_rounding": weight_rounding,
+            "katago.bias_correction": str(bias_correction).lower(),
             "katago.calibration_method": method,
             "katago.calibration_positions": str(len(calibration)),
             "katago.int8_float_groups": ",".join(keep_float),
@@ -304,3 +340,134 @@ def to_int8_dynamic(model: onnx.ModelProto, keep_float: Sequence[str] = INT8_FLO
         quant = onnx.load(dst)
     _set_precision(quant, "int8", {"katago.int8_mode": "dynamic"})
     return quant
+
+
+def share_relu_output_ranges(quant: onnx.ModelProto) -> int:
+    """Give a quantized Conv/MatMul output the range of the ReLU input quantizer that follows it.
+
+    In ``static-qlinear`` graphs a convolution followed by ReLU (and the board-mask multiply) is
+    quantized twice: its output with the calibrated ``[min, max]`` range including the negative
+    part, then the next layer's input with ``[0, max]``. Using the second quantizer's scale and
+    zero point for the first makes the saturation at zero do the ReLU exactly, spends all 256
+    levels on the values that survive it, and turns the second quantization into a no-op (same
+    grid; the mask multiplies by 0 or 1). Returns the number of outputs changed.
+    """
+    graph = quant.graph
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def only(tensor: str, op: str) -> onnx.NodeProto | None:
+        users = consumers.get(tensor, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    changed = 0
+    for q1 in graph.node:
+        if q1.op_type != "QuantizeLinear" or producers.get(q1.input[0]) is None:
+            continue
+        if producers[q1.input[0]].op_type not in ("Conv", "MatMul"):
+            continue
+        d1 = only(q1.output[0], "DequantizeLinear")
+        relu = only(d1.output[0], "Relu") if d1 is not None else None
+        if relu is None:
+            continue
+        tail = relu.output[0]
+        mask = only(tail, "Mul")
+        if mask is not None:
+            tail = mask.output[0]
+        q2 = only(tail, "QuantizeLinear")
+        if q1.input[1] not in inits or len(q1.input) < 3 or q1.input[2] not in inits:
+            continue
+        if q2 is not None and q2.input[1] in inits and len(q2.input) > 2 and q2.input[2] in inits:
+            scale = onnx.numpy_helper.to_array(inits[q2.input[1]])
+            zero = onnx.numpy_helper.to_array(inits[q2.input[2]])
+        else:  # no quantizer after the ReLU: [0, max] of the calibrated range
+            old_scale = onnx.numpy_helper.to_array(inits[q1.input[1]])
+            old_zero = onnx.numpy_helper.to_array(inits[q1.input[2]])
+            if old_zero.dtype != np.uint8:
+                continue
+            top = float(old_scale) * (255.0 - float(old_zero))
+            if top <= 0:
+                continue
+            scale = np.array(top / 255.0, dtype=old_scale.dtype)
+            zero = np.zeros_like(old_zero)
+        inits[q1.input[1]].CopyFrom(onnx.numpy_helper.from_array(scale, q1.input[1]))
+        inits[q1.input[2]].CopyFrom(onnx.numpy_helper.from_array(zero, q1.input[2]))
+        changed += 1
+    return changed
+
+
+def _mse_range(values: np.ndarray, low: float, high: float, levels: int = 255, steps: int = 40) -> tuple[float, float]:
+    """``[lo, hi]`` within ``[low, high]`` minimising the uint8 quantization MSE of ``values``."""
+    best = (float("inf"), low, high)
+    for frac_hi in np.linspace(1.0, 0.3, steps):
+        for frac_lo in (np.linspace(1.0, 0.3, 8) if low < 0 else (1.0,)):
+            lo, hi = min(low * frac_lo, 0.0), max(high * frac_hi, 0.0)
+            scale = (hi - lo) / levels
+            if scale <= 0:
+                continue
+            zero = np.round(-lo / scale)
+            q = np.clip(np.round(values / scale) + zero, 0, levels)
+            err = float(np.mean(((q - zero) * scale - values) ** 2))
+            if err < best[0]:
+                best = (err, lo, hi)
+    return best[1], best[2]
+
+
+def mse_output_ranges(
+    quant: onnx.ModelProto,
+    fp32: onnx.ModelProto,
+    calibration: PositionSet,
+    *,
+    producers: Sequence[str] = ("Conv", "MatMul"),
+    samples: int = 1 << 20,
+    batch: int = 8,
+) -> int:
+    """Re-choose the ranges of the quantizers on Conv/MatMul outputs to minimise their MSE.
+
+    Percentile ranges keep the rare large values of a residual-stream increment and spend the
+    256 levels on them; the MSE-optimal clip trades those for a finer grid. Quantizers whose zero
+    point is 0 (ReLU-fed, see :func:`share_relu_output_ranges`) are left alone. In place; returns
+    the number changed.
+    """
+    import onnxruntime as ort
+
+    graph = quant.graph
+    inits = {i.name: i for i in graph.initializer}
+    produced = {o: n.op_type for n in fp32.graph.node for o in n.output}
+    targets: dict[str, onnx.NodeProto] = {}
+    for q in graph.node:
+        if q.op_type == "QuantizeLinear" and produced.get(q.input[0]) in producers and q.input[2] in inits:
+            if int(onnx.numpy_helper.to_array(inits[q.input[2]])) != 0:
+                targets[q.input[0]] = q
+    if not targets:
+        return 0
+    probe = onnx.ModelProto.FromString(fp32.SerializeToString())
+    existing = {o.name for o in probe.graph.output}
+    for t in targets:
+        if t not in existing:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = list(targets)
+    rng = np.random.default_rng(0)
+    collected: dict[str, list[np.ndarray]] = {t: [] for t in names}
+    per_batch = max(samples * batch // max(len(calibration), 1), 1)
+    for b in calibration.batches(batch):
+        outs = sess.run(names, {"spatial": b.spatial, "global": b.global_})
+        for name, arr in zip(names, outs, strict=True):
+            flat = arr.reshape(-1)
+            collected[name].append(rng.choice(flat, min(per_batch, flat.size), replace=False))
+    for name in names:
+        q = targets[name]
+        values = np.concatenate(collected[name]).astype(np.float64)
+        scale = float(onnx.numpy_helper.to_array(inits[q.input[1]]))
+        zero = float(onnx.numpy_helper.to_array(inits[q.input[2]]))
+        lo, hi = _mse_range(values, -zero * scale, (255.0 - zero) * scale)
+        new_scale = (hi - lo) / 255.0
+        new_zero = np.round(-lo / new_scale)
+        inits[q.input[1]].CopyFrom(onnx.numpy_helper.from_array(np.array(new_scale, np.float32), q.input[1]))
+        inits[q.input[2]].CopyFrom(onnx.numpy_helper.from_array(np.array(new_zero, np.uint8), q.input[2]))
+    return len(names)
