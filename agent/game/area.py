@@ -18,243 +18,164 @@ Results are lists indexed by ``loc`` holding ``EMPTY``/``BLACK``/``WHITE``.
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
+
 from agent.game.board import BLACK, EMPTY, WALL, WHITE, Board
 
 
-class _EmptyRegions:
-    """4-connected components of empty points, shared by both colours' Benson passes.
+def _masks(board: Board) -> tuple[int, int, int]:
+    """Bitmasks (bit ``loc``) of the empty points, Black stones and White stones."""
+    arr = np.array(board.color, dtype=np.uint8)
+    return (
+        int.from_bytes(np.packbits(arr == EMPTY, bitorder="little").tobytes(), "little"),
+        int.from_bytes(np.packbits(arr == BLACK, bitorder="little").tobytes(), "little"),
+        int.from_bytes(np.packbits(arr == WHITE, bitorder="little").tobytes(), "little"),
+    )
 
-    Per component: its points, and for each colour ``c`` the heads of the ``c`` chains it
-    touches (``adj[c]``) and how many of its points touch no ``c`` stone (``lonely[c]``).
-    """
 
-    __slots__ = ("adj", "comp_of", "lonely", "pts")
+def _dilate(m: int, s: int) -> int:
+    """``m`` plus its 4-neighbours (may reach padding: callers mask)."""
+    return m | (m << 1) | (m >> 1) | (m << s) | (m >> s)
 
-    def __init__(self, board: Board) -> None:
-        color = board.color
-        cid = board.cid
-        s = board.stride
-        comp_of = [-1] * len(color)
-        pts_all: list[list[int]] = []
-        adj_b: list[set[int]] = []
-        adj_w: list[set[int]] = []
-        lonely_b: list[int] = []
-        lonely_w: list[int] = []
-        for seed in board.geo.all_locs():
-            if color[seed] != EMPTY or comp_of[seed] >= 0:
-                continue
-            rid = len(pts_all)
-            comp_of[seed] = rid
-            pts = [seed]
-            ab: set[int] = set()
-            aw: set[int] = set()
-            nb = nw = 0
-            i = 0
-            while i < len(pts):
-                p = pts[i]
-                i += 1
-                tb = tw = False
-                for n in (p - s, p - 1, p + 1, p + s):
-                    c = color[n]
-                    if c == EMPTY:
-                        if comp_of[n] < 0:
-                            comp_of[n] = rid
-                            pts.append(n)
-                    elif c == BLACK:
-                        tb = True
-                        ab.add(cid[n])
-                    elif c == WHITE:
-                        tw = True
-                        aw.add(cid[n])
-                if not tb:
-                    nb += 1
-                if not tw:
-                    nw += 1
-            pts_all.append(pts)
-            adj_b.append(ab)
-            adj_w.append(aw)
-            lonely_b.append(nb)
-            lonely_w.append(nw)
-        self.comp_of = comp_of
-        self.pts = pts_all
-        self.adj: tuple[list[set[int]], list[set[int]], list[set[int]]] = ([], adj_b, adj_w)
-        self.lonely: tuple[list[int], list[int], list[int]] = ([], lonely_b, lonely_w)
+
+def _flood(seed: int, within: int, s: int) -> int:
+    r = seed
+    while True:
+        n = (r | (r << 1) | (r >> 1) | (r << s) | (r >> s)) & within
+        if n == r:
+            return r
+        r = n
+
+
+def _bits(m: int) -> list[int]:
+    out = []
+    while m:
+        low = m & -m
+        out.append(low.bit_length() - 1)
+        m ^= low
+    return out
 
 
 def _area_for_pla(
     board: Board,
     pla: int,
+    empty: int,
+    own: int,
+    opp: int,
     safe_big: bool,
     unsafe_big: bool,
     suicide: bool,
-    result: list[int],
-    er: _EmptyRegions,
+    res: list[int],
 ) -> None:
-    color = board.color
-    stones = board.stones
-    libs = board.libs
-    o = 3 - pla
-    heads = [h for h in stones if color[h] == pla]
-    if not heads:
-        return  # nothing of ``pla`` can be alive, and no region is marked for a stoneless colour
-    cpts = er.pts
-    cadj = er.adj[pla]
-    ncomp = len(cpts)
-    # chains each empty component is vital for: every point of it is a liberty of the chain
-    cvital: list[set[int]] = []
-    seen: set[int] = set()
-    multi = False
-    for r in range(ncomp):
-        pts = cpts[r]
-        vs = {h for h in cadj[r] if len(libs[h]) >= len(pts) and libs[h].issuperset(pts)}
-        cvital.append(vs)
-        for h in vs:
-            if h in seen:
-                multi = True
-            seen.add(h)
-    if not multi:
-        # No chain is vital-adjacent to two components, so none has two vital regions (a region's
-        # vital set is inside each of its components'): every chain dies, every region borders a
-        # dead chain, and only opponent-free regions (single empty components touching no
-        # opponent stone) can be marked, by ``unsafe_big``.
-        if unsafe_big:
-            oadj = er.adj[o]
-            for r in range(ncomp):
-                if not oadj[r]:
-                    for p in cpts[r]:
-                        if result[p] == EMPTY:
-                            result[p] = pla
-        return
-    _benson(board, pla, o, heads, safe_big, unsafe_big, suicide, result, er, cvital)
-
-
-def _benson(
-    board: Board,
-    pla: int,
-    o: int,
-    heads: list[int],
-    safe_big: bool,
-    unsafe_big: bool,
-    suicide: bool,
-    result: list[int],
-    er: _EmptyRegions,
-    cvital: list[set[int]],
-) -> None:
+    """One colour's Benson pass on bitmasks; ``res[BLACK]``/``res[WHITE]`` are the marks so
+    far, and this colour's marks overwrite the other's (the later pass wins)."""
+    if not own:
+        return  # nothing of ``pla`` can be alive, and a stoneless colour marks no region
+    s = board.stride
     color = board.color
     cid = board.cid
-    stride = board.stride
     stones = board.stones
-    libs = board.libs
-    comp_of = er.comp_of
-    ncomp = len(er.pts)
-    # regions: empty components joined through the opponent chains touching them
-    parent = list(range(ncomp))
+    o = 3 - pla
+    within = empty | opp
+    touch = _dilate(own, s)
+    regions: list[int] = []
+    rem = empty
+    while rem:
+        r = _flood(rem & -rem, within, s)
+        regions.append(r)
+        rem &= ~r
+    # chains' neighbourhoods, built on demand (only chains next to a region's first point)
+    nbhd: dict[int, int] = {}
 
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+    def chain_nbhd(h: int) -> int:
+        m = nbhd.get(h)
+        if m is None:
+            st = 0
+            for q in stones[h]:
+                st |= 1 << q
+            m = nbhd[h] = _dilate(st, s)
+        return m
 
-    opp_heads = [h for h in stones if color[h] == o and libs[h]]
-    for h in opp_heads:
-        it = iter(libs[h])
-        r0 = find(comp_of[next(it)])
-        for lib in it:
-            r = find(comp_of[lib])
-            if r != r0:
-                parent[r] = r0
-    reg_index: dict[int, int] = {}
-    reg_of_comp = [0] * ncomp
-    for c in range(ncomp):
-        root = find(c)
-        k = reg_index.get(root)
-        if k is None:
-            k = reg_index[root] = len(reg_index)
-        reg_of_comp[c] = k
-    nreg = len(reg_index)
-    vital_for: list[set[int] | None] = [None] * nreg
-    internal = [0] * nreg
-    contains_opp = [False] * nreg
-    touching: list[set[int]] = [set() for _ in range(nreg)]
-    pts_of: list[list[int]] = [[] for _ in range(nreg)]
-    cadj = er.adj[pla]
-    clonely = er.lonely[pla]
-    for c in range(ncomp):
-        k = reg_of_comp[c]
-        vf = vital_for[k]
-        vital_for[k] = set(cvital[c]) if vf is None else (vf & cvital[c] if vf else vf)
-        internal[k] += clonely[c]
-        touching[k] |= cadj[c]
-        pts_of[k].extend(er.pts[c])
-    for h in opp_heads:
-        k = reg_of_comp[comp_of[next(iter(libs[h]))]]
-        contains_opp[k] = True
-        st = stones[h]
-        pts_of[k].extend(st)
-        tk = touching[k]
-        vf = vital_for[k]
-        for s in st:
-            adj: list[int] = []
-            for n in (s - stride, s - 1, s + 1, s + stride):
-                if color[n] == pla:
-                    adj.append(cid[n])
-            if not adj:
-                internal[k] += 1
-            tk.update(adj)
-            if suicide and vf:
-                vf.intersection_update(adj)
+    heads = [h for h in stones if color[h] == pla]
     vital = dict.fromkeys(heads, 0)
-    regions_touching: dict[int, list[int]] = {h: [] for h in heads}
-    for k in range(nreg):
-        for h in vital_for[k] or ():
-            vital[h] += 1
-        for h in touching[k]:
-            regions_touching[h].append(k)
-    killed: set[int] = set()
+    vital_for: list[list[int]] = []
+    for r in regions:
+        req = r if suicide else r & empty
+        low = req & -req
+        p = low.bit_length() - 1
+        vf: list[int] = []
+        for n in (p - s, p - 1, p + 1, p + s):
+            if color[n] == pla:
+                h = cid[n]
+                if h not in vf and not req & ~chain_nbhd(h):
+                    vf.append(h)
+                    vital[h] += 1
+        vital_for.append(vf)
+    nreg = len(regions)
     borders_killed = [False] * nreg
-    changed = True
-    while changed:
-        changed = False
-        for h in heads:
-            if h in killed or vital[h] >= 2:
-                continue
-            killed.add(h)
-            changed = True
-            for k in regions_touching[h]:
-                if not borders_killed[k]:
-                    borders_killed[k] = True
-                    for h2 in vital_for[k] or ():
-                        vital[h2] -= 1
-    for h in heads:
-        if h not in killed:
-            for s in stones[h]:
-                result[s] = pla
+    alive = set(heads)
+    while True:
+        dying = [h for h in alive if vital[h] < 2]
+        if not dying:
+            break
+        killed = 0
+        for h in dying:
+            alive.discard(h)
+            killed |= chain_nbhd(h)
+        for k in range(nreg):
+            if not borders_killed[k] and regions[k] & killed:
+                borders_killed[k] = True
+                for h in vital_for[k]:
+                    vital[h] -= 1
+    mark = 0
+    for h in alive:
+        for q in stones[h]:
+            mark |= 1 << q
+    weak = 0
     for k in range(nreg):
-        if (internal[k] <= 1 and not borders_killed[k]) or (
-            safe_big and not contains_opp[k] and not borders_killed[k]
-        ):
-            for p in pts_of[k]:
-                result[p] = pla
-        elif unsafe_big and not contains_opp[k]:
-            for p in pts_of[k]:
-                if result[p] == EMPTY:
-                    result[p] = pla
+        r = regions[k]
+        has_opp = bool(r & opp)
+        if not borders_killed[k] and ((r & ~touch).bit_count() <= 1 or (safe_big and not has_opp)):
+            mark |= r
+        elif unsafe_big and not has_opp:
+            weak |= r
+    res[pla] |= mark
+    res[o] &= ~mark
+    res[pla] |= weak & ~res[o]
+
+
+def area_masks(
+    board: Board, non_pass_alive_stones: bool, safe_big: bool, unsafe_big: bool, suicide: bool
+) -> tuple[int, int]:
+    """``calculate_area`` as bitmasks (bit ``loc``): ``(black, white)``."""
+    empty, black, white = _masks(board)
+    res = [0, 0, 0]
+    _area_for_pla(board, BLACK, empty, black, white, safe_big, unsafe_big, suicide, res)
+    _area_for_pla(board, WHITE, empty, white, black, safe_big, unsafe_big, suicide, res)
+    if non_pass_alive_stones:
+        free = ~(res[BLACK] | res[WHITE])
+        res[BLACK] |= black & free
+        res[WHITE] |= white & free
+    return res[BLACK], res[WHITE]
+
+
+def mask_to_bool(m: int, n: int) -> npt.NDArray[np.bool_]:
+    """Bitmask to a bool array of length ``n`` (index = bit)."""
+    raw = np.frombuffer(m.to_bytes((n + 7) // 8, "little"), dtype=np.uint8)
+    return np.unpackbits(raw, bitorder="little")[:n].astype(bool)
 
 
 def calculate_area(
     board: Board, non_pass_alive_stones: bool, safe_big: bool, unsafe_big: bool, suicide: bool
 ) -> list[int]:
     """KataGo's ``Board::calculateArea``."""
-    result = [EMPTY] * len(board.color)
-    er = _EmptyRegions(board)
-    _area_for_pla(board, BLACK, safe_big, unsafe_big, suicide, result, er)
-    _area_for_pla(board, WHITE, safe_big, unsafe_big, suicide, result, er)
-    if non_pass_alive_stones:
-        color = board.color
-        for loc in board.geo.all_locs():
-            if result[loc] == EMPTY and color[loc] != EMPTY:
-                result[loc] = color[loc]
+    b, w = area_masks(board, non_pass_alive_stones, safe_big, unsafe_big, suicide)
+    n = len(board.color)
+    out = np.zeros(n, dtype=np.int8)
+    out[mask_to_bool(b, n)] = BLACK
+    out[mask_to_bool(w, n)] = WHITE
+    result: list[int] = out.tolist()
     return result
 
 

@@ -23,8 +23,8 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from agent.game.area import calculate_area, independent_life_area
-from agent.game.board import Board
+from agent.game.area import area_masks, independent_life_area, mask_to_bool
+from agent.game.board import WHITE, Board
 from agent.game.coords import PASS_LOC
 from agent.game.ladder import ladder_scan
 from agent.game.state import GameState
@@ -49,17 +49,28 @@ def _pos_table(x_size: int, y_size: int, nn_x: int, nn_y: int) -> tuple[npt.NDAr
     return table, onboard
 
 
-def _area(board: Board, scoring: str, tax: str, suicide: bool) -> list[int] | None:
+@lru_cache(maxsize=64)
+def _onboard_locs(x_size: int, y_size: int) -> npt.NDArray[np.intp]:
+    stride = x_size + 1
+    return np.array([(x + 1) + (y + 1) * stride for y in range(y_size) for x in range(x_size)], dtype=np.intp)
+
+
+def _area(board: Board, scoring: str, tax: str, suicide: bool) -> npt.NDArray[np.int8] | None:
+    """Area colour of every on-board point in scan order (``_onboard_locs``), cached per board."""
     if scoring != "AREA":
         return None  # territory scoring: only in encore phase 2, which GTP/analysis never reach
     key = f"area:{tax}:{suicide}"
     cache = board.cache
     if cache is not None and key in cache:
         return cache[key]  # type: ignore[return-value]
+    locs = _onboard_locs(board.x_size, board.y_size)
     if tax == "NONE":
-        area = calculate_area(board, True, True, True, suicide)
+        b, w = area_masks(board, True, True, True, suicide)
+        n = len(board.color)
+        area = mask_to_bool(b, n)[locs].astype(np.int8)
+        area[mask_to_bool(w, n)[locs]] = WHITE
     else:
-        area = independent_life_area(board, False, True, suicide)[0]
+        area = np.array(independent_life_area(board, False, True, suicide)[0], dtype=np.int8)[locs]
     if board.cache is None:
         board.cache = {}
     board.cache[key] = area
@@ -166,12 +177,9 @@ def encode_v7(
 
     # areas
     if area is not None:
-        mine = [loc for loc in board.geo.all_locs() if area[loc] == pla]
-        theirs = [loc for loc in board.geo.all_locs() if area[loc] == opp]
-        if mine:
-            spatial[18, table[mine]] = 1.0
-        if theirs:
-            spatial[19, table[theirs]] = 1.0
+        pos = table[_onboard_locs(board.x_size, board.y_size)]
+        spatial[18, pos] = area == pla
+        spatial[19, pos] = area == opp
 
     # globals
     b_area = np.float32(board.x_size * board.y_size)
@@ -223,19 +231,12 @@ def _komi_wave(k: np.float32, area: int) -> np.float32:
 
 
 def _game_end_would_not_be_win(
-    area: list[int] | None, board: Board, pla: int, self_komi: float, tax: str
+    area: npt.NDArray[np.int8] | None, board: Board, pla: int, self_komi: float, tax: str
 ) -> bool:
     """``finalPhaseAndGameEndWouldNotBeWin`` for the passing hacks (area scoring only)."""
     if area is None:
         return False
-    opp = 3 - pla
-    score = 0
-    for loc in board.geo.all_locs():
-        a = area[loc]
-        if a == pla:
-            score += 1
-        elif a == opp:
-            score -= 1
+    score = int(np.count_nonzero(area == pla)) - int(np.count_nonzero(area == 3 - pla))
     if tax == "ALL":
         _, wmb = independent_life_area(board, False, True, False)
         score += -2 * wmb if pla == 2 else 2 * wmb
