@@ -97,41 +97,53 @@ def _area_for_pla(
             m = nbhd[h] = _dilate(st, s)
         return m
 
+    libs = board.libs
     heads = [h for h in stones if color[h] == pla]
     vital = dict.fromkeys(heads, 0)
     vital_for: list[list[int]] = []
     for r in regions:
+        # vital for ``h``: every empty point of the region (every point, under suicide rules)
+        # is next to ``h``; ``h`` must then touch the region's first such point
         req = r if suicide else r & empty
+        n_empty = (r & empty).bit_count()
         low = req & -req
         p = low.bit_length() - 1
         vf: list[int] = []
         for n in (p - s, p - 1, p + 1, p + s):
             if color[n] == pla:
                 h = cid[n]
-                if h not in vf and not req & ~chain_nbhd(h):
+                if h in vf or len(libs[h]) < n_empty:
+                    continue
+                if suicide:
+                    ok = not req & ~chain_nbhd(h)
+                else:
+                    lb = libs[h]
+                    ok = all(q in lb for q in _bits(req))
+                if ok:
                     vf.append(h)
                     vital[h] += 1
         vital_for.append(vf)
     nreg = len(regions)
     borders_killed = [False] * nreg
     alive = set(heads)
+    alive_stones = own
     while True:
         dying = [h for h in alive if vital[h] < 2]
         if not dying:
             break
-        killed = 0
-        for h in dying:
-            alive.discard(h)
-            killed |= chain_nbhd(h)
+        alive.difference_update(dying)
+        now = 0
+        for h in alive:
+            for q in stones[h]:
+                now |= 1 << q
+        killed = _dilate(alive_stones & ~now, s)
+        alive_stones = now
         for k in range(nreg):
             if not borders_killed[k] and regions[k] & killed:
                 borders_killed[k] = True
                 for h in vital_for[k]:
                     vital[h] -= 1
-    mark = 0
-    for h in alive:
-        for q in stones[h]:
-            mark |= 1 << q
+    mark = alive_stones
     weak = 0
     for k in range(nreg):
         r = regions[k]

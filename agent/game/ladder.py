@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
+
 from agent.game.board import BLACK, EMPTY, WALL, WHITE, Board
 from agent.game.coords import NULL_LOC, Geometry
 
@@ -348,11 +350,8 @@ def _close(board: Board, probe: int, mask: int, nbhd: tuple[int, ...], seen: set
 
 def _diff_mask(a: Board, b: Board) -> int:
     """Bitmask of the points whose colour differs between two boards of one size."""
-    m = 0
-    for i, (x, y) in enumerate(zip(a.color, b.color, strict=True)):
-        if x != y:
-            m |= 1 << i
-    return m
+    diff = np.frombuffer(bytes(a.color), dtype=np.uint8) != np.frombuffer(bytes(b.color), dtype=np.uint8)
+    return int.from_bytes(np.packbits(diff, bitorder="little").tobytes(), "little")
 
 
 def ladder_scan(board: Board, parent: Board | None = None) -> LadderScan:
@@ -386,9 +385,7 @@ def ladder_scan(board: Board, parent: Board | None = None) -> LadderScan:
 def _scan(board: Board, parent: Board | None, prev: LadderScan | None) -> LadderScan:
     out = LadderScan()
     scratch: Board | None = None
-    solved: dict[int, bool] = {}
     color = board.color
-    cid = board.cid
     libs = board.libs
     nbhd = _closed_nbhd_masks(board.x_size, board.y_size)
     diff = 0
@@ -399,19 +396,14 @@ def _scan(board: Board, parent: Board | None, prev: LadderScan | None) -> Ladder
             ko_bits = (1 << parent.ko_loc if parent.ko_loc != NULL_LOC else 0) | (
                 1 << board.ko_loc if board.ko_loc != NULL_LOC else 0
             )
-    for loc in board.geo.all_locs():
+    stones = board.stones
+    # chains with 1 or 2 liberties in row-major order of their first stone (KataGo's scan order,
+    # which matters through the budget quirk)
+    todo = sorted((min(stones[h]), h) for h, lb in libs.items() if 0 < len(lb) <= 2)
+    captured: list[int] = []
+    for loc, head in todo:
         c = color[loc]
-        if c == EMPTY:
-            continue
-        head = cid[loc]
         nl = len(libs[head])
-        if nl != 1 and nl != 2:
-            continue
-        done = solved.get(head)
-        if done is not None:
-            if done:
-                out.laddered.append(loc)
-            continue
         entry: tuple[bool, list[int], int] | None = None
         if prev is not None and parent is not None and parent.color[loc] == c:
             old = prev.entries.get(parent.cid[loc])
@@ -431,8 +423,9 @@ def _scan(board: Board, parent: Board | None, prev: LadderScan | None) -> Ladder
             entry = (r, wm, _footprint(board, loc, touched, nbhd))
         out.entries[head] = entry
         r, wm, _ = entry
-        solved[head] = r
         if r:
-            out.laddered.append(loc)
+            captured.extend(stones[head])
             out.working[c].extend(wm)
+    captured.sort()
+    out.laddered = captured
     return out

@@ -252,7 +252,10 @@ def legal_mask_from_features(spatial: F32, global_: F32, board_x: int, board_y: 
     empty = onb & ~own & ~opp
     suicide_ok = bool(global_[8] > 0.5)
     helps = empty | (own & (~atari | suicide_ok)) | (opp & atari)
-    pad = np.pad(helps, 1)
-    any_help = pad[:-2, 1:-1] | pad[2:, 1:-1] | pad[1:-1, :-2] | pad[1:-1, 2:]
+    any_help = np.zeros_like(helps)
+    any_help[1:] |= helps[:-1]
+    any_help[:-1] |= helps[1:]
+    any_help[:, 1:] |= helps[:, :-1]
+    any_help[:, :-1] |= helps[:, 1:]
     legal = empty & ~banned & any_help
     return np.append(legal.reshape(-1), True)
