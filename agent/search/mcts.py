@@ -199,6 +199,73 @@ class Search:
 
     # ------------------------------------------------------------------- selection
     def _select(self, node: Node) -> int:
+        if node is not self.root:
+            return self._select_prefix(node)
+        return self._select_full(node)
+
+    def _select_prefix(self, node: Node) -> int:
+        """``_select_full`` for a non-root node, in plain Python over the tried prefix.
+
+        Below the root the priors are sorted in decreasing order (``_expand``) and only the
+        highest-prior untried child competes, so the children ever tried are (nearly always
+        exactly) the first ``node.tried`` ones: every later child scores ``-inf`` except the one
+        at ``node.tried``, whose prior is the highest of them. The sums stay numpy reductions of
+        the same arrays and every per-child expression is evaluated in the same order, so the
+        choice is identical to the vectorised version.
+        """
+        p = self.params
+        n = len(node.moves)
+        m = min(node.tried + 1, n)
+        visits = node.e_visits[:m].tolist()
+        virt = node.e_virtual[:m].tolist()
+        weight = node.e_weight[:m].tolist()
+        usum = node.e_usum[:m].tolist()
+        pri = node.priors[:m].tolist()
+        sign = node.sign
+        visited = [visits[j] > 0 or virt[j] > 0 for j in range(m)]
+        n_visited = sum(visited)
+        total = float(node.e_weight.sum())
+        parent_avg = sign * node.utility if node.weight > 0 else sign * node.nn_utility
+        explore = self.explore_scaling(node, total)
+        if n_visited:
+            mask = np.zeros(n, dtype=bool)
+            mask[:m] = visited
+            visited_mass = float(node.raw_priors[mask].sum())
+        else:
+            visited_mass = 0.0
+        avg_w = min(1.0, visited_mass**p.fpu_parent_weight_by_visited_policy_pow)
+        parent_u = avg_w * parent_avg + (1.0 - avg_w) * sign * node.nn_utility
+        fpu = parent_u - p.fpu_reduction_max * math.sqrt(visited_mass)
+        any_virtual = any(virt)
+        vl = p.virtual_loss_visits
+        radius = p.win_loss_utility_factor + p.static_score_utility_factor + p.dynamic_score_utility_factor
+        best_new = -1
+        if n_visited < n:
+            best_p = -1.0
+            for j in range(m):
+                if not visited[j] and pri[j] > best_p:
+                    best_p = pri[j]
+                    best_new = j
+        best = -1
+        best_score = -math.inf
+        for j in range(m):
+            if not visited[j] and j != best_new:
+                continue
+            w = weight[j]
+            q = sign * usum[j] / w if w > 0 else fpu
+            w_eff = w
+            if any_virtual:
+                vlw = vl * virt[j]
+                frac = vlw / (vlw + max(0.25, w))
+                q = q + (-radius - q) * frac
+                w_eff = w + vlw
+            score = q + explore * pri[j] / (1.0 + w_eff)
+            if score > best_score or best < 0:
+                best_score = score
+                best = j
+        return best
+
+    def _select_full(self, node: Node) -> int:
         p = self.params
         is_root = node is self.root
         vl = p.virtual_loss_visits
@@ -334,6 +401,8 @@ class Search:
                     break
                 k = self._select(node)
                 node.e_virtual[k] += 1
+                if k >= node.tried:
+                    node.tried = k + 1
                 path.append((node, k))
                 node = self._child(node, k)
         ev: NetEval | None = None

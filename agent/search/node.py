@@ -58,6 +58,7 @@ class Node:
         "sign",
         "state",
         "terminal",
+        "tried",
         "u_sq",
         "u_sum",
         "visits",
@@ -85,6 +86,7 @@ class Node:
         self.e_weight = np.zeros(0, dtype=np.float64)
         self.e_usum = np.zeros(0, dtype=np.float64)
         self.e_virtual = np.zeros(0, dtype=np.int64)
+        self.tried = 0  # 1 + the highest child index ever selected: later edges were never tried
         self.nn_utility = 0.0
         self.visits = 0
         self.weight = 0.0
@@ -113,6 +115,7 @@ class Node:
         self.e_weight = np.zeros(k, dtype=np.float64)
         self.e_usum = np.zeros(k, dtype=np.float64)
         self.e_virtual = np.zeros(k, dtype=np.int64)
+        self.tried = 0
         self.nn_utility = nn_utility
         self.expanded = True
         self.pending = False
