@@ -107,20 +107,18 @@ def encode_v7(
     spatial[0, onboard] = 1.0
 
     # stones and liberties
-    own: list[int] = []
-    other: list[int] = []
+    locs_np = _onboard_locs(board.x_size, board.y_size)
+    pos_np = table[locs_np]
+    col = np.frombuffer(bytes(board.color), dtype=np.uint8)[locs_np]
+    spatial[1, pos_np] = col == pla
+    spatial[2, pos_np] = col == opp
     lib_planes: tuple[list[int], list[int], list[int]] = ([], [], [])
-    color = board.color
     libs = board.libs
-    for head, st in board.stones.items():
-        (own if color[head] == pla else other).extend(st)
-        n = len(libs[head])
+    stones = board.stones
+    for head, lb in libs.items():
+        n = len(lb)
         if n <= 3:
-            lib_planes[n - 1].extend(st)
-    if own:
-        spatial[1, table[own]] = 1.0
-    if other:
-        spatial[2, table[other]] = 1.0
+            lib_planes[n - 1].extend(stones[head])
     for i in range(3):
         if lib_planes[i]:
             spatial[3 + i, table[lib_planes[i]]] = 1.0
@@ -177,9 +175,8 @@ def encode_v7(
 
     # areas
     if area is not None:
-        pos = table[_onboard_locs(board.x_size, board.y_size)]
-        spatial[18, pos] = area == pla
-        spatial[19, pos] = area == opp
+        spatial[18, pos_np] = area == pla
+        spatial[19, pos_np] = area == opp
 
     # globals
     b_area = np.float32(board.x_size * board.y_size)
