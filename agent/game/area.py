@@ -26,7 +26,7 @@ from agent.game.board import BLACK, EMPTY, WALL, WHITE, Board
 
 def _masks(board: Board) -> tuple[int, int, int]:
     """Bitmasks (bit ``loc``) of the empty points, Black stones and White stones."""
-    arr = np.array(board.color, dtype=np.uint8)
+    arr = np.frombuffer(bytes(board.color), dtype=np.uint8)
     return (
         int.from_bytes(np.packbits(arr == EMPTY, bitorder="little").tobytes(), "little"),
         int.from_bytes(np.packbits(arr == BLACK, bitorder="little").tobytes(), "little"),
