@@ -7,8 +7,9 @@ responses report divided by wall time.
 The search overhead target is visits/s >= 0.9 x evals/s, where evals/s is the **network's own**
 throughput measured standalone on the same ``NeuralNet`` object (so the same runtime and runtime
 threads) at the batch size the search is allowed to form (``nnMaxBatchSize`` = search threads):
-``NeuralNet.evaluate`` alone on batches of real V7 inputs of the benchmark positions, timed half
-before and half after the search (the machine's load drifts). A visit costs one evaluation, so
+``NeuralNet.evaluate`` alone on batches of real V7 inputs of the benchmark positions, timed in
+slices before, between and after the positions' searches (the load of a shared machine drifts).
+Visits/s counts only the time the searches ran. A visit costs one evaluation, so
 anything below 1.0 is tree work, feature extraction, post-processing or waiting.
 
 The evaluator's own count (rows evaluated / seconds spent inside ``evaluate`` during the search)
@@ -104,18 +105,18 @@ def run_search_bench(
     batch = max(1, threads)
     engine = NativeEngine(net, post, default_params=params, max_batch_size=batch, seed=1)
     service = AnalysisService(engine)
-    done = threading.Event()
     finals: list[dict[str, Any]] = []
-    lock = threading.Lock()
+    finished = threading.Event()
 
     def emit(resp: dict[str, Any]) -> None:
         if resp.get("isDuringSearch"):
             return
-        with lock:
-            finals.append(resp)
-            if len(finals) == len(positions):
-                done.set()
+        finals.append(resp)
+        finished.set()
 
+    slice_s = standalone_s / (len(positions) + 1)
+    eps: list[float] = []
+    wall = 0.0
     try:
         # Warm-up (compiles kernels, fills allocator pools); not timed and not counted.
         warm = AnalysisService(engine)
@@ -123,16 +124,18 @@ def run_search_bench(
         warm.handle_query(positions[0].query("warmup", min(visits, 8)), lambda r: warm_done.set())
         warm_done.wait(timeout_s)
         engine.clear_cache()
-        eps_before = standalone_evals_per_s(net, positions, batch, standalone_s / 2)
         before = engine.evaluator.stats()
-        start = time.perf_counter()
+        # The network alone is timed between the searches (the load of a shared machine drifts).
         for i, pos in enumerate(positions):
+            eps.append(standalone_evals_per_s(net, positions, batch, slice_s))
+            finished.clear()
+            start = time.perf_counter()
             service.handle_query(pos.query(f"bench-{i}", visits), emit)
-        if not done.wait(timeout_s):
-            raise TimeoutError(f"search benchmark did not finish within {timeout_s:.0f} s")
-        wall = time.perf_counter() - start
+            if not finished.wait(timeout_s):
+                raise TimeoutError(f"search benchmark did not finish within {timeout_s:.0f} s")
+            wall += time.perf_counter() - start
+        eps.append(standalone_evals_per_s(net, positions, batch, slice_s))
         after = engine.evaluator.stats()
-        eps_after = standalone_evals_per_s(net, positions, batch, standalone_s / 2)
     finally:
         engine.close(timeout=5.0)
     errors = [r for r in finals if "error" in r]
@@ -148,7 +151,7 @@ def run_search_bench(
         positions=len(positions),
         wall_s=wall,
         visits_per_s=total_visits / wall,
-        standalone_evals_per_s=(eps_before + eps_after) / 2,
+        standalone_evals_per_s=sum(eps) / len(eps),
         nn_evals_per_s=rows / nn_s if nn_s > 0 else 0.0,
         avg_batch=rows / batches if batches else 0.0,
         nn_time_share=nn_s / wall if wall > 0 else 0.0,
