@@ -1,8 +1,13 @@
 """``NNEvaluator``: batched, cached network evaluation shared by every search of an engine.
 
-Search threads call ``evaluate(state, ...)`` and block; a single named server thread gathers
-whatever requests are waiting (up to ``max_batch_size``) into one ``NeuralNet.evaluate`` call,
-so leaves from several search threads (and several concurrent searches) share a batch. Each
+Search threads call ``evaluate(state, ...)`` and block. Batching is leader/follower: a request
+joins the waiting list; if no batch is running, the calling thread becomes the runner and
+evaluates whatever is waiting (up to ``max_batch_size``, oldest first) in one
+``NeuralNet.evaluate`` call, outside the lock (the runtimes release the GIL, so the other
+threads' tree and feature work goes on meanwhile); otherwise it sleeps until a batch finishes
+and then either finds its result or runs the next batch. Leaves from several search threads
+(and several concurrent searches) that arrive while a batch runs share the next one, and no
+thread hand-over is paid on the way to the network (a single search thread calls it directly). Each
 row is post-processed by the shared ``agent.network.postprocess`` code, then KataGo's search
 adjustments are applied: the pass cap of ``enablePassingHacks`` (pass weight at most 19x the
 summed weight of the other legal moves) and the policy temperature.
@@ -15,11 +20,10 @@ position hash and symmetry. ``clear_cache`` empties it (the ``clear_cache`` acti
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -115,8 +119,9 @@ class NNEvaluator:
         self._rand_lock = threading.Lock()
         self._cache: OrderedDict[Any, NetEval] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._cv = threading.Condition()
+        self._waiting: deque[_Pending] = deque()
+        self._running = False
         self._closed = False
         self.rows = 0
         self.batches = 0
@@ -126,16 +131,13 @@ class NNEvaluator:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> NNEvaluator:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name="nn-batcher", daemon=True)
-            self._thread.start()
+        """Kept for the engine's life cycle: batches are run by the calling threads."""
         return self
 
     def close(self) -> None:
-        if self._thread is not None and not self._closed:
+        """Refuse new requests; requests already waiting still run."""
+        with self._cv:
             self._closed = True
-            self._queue.put(None)
-            self._thread.join(timeout=10)
 
     def clear_cache(self) -> None:
         with self._cache_lock:
@@ -196,13 +198,7 @@ class NNEvaluator:
         pending = _Pending(
             spatial, np.asarray(global_, np.float32), replace(ctx, symmetry=symmetry), optimism, temperature
         )
-        if self._closed:
-            raise EngineError("NN evaluator is closed")
-        if self._thread is None:
-            self._run_batch([pending])
-        else:
-            self._queue.put(pending)
-            pending.done.wait()
+        self._submit(pending)
         if pending.error is not None:
             raise InferenceError(f"network evaluation failed: {pending.error}") from pending.error
         result = pending.result
@@ -215,26 +211,29 @@ class NNEvaluator:
                 self._cache.popitem(last=False)
         return result
 
-    # --------------------------------------------------------------------- server
-    def _serve(self) -> None:
+    # -------------------------------------------------------------------- batching
+    def _submit(self, pending: _Pending) -> None:
+        """Leader/follower batching (module notes): returns once ``pending`` has run."""
+        cv = self._cv
+        with cv:
+            if self._closed:
+                raise EngineError("NN evaluator is closed")
+            self._waiting.append(pending)
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < self.max_batch_size:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._run_batch(batch)
-            if stop:
-                return
+            with cv:
+                while not pending.done.is_set() and self._running:
+                    cv.wait()
+                if pending.done.is_set():
+                    return
+                self._running = True
+                waiting = self._waiting
+                batch = [waiting.popleft() for _ in range(min(self.max_batch_size, len(waiting)))]
+            try:
+                self._run_batch(batch)
+            finally:
+                with cv:
+                    self._running = False
+                    cv.notify_all()
 
     def _run_batch(self, batch: list[_Pending]) -> None:
         try:
