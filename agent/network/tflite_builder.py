@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,17 @@ from agent.network import model as m
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-full")
+# Name scopes of the graph's parts; an INT8 model keeps the ops under the scopes it denylists in float.
+RMS_SCOPE = "rmsnorm"
+ATTENTION_SCOPE = "attention_core"
+SWIGLU_SCOPE = "swiglu"
+GPOOL_SCOPE = "gpool"
+# Layers whose convolutions and matmuls stay float in a selective ``int8`` model (:class:`Int8Options`);
+# the names are those of the ONNX INT8 layer groups where they exist (``convert --keep-float``).
+INT8_FLOAT_LAYERS: tuple[str, ...] = ("initial", "policy_head", "value_head")
+# Parts that always stay float: normalization statistics, attention scores/softmax/values, gating.
+INT8_FLOAT_PARTS: tuple[str, ...] = ("tip", RMS_SCOPE, ATTENTION_SCOPE, SWIGLU_SCOPE, GPOOL_SCOPE)
+INT8_FLOAT_SCOPES: tuple[str, ...] = INT8_FLOAT_LAYERS + INT8_FLOAT_PARTS
 
 
 def import_tensorflow() -> Any:
@@ -109,6 +121,7 @@ class _Graph:
 
     # -- blocks ------------------------------------------------------------------------------------
     def block(self, x: Any, b: m.Block, mask: Any, mask_sum: Any) -> Any:
+        tf = self.tf
         if isinstance(b, m.OrdinaryBlock):
             h = self.conv(self.bnact(x, b.pre_bn, b.pre_act, mask), b.regular_conv)
             return x + self.conv(self.bnact(h, b.mid_bn, b.mid_act, mask), b.final_conv)
@@ -116,13 +129,17 @@ class _Graph:
             a = self.bnact(x, b.pre_bn, b.pre_act, mask)
             r = self.conv(a, b.regular_conv)
             g = self.bnact(self.conv(a, b.gpool_conv), b.gpool_bn, b.gpool_act, mask)
-            r = r + self.matmul(self.gpool(g, mask, mask_sum), b.gpool_to_bias_mul)[:, None, None, :]
+            with tf.name_scope(GPOOL_SCOPE):
+                r = r + self.matmul(self.gpool(g, mask, mask_sum), b.gpool_to_bias_mul)[:, None, None, :]
             return x + self.conv(self.bnact(r, b.mid_bn, b.mid_act, mask), b.final_conv)
         if isinstance(b, m.NestedBottleneckBlock):
-            y = self.conv(self.bnact(x, b.pre_bn, b.pre_act, mask), b.pre_conv)
-            for inner in b.blocks:
-                y = self.block(y, inner, mask, mask_sum)
-            return x + self.conv(self.bnact(y, b.post_bn, b.post_act, mask), b.post_conv)
+            with tf.name_scope("bottleneck_in"):
+                y = self.conv(self.bnact(x, b.pre_bn, b.pre_act, mask), b.pre_conv)
+            for j, inner in enumerate(b.blocks):
+                with tf.name_scope(f"inner{j}"):
+                    y = self.block(y, inner, mask, mask_sum)
+            with tf.name_scope("bottleneck_out"):
+                return x + self.conv(self.bnact(y, b.post_bn, b.post_act, mask), b.post_conv)
         if isinstance(b, m.AttentionBlock):
             return self.attention(x, b, mask)
         if isinstance(b, m.FFNBlock):
@@ -131,8 +148,9 @@ class _Graph:
 
     def rms(self, x: Any, norm: m.TransformerRMSNorm, mask: Any) -> Any:
         tf = self.tf
-        ms = tf.reduce_mean(x * x, axis=-1, keepdims=True)
-        return x * tf.math.rsqrt(ms + norm.epsilon) * norm.weight * mask
+        with tf.name_scope(RMS_SCOPE):
+            ms = tf.reduce_mean(x * x, axis=-1, keepdims=True)
+            return x * tf.math.rsqrt(ms + norm.epsilon) * norm.weight * mask
 
     def _rope_tables(self, b: m.AttentionBlock, heads: int, kv: bool) -> tuple[np.ndarray, np.ndarray]:
         """cos/sin ``[S, heads, qd/2]`` in float32, angles from buffer coordinates (spec §2.6)."""
@@ -177,9 +195,11 @@ class _Graph:
         seq_mask = tf.reshape(mask, [-1, s, 1])
         xn = self.rms(seq, b.norm, seq_mask)
         nh, nkv, qd, vd = b.num_heads, b.num_kv_heads, b.q_head_dim, b.v_head_dim
-        q = tf.reshape(self.matmul(xn, b.q_proj), [-1, s, nh, qd])
-        k = tf.reshape(self.matmul(xn, b.k_proj), [-1, s, nkv, qd])
-        v = tf.reshape(self.matmul(xn, b.v_proj), [-1, s, nkv, vd])
+        with tf.name_scope("qk_proj"):
+            q = tf.reshape(self.matmul(xn, b.q_proj), [-1, s, nh, qd])
+            k = tf.reshape(self.matmul(xn, b.k_proj), [-1, s, nkv, qd])
+        with tf.name_scope("v_proj"):
+            v = tf.reshape(self.matmul(xn, b.v_proj), [-1, s, nkv, vd])
         if b.use_rope:
             q = self._rotate(q, *self._rope_tables(b, nh, kv=False))
             k = self._rotate(k, *self._rope_tables(b, nkv, kv=True))
@@ -187,16 +207,18 @@ class _Graph:
         if group > 1:
             k = tf.repeat(k, group, axis=2)
             v = tf.repeat(v, group, axis=2)
-        q = tf.transpose(q, [0, 2, 1, 3])  # [N, nh, S, qd]
-        k = tf.transpose(k, [0, 2, 3, 1])  # [N, nh, qd, S]
-        v = tf.transpose(v, [0, 2, 1, 3])  # [N, nh, S, vd]
-        scores = tf.matmul(q, k) * (1.0 / math.sqrt(qd))
-        key_mask = tf.reshape(mask, [-1, 1, 1, s])
-        scores = scores + (key_mask - 1.0) * 1e9
-        probs = tf.nn.softmax(scores, axis=-1)
-        o = tf.matmul(probs, v)  # [N, nh, S, vd]
-        o = tf.reshape(tf.transpose(o, [0, 2, 1, 3]), [-1, s, nh * vd])
-        y = self.matmul(o, b.out_proj) * seq_mask
+        with tf.name_scope(ATTENTION_SCOPE):
+            q = tf.transpose(q, [0, 2, 1, 3])  # [N, nh, S, qd]
+            k = tf.transpose(k, [0, 2, 3, 1])  # [N, nh, qd, S]
+            v = tf.transpose(v, [0, 2, 1, 3])  # [N, nh, S, vd]
+            scores = tf.matmul(q, k) * (1.0 / math.sqrt(qd))
+            key_mask = tf.reshape(mask, [-1, 1, 1, s])
+            scores = scores + (key_mask - 1.0) * 1e9
+            probs = tf.nn.softmax(scores, axis=-1)
+            o = tf.matmul(probs, v)  # [N, nh, S, vd]
+            o = tf.reshape(tf.transpose(o, [0, 2, 1, 3]), [-1, s, nh * vd])
+        with tf.name_scope("attention_out"):
+            y = self.matmul(o, b.out_proj) * seq_mask
         return x + tf.reshape(y, [-1, self.h, self.w, c])
 
     def ffn(self, x: Any, b: m.FFNBlock, mask: Any) -> Any:
@@ -209,8 +231,11 @@ class _Graph:
         a = self.matmul(xn, b.linear1)
         if b.linear_gate is None:
             raise ConversionError(f"{b.name}: non-SwiGLU FFN blocks are rejected by every KataGo backend")
-        hdn = a * tf.sigmoid(a) * self.matmul(xn, b.linear_gate)
-        y = self.matmul(hdn, b.linear2) * seq_mask
+        gate = self.matmul(xn, b.linear_gate)
+        with tf.name_scope(SWIGLU_SCOPE):
+            hdn = a * tf.sigmoid(a) * gate
+        with tf.name_scope("ffn_out"):
+            y = self.matmul(hdn, b.linear2) * seq_mask
         return x + tf.reshape(y, [-1, self.h, self.w, c])
 
     # -- whole net ---------------------------------------------------------------------------------
@@ -221,24 +246,45 @@ class _Graph:
         mask = x_in[..., 0:1]
         mask_sum = tf.reduce_sum(mask, axis=[1, 2])  # [N, 1]
         trunk = net.trunk
-        x = (
-            self.conv(x_in, trunk.initial_conv)
-            + self.matmul(global_in, trunk.initial_matmul)[:, None, None, :]
-        )
-        for b in trunk.blocks:
-            x = self.block(x, b, mask, mask_sum)
+        with tf.name_scope("initial"):
+            x = (
+                self.conv(x_in, trunk.initial_conv)
+                + self.matmul(global_in, trunk.initial_matmul)[:, None, None, :]
+            )
+        for i, b in enumerate(trunk.blocks):
+            with tf.name_scope(f"block{i}"):
+                x = self.block(x, b, mask, mask_sum)
+        with tf.name_scope("tip"):
+            t = self.tip(x, mask, mask_sum)
+        with tf.name_scope("policy_head"):
+            policy, policy_pass = self.policy_head(t, mask, mask_sum)
+        with tf.name_scope("value_head"):
+            value, score, own = self.value_head(t, mask, mask_sum)
+        s = self.h * self.w
+        return {
+            "policy": tf.reshape(tf.transpose(policy, [0, 3, 1, 2]), [-1, net.policy_head.out_channels, s]),
+            "policy_pass": tf.identity(policy_pass),
+            "value": tf.identity(value),
+            "score_value": tf.identity(score),
+            "ownership": tf.reshape(own, [-1, s]),
+        }
+
+    def tip(self, x: Any, mask: Any, mask_sum: Any) -> Any:
+        tf = self.tf
+        trunk = self.net.trunk
         if isinstance(trunk.tip_norm, m.RMSNormLayer):
             tip = trunk.tip_norm
-            if tip.spatial:
-                ss = tf.reduce_sum(x * x * mask, axis=[1, 2, 3], keepdims=True)
-                r = tf.math.rsqrt(ss / (mask_sum[:, None, None, :] * float(tip.channels)) + tip.epsilon)
-            else:
-                r = tf.math.rsqrt(tf.reduce_mean(x * x, axis=-1, keepdims=True) + tip.epsilon)
-            t = self.act(x * r * tip.gamma + tip.beta, trunk.tip_act) * mask
-        else:
-            t = self.bnact(x, trunk.tip_norm, trunk.tip_act, mask)
+            with tf.name_scope(RMS_SCOPE):
+                if tip.spatial:
+                    ss = tf.reduce_sum(x * x * mask, axis=[1, 2, 3], keepdims=True)
+                    r = tf.math.rsqrt(ss / (mask_sum[:, None, None, :] * float(tip.channels)) + tip.epsilon)
+                else:
+                    r = tf.math.rsqrt(tf.reduce_mean(x * x, axis=-1, keepdims=True) + tip.epsilon)
+                return self.act(x * r * tip.gamma + tip.beta, trunk.tip_act) * mask
+        return self.bnact(x, trunk.tip_norm, trunk.tip_act, mask)
 
-        ph = net.policy_head
+    def policy_head(self, t: Any, mask: Any, mask_sum: Any) -> tuple[Any, Any]:
+        ph = self.net.policy_head
         p1 = self.conv(t, ph.p1_conv)
         g1 = self.bnact(self.conv(t, ph.g1_conv), ph.g1_bn, ph.g1_act, mask)
         gp = self.gpool(g1, mask, mask_sum)
@@ -251,22 +297,17 @@ class _Graph:
             policy_pass = self.matmul(hp, ph.gpool_to_pass_mul2)
         else:
             policy_pass = self.matmul(gp, ph.gpool_to_pass_mul)
+        return policy, policy_pass
 
-        vh = net.value_head
+    def value_head(self, t: Any, mask: Any, mask_sum: Any) -> tuple[Any, Any, Any]:
+        vh = self.net.value_head
         v1 = self.bnact(self.conv(t, vh.v1_conv), vh.v1_bn, vh.v1_act, mask)
         vp = self.value_pool(v1, mask_sum)
         v2 = self.act(self.matmul(vp, vh.v2_mul) + vh.v2_bias.bias, vh.v2_act)
         value = self.matmul(v2, vh.v3_mul) + vh.v3_bias.bias
         score = self.matmul(v2, vh.sv3_mul) + vh.sv3_bias.bias
         own = self.conv(v1, vh.ownership_conv)
-        s = self.h * self.w
-        return {
-            "policy": tf.reshape(tf.transpose(policy, [0, 3, 1, 2]), [-1, ph.out_channels, s]),
-            "policy_pass": tf.identity(policy_pass),
-            "value": tf.identity(value),
-            "score_value": tf.identity(score),
-            "ownership": tf.reshape(own, [-1, s]),
-        }
+        return value, score, own
 
 
 def build_concrete_function(net: m.Network, board: int = 19) -> Any:
@@ -288,6 +329,34 @@ def build_concrete_function(net: m.Network, board: int = 19) -> Any:
     return forward.get_concrete_function()
 
 
+@dataclass(frozen=True)
+class Int8Options:
+    """What a selective ``int8`` model quantizes (the rest stays float32, between quantize ops).
+
+    Only the weight-heavy ops of ``quantized_ops`` are quantized (per-channel int8 weights, int8
+    activations), and not those under ``float_scopes``. Everything else -- batch norms, masks,
+    residual adds, global pooling, RMSNorm statistics, attention scores, softmax and the score x
+    value products, SwiGLU -- runs in float: TensorFlow's converter would otherwise give every one of
+    those tensors a per-tensor int8 scale, which is what made the all-int8 models lose top-1 (0.605 on
+    g170-b6c96, 0.035 on b10c384). Activation ranges are the ``percentile`` (and ``100 -
+    percentile``) of each tensor over all calibration positions instead of its min/max, so a few
+    outliers do not coarsen the scale.
+    """
+
+    quantized_ops: tuple[str, ...] = ("CONV_2D", "FULLY_CONNECTED")
+    float_scopes: tuple[str, ...] = INT8_FLOAT_SCOPES
+    percentile: float = 99.999  # 100: plain min/max
+
+    def describe(self) -> dict[str, Any]:
+        """For the manifest: what the model quantizes and what it keeps in float."""
+        return {
+            "quantized_ops": list(self.quantized_ops),
+            "float_scopes": list(self.float_scopes),
+            "float": "every other op",
+            "activation_range_percentile": self.percentile,
+        }
+
+
 def convert(
     net: m.Network,
     out_path: Path,
@@ -295,18 +364,18 @@ def convert(
     *,
     representative: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None,
     board: int = 19,
-    float_ops: tuple[str, ...] = (),
+    int8: Int8Options | None = None,
 ) -> Path:
     """Convert ``net`` to a ``.tflite`` file written atomically at ``out_path``.
 
     ``representative`` yields ``(spatial [1,22,b,b], global [1,19])`` float32 pairs of real
-    positions; required for ``int8`` and ``int8-full``. ``float_ops`` names TFLite op types kept
-    in float in an ``int8`` model (e.g. ``("FULLY_CONNECTED",)`` keeps the global-pooling biases and
-    the value/pass heads in float; on g170-b6c96 that took the win-rate p99 error from 0.097 to
-    0.065 against the fp32 reference, calibrated on 49 real positions).
+    positions; required for ``int8`` and ``int8-full``. ``int8`` chooses what an ``int8`` model
+    quantizes (default :class:`Int8Options`); ``int8-full`` quantizes everything.
     """
     if precision not in PRECISIONS:
         raise ConversionError(f"TFLite precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision.startswith("int8") and representative is None:
+        raise ConversionError("INT8 TFLite needs a representative dataset of positions (calibration)")
     tf = import_tensorflow()
     func = build_concrete_function(net, board)
     # Through a SavedModel so that the .tflite carries a signature with named outputs.
@@ -316,7 +385,19 @@ def convert(
     try:
         tf.saved_model.save(module, saved, signatures={"serving_default": func})
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
-        data = _run_converter(tf, converter, net, precision, representative, float_ops)
+        with warnings.catch_warnings():
+            # TensorFlow's own calibrator still uses the deprecated tf.lite.Interpreter internally.
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+            try:
+                if precision == "int8":
+                    assert representative is not None
+                    data = _selective_int8(tf, converter, representative, int8 or Int8Options())
+                else:
+                    data = _run_converter(tf, converter, precision, representative)
+            except ConversionError:
+                raise
+            except Exception as exc:  # TensorFlow raises a zoo of types; report them as ours
+                raise ConversionError(f"TFLite conversion of {net.name} ({precision}) failed: {exc}") from exc
     finally:
         shutil.rmtree(saved, ignore_errors=True)
     atomic_write_bytes(out_path, data)
@@ -324,42 +405,171 @@ def convert(
     return out_path
 
 
+def _feeds(
+    representative: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
+    def dataset() -> Iterator[dict[str, np.ndarray]]:
+        for spatial, global_in in representative():
+            yield {"spatial": spatial.astype(np.float32), "global_in": global_in.astype(np.float32)}
+
+    return dataset
+
+
 def _run_converter(
     tf: Any,
     converter: Any,
-    net: m.Network,
     precision: str,
     representative: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None,
-    float_ops: tuple[str, ...] = (),
 ) -> bytes:
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif precision.startswith("int8"):
-        if representative is None:
-            raise ConversionError("INT8 TFLite needs a representative dataset of positions (calibration)")
-        rep = representative
-
-        def dataset() -> Iterator[dict[str, np.ndarray]]:
-            for spatial, global_in in rep():
-                yield {"spatial": spatial.astype(np.float32), "global_in": global_in.astype(np.float32)}
-
+    elif precision == "int8-full":
+        assert representative is not None
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = dataset
-        if precision == "int8-full":
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
-    try:
-        with warnings.catch_warnings():
-            # TensorFlow's own calibrator still uses the deprecated tf.lite.Interpreter internally.
-            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-            if float_ops and precision == "int8" and converter.representative_dataset is not None:
-                options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(float_ops))
-                debugger = tf.lite.experimental.QuantizationDebugger(
-                    converter=converter, debug_dataset=converter.representative_dataset, debug_options=options
-                )
-                return bytes(debugger.get_nondebug_quantized_model())
-            return bytes(converter.convert())
-    except Exception as exc:  # TensorFlow raises a zoo of types; report them as ours
-        raise ConversionError(f"TFLite conversion of {net.name} ({precision}) failed: {exc}") from exc
+        converter.representative_dataset = _feeds(representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return bytes(converter.convert())
+
+
+# TensorFlow's calibration pass only has to attach range records to the tensors; they are then
+# replaced by the percentile ranges measured over all positions (much faster than its calibrator).
+_TF_CALIBRATION_POSITIONS = 2
+
+
+def _selective_int8(
+    tf: Any,
+    converter: Any,
+    representative: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    options: Int8Options,
+) -> bytes:
+    """Calibrate, set percentile ranges, then quantize only what ``options`` asks (QuantizationDebugger)."""
+    positions = list(representative())
+    if not positions:
+        raise ConversionError("INT8 TFLite needs a representative dataset of positions (calibration)")
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _feeds(lambda: positions[:_TF_CALIBRATION_POSITIONS])
+    # The debugger's calibrate-only conversion, then one quantization pass with a node denylist.
+    probe = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=converter.representative_dataset
+    )
+    calibrated = bytes(probe.calibrated_model)
+    float_nodes, quantized = _plan(calibrated, options)
+    ranges = activation_ranges(calibrated, positions, quantized, options.percentile)
+    probe.calibrated_model = _with_ranges(calibrated, ranges)
+    logger.info(
+        "int8: %d tensors quantized (%s), %d ops kept float",
+        len(ranges),
+        ", ".join(options.quantized_ops),
+        len(float_nodes),
+    )
+    probe.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_nodes)
+    return bytes(probe.get_nondebug_quantized_model())
+
+
+def _in_scopes(name: str, scopes: tuple[str, ...]) -> bool:
+    """Whether a TFLite tensor name (``a/b/op`` paths joined by ``;`` when fused) lies under a scope."""
+    return any(scope in piece.split("/")[:-1] for piece in name.split(";") for scope in scopes)
+
+
+def _plan(calibrated: bytes, options: Int8Options) -> tuple[list[str], set[int]]:
+    """Names of the ops kept float, and the activation tensors the quantized ops read and write."""
+    interp = _float_interpreter(calibrated)
+    names = {d["index"]: d["name"] for d in interp.get_tensor_details()}
+    float_nodes: list[str] = []
+    quantized: set[int] = set()
+    for op in interp._get_ops_details():  # the op list has no public accessor in LiteRT
+        outs = [names[i] for i in op["outputs"]]
+        if op["op_name"] in options.quantized_ops and not any(_in_scopes(n, options.float_scopes) for n in outs):
+            quantized.update(int(i) for i in op["outputs"])
+            quantized.add(int(op["inputs"][0]))
+        else:
+            float_nodes.extend(outs)
+    return float_nodes, quantized
+
+
+def _float_interpreter(model: bytes, keep_tensors: bool = False) -> Any:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    return Interpreter(
+        model_content=model,
+        experimental_preserve_all_tensors=keep_tensors,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+
+
+class _Tail:
+    """The ``keep`` largest values seen so far, pruned lazily (values below the running bound are dropped)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.pool = np.empty(0, np.float32)
+        self.bound = -np.inf
+
+    def add(self, values: np.ndarray) -> None:
+        self.pool = np.concatenate([self.pool, values[values >= self.bound]])
+        if self.pool.size > 4 * self.keep:
+            self.pool = np.partition(self.pool, self.pool.size - self.keep)[-self.keep :]
+            self.bound = float(self.pool.min())
+
+    def value(self, rank: int) -> float:
+        """The value with ``rank`` values above it (0: the maximum)."""
+        ordered = np.sort(self.pool)[::-1]
+        return float(ordered[min(rank, ordered.size - 1)])
+
+
+def activation_ranges(
+    model: bytes,
+    positions: list[tuple[np.ndarray, np.ndarray]],
+    tensors: set[int],
+    percentile: float = 99.999,
+    batch: int = 16,
+) -> dict[int, tuple[float, float]]:
+    """``(low, high)`` of each float tensor in ``tensors``: its ``100 - percentile`` and ``percentile``
+    over every element of every position (exact), running ``model`` without delegates."""
+    interp = _float_interpreter(model, keep_tensors=True)
+    inputs = {d["name"]: d["index"] for d in interp.get_input_details()}
+    spatial_idx = next(v for k, v in inputs.items() if "spatial" in k)
+    global_idx = next(v for k, v in inputs.items() if "global" in k)
+    spatial = np.concatenate([np.asarray(p[0], np.float32) for p in positions])
+    global_in = np.concatenate([np.asarray(p[1], np.float32) for p in positions])
+    tail = (100.0 - percentile) / 100.0
+    highs: dict[int, _Tail] = {}
+    lows: dict[int, _Tail] = {}
+    ranks: dict[int, int] = {}
+    size = 0
+    for start in range(0, len(spatial), batch):
+        s, g = spatial[start : start + batch], global_in[start : start + batch]
+        if s.shape[0] != size:
+            size = s.shape[0]
+            interp.resize_tensor_input(spatial_idx, list(s.shape))
+            interp.resize_tensor_input(global_idx, list(g.shape))
+            interp.allocate_tensors()
+        interp.set_tensor(spatial_idx, s)
+        interp.set_tensor(global_idx, g)
+        interp.invoke()
+        for i in tensors:
+            a = interp.get_tensor(i).ravel()
+            if i not in ranks:
+                ranks[i] = math.floor(a.size // size * len(spatial) * tail)  # values beyond the percentile
+                highs[i], lows[i] = _Tail(ranks[i] + 1), _Tail(ranks[i] + 1)
+            highs[i].add(a)
+            lows[i].add(-a)
+    return {i: (-lows[i].value(ranks[i]), highs[i].value(ranks[i])) for i in tensors}
+
+
+def _with_ranges(model: bytes, ranges: dict[int, tuple[float, float]]) -> bytes:
+    """The calibrated model with its range records of ``ranges`` replaced."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    tensors = obj.subgraphs[0].tensors
+    for i, (lo, hi) in ranges.items():
+        q = tensors[i].quantization
+        if q is None or q.min is None:
+            continue
+        q.min = np.array([lo], np.float32)
+        q.max = np.array([hi], np.float32)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
