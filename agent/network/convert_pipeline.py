@@ -105,12 +105,14 @@ def _onnx_bytes(
         scales = smoothing_scales(fp32, cal, skip=skip, alpha=job.smooth_alpha)
         options = OnnxBuildOptions(board_x=job.board, board_y=job.board, prescale=scales)
         fp32 = build_onnx(read_network(job.model), options)
+    mode = quantize.int8_mode_options(job.int8_mode)
     with progress(f"INT8 calibration ({job.calibration_method})", len(cal)) as prog:
         model = quantize.to_int8_static(
             fp32,
             cal,
             method=job.calibration_method,
-            quantize_outputs=job.int8_mode == "static-qlinear",
+            quantize_outputs=mode["quantize_outputs"],
+            float_residual_increments=mode["float_residual_increments"],
             keep_float=job.keep_float if job.keep_float is not None else quantize.INT8_FLOAT_GROUPS,
             weight_rounding=job.weight_rounding,
             progress=prog,
@@ -132,9 +134,23 @@ def _tflite_file(
 
     out = tmp / f"converted{job.output.suffix or '.tflite'}"
     tflite_builder.convert(
-        net, out, job.precision, representative=representative if cal else None, board=job.board
+        net,
+        out,
+        job.precision,
+        representative=representative if cal else None,
+        board=job.board,
+        int8=tflite_builder.int8_options(job.keep_float) if job.precision == "int8" else None,
     )
     return out, cal
+
+
+def _tflite_int8_manifest(job: ConvertJob) -> dict[str, Any] | None:
+    """What a selective INT8 TFLite model quantizes and keeps in float, for the manifest."""
+    if job.target != "tflite" or job.precision != "int8":
+        return None
+    from agent.network import tflite_builder
+
+    return tflite_builder.int8_options(job.keep_float).describe()
 
 
 def _tensorrt_file(job: ConvertJob, fp32: Any, tmp: Path) -> Path:
@@ -259,8 +275,9 @@ def run_conversion(job: ConvertJob, progress: ProgressFactory) -> tuple[VerifyRe
             "int8_float_groups": list(
                 job.keep_float if job.keep_float is not None else quantize.INT8_FLOAT_GROUPS
             )
-            if job.precision == "int8"
+            if job.precision == "int8" and job.target != "tflite"
             else None,
+            "tflite_int8": _tflite_int8_manifest(job),
         },
     )
     write_network_and_manifest(job.output, data, manifest)

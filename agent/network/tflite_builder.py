@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -55,6 +56,8 @@ INT8_FLOAT_LAYERS: tuple[str, ...] = ("initial", "policy_head", "value_head")
 # Parts that always stay float: normalization statistics, attention scores/softmax/values, gating.
 INT8_FLOAT_PARTS: tuple[str, ...] = ("tip", RMS_SCOPE, ATTENTION_SCOPE, SWIGLU_SCOPE, GPOOL_SCOPE)
 INT8_FLOAT_SCOPES: tuple[str, ...] = INT8_FLOAT_LAYERS + INT8_FLOAT_PARTS
+# Other scopes that can be kept float on request: ``block<i>`` and these.
+OPTIONAL_FLOAT_SCOPES = ("bottleneck", "attention_qkv", "attention_out", "ffn_in", "ffn_out")
 
 
 def import_tensorflow() -> Any:
@@ -133,12 +136,12 @@ class _Graph:
                 r = r + self.matmul(self.gpool(g, mask, mask_sum), b.gpool_to_bias_mul)[:, None, None, :]
             return x + self.conv(self.bnact(r, b.mid_bn, b.mid_act, mask), b.final_conv)
         if isinstance(b, m.NestedBottleneckBlock):
-            with tf.name_scope("bottleneck_in"):
+            with tf.name_scope("bottleneck"):
                 y = self.conv(self.bnact(x, b.pre_bn, b.pre_act, mask), b.pre_conv)
             for j, inner in enumerate(b.blocks):
                 with tf.name_scope(f"inner{j}"):
                     y = self.block(y, inner, mask, mask_sum)
-            with tf.name_scope("bottleneck_out"):
+            with tf.name_scope("bottleneck"):
                 return x + self.conv(self.bnact(y, b.post_bn, b.post_act, mask), b.post_conv)
         if isinstance(b, m.AttentionBlock):
             return self.attention(x, b, mask)
@@ -195,10 +198,9 @@ class _Graph:
         seq_mask = tf.reshape(mask, [-1, s, 1])
         xn = self.rms(seq, b.norm, seq_mask)
         nh, nkv, qd, vd = b.num_heads, b.num_kv_heads, b.q_head_dim, b.v_head_dim
-        with tf.name_scope("qk_proj"):
+        with tf.name_scope("attention_qkv"):
             q = tf.reshape(self.matmul(xn, b.q_proj), [-1, s, nh, qd])
             k = tf.reshape(self.matmul(xn, b.k_proj), [-1, s, nkv, qd])
-        with tf.name_scope("v_proj"):
             v = tf.reshape(self.matmul(xn, b.v_proj), [-1, s, nkv, vd])
         if b.use_rope:
             q = self._rotate(q, *self._rope_tables(b, nh, kv=False))
@@ -228,10 +230,11 @@ class _Graph:
         seq = tf.reshape(x, [-1, s, c])
         seq_mask = tf.reshape(mask, [-1, s, 1])
         xn = self.rms(seq, b.norm, seq_mask)
-        a = self.matmul(xn, b.linear1)
         if b.linear_gate is None:
             raise ConversionError(f"{b.name}: non-SwiGLU FFN blocks are rejected by every KataGo backend")
-        gate = self.matmul(xn, b.linear_gate)
+        with tf.name_scope("ffn_in"):
+            a = self.matmul(xn, b.linear1)
+            gate = self.matmul(xn, b.linear_gate)
         with tf.name_scope(SWIGLU_SCOPE):
             hdn = a * tf.sigmoid(a) * gate
         with tf.name_scope("ffn_out"):
@@ -470,8 +473,26 @@ def _selective_int8(
 
 
 def _in_scopes(name: str, scopes: tuple[str, ...]) -> bool:
-    """Whether a TFLite tensor name (``a/b/op`` paths joined by ``;`` when fused) lies under a scope."""
-    return any(scope in piece.split("/")[:-1] for piece in name.split(";") for scope in scopes)
+    """Whether a TFLite tensor name (``a/b/op`` paths joined by ``;`` when fused) lies under a scope
+    (TensorFlow suffixes a repeated scope name with ``_1``, ``_2``...)."""
+    wanted = set(scopes)
+    return any(
+        re.sub(r"_\d+$", "", part) in wanted for piece in name.split(";") for part in piece.split("/")[:-1]
+    )
+
+
+def int8_options(keep_float: Iterable[str] | None = None, percentile: float = 99.999) -> Int8Options:
+    """Options keeping the layers ``keep_float`` (default :data:`INT8_FLOAT_LAYERS`) and the parts
+    of :data:`INT8_FLOAT_PARTS` in float; layer names are ``block<i>``, ``initial``,
+    ``policy_head``, ``value_head`` and those of :data:`OPTIONAL_FLOAT_SCOPES`."""
+    layers = tuple(INT8_FLOAT_LAYERS if keep_float is None else keep_float)
+    known = set(INT8_FLOAT_SCOPES) | set(OPTIONAL_FLOAT_SCOPES)
+    unknown = [g for g in layers if g not in known and not re.fullmatch(r"block\d+", g)]
+    if unknown:
+        raise ConversionError(
+            f"unknown TFLite layer groups {unknown}; known: block<i>, {', '.join(sorted(known))}"
+        )
+    return Int8Options(float_scopes=layers + INT8_FLOAT_PARTS, percentile=percentile)
 
 
 def _plan(calibrated: bytes, options: Int8Options) -> tuple[list[str], set[int]]:
@@ -482,7 +503,9 @@ def _plan(calibrated: bytes, options: Int8Options) -> tuple[list[str], set[int]]
     quantized: set[int] = set()
     for op in interp._get_ops_details():  # the op list has no public accessor in LiteRT
         outs = [names[i] for i in op["outputs"]]
-        if op["op_name"] in options.quantized_ops and not any(_in_scopes(n, options.float_scopes) for n in outs):
+        if op["op_name"] in options.quantized_ops and not any(
+            _in_scopes(n, options.float_scopes) for n in outs
+        ):
             quantized.update(int(i) for i in op["outputs"])
             quantized.add(int(op["inputs"][0]))
         else:

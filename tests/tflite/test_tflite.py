@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from edge_fixtures import model_file
 
 from agent.errors import ConversionError, InferenceError
+from agent.network.positions import positions_from_sgf
 from agent.network.postprocess import RowContext, legal_mask_from_features, postprocess_row
 from agent.network.reader import read_network
 from agent.runtime.base import NNInputs
@@ -78,41 +80,89 @@ def test_tflite_fp32__matches_reference_and_katago(
         assert np.abs(np.asarray(ev.white_ownership[: bx * by]) - raw["whiteOwnership"]).max() < 1e-3
 
 
+def _katago_rows(
+    net: Any, got: Any, spatial: np.ndarray, global_: np.ndarray, ids: np.ndarray, records: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per position: |win-rate error| against KataGo's record, KataGo's policy at our top move
+    relative to KataGo's best, and our top move."""
+    win_err, rel, ours = [], [], []
+    for row, pid in enumerate(ids):
+        rec = records[str(pid)]
+        bx, by = rec["board_x_size"], rec["board_y_size"]
+        kr = rec["kata_rules"]
+        ctx = RowContext(
+            board_x=bx,
+            board_y=by,
+            white_to_move=rec["next_player"] == "W",
+            legal=legal_mask_from_features(spatial[row], global_[row], bx, by),
+            no_result_impossible=kr["ko"] != "SIMPLE" and kr["scoring"] != "TERRITORY",
+        )
+        ev = postprocess_row(got, row, net.postprocess, ctx, policy_optimism=0.2)
+        raw = rec["rawnn"]
+        want = np.array([-1.0 if p is None else p for p in raw["policy"]], dtype=np.float64)
+        have = np.nan_to_num(np.asarray(ev.policy[: bx * by], dtype=np.float64), nan=-1.0)
+        win_err.append(abs(ev.white_win - raw["whiteWin"]))
+        rel.append(want[int(have.argmax())] / want.max())
+        ours.append(int(have.argmax()))
+    return np.array(win_err), np.array(rel), np.array(ours)
+
+
 @pytest.mark.slow
-def test_tflite_int8__calibrated_model_runs_close_to_fp32(
-    models_dir: Path, inputs: dict[str, np.ndarray], tmp_path: Path
+def test_tflite_int8__selective_model_keeps_katago_top_move(
+    models_dir: Path, reference_dir: Path, inputs: dict[str, np.ndarray], tmp_path: Path
 ) -> None:
+    """Default ``int8``: trunk convolutions quantized, heads/pooling/norms float; judged against
+    KataGo's recorded outputs on the 99 reference positions (calibrated on SGF positions)."""
     net = read_network(model_file(models_dir, "b6c96"))
-    calib = np.arange(1, len(inputs["ids"]), 2)
-    check = np.arange(0, len(inputs["ids"]), 2)
+    cal = positions_from_sgf(reference_dir / "sgf", 64, seed=7)
 
     def representative() -> list[tuple[np.ndarray, np.ndarray]]:
-        return [(inputs["spatial"][i : i + 1], inputs["global"][i : i + 1]) for i in calib]
+        return [(cal.spatial[i : i + 1], cal.global_[i : i + 1]) for i in range(len(cal))]
 
     path = tb.convert(net, tmp_path / "b6c96.int8.tflite", "int8", representative=representative)
-    fp32_size = net.num_parameters * 4
-    assert path.stat().st_size < fp32_size * 0.4, "int8 weights are about a quarter of fp32"
-    got = TFLiteNet(path, threads=1).evaluate(NNInputs(inputs["spatial"][check], inputs["global"][check]))
-    ref = forward(net, inputs["spatial"][check], inputs["global"][check])
-    win_err = np.abs(_softmax(got.value)[:, 0] - _softmax(ref.value)[:, 0])
-    top1 = (got.policy[:, 0].argmax(axis=1) == ref.policy[:, 0].argmax(axis=1)).mean()
-    # Measured with 49 calibration positions: mean 0.02, p99 0.10, top-1 0.8-0.9. Full verification
-    # (agent.network.verify, 200+ positions) reports the real figures; this guards against breakage.
-    assert float(win_err.mean()) < 0.05
-    assert float(np.percentile(win_err, 99)) < 0.2
-    assert top1 >= 0.75
-    # Keeping the fully connected layers (gpool biases, value and pass heads) in float.
-    mixed = tb.convert(
-        net,
-        tmp_path / "b6c96.int8fc.tflite",
-        "int8",
-        representative=representative,
-        float_ops=("FULLY_CONNECTED",),
-    )
-    assert mixed.stat().st_size > path.stat().st_size
-    got = TFLiteNet(mixed, threads=1).evaluate(NNInputs(inputs["spatial"][check], inputs["global"][check]))
-    mixed_err = np.abs(_softmax(got.value)[:, 0] - _softmax(ref.value)[:, 0])
-    assert float(np.percentile(mixed_err, 99)) < 0.15
+    assert path.stat().st_size < net.num_parameters * 4 * 0.45, "trunk weights in int8"
+    ops = _op_types(path)
+    assert ops["CONV_2D"] == 20 and ops["QUANTIZE"] >= 6 and ops["DEQUANTIZE"] >= 6, ops
+    spatial, global_, ids = inputs["spatial"], inputs["global"], inputs["ids"]
+    records = {
+        r["id"]: r for r in map(json.loads, (reference_dir / REF_FILES["b6c96"]).read_text().splitlines())
+    }
+    got = TFLiteNet(path, threads=1).evaluate(NNInputs(spatial, global_))
+    win_err, rel, top = _katago_rows(net, got, spatial, global_, ids, records)
+    fp32 = forward(net, spatial, global_)
+    _, fp32_rel, fp32_top = _katago_rows(net, fp32, spatial, global_, ids, records)
+    assert (fp32_rel == 1.0).all()
+    # Measured (TF 2.21, LiteRT 2.3, 64 calibration positions): same top move as FP32 on 0.91 of the
+    # positions; the others are near-ties (empty boards' symmetric points...) but one, where the INT8
+    # pick has half of KataGo's best policy. Win-rate error mean 0.007, max 0.042.
+    # (`katago-edge convert --verify` on 200 game positions: top-1 0.96, docs/conversion.md.)
+    assert (top == fp32_top).mean() >= 0.87
+    assert (rel >= 0.8).mean() >= 0.97
+    assert float(win_err.mean()) < 0.012
+    assert float(win_err.max()) < 0.07
+
+
+def _op_types(path: Path) -> dict[str, int]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    counts: dict[str, int] = {}
+    for op in Interpreter(model_path=str(path))._get_ops_details():
+        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    return counts
+
+
+def test_tflite_int8_options__scopes_and_groups() -> None:
+    opts = tb.int8_options()
+    assert opts.float_scopes == tb.INT8_FLOAT_LAYERS + tb.INT8_FLOAT_PARTS
+    assert set(tb.int8_options(["block0", "ffn_out"]).float_scopes) >= {"block0", "ffn_out", "rmsnorm"}
+    with pytest.raises(ConversionError, match="unknown TFLite layer groups"):
+        tb.int8_options(["blockx"])
+    # fused TFLite names, TensorFlow's suffixes on repeated scopes
+    assert tb._in_scopes("block3/inner0/rmsnorm/mul;block3/inner0/rmsnorm/Rsqrt", ("rmsnorm",))
+    assert tb._in_scopes("block2/bottleneck_1/Conv2D", ("bottleneck",))
+    assert not tb._in_scopes("block2/Conv2D", ("block",))
+    assert not tb._in_scopes("rmsnorm", ("rmsnorm",)), "the op name itself is not a scope"
+    assert opts.describe()["quantized_ops"] == ["CONV_2D", "FULLY_CONNECTED"]
 
 
 def test_tflite__int8_without_calibration_is_a_clear_error(models_dir: Path, tmp_path: Path) -> None:
