@@ -7,7 +7,17 @@ evaluates whatever is waiting (up to ``max_batch_size``, oldest first) in one
 threads' tree and feature work goes on meanwhile); otherwise it sleeps until a batch finishes
 and then either finds its result or runs the next batch. Leaves from several search threads
 (and several concurrent searches) that arrive while a batch runs share the next one, and no
-thread hand-over is paid on the way to the network (a single search thread calls it directly). Each
+thread hand-over is paid on the way to the network (a single search thread calls it directly).
+
+Filling batches: search threads register while they run (``add_submitters``). A runner whose
+batch is smaller than ``min(max_batch_size, submitters)`` waits for the missing leaves (at most
+half a batch-1 evaluation, 0.1 s) when that pays. Waiting costs the overlap of tree work with
+the network: with full batches each row costs the batch's time over its rows plus the time the
+runner waited for the other threads' leaves, against one batch-1 evaluation when pipelined
+(one thread's tree work overlapping another's evaluation). Both are measured (moving averages;
+tried once when unknown), and the runner waits when the first is under 0.95x the second. A
+network that batches well (a transformer on CPU, any network on a GPU) gets full batches; a
+small convolutional net on CPU keeps the pipelined order. Each
 row is post-processed by the shared ``agent.network.postprocess`` code, then KataGo's search
 adjustments are applied: the pass cap of ``enablePassingHacks`` (pass weight at most 19x the
 summed weight of the other legal moves) and the policy temperature.
@@ -50,6 +60,11 @@ class _Pending:
     done: threading.Event = field(default_factory=threading.Event)
     result: NetEval | None = None
     error: BaseException | None = None
+
+
+def _ema(table: dict[int, float], key: int, value: float) -> None:
+    old = table.get(key)
+    table[key] = value if old is None else 0.8 * old + 0.2 * value
 
 
 def cap_pass(ev: NetEval) -> NetEval:
@@ -123,6 +138,9 @@ class NNEvaluator:
         self._waiting: deque[_Pending] = deque()
         self._running = False
         self._closed = False
+        self._submitters = 0
+        self._batch_seconds: dict[int, float] = {}  # moving average of one batch's time, by size
+        self._fill_seconds: dict[int, float] = {}  # moving average of the wait for a full batch
         self.rows = 0
         self.batches = 0
         self.cache_hits = 0
@@ -138,6 +156,12 @@ class NNEvaluator:
         """Refuse new requests; requests already waiting still run."""
         with self._cv:
             self._closed = True
+
+    def add_submitters(self, n: int) -> None:
+        """A search thread starts (``+1``) or stops (``-1``) submitting evaluations."""
+        with self._cv:
+            self._submitters += n
+            self._cv.notify_all()
 
     def clear_cache(self) -> None:
         with self._cache_lock:
@@ -227,6 +251,17 @@ class NNEvaluator:
                     return
                 self._running = True
                 waiting = self._waiting
+                target = min(self.max_batch_size, self._submitters)
+                if len(waiting) < target and self._batching_pays(target):
+                    t0 = time.monotonic()
+                    deadline = t0 + self._fill_wait()
+                    while len(waiting) < min(self.max_batch_size, self._submitters):
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        cv.wait(left)
+                    if len(waiting) >= target:
+                        _ema(self._fill_seconds, target, time.monotonic() - t0)
                 batch = [waiting.popleft() for _ in range(min(self.max_batch_size, len(waiting)))]
             try:
                 self._run_batch(batch)
@@ -235,13 +270,26 @@ class NNEvaluator:
                     self._running = False
                     cv.notify_all()
 
+    def _batching_pays(self, size: int) -> bool:
+        t = self._batch_seconds
+        fill = self._fill_seconds.get(size)
+        if size not in t or 1 not in t or fill is None:
+            return True  # unknown: try it (the measurements decide from then on)
+        return t[size] / size + fill / max(1, size - 1) < 0.95 * t[1]
+
+    def _fill_wait(self) -> float:
+        one = self._batch_seconds.get(1)
+        return 0.1 if one is None else min(0.1, 0.5 * one)
+
     def _run_batch(self, batch: list[_Pending]) -> None:
         try:
             spatial = np.stack([p.spatial for p in batch])
             global_ = np.stack([p.global_ for p in batch])
             t0 = time.perf_counter()
             raw = self.net.evaluate(NNInputs(spatial, global_))
-            self.nn_seconds += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            self.nn_seconds += dt
+            _ema(self._batch_seconds, len(batch), dt)
             self.rows += len(batch)
             self.batches += 1
             for i, p in enumerate(batch):

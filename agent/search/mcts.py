@@ -513,6 +513,7 @@ class Search:
         errors: list[BaseException] = []
 
         def worker() -> None:
+            self.evaluator.add_submitters(1)
             try:
                 while not self.should_stop():
                     if not self.playout():
@@ -520,6 +521,8 @@ class Search:
             except BaseException as exc:
                 errors.append(exc)
                 self.stop_event.set()
+            finally:
+                self.evaluator.add_submitters(-1)
 
         threads = [
             threading.Thread(target=worker, name=f"search-{i}", daemon=True) for i in range(1, n_threads)
@@ -530,6 +533,7 @@ class Search:
             next_report = self.start_time + (
                 first_report_after if first_report_after is not None else report_every
             )
+            self.evaluator.add_submitters(1)
             try:
                 while not self.should_stop():
                     now = time.monotonic()
@@ -542,6 +546,8 @@ class Search:
             except BaseException as exc:
                 errors.append(exc)
                 self.stop_event.set()
+            finally:
+                self.evaluator.add_submitters(-1)
         else:
             worker()
         for t in threads:
