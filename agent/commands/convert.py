@@ -101,9 +101,10 @@ def configure_convert(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--int8-mode",
         default="static",
-        choices=["static", "static-qlinear", "dynamic"],
-        help="ONNX INT8: static (QDQ, float Conv/MatMul outputs), static-qlinear (int8 outputs too: "
-        "faster conv nets, less accurate), dynamic (weight-only)",
+        choices=["static", "static-mixed", "static-qlinear", "dynamic"],
+        help="ONNX INT8: static (QDQ, float Conv/MatMul outputs), static-mixed (int8 outputs except "
+        "the residual increments, which stay float), static-qlinear (int8 outputs too: fastest on conv "
+        "nets, less accurate), dynamic (weight-only)",
     )
     parser.add_argument(
         "--keep-float",

@@ -105,12 +105,14 @@ def _onnx_bytes(
         scales = smoothing_scales(fp32, cal, skip=skip, alpha=job.smooth_alpha)
         options = OnnxBuildOptions(board_x=job.board, board_y=job.board, prescale=scales)
         fp32 = build_onnx(read_network(job.model), options)
+    mode = quantize.int8_mode_options(job.int8_mode)
     with progress(f"INT8 calibration ({job.calibration_method})", len(cal)) as prog:
         model = quantize.to_int8_static(
             fp32,
             cal,
             method=job.calibration_method,
-            quantize_outputs=job.int8_mode == "static-qlinear",
+            quantize_outputs=mode["quantize_outputs"],
+            float_residual_increments=mode["float_residual_increments"],
             keep_float=job.keep_float if job.keep_float is not None else quantize.INT8_FLOAT_GROUPS,
             weight_rounding=job.weight_rounding,
             progress=prog,

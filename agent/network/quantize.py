@@ -188,6 +188,47 @@ class _Reader:
         self._it = self._gen()
 
 
+class _Chunk:
+    """At most ``size`` batches of another calibration reader (``get_next`` interface)."""
+
+    def __init__(self, source: _Reader, size: int) -> None:
+        self.source, self.left = source, size
+        self.first = source.get_next()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.first is not None:
+            item, self.first = self.first, None
+            self.left -= 1
+            return item
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        return self.source.get_next()
+
+
+@contextlib.contextmanager
+def _chunked_histograms(batches: int) -> Iterator[None]:
+    """Make onnxruntime's histogram calibrators (percentile, entropy) consume the positions a few
+    batches at a time, merging histograms, instead of holding every activation of every batch:
+    b10c384 needed ~0.3 GB per position (17 GB for 64). Patches the class while quantizing."""
+    from onnxruntime.quantization.calibrate import HistogramCalibrater
+
+    original = HistogramCalibrater.collect_data
+
+    def collect(self: HistogramCalibrater, reader: _Reader) -> None:
+        while True:
+            chunk = _Chunk(reader, batches)
+            if chunk.first is None:
+                return
+            original(self, chunk)
+
+    HistogramCalibrater.collect_data = collect
+    try:
+        yield
+    finally:
+        HistogramCalibrater.collect_data = original
+
+
 def activation_matmuls(model: onnx.ModelProto) -> list[str]:
     """MatMuls of two activations (attention scores and values): always left in float.
 
@@ -206,6 +247,34 @@ def pooled_matmuls(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[0] in concat]
 
 
+def residual_increments(model: onnx.ModelProto) -> list[str]:
+    """Conv/MatMul nodes whose output is added straight into the residual stream (the last conv of
+    each residual block): their outputs are the increments that ``static-qlinear`` would round."""
+    consts = {i.name for i in model.graph.initializer}
+    adds = {i for n in model.graph.node if n.op_type == "Add" and "residual" in n.name for i in n.input}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("Conv", "MatMul") and n.input[1] in consts and n.output[0] in adds
+    ]
+
+
+INT8_STATIC_MODES = ("static", "static-mixed", "static-qlinear")
+
+
+def int8_mode_name(quantize_outputs: bool, float_residual_increments: bool) -> str:
+    if not quantize_outputs:
+        return "static"
+    return "static-mixed" if float_residual_increments else "static-qlinear"
+
+
+def int8_mode_options(mode: str) -> dict[str, bool]:
+    """:func:`to_int8_static` keyword arguments of a static INT8 mode name (docs/conversion.md)."""
+    if mode not in INT8_STATIC_MODES:
+        raise ConversionError(f"unknown static INT8 mode {mode!r}; expected one of {list(INT8_STATIC_MODES)}")
+    return {"quantize_outputs": mode != "static", "float_residual_increments": mode == "static-mixed"}
+
+
 def to_int8_static(
     model: onnx.ModelProto,
     calibration: PositionSet,
@@ -219,6 +288,8 @@ def to_int8_static(
     signed_activations: bool = False,
     weight_rounding: str = "nearest",
     bias_correction: bool = False,
+    exclude_nodes: Sequence[str] = (),
+    float_residual_increments: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> onnx.ModelProto:
     """Static QDQ INT8 (per-channel weights) calibrated on ``calibration`` (module docstring).
@@ -228,6 +299,9 @@ def to_int8_static(
     fast) but convolutions as dequantize + float Conv. ``True`` also quantizes the outputs so
     convolutions become ``QLinearConv`` (int8 end to end, faster on conv nets) at the price of a
     second rounding of every pre-activation, which measurably hurts accuracy (docs/conversion.md).
+    ``float_residual_increments`` (mode ``static-mixed``, with ``quantize_outputs``) leaves the
+    layers that write into the residual stream (:func:`residual_increments`) entirely in float:
+    the convolutions followed by ReLU run as ``QLinearConv``, the increments are not rounded.
 
     ``weight_rounding="gptq"`` rounds the INT8 weights with GPTQ on the calibration positions
     (:mod:`agent.network.weight_rounding`) instead of to nearest, on the same grid;
@@ -249,6 +323,9 @@ def to_int8_static(
             f"unknown weight rounding {weight_rounding!r}; expected one of {list(weight_rounding_mod.ROUNDINGS)}"
         )
     exclude = nodes_in_groups(model, keep_float) + activation_matmuls(model)
+    exclude += [n for n in exclude_nodes if n not in exclude]
+    if float_residual_increments:
+        exclude += [n for n in residual_increments(model) if n not in exclude]
     if quantize_outputs:
         exclude += [n for n in pooled_matmuls(model) if n not in exclude]
     grid: dict[str, Any] = {}
@@ -275,7 +352,7 @@ def to_int8_static(
         onnx.save(model, src)
         chatter = io.StringIO()  # the percentile/entropy calibrators print() progress to stdout
         try:
-            with contextlib.redirect_stdout(chatter):
+            with contextlib.redirect_stdout(chatter), _chunked_histograms(max(1, 8 // batch)):
                 quantize_static(
                     str(src),
                     str(dst),
@@ -303,7 +380,7 @@ def to_int8_static(
         quant,
         "int8",
         {
-            "katago.int8_mode": "static-qlinear" if quantize_outputs else "static",
+            "katago.int8_mode": int8_mode_name(quantize_outputs, float_residual_increments),
             "katago.weight_rounding": weight_rounding,
             "katago.bias_correction": str(bias_correction).lower(),
             "katago.calibration_method": method,
@@ -399,75 +476,3 @@ def share_relu_output_ranges(quant: onnx.ModelProto) -> int:
         changed += 1
     return changed
 
-
-def _mse_range(values: np.ndarray, low: float, high: float, levels: int = 255, steps: int = 40) -> tuple[float, float]:
-    """``[lo, hi]`` within ``[low, high]`` minimising the uint8 quantization MSE of ``values``."""
-    best = (float("inf"), low, high)
-    for frac_hi in np.linspace(1.0, 0.3, steps):
-        for frac_lo in (np.linspace(1.0, 0.3, 8) if low < 0 else (1.0,)):
-            lo, hi = min(low * frac_lo, 0.0), max(high * frac_hi, 0.0)
-            scale = (hi - lo) / levels
-            if scale <= 0:
-                continue
-            zero = np.round(-lo / scale)
-            q = np.clip(np.round(values / scale) + zero, 0, levels)
-            err = float(np.mean(((q - zero) * scale - values) ** 2))
-            if err < best[0]:
-                best = (err, lo, hi)
-    return best[1], best[2]
-
-
-def mse_output_ranges(
-    quant: onnx.ModelProto,
-    fp32: onnx.ModelProto,
-    calibration: PositionSet,
-    *,
-    producers: Sequence[str] = ("Conv", "MatMul"),
-    samples: int = 1 << 20,
-    batch: int = 8,
-) -> int:
-    """Re-choose the ranges of the quantizers on Conv/MatMul outputs to minimise their MSE.
-
-    Percentile ranges keep the rare large values of a residual-stream increment and spend the
-    256 levels on them; the MSE-optimal clip trades those for a finer grid. Quantizers whose zero
-    point is 0 (ReLU-fed, see :func:`share_relu_output_ranges`) are left alone. In place; returns
-    the number changed.
-    """
-    import onnxruntime as ort
-
-    graph = quant.graph
-    inits = {i.name: i for i in graph.initializer}
-    produced = {o: n.op_type for n in fp32.graph.node for o in n.output}
-    targets: dict[str, onnx.NodeProto] = {}
-    for q in graph.node:
-        if q.op_type == "QuantizeLinear" and produced.get(q.input[0]) in producers and q.input[2] in inits:
-            if int(onnx.numpy_helper.to_array(inits[q.input[2]])) != 0:
-                targets[q.input[0]] = q
-    if not targets:
-        return 0
-    probe = onnx.ModelProto.FromString(fp32.SerializeToString())
-    existing = {o.name for o in probe.graph.output}
-    for t in targets:
-        if t not in existing:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = list(targets)
-    rng = np.random.default_rng(0)
-    collected: dict[str, list[np.ndarray]] = {t: [] for t in names}
-    per_batch = max(samples * batch // max(len(calibration), 1), 1)
-    for b in calibration.batches(batch):
-        outs = sess.run(names, {"spatial": b.spatial, "global": b.global_})
-        for name, arr in zip(names, outs, strict=True):
-            flat = arr.reshape(-1)
-            collected[name].append(rng.choice(flat, min(per_batch, flat.size), replace=False))
-    for name in names:
-        q = targets[name]
-        values = np.concatenate(collected[name]).astype(np.float64)
-        scale = float(onnx.numpy_helper.to_array(inits[q.input[1]]))
-        zero = float(onnx.numpy_helper.to_array(inits[q.input[2]]))
-        lo, hi = _mse_range(values, -zero * scale, (255.0 - zero) * scale)
-        new_scale = (hi - lo) / 255.0
-        new_zero = np.round(-lo / new_scale)
-        inits[q.input[1]].CopyFrom(onnx.numpy_helper.from_array(np.array(new_scale, np.float32), q.input[1]))
-        inits[q.input[2]].CopyFrom(onnx.numpy_helper.from_array(np.array(new_zero, np.uint8), q.input[2]))
-    return len(names)

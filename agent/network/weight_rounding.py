@@ -60,9 +60,10 @@ def from_matrix(node: onnx.NodeProto, m: F64, shape: tuple[int, ...]) -> F64:
 
 
 def channel_scales(m: F64) -> F64:
-    """Per-output-channel symmetric scales ``max|w| / 127`` (all-zero rows get scale 1)."""
-    amax = np.abs(m).max(axis=1)
-    return np.where(amax > 0, amax / QMAX, 1.0)
+    """Per-output-channel symmetric scales ``max|w| / 127``; like onnxruntime, scale 1 for the
+    (all but) zero rows whose scale would be below the smallest normal float32."""
+    scale = np.abs(m).max(axis=1) / QMAX
+    return np.where(scale >= float(np.finfo(np.float32).tiny), scale, 1.0)
 
 
 def round_nearest(m: F64, scale: F64) -> F64:
@@ -74,9 +75,10 @@ def gptq(m: F64, scale: F64, hessian: F64, damping: float = 0.01, block: int = 1
     """Integer grid values chosen by GPTQ for ``m`` (``[out, in]``) given ``H = X^T X`` (``[in, in]``)."""
     w = m.copy()
     h = hessian.copy()
+    # inputs never non-zero on the calibration positions: rounded to nearest, no error feedback
+    # (zeroing them, as GPTQ does, would break positions where they do fire)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
     order = np.argsort(-np.diag(h), kind="stable")
     inverse = np.argsort(order)
     w = w[:, order]
@@ -147,32 +149,37 @@ def collect_stats(
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    stats: dict[str, LayerStats] = {}
+    # layers reading the same tensor with the same kernel (Q/K/V, SwiGLU pairs) share their statistics
+    keys = {n.name: (n.input[0], n.op_type, shapes[n.input[1]][2:] if n.op_type == "Conv" else ()) for n in layers}
+    first: dict[tuple[str, str, tuple[int, ...]], onnx.NodeProto] = {}
+    for n in layers:
+        first.setdefault(keys[n.name], n)
+    shared: dict[tuple[str, str, tuple[int, ...]], LayerStats] = {}
     total = len(positions)
     for i, b in enumerate(positions.batches(batch)):
         outs = dict(zip(inputs, sess.run(inputs, {"spatial": b.spatial, "global": b.global_}), strict=True))
         onboard = b.spatial[:, 0].reshape(-1) > 0.5
-        for n in layers:
+        for key, n in first.items():
             x = outs[n.input[0]]
-            kshape = shapes[n.input[1]]
             if n.op_type == "Conv":
-                rows = _im2col(x, n, kshape)
+                rows = _im2col(x, n, shapes[n.input[1]])
                 if rows.shape[0] == onboard.shape[0]:
                     rows = rows[onboard]
             else:
                 rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
                 if x.ndim == 3 and rows.shape[0] == onboard.shape[0]:
                     rows = rows[onboard]
-            st = stats.get(n.name)
+            st = shared.get(key)
             if st is None:
                 k = rows.shape[1]
-                st = stats[n.name] = LayerStats(np.zeros((k, k)), np.zeros(k), 0)
+                st = shared[key] = LayerStats(np.zeros((k, k)), np.zeros(k), 0)
             st.hessian += rows.T @ rows
             st.mean += rows.sum(axis=0)
             st.rows += rows.shape[0]
         if progress:
             progress(min((i + 1) * batch, total), total)
-    for st in stats.values():
+    stats = {n.name: shared[keys[n.name]] for n in layers}
+    for st in shared.values():
         st.mean /= max(st.rows, 1)
     return stats
 
