@@ -15,10 +15,12 @@ half a batch-1 evaluation, 0.1 s) when that pays. Waiting costs the overlap of t
 the network: with full batches each row costs the batch's time over its rows plus the time the
 runner waited for the other threads' leaves, against one batch-1 evaluation when pipelined
 (one thread's tree work overlapping another's evaluation). Both are measured (moving averages;
-tried once when unknown), and the runner waits when the first is under 0.95x the second. A
-network that batches well (a transformer on CPU, any network on a GPU) gets full batches; a
-small convolutional net on CPU keeps the pipelined order. Each
-row is post-processed by the shared ``agent.network.postprocess`` code, then KataGo's search
+tried once when unknown), and the runner waits when the first is under 0.8x the second: the
+batch-1 time is measured while other threads compete for the CPU and full batches run alone,
+so the margin keeps a small convolutional net on a CPU in the pipelined order, while a network
+that batches well (a transformer on CPU, any network on a GPU) gets full batches.
+
+Each row is post-processed by the shared ``agent.network.postprocess`` code, then KataGo's search
 adjustments are applied: the pass cap of ``enablePassingHacks`` (pass weight at most 19x the
 summed weight of the other legal moves) and the policy temperature.
 
@@ -275,7 +277,7 @@ class NNEvaluator:
         fill = self._fill_seconds.get(size)
         if size not in t or 1 not in t or fill is None:
             return True  # unknown: try it (the measurements decide from then on)
-        return t[size] / size + fill / max(1, size - 1) < 0.95 * t[1]
+        return t[size] / size + fill / max(1, size - 1) < 0.8 * t[1]
 
     def _fill_wait(self) -> float:
         one = self._batch_seconds.get(1)
