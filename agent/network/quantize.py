@@ -29,7 +29,7 @@ import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import onnx
@@ -268,7 +268,12 @@ def int8_mode_name(quantize_outputs: bool, float_residual_increments: bool) -> s
     return "static-mixed" if float_residual_increments else "static-qlinear"
 
 
-def int8_mode_options(mode: str) -> dict[str, bool]:
+class Int8ModeOptions(TypedDict):
+    quantize_outputs: bool
+    float_residual_increments: bool
+
+
+def int8_mode_options(mode: str) -> Int8ModeOptions:
     """:func:`to_int8_static` keyword arguments of a static INT8 mode name (docs/conversion.md)."""
     if mode not in INT8_STATIC_MODES:
         raise ConversionError(f"unknown static INT8 mode {mode!r}; expected one of {list(INT8_STATIC_MODES)}")

@@ -72,6 +72,7 @@ def test_convert__int8_with_sgf_calibration_records_it(
     assert cal["method"] == "minmax" and cal["positions"] == 16 and len(cal["ids"]) == 16
     assert cal["source"].startswith("sgf:")
     assert manifest["verification"]["positions"] == 40
+    assert manifest["int8_mode"] == "static" and manifest["int8_weight_rounding"] == "gptq"  # the defaults
 
 
 def test_convert__failing_verification_writes_nothing_unless_forced(

@@ -22,7 +22,9 @@ from agent.network.positions import PositionSet, positions_from_sgf
 from agent.network.quantize import (
     INT8_FLOAT_GROUPS,
     activation_matmuls,
+    int8_mode_options,
     nodes_in_groups,
+    residual_increments,
     share_relu_output_ranges,
     to_int8_static,
 )
@@ -114,3 +116,20 @@ def test_int8_default__passes_the_thresholds_on_b6c96(models_dir: Path, referenc
     m = report.to_json()
     assert report.passed, report.summary()
     assert 1e-3 < m["winrate_abs_error"]["p99"] < 0.03 and m["lead_abs_error"]["p99"] < 1.0
+
+
+def test_static_mixed__leaves_the_residual_increments_float(models_dir: Path, reference_dir: Path) -> None:
+    net, fp32, cal, ver = _b6(models_dir, reference_dir / "sgf")
+    assert residual_increments(fp32) == [f"rconv{i}/w2/Conv" for i in range(1, 7)]
+    small = PositionSet(cal.spatial[:8], cal.global_[:8], cal.ids[:8], cal.source)
+    options = int8_mode_options("static-mixed")
+    q = to_int8_static(fp32, small, keep_float=("initial", "policy_head", "value_head"), **options)
+    inits = {i.name for i in q.graph.initializer}
+    assert "rconv2/w2.w" in inits and "rconv2/w2.w_quantized" not in inits  # increment: float
+    assert "rconv2/w1.w_quantized" in inits and "rconv2/w1/Conv_scale" in inits  # ReLU-fed: int8 output
+    assert {p.key: p.value for p in q.metadata_props}["katago.int8_mode"] == "static-mixed"
+    with pytest.raises(ConversionError, match="unknown static INT8 mode"):
+        int8_mode_options("static-fast")
+    ref = OnnxNet(fp32.SerializeToString(), intra_op_threads=1)
+    m = verify(OnnxNet(q.SerializeToString(), intra_op_threads=1), ref, ver, net.postprocess, precision="int8")
+    assert 1e-3 < m.metrics["winrate_abs_error"]["p99"] < 0.08  # 8 calibration positions: coarse
