@@ -139,18 +139,26 @@ def _tflite_file(
         job.precision,
         representative=representative if cal else None,
         board=job.board,
-        int8=tflite_builder.int8_options(job.keep_float) if job.precision == "int8" else None,
+        int8=_tflite_int8(job, net) if job.precision == "int8" else None,
     )
     return out, cal
 
 
-def _tflite_int8_manifest(job: ConvertJob) -> dict[str, Any] | None:
-    """What a selective INT8 TFLite model quantizes and keeps in float, for the manifest."""
-    if job.target != "tflite" or job.precision != "int8":
-        return None
+def _tflite_int8(job: ConvertJob, net: Any) -> Any:
+    """TFLite INT8 options: ``--int8-mode dynamic`` forces dynamic range, otherwise the builder's
+    choice for the architecture (static selective for conv nets, dynamic for transformers)."""
     from agent.network import tflite_builder
 
-    return tflite_builder.int8_options(job.keep_float).describe()
+    mode = "dynamic" if job.int8_mode == "dynamic" else "auto"
+    return tflite_builder.int8_options(job.keep_float, mode=mode, net=net)
+
+
+def _tflite_int8_manifest(job: ConvertJob, net: Any) -> dict[str, Any] | None:
+    """What an INT8 TFLite model quantizes and keeps in float, for the manifest."""
+    if job.target != "tflite" or job.precision != "int8":
+        return None
+    result: dict[str, Any] = _tflite_int8(job, net).describe()
+    return result
 
 
 def _tensorrt_file(job: ConvertJob, fp32: Any, tmp: Path) -> Path:
@@ -277,7 +285,7 @@ def run_conversion(job: ConvertJob, progress: ProgressFactory) -> tuple[VerifyRe
             )
             if job.precision == "int8" and job.target != "tflite"
             else None,
-            "tflite_int8": _tflite_int8_manifest(job),
+            "tflite_int8": _tflite_int8_manifest(job, net),
         },
     )
     write_network_and_manifest(job.output, data, manifest)

@@ -344,15 +344,27 @@ class Int8Options:
     g170-b6c96, 0.035 on b10c384). Activation ranges are the ``percentile`` (and ``100 -
     percentile``) of each tensor over all calibration positions instead of its min/max, so a few
     outliers do not coarsen the scale.
+
+    ``mode="dynamic"`` is TensorFlow's dynamic-range quantization instead: int8 weights of every
+    large constant (heads included), activations quantized per row at run time by XNNPACK, no
+    calibration, no scopes. On b10c384 it is both more accurate and faster than the static model
+    (docs/conversion.md), which is why :func:`int8_options` picks it for transformer networks.
     """
 
     quantized_ops: tuple[str, ...] = ("CONV_2D", "FULLY_CONNECTED")
     float_scopes: tuple[str, ...] = INT8_FLOAT_SCOPES
-    percentile: float = 99.999  # 100: plain min/max
+    percentile: float = 99.9999  # 100: plain min/max
+    mode: str = "static"  # or "dynamic"
 
     def describe(self) -> dict[str, Any]:
         """For the manifest: what the model quantizes and what it keeps in float."""
+        if self.mode == "dynamic":
+            return {
+                "mode": "dynamic",
+                "quantized": "weights of every constant with >= 1024 elements; activations per row at run time",
+            }
         return {
+            "mode": "static",
             "quantized_ops": list(self.quantized_ops),
             "float_scopes": list(self.float_scopes),
             "float": "every other op",
@@ -373,7 +385,7 @@ def convert(
 
     ``representative`` yields ``(spatial [1,22,b,b], global [1,19])`` float32 pairs of real
     positions; required for ``int8`` and ``int8-full``. ``int8`` chooses what an ``int8`` model
-    quantizes (default :class:`Int8Options`); ``int8-full`` quantizes everything.
+    quantizes (default: ``int8_options(mode="auto", net=net)``); ``int8-full`` quantizes everything.
     """
     if precision not in PRECISIONS:
         raise ConversionError(f"TFLite precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -392,9 +404,13 @@ def convert(
             # TensorFlow's own calibrator still uses the deprecated tf.lite.Interpreter internally.
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
             try:
-                if precision == "int8":
+                options = int8 or int8_options(mode="auto", net=net)
+                if precision == "int8" and options.mode == "dynamic":
+                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                    data = bytes(converter.convert())
+                elif precision == "int8":
                     assert representative is not None
-                    data = _selective_int8(tf, converter, representative, int8 or Int8Options())
+                    data = _selective_int8(tf, converter, representative, options)
                 else:
                     data = _run_converter(tf, converter, precision, representative)
             except ConversionError:
@@ -481,10 +497,25 @@ def _in_scopes(name: str, scopes: tuple[str, ...]) -> bool:
     )
 
 
-def int8_options(keep_float: Iterable[str] | None = None, percentile: float = 99.999) -> Int8Options:
+def int8_options(
+    keep_float: Iterable[str] | None = None,
+    percentile: float = 99.9999,
+    *,
+    mode: str = "static",
+    net: m.Network | None = None,
+) -> Int8Options:
     """Options keeping the layers ``keep_float`` (default :data:`INT8_FLOAT_LAYERS`) and the parts
     of :data:`INT8_FLOAT_PARTS` in float; layer names are ``block<i>``, ``initial``,
-    ``policy_head``, ``value_head`` and those of :data:`OPTIONAL_FLOAT_SCOPES`."""
+    ``policy_head``, ``value_head`` and those of :data:`OPTIONAL_FLOAT_SCOPES`. ``mode="auto"``:
+    ``dynamic`` for a ``net`` with attention blocks (without ``keep_float``), else ``static``."""
+    if mode == "auto":
+        mode = "dynamic" if keep_float is None and net is not None and has_attention(net) else "static"
+    if mode not in ("static", "dynamic"):
+        raise ConversionError(f"TFLite INT8 mode {mode!r}: expected static, dynamic or auto")
+    if mode == "dynamic":
+        if keep_float is not None:
+            raise ConversionError("dynamic-range TFLite INT8 cannot keep layers in float (--keep-float)")
+        return Int8Options(mode="dynamic")
     layers = tuple(INT8_FLOAT_LAYERS if keep_float is None else keep_float)
     known = set(INT8_FLOAT_SCOPES) | set(OPTIONAL_FLOAT_SCOPES)
     unknown = [g for g in layers if g not in known and not re.fullmatch(r"block\d+", g)]
@@ -493,6 +524,18 @@ def int8_options(keep_float: Iterable[str] | None = None, percentile: float = 99
             f"unknown TFLite layer groups {unknown}; known: block<i>, {', '.join(sorted(known))}"
         )
     return Int8Options(float_scopes=layers + INT8_FLOAT_PARTS, percentile=percentile)
+
+
+def has_attention(net: m.Network) -> bool:
+    """Whether the trunk has transformer (attention) blocks, nested ones included."""
+
+    def walk(blocks: Iterable[m.Block]) -> bool:
+        return any(
+            isinstance(b, m.AttentionBlock) or (isinstance(b, m.NestedBottleneckBlock) and walk(b.blocks))
+            for b in blocks
+        )
+
+    return walk(net.trunk.blocks)
 
 
 def _plan(calibrated: bytes, options: Int8Options) -> tuple[list[str], set[int]]:
@@ -548,7 +591,7 @@ def activation_ranges(
     positions: list[tuple[np.ndarray, np.ndarray]],
     tensors: set[int],
     percentile: float = 99.999,
-    batch: int = 16,
+    batch: int = 4,
 ) -> dict[int, tuple[float, float]]:
     """``(low, high)`` of each float tensor in ``tensors``: its ``100 - percentile`` and ``percentile``
     over every element of every position (exact), running ``model`` without delegates."""
