@@ -73,3 +73,47 @@ def test_ladder__working_moves_channel_17_for_two_liberty_chain() -> None:
     s_black = state_from_ascii(text, BLACK)
     spatial_b, _ = encode_v7(s_black, nn_x=9, nn_y=9)
     assert spatial_b[17].sum() == 0.0 and spatial_b[14, 6, 3] == 1.0
+
+
+def test_ladder__reuse_from_parent_board_matches_a_fresh_scan() -> None:
+    """``ladder_scan(child, parent)`` takes unaffected chains' results from the parent's scan; on
+    random fights (moves biased next to short-of-liberty chains) it must equal a scan from scratch."""
+    import random
+
+    from agent.game.board import EMPTY, Board
+
+    rng = random.Random(11)
+    pairs = reused = 0
+    for size in (9, 13, 19):
+        b = Board(size, size)
+        pla = BLACK
+        for _ in range(size * size):
+            cand = [
+                loc
+                for loc in b.geo.all_locs()
+                if b.color[loc] == EMPTY
+                and b.is_legal(loc, pla, False)
+                and not all(b.color[n] in (pla, 3) for n in b.neighbors(loc))
+            ]
+            if not cand:
+                break
+            hot = [
+                loc
+                for loc in cand
+                if any(b.color[n] in (BLACK, WHITE) and b.num_liberties(n) <= 2 for n in b.neighbors(loc))
+            ]
+            parent = b.copy()
+            ladder_scan(parent)
+            for _ in range(2):
+                child = parent.copy()
+                child.play(rng.choice(hot) if hot and rng.random() < 0.7 else rng.choice(cand), pla)
+                got = ladder_scan(child, parent)
+                ref = ladder_scan(child.copy())
+                assert got.laddered == ref.laddered
+                assert sorted(got.working[BLACK]) == sorted(ref.working[BLACK])
+                assert sorted(got.working[WHITE]) == sorted(ref.working[WHITE])
+                pairs += 1
+                reused += got.reused
+            b.play(rng.choice(hot) if hot and rng.random() < 0.7 else rng.choice(cand), pla)
+            pla = 3 - pla
+    assert pairs > 300 and reused > pairs  # reuse does happen

@@ -260,3 +260,29 @@ def test_mcts__no_result_value_on_request() -> None:
     res = analysis_json(s, perspective="BLACK", include_no_result_value=True)
     assert res is not None
     assert all(0.0 <= m["noResultValue"] <= 1.0 for m in res["moveInfos"])
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_mcts__prefix_selection_matches_vectorised_selection(threads: int) -> None:
+    """Below the root, ``_select_prefix`` (plain Python over the tried children) must pick what
+    the vectorised PUCT picks, virtual losses included."""
+    checked = mismatched = 0
+
+    class Checked(Search):
+        def _select(self, node: Any) -> int:
+            nonlocal checked, mismatched
+            k = super()._select(node)
+            if node is not self.root:
+                checked += 1
+                mismatched += k != self._select_full(node)
+            return k
+
+    ev = NNEvaluator(FakeNet(), POST, randomize=False, max_batch_size=threads).start()
+    try:
+        request = parse_query(query(moves=[["B", "E5"], ["W", "C3"], ["B", "G7"]]), SearchParams())
+        turns, _ = build_turns(request)
+        s = Checked(ev, SearchParams(max_visits=300, num_threads=threads), SearchState(turns[-1][1]), seed=3)
+        s.run()
+    finally:
+        ev.close()
+    assert checked > 200 and mismatched == 0
