@@ -14,7 +14,11 @@ onnxruntime's x86 and ARM kernels), calibrated on real positions (see
 :mod:`agent.network.positions`) with min-max, percentile or entropy ranges. Only ``Conv`` and
 ``MatMul`` with constant weights are quantized (the attention score/value MatMuls multiply two
 activations and stay FP32). Layers measured to quantize badly are left in float by default;
-:data:`INT8_FLOAT_GROUPS` documents them.
+:data:`INT8_FLOAT_GROUPS` documents them. ``weight_rounding="gptq"`` (the ``convert`` default)
+rounds the INT8 weights with :mod:`agent.network.weight_rounding` on the calibration positions.
+Modes (:func:`int8_mode_options`): ``static`` (float Conv/MatMul outputs), ``static-qlinear``
+(quantized outputs, ``QLinearConv``) and ``static-mixed`` (quantized outputs except the
+residual-stream increments).
 
 **INT8 dynamic** (:func:`to_int8_dynamic`): weight-only INT8 with activation ranges computed on
 the fly per batch; no calibration, simpler, usually a little slower than static.

@@ -116,7 +116,7 @@ def quantized_layers(model: onnx.ModelProto, exclude: Sequence[str]) -> list[onn
     ]
 
 
-def _im2col(x: npt.NDArray[np.float32], node: onnx.NodeProto, kshape: tuple[int, ...]) -> F64:
+def _im2col(x: npt.NDArray[np.float32], kshape: tuple[int, ...]) -> F64:
     """Rows ``[N*H*W, C*kh*kw]`` of a stride-1 'same' convolution's input patches."""
     kh, kw = kshape[2], kshape[3]
     if kh == 1 and kw == 1:
@@ -162,7 +162,7 @@ def collect_stats(
         for key, n in first.items():
             x = outs[n.input[0]]
             if n.op_type == "Conv":
-                rows = _im2col(x, n, shapes[n.input[1]])
+                rows = _im2col(x, shapes[n.input[1]])
                 if rows.shape[0] == onboard.shape[0]:
                     rows = rows[onboard]
             else:
