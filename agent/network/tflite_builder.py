@@ -181,7 +181,15 @@ class _Graph:
         angle = angle.astype(np.float32)
         return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
 
-    def _rotated_proj(self, xn: Any, layer: m.MatMulLayer, cos: np.ndarray, sin: np.ndarray) -> Any:
+    def _rope_full_tables(self, b: m.AttentionBlock, heads: int, kv: bool) -> tuple[Any, Any]:
+        """``cos'`` and ``sin'`` of :meth:`_rotated_proj` ``[S, heads * qd]``, as graph constants."""
+        cos, sin = self._rope_tables(b, heads, kv)
+        s = self.h * self.w
+        cos_full = np.repeat(cos, 2, axis=-1).reshape(s, -1).astype(np.float32)
+        sin_full = np.stack([-sin, sin], axis=-1).reshape(s, -1).astype(np.float32)
+        return self.tf.constant(cos_full), self.tf.constant(sin_full)
+
+    def _rotated_proj(self, xn: Any, layer: m.MatMulLayer, tables: tuple[Any, Any]) -> Any:
         """``xn @ W`` with each (even, odd) channel pair rotated: ``(a cos - b sin, a sin + b cos)``.
 
         Written as ``(xn @ W) * cos' + (xn @ W') * sin'`` where ``W'`` is ``W`` with the two columns of
@@ -189,11 +197,9 @@ class _Graph:
         pair split/stack of tensors with a last axis of 2, which TFLite runs slowly (RoPE that way
         took about a quarter of b10c384's FP32 time).
         """
-        s = self.h * self.w
         weight = layer.weight
         swapped = weight[:, np.arange(weight.shape[1]).reshape(-1, 2)[:, ::-1].reshape(-1)]
-        cos_full = np.repeat(cos, 2, axis=-1).reshape(s, -1).astype(np.float32)
-        sin_full = np.stack([-sin, sin], axis=-1).reshape(s, -1).astype(np.float32)
+        cos_full, sin_full = tables
         direct = self.tf.matmul(xn, self.tf.constant(weight))
         cross = self.tf.matmul(xn, self.tf.constant(np.ascontiguousarray(swapped)))
         return direct * cos_full + cross * sin_full
@@ -208,8 +214,11 @@ class _Graph:
         nh, nkv, qd, vd = b.num_heads, b.num_kv_heads, b.q_head_dim, b.v_head_dim
         with tf.name_scope("attention_qkv"):
             if b.use_rope:
-                q = self._rotated_proj(xn, b.q_proj, *self._rope_tables(b, nh, kv=False))
-                k = self._rotated_proj(xn, b.k_proj, *self._rope_tables(b, nkv, kv=True))
+                q_tables = self._rope_full_tables(b, nh, kv=False)
+                # With as many K/V heads as query heads, K's angles are Q's.
+                k_tables = q_tables if nkv == nh else self._rope_full_tables(b, nkv, kv=True)
+                q = self._rotated_proj(xn, b.q_proj, q_tables)
+                k = self._rotated_proj(xn, b.k_proj, k_tables)
             else:
                 q = self.matmul(xn, b.q_proj)
                 k = self.matmul(xn, b.k_proj)
@@ -222,9 +231,9 @@ class _Graph:
             v = tf.repeat(v, group, axis=2)
         with tf.name_scope(ATTENTION_SCOPE):
             q = tf.transpose(q, [0, 2, 1, 3])  # [N, nh, S, qd]
-            k = tf.transpose(k, [0, 2, 3, 1])  # [N, nh, qd, S]
+            k = tf.transpose(k, [0, 2, 1, 3])  # [N, nh, S, qd]
             v = tf.transpose(v, [0, 2, 1, 3])  # [N, nh, S, vd]
-            scores = tf.matmul(q, k) * (1.0 / math.sqrt(qd))
+            scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(qd))
             key_mask = tf.reshape(mask, [-1, 1, 1, s])
             scores = scores + (key_mask - 1.0) * 1e9
             probs = tf.nn.softmax(scores, axis=-1)
