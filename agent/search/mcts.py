@@ -79,6 +79,8 @@ class Search:
         self.root_raw: NetEval | None = None
         self.root_copies: dict[int, tuple[int, int]] = {}  # pruned symmetric move -> (representative, sym)
         self.root_bonus = np.zeros(0)  # ending bonus (White points) per root edge
+        self.root_prefix_ok = False  # the root's selection may use the prefix form (see _select)
+        self.root_select_priors = np.zeros(0)  # root priors as selection sees them (wide root noise)
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, state: SearchState, is_root: bool) -> NetEval:
@@ -200,10 +202,12 @@ class Search:
     # ------------------------------------------------------------------- selection
     def _select(self, node: Node) -> int:
         if node is not self.root:
-            return self._select_prefix(node)
+            return self._select_prefix(node, self.params.fpu_reduction_max)
+        if self.root_prefix_ok:
+            return self._select_prefix(node, self.params.root_fpu_reduction_max, self.root_select_priors)
         return self._select_full(node)
 
-    def _select_prefix(self, node: Node) -> int:
+    def _select_prefix(self, node: Node, fpu_reduction: float, root_priors: np.ndarray | None = None) -> int:
         """``_select_full`` for a non-root node, in plain Python over the tried prefix.
 
         Below the root the priors are sorted in decreasing order (``_expand``) and only the
@@ -212,6 +216,11 @@ class Search:
         at ``node.tried``, whose prior is the highest of them. The sums stay numpy reductions of
         the same arrays and every per-child expression is evaluated in the same order, so the
         choice is identical to the vectorised version.
+
+        At the root (``root_priors`` given: the priors flattened by wide root noise, if any) it
+        applies when the priors are sorted and no ending bonus changes the values
+        (``root_prefix_ok``, set with the bonus). Wide root noise draws the same random numbers
+        for all ``n`` children as the vectorised version, so the random stream stays the same.
         """
         p = self.params
         n = len(node.moves)
@@ -220,7 +229,7 @@ class Search:
         virt = node.e_virtual[:m].tolist()
         weight = node.e_weight[:m].tolist()
         usum = node.e_usum[:m].tolist()
-        pri = node.priors[:m].tolist()
+        pri = (node.priors if root_priors is None else root_priors)[:m].tolist()
         sign = node.sign
         visited = [visits[j] > 0 or virt[j] > 0 for j in range(m)]
         n_visited = sum(visited)
@@ -235,7 +244,7 @@ class Search:
             visited_mass = 0.0
         avg_w = min(1.0, visited_mass**p.fpu_parent_weight_by_visited_policy_pow)
         parent_u = avg_w * parent_avg + (1.0 - avg_w) * sign * node.nn_utility
-        fpu = parent_u - p.fpu_reduction_max * math.sqrt(visited_mass)
+        fpu = parent_u - fpu_reduction * math.sqrt(visited_mass)
         any_virtual = any(virt)
         vl = p.virtual_loss_visits
         radius = p.win_loss_utility_factor + p.static_score_utility_factor + p.dynamic_score_utility_factor
@@ -246,6 +255,10 @@ class Search:
                 if not visited[j] and pri[j] > best_p:
                     best_p = pri[j]
                     best_new = j
+        noise = p.wide_root_noise if root_priors is not None else 0.0
+        if noise > 0:
+            coin = (self.np_rng.random(n) < 0.5)[:m].tolist()
+            normal = self.np_rng.standard_normal(n)[:m].tolist()
         best = -1
         best_score = -math.inf
         for j in range(m):
@@ -259,6 +272,8 @@ class Search:
                 frac = vlw / (vlw + max(0.25, w))
                 q = q + (-radius - q) * frac
                 w_eff = w + vlw
+            if noise > 0:
+                q = q + (noise * abs(normal[j]) if coin[j] else 0.0)
             score = q + explore * pri[j] / (1.0 + w_eff)
             if score > best_score or best < 0:
                 best_score = score
@@ -351,10 +366,14 @@ class Search:
         ev = self.root_raw or root.ev
         if ev is None or self.params.root_ending_bonus_points == 0:
             self.root_bonus = np.zeros(len(root.moves))
-            return
-        self.root_bonus = ending_white_bonus(
-            root.state, root.moves, ev.white_ownership, self.params.root_ending_bonus_points
-        )
+        else:
+            self.root_bonus = ending_white_bonus(
+                root.state, root.moves, ev.white_ownership, self.params.root_ending_bonus_points
+            )
+        pri = root.priors
+        noise = self.params.wide_root_noise
+        self.root_select_priors = np.power(pri, 1.0 / (4.0 * noise + 1.0)) if noise > 0 else pri
+        self.root_prefix_ok = not self.root_bonus.any() and bool(np.all(pri[:-1] >= pri[1:]))
 
     # --------------------------------------------------------------------- playouts
     def _child(self, node: Node, k: int) -> Node:

@@ -264,17 +264,22 @@ def test_mcts__no_result_value_on_request() -> None:
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_mcts__prefix_selection_matches_vectorised_selection(threads: int) -> None:
-    """Below the root, ``_select_prefix`` (plain Python over the tried children) must pick what
-    the vectorised PUCT picks, virtual losses included."""
-    checked = mismatched = 0
+    """``_select_prefix`` (plain Python over the tried children) must pick what the vectorised
+    PUCT picks, virtual losses included: below the root always, at the root when its priors are
+    sorted and no root noise or ending bonus applies (``root_prefix_ok``)."""
+    checked = mismatched = root_checked = 0
 
     class Checked(Search):
         def _select(self, node: Any) -> int:
-            nonlocal checked, mismatched
+            nonlocal checked, mismatched, root_checked
+            state = self.np_rng.bit_generator.state  # wide root noise draws the same numbers
             k = super()._select(node)
-            if node is not self.root:
-                checked += 1
-                mismatched += k != self._select_full(node)
+            after = self.np_rng.bit_generator.state
+            self.np_rng.bit_generator.state = state
+            checked += 1
+            root_checked += node is self.root
+            mismatched += k != self._select_full(node)
+            assert self.np_rng.bit_generator.state == after
             return k
 
     ev = NNEvaluator(FakeNet(), POST, randomize=False, max_batch_size=threads).start()
@@ -283,6 +288,17 @@ def test_mcts__prefix_selection_matches_vectorised_selection(threads: int) -> No
         turns, _ = build_turns(request)
         s = Checked(ev, SearchParams(max_visits=300, num_threads=threads), SearchState(turns[-1][1]), seed=3)
         s.run()
+        assert s.root_copies and not s.root_prefix_ok  # symmetric: merged orbits unsort the priors
+        request = parse_query(query(moves=[["B", "E5"], ["W", "C3"], ["B", "G6"]]), SearchParams())
+        turns, _ = build_turns(request)
+        s = Checked(ev, SearchParams(max_visits=300, num_threads=threads), SearchState(turns[-1][1]), seed=3)
+        s.run()
+        bonus = Search(
+            ev, SearchParams(max_visits=20, root_ending_bonus_points=0.5), SearchState(turns[-1][1]), seed=3
+        )
+        bonus.run()
     finally:
         ev.close()
-    assert checked > 200 and mismatched == 0
+    assert s.params.wide_root_noise > 0 and s.root_prefix_ok
+    assert not bonus.root_bonus.any() or not bonus.root_prefix_ok
+    assert root_checked > 500 and checked > root_checked + 400 and mismatched == 0
