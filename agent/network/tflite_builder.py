@@ -189,9 +189,7 @@ class _Graph:
         sin_full = np.stack([-sin, sin], axis=-1).reshape(s, -1).astype(np.float32)
         return self.tf.constant(cos_full), self.tf.constant(sin_full)
 
-    def _rotated_proj(
-        self, xn: Any, layer: m.MatMulLayer, tables: tuple[Any, Any], scale: float = 1.0
-    ) -> Any:
+    def _rotated_proj(self, xn: Any, layer: m.MatMulLayer, tables: tuple[Any, Any]) -> Any:
         """``xn @ W`` with each (even, odd) channel pair rotated: ``(a cos - b sin, a sin + b cos)``.
 
         Written as ``(xn @ W) * cos' + (xn @ W') * sin'`` where ``W'`` is ``W`` with the two columns of
@@ -199,7 +197,7 @@ class _Graph:
         pair split/stack of tensors with a last axis of 2, which TFLite runs slowly (RoPE that way
         took about a quarter of b10c384's FP32 time).
         """
-        weight = (layer.weight * np.float32(scale)).astype(np.float32)
+        weight = layer.weight
         swapped = weight[:, np.arange(weight.shape[1]).reshape(-1, 2)[:, ::-1].reshape(-1)]
         cos_full, sin_full = tables
         direct = self.tf.matmul(xn, self.tf.constant(weight))
@@ -214,18 +212,15 @@ class _Graph:
         seq_mask = tf.reshape(mask, [-1, s, 1])
         xn = self.rms(seq, b.norm, seq_mask)
         nh, nkv, qd, vd = b.num_heads, b.num_kv_heads, b.q_head_dim, b.v_head_dim
-        # The score scale 1/sqrt(qd) goes into Q's weights (RoPE is linear): one multiplication of
-        # the [N, heads, S, S] scores less per block.
-        q_scale = 1.0 / math.sqrt(qd)
         with tf.name_scope("attention_qkv"):
             if b.use_rope:
                 q_tables = self._rope_full_tables(b, nh, kv=False)
                 # With as many K/V heads as query heads, K's angles are Q's.
                 k_tables = q_tables if nkv == nh else self._rope_full_tables(b, nkv, kv=True)
-                q = self._rotated_proj(xn, b.q_proj, q_tables, q_scale)
+                q = self._rotated_proj(xn, b.q_proj, q_tables)
                 k = self._rotated_proj(xn, b.k_proj, k_tables)
             else:
-                q = tf.matmul(xn, tf.constant((b.q_proj.weight * np.float32(q_scale)).astype(np.float32)))
+                q = self.matmul(xn, b.q_proj)
                 k = self.matmul(xn, b.k_proj)
             q = tf.reshape(q, [-1, s, nh, qd])
             k = tf.reshape(k, [-1, s, nkv, qd])
@@ -238,7 +233,7 @@ class _Graph:
             q = tf.transpose(q, [0, 2, 1, 3])  # [N, nh, S, qd]
             k = tf.transpose(k, [0, 2, 1, 3])  # [N, nh, S, qd]
             v = tf.transpose(v, [0, 2, 1, 3])  # [N, nh, S, vd]
-            scores = tf.matmul(q, k, transpose_b=True)  # 1/sqrt(qd) is in Q's weights
+            scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(qd))
             key_mask = tf.reshape(mask, [-1, 1, 1, s])
             scores = scores + (key_mask - 1.0) * 1e9
             probs = tf.nn.softmax(scores, axis=-1)
