@@ -196,20 +196,26 @@ def _search(
     visits: int,
     step: Callable[[str], None],
 ) -> dict[str, Any]:
+    from agent.benchmark.nn import THREAD_OPTION
     from agent.benchmark.search import run_search_benches
     from agent.network.reader import read_network
     from agent.runtime import load_net
 
-    # The search runs on the fastest fp32 variant measured (exact, so the search is unaffected).
+    # The search runs on the fastest fp32 variant measured (exact, so the search is unaffected),
+    # with that variant's runtime threads (what --apply writes into the profile).
     fp32 = [r for r in nn.results if r.precision == "fp32"]
     best = max(fp32, key=lambda r: r.evals_per_s, default=None)
     runtime = best.runtime if best else "numpy"
+    opts: dict[str, Any] = {THREAD_OPTION[runtime]: best.threads} if best and runtime in THREAD_OPTION else {}
     path = nn.paths.get(f"{runtime}/fp32", model)
     post = read_network(model).postprocess
-    step(f"search with {runtime} ({', '.join(map(str, thread_counts))} threads)")
+    step(
+        f"search with {runtime}, {best.threads if best else 'default'} runtime threads "
+        f"({', '.join(map(str, thread_counts))} search threads)"
+    )
     try:
         results = run_search_benches(
-            lambda: load_net(path, runtime=runtime),
+            lambda: load_net(path, runtime=runtime, **opts),
             post,
             positions,
             thread_counts=thread_counts,
@@ -217,7 +223,12 @@ def _search(
         )
     except (AgentError, ImportError, TimeoutError, RuntimeError) as exc:
         return {"error": str(exc)}
-    return {"runtime": f"{runtime}/fp32", "results": [r.to_dict() for r in results]}
+    threads = best.threads if best else None
+    return {
+        "runtime": f"{runtime}/fp32",
+        "runtime_threads": threads,
+        "results": [r.to_dict() for r in results],
+    }
 
 
 def _e2e(model: Path, broker: str | None, step: Callable[[str], None]) -> dict[str, Any]:
@@ -300,7 +311,12 @@ def _print_table(report: dict[str, Any]) -> None:
     console.print(table)
     for label, reason in report["nn"]["skipped"].items():
         console.print(f"[dim]skipped {label}: {reason}[/dim]")
-    for r in report.get("search", {}).get("results", []):
+    search = report.get("search", {})
+    if search.get("results"):
+        console.print(
+            f"search on {search.get('runtime')}, {search.get('runtime_threads')} runtime thread(s):"
+        )
+    for r in search.get("results", []):
         console.print(
             f"search {r['threads']} thread(s): {r['visits_per_s']:.1f} visits/s, network alone "
             f"{r.get('standalone_evals_per_s', 0.0):.1f} evals/s, during search {r['nn_evals_per_s']:.1f} "
