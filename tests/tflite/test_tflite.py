@@ -61,15 +61,9 @@ def test_tflite_fp32__matches_reference_and_katago(
     for row, i in enumerate(idx):
         rec = records[str(inputs["ids"][i])]
         bx, by = rec["board_x_size"], rec["board_y_size"]
-        kr = rec["kata_rules"]
-        ctx = RowContext(
-            board_x=bx,
-            board_y=by,
-            white_to_move=rec["next_player"] == "W",
-            legal=legal_mask_from_features(spatial[row], global_[row], bx, by),
-            no_result_impossible=kr["ko"] != "SIMPLE" and kr["scoring"] != "TERRITORY",
+        ev = postprocess_row(
+            got, row, net.postprocess, _record_context(rec, spatial[row], global_[row]), policy_optimism=0.2
         )
-        ev = postprocess_row(got, row, net.postprocess, ctx, policy_optimism=0.2)
         raw = rec["rawnn"]
         assert ev.white_win == pytest.approx(raw["whiteWin"], abs=1e-4), rec["id"]
         assert ev.white_lead == pytest.approx(raw["whiteLead"], abs=0.01), rec["id"]
@@ -78,6 +72,19 @@ def test_tflite_fp32__matches_reference_and_katago(
         assert np.array_equal(np.isnan(want), ~ev.legal[: bx * by]), rec["id"]
         assert np.nanmax(np.abs(have[~np.isnan(want)] - want[~np.isnan(want)])) < 1e-4, rec["id"]
         assert np.abs(np.asarray(ev.white_ownership[: bx * by]) - raw["whiteOwnership"]).max() < 1e-3
+
+
+def _record_context(rec: dict[str, Any], spatial: np.ndarray, global_: np.ndarray) -> RowContext:
+    """Post-processing context of one recorded position (board, side to move, legal points, rules)."""
+    bx, by = rec["board_x_size"], rec["board_y_size"]
+    kr = rec["kata_rules"]
+    return RowContext(
+        board_x=bx,
+        board_y=by,
+        white_to_move=rec["next_player"] == "W",
+        legal=legal_mask_from_features(spatial, global_, bx, by),
+        no_result_impossible=kr["ko"] != "SIMPLE" and kr["scoring"] != "TERRITORY",
+    )
 
 
 def _katago_rows(
@@ -89,15 +96,9 @@ def _katago_rows(
     for row, pid in enumerate(ids):
         rec = records[str(pid)]
         bx, by = rec["board_x_size"], rec["board_y_size"]
-        kr = rec["kata_rules"]
-        ctx = RowContext(
-            board_x=bx,
-            board_y=by,
-            white_to_move=rec["next_player"] == "W",
-            legal=legal_mask_from_features(spatial[row], global_[row], bx, by),
-            no_result_impossible=kr["ko"] != "SIMPLE" and kr["scoring"] != "TERRITORY",
+        ev = postprocess_row(
+            got, row, net.postprocess, _record_context(rec, spatial[row], global_[row]), policy_optimism=0.2
         )
-        ev = postprocess_row(got, row, net.postprocess, ctx, policy_optimism=0.2)
         raw = rec["rawnn"]
         want = np.array([-1.0 if p is None else p for p in raw["policy"]], dtype=np.float64)
         have = np.nan_to_num(np.asarray(ev.policy[: bx * by], dtype=np.float64), nan=-1.0)
