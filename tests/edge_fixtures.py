@@ -7,8 +7,12 @@ resolves to whichever was imported first when the whole suite runs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+
+from agent.network.postprocess import RowContext, legal_mask_from_features
 
 HOW_TO_GET = (
     "set KATAGO_EDGE_MODELS to a folder with KataGo networks (in this project's CI: ../shared/models; "
@@ -29,3 +33,17 @@ def model_file(models: Path, key: str) -> Path:
     if not path.is_file():
         pytest.skip(f"network {NETS[key]} not in {models}: " + HOW_TO_GET)
     return path
+
+
+def row_context(record: dict[str, Any], spatial: np.ndarray, global_: np.ndarray) -> RowContext:
+    """Post-processing context of one recorded reference position (board, side to move, legal
+    points from its V7 features, whether the rules make a no-result impossible)."""
+    bx, by = record["board_x_size"], record["board_y_size"]
+    rules = record["kata_rules"]
+    return RowContext(
+        board_x=bx,
+        board_y=by,
+        white_to_move=record["next_player"] == "W",
+        legal=legal_mask_from_features(spatial, global_, bx, by),
+        no_result_impossible=rules["ko"] != "SIMPLE" and rules["scoring"] == "AREA",
+    )

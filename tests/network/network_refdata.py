@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edge_fixtures import row_context
 
 from agent.network.model import PostProcessParams
-from agent.network.postprocess import RowContext, legal_mask_from_features, postprocess_row
+from agent.network.postprocess import postprocess_row
 from agent.runtime.base import NeuralNet, NNInputs
 
 REFERENCE_FILES = {
@@ -53,18 +54,6 @@ def load_reference(reference_dir: Path, key: str) -> Reference:
         records = [json.loads(line) for line in fh]
     assert [r["id"] for r in records] == list(inputs["ids"])
     return Reference(records, inputs["spatial"], inputs["global"])
-
-
-def row_context(record: dict[str, Any], spatial: np.ndarray, global_: np.ndarray) -> RowContext:
-    bx, by = record["board_x_size"], record["board_y_size"]
-    rules = record["kata_rules"]
-    return RowContext(
-        board_x=bx,
-        board_y=by,
-        white_to_move=record["next_player"] == "W",
-        legal=legal_mask_from_features(spatial, global_, bx, by),
-        no_result_impossible=rules["ko"] != "SIMPLE" and rules["scoring"] == "AREA",
-    )
 
 
 @dataclass

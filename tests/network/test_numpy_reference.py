@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edge_fixtures import model_file
-from network_refdata import compare, load_reference, row_context
+from edge_fixtures import model_file, row_context
+from network_refdata import compare, load_reference
 
 from agent.game.symmetry import apply_symmetry
 from agent.network.postprocess import RowContext, postprocess_row

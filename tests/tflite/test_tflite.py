@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edge_fixtures import model_file
+from edge_fixtures import model_file, row_context
 
 from agent.errors import ConversionError, InferenceError
 from agent.network.positions import positions_from_sgf
-from agent.network.postprocess import RowContext, legal_mask_from_features, postprocess_row
+from agent.network.postprocess import postprocess_row
 from agent.network.reader import read_network
 from agent.runtime.base import NNInputs
 from agent.runtime.numpy_runtime import forward
@@ -62,7 +62,7 @@ def test_tflite_fp32__matches_reference_and_katago(
         rec = records[str(inputs["ids"][i])]
         bx, by = rec["board_x_size"], rec["board_y_size"]
         ev = postprocess_row(
-            got, row, net.postprocess, _record_context(rec, spatial[row], global_[row]), policy_optimism=0.2
+            got, row, net.postprocess, row_context(rec, spatial[row], global_[row]), policy_optimism=0.2
         )
         raw = rec["rawnn"]
         assert ev.white_win == pytest.approx(raw["whiteWin"], abs=1e-4), rec["id"]
@@ -72,19 +72,6 @@ def test_tflite_fp32__matches_reference_and_katago(
         assert np.array_equal(np.isnan(want), ~ev.legal[: bx * by]), rec["id"]
         assert np.nanmax(np.abs(have[~np.isnan(want)] - want[~np.isnan(want)])) < 1e-4, rec["id"]
         assert np.abs(np.asarray(ev.white_ownership[: bx * by]) - raw["whiteOwnership"]).max() < 1e-3
-
-
-def _record_context(rec: dict[str, Any], spatial: np.ndarray, global_: np.ndarray) -> RowContext:
-    """Post-processing context of one recorded position (board, side to move, legal points, rules)."""
-    bx, by = rec["board_x_size"], rec["board_y_size"]
-    kr = rec["kata_rules"]
-    return RowContext(
-        board_x=bx,
-        board_y=by,
-        white_to_move=rec["next_player"] == "W",
-        legal=legal_mask_from_features(spatial, global_, bx, by),
-        no_result_impossible=kr["ko"] != "SIMPLE" and kr["scoring"] != "TERRITORY",
-    )
 
 
 def _katago_rows(
@@ -97,7 +84,7 @@ def _katago_rows(
         rec = records[str(pid)]
         bx, by = rec["board_x_size"], rec["board_y_size"]
         ev = postprocess_row(
-            got, row, net.postprocess, _record_context(rec, spatial[row], global_[row]), policy_optimism=0.2
+            got, row, net.postprocess, row_context(rec, spatial[row], global_[row]), policy_optimism=0.2
         )
         raw = rec["rawnn"]
         want = np.array([-1.0 if p is None else p for p in raw["policy"]], dtype=np.float64)
