@@ -58,7 +58,9 @@ COMMANDS: dict[str, CommandSpec] = {
 }
 
 
-def _load(target: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+def _load(
+    target: str,
+) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
     module_name, func_name = target.split(":")
     module = importlib.import_module(module_name)
     configure = getattr(module, "configure_" + func_name.removeprefix("command_"), None)

@@ -17,7 +17,9 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
     env = os.environ.get("KATAGO_EDGE_LOG_LEVEL")
     if env:
-        level = logging.getLevelName(env.upper()) if isinstance(logging.getLevelName(env.upper()), int) else level
+        level = (
+            logging.getLevelName(env.upper()) if isinstance(logging.getLevelName(env.upper()), int) else level
+        )
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_katago_edge", False):

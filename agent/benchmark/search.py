@@ -72,7 +72,9 @@ class SearchResult:
         }
 
 
-def standalone_evals_per_s(net: NeuralNet, positions: list[BenchPosition], batch: int, seconds: float) -> float:
+def standalone_evals_per_s(
+    net: NeuralNet, positions: list[BenchPosition], batch: int, seconds: float
+) -> float:
     """``net.evaluate`` alone on batches of ``batch`` real inputs for about ``seconds``."""
     inputs = encode_batch(positions, batch)
     net.evaluate(inputs)

@@ -484,4 +484,3 @@ def share_relu_output_ranges(quant: onnx.ModelProto) -> int:
         inits[q1.input[2]].CopyFrom(onnx.numpy_helper.from_array(zero, q1.input[2]))
         changed += 1
     return changed
-

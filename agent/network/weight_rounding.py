@@ -124,8 +124,10 @@ def _im2col(x: npt.NDArray[np.float32], kshape: tuple[int, ...]) -> F64:
     ph, pw = kh // 2, kw // 2
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))  # N,C,H,W,kh,kw
-    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(-1, x.shape[1] * kh * kw).astype(
-        np.float64
+    return (
+        np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5))
+        .reshape(-1, x.shape[1] * kh * kw)
+        .astype(np.float64)
     )
 
 
@@ -150,7 +152,9 @@ def collect_stats(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     # layers reading the same tensor with the same kernel (Q/K/V, SwiGLU pairs) share their statistics
-    keys = {n.name: (n.input[0], n.op_type, shapes[n.input[1]][2:] if n.op_type == "Conv" else ()) for n in layers}
+    keys = {
+        n.name: (n.input[0], n.op_type, shapes[n.input[1]][2:] if n.op_type == "Conv" else ()) for n in layers
+    }
     first: dict[tuple[str, str, tuple[int, ...]], onnx.NodeProto] = {}
     for n in layers:
         first.setdefault(keys[n.name], n)
@@ -215,7 +219,10 @@ def output_error(m: F64, q: F64, scale: F64, st: LayerStats) -> float:
 
 
 def bias_corrections(
-    model: onnx.ModelProto, layers: Sequence[onnx.NodeProto], stats: dict[str, LayerStats], grid: dict[str, F64]
+    model: onnx.ModelProto,
+    layers: Sequence[onnx.NodeProto],
+    stats: dict[str, LayerStats],
+    grid: dict[str, F64],
 ) -> dict[str, F64]:
     """``bias initializer name -> corrected bias`` removing the mean output shift of rounding."""
     inits = {i.name: i for i in model.graph.initializer}

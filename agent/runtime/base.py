@@ -63,7 +63,9 @@ class NNOutputs:
     def row(self, i: int) -> NNOutputs:
         """One batch row, keeping the batch axis (size 1)."""
         s = slice(i, i + 1)
-        return NNOutputs(self.policy[s], self.policy_pass[s], self.value[s], self.score_value[s], self.ownership[s])
+        return NNOutputs(
+            self.policy[s], self.policy_pass[s], self.value[s], self.score_value[s], self.ownership[s]
+        )
 
 
 @dataclass(frozen=True)
