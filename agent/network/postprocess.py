@@ -25,7 +25,9 @@ one more entry, the pass move, at index ``board_x * board_y``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -64,6 +66,8 @@ class RowContext:
 class NetEval:
     """A post-processed evaluation from **White's perspective** (like ``kata-raw-nn``).
 
+    ``ownership_source`` makes ``white_ownership`` (a constant function where it is known).
+
     ``policy`` holds probabilities (0 where illegal, see ``legal``), pass last.
     ``white_score_mean`` is KataGo's ``whiteScoreSelfplay``; ``score_stdev`` is
     ``sqrt(max(0, meanSq - mean²))`` as KataGo derives it. Version-8 nets report -1 for
@@ -85,7 +89,13 @@ class NetEval:
     var_time_left: float
     shortterm_winloss_error: float
     shortterm_score_error: float
-    white_ownership: F32
+    ownership_source: Callable[[], F32] = field(repr=False, compare=False)
+
+    @cached_property
+    def white_ownership(self) -> F32:
+        """Ownership from White's view, board-sized (computed on first use: the search only
+        reads it where ownership is reported)."""
+        return self.ownership_source()
 
     @property
     def policy_pass(self) -> float:
@@ -135,6 +145,25 @@ def mixed_policy_logits(raw: NNOutputs, row: int, optimism: float) -> tuple[F32,
     return pol[0], float(pas[0])
 
 
+@lru_cache(maxsize=256)
+def _gather(symmetry: int, board_x: int, board_y: int, buffer_x: int, buffer_y: int) -> npt.NDArray[np.intp]:
+    """Where each board point's output sits in a network-frame buffer row (``sym_out`` as an
+    index table), pass last (index ``buffer_x * buffer_y``)."""
+    grid = np.arange(buffer_x * buffer_y, dtype=np.intp).reshape(buffer_y, buffer_x)
+    board = sym_out(grid, symmetry)[:board_y, :board_x].reshape(-1)
+    out = np.append(board, buffer_x * buffer_y)
+    out.flags.writeable = False
+    return out
+
+
+def _ownership(own_row: F32, gather: npt.NDArray[np.intp], sign: float) -> Callable[[], F32]:
+    def make() -> F32:
+        own = np.tanh(own_row.take(gather[:-1]))
+        return np.ascontiguousarray(own * np.float32(sign), dtype=np.float32)
+
+    return make
+
+
 def postprocess_row(
     raw: NNOutputs,
     row: int,
@@ -149,20 +178,28 @@ def postprocess_row(
     if raw.policy.shape[-1] != hb * wb or raw.ownership.shape[-1] != hb * wb:
         raise ValueError(f"raw outputs have {raw.policy.shape[-1]} positions, expected buffer {wb}x{hb}")
     legal = _board_legal(ctx)
+    gather = _gather(ctx.symmetry, bx, by, wb, hb)
 
-    # policy (float32, as NNEvaluator)
-    logits, pass_logit = mixed_policy_logits(raw, row, policy_optimism)
-    board_logits = sym_out(logits.reshape(hb, wb), ctx.symmetry)[:by, :bx].reshape(-1)
-    z = np.append(board_logits, np.float32(pass_logit)).astype(np.float32) * np.float32(
-        1.0 / policy_temperature
-    )
-    probs = np.zeros_like(z)
-    zl = z[legal]
-    e = np.exp(zl - zl.max())
-    probs[legal] = e / e.sum(dtype=np.float32)
+    # policy (float32, as NNEvaluator): legal points gathered from the network frame, softmax
+    if policy_optimism == 0.0 or raw.policy.shape[1] < 2:
+        logits, pass_logit = raw.policy[row, 0], raw.policy_pass[row, 0]
+    else:
+        logits, pass_logit = mixed_policy_logits(raw, row, policy_optimism)
+    flat = np.empty(hb * wb + 1, dtype=np.float32)
+    flat[:-1] = logits
+    flat[-1] = pass_logit
+    where = np.flatnonzero(legal)
+    zl = flat.take(gather.take(where))
+    if policy_temperature != 1.0:
+        zl *= np.float32(1.0 / policy_temperature)
+    zl -= zl.max()
+    e = np.exp(zl)
+    e /= e.sum(dtype=np.float32)
+    probs = np.zeros(bx * by + 1, dtype=np.float32)
+    probs[where] = e
 
     # value and score (double)
-    win_l, loss_l, nr_l = (float(v) for v in raw.value[row])
+    win_l, loss_l, nr_l = raw.value[row].tolist()
     if ctx.no_result_impossible:
         nr_l -= 100000.0
     mx = max(win_l, loss_l, nr_l)
@@ -171,7 +208,7 @@ def postprocess_row(
         en = 0.0
     total = ew + el + en
     win, loss, no_result = ew / total, el / total, en / total
-    sv = [float(v) for v in raw.score_value[row]]
+    sv = raw.score_value[row].tolist()
     score_mean = sv[0] * params.score_mean_multiplier
     stdev = _softplus(sv[1]) * params.score_stdev_multiplier
     mean_sq = score_mean * score_mean + stdev * stdev
@@ -184,8 +221,6 @@ def postprocess_row(
     if params.model_version < 9:
         var_time = -1.0
 
-    # ownership
-    own = np.tanh(sym_out(raw.ownership[row].reshape(hb, wb), ctx.symmetry)[:by, :bx].reshape(-1))
     sign = 1.0 if ctx.white_to_move else -1.0
     if not ctx.white_to_move:
         win, loss = loss, win
@@ -205,7 +240,7 @@ def postprocess_row(
         var_time_left=var_time,
         shortterm_winloss_error=st_wl,
         shortterm_score_error=st_score,
-        white_ownership=np.ascontiguousarray(own * np.float32(sign), dtype=np.float32),
+        ownership_source=_ownership(raw.ownership[row], gather, sign),
     )
 
 
