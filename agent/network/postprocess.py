@@ -172,13 +172,15 @@ def postprocess_row(
     *,
     policy_optimism: float = 0.0,
     policy_temperature: float = 1.0,
+    symmetry: int | None = None,
 ) -> NetEval:
-    """Post-process batch row ``row`` of ``raw`` (see the module docstring)."""
+    """Post-process batch row ``row`` of ``raw`` (see the module docstring); ``symmetry``, when
+    given, is the one the row was evaluated under (instead of ``ctx.symmetry``)."""
     hb, wb, bx, by = ctx.buffer_y, ctx.buffer_x, ctx.board_x, ctx.board_y
     if raw.policy.shape[-1] != hb * wb or raw.ownership.shape[-1] != hb * wb:
         raise ValueError(f"raw outputs have {raw.policy.shape[-1]} positions, expected buffer {wb}x{hb}")
     legal = _board_legal(ctx)
-    gather = _gather(ctx.symmetry, bx, by, wb, hb)
+    gather = _gather(ctx.symmetry if symmetry is None else symmetry, bx, by, wb, hb)
 
     # policy (float32, as NNEvaluator): legal points gathered from the network frame, softmax
     if policy_optimism == 0.0 or raw.policy.shape[1] < 2:

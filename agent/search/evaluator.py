@@ -41,7 +41,8 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -62,9 +63,8 @@ class _Pending:
     spatial: np.ndarray
     global_: np.ndarray
     ctx: RowContext
-    optimism: float
-    temperature: float
-    done: threading.Event = field(default_factory=threading.Event)
+    symmetry: int
+    done: threading.Event | None = None  # only for requests handed to the server thread
     raw: NNOutputs | None = None
     row: int = 0
     error: BaseException | None = None
@@ -195,6 +195,10 @@ class NNEvaluator:
         with self._rand_lock:
             return self._rand.sample(range(8), min(n, 8))
 
+    def batch_seconds(self, size: int) -> float | None:
+        """Moving average of one network call on ``size`` rows (None until measured)."""
+        return self._batch_seconds.get(size)
+
     def stats(self) -> dict[str, Any]:
         return {
             "nn_rows": self.rows,
@@ -217,10 +221,13 @@ class NNEvaluator:
         optimism: float,
         temperature: float = 1.0,
         passing_hacks: bool = True,
+        on_wait: Callable[[], None] | None = None,
     ) -> NetEval:
         """Evaluate one position. ``encode()`` returns ``(spatial [22,H,W], global [19])`` in the
         canonical frame; ``ctx`` is a ``RowContext`` or a callable making one from those features.
-        Both are only used on a cache miss. Blocks until the batch ran."""
+        Both are only used on a cache miss. Blocks until the batch ran; ``on_wait()`` is called
+        just before this thread blocks on the network (it releases the GIL then), so work that
+        can overlap the evaluation can start (the search's speculation, see ``mcts``)."""
         full_key = (key, symmetry, optimism, temperature, passing_hacks)
         with self._cache_lock:
             hit = self._cache.get(full_key)
@@ -233,10 +240,8 @@ class NNEvaluator:
         if not isinstance(ctx, RowContext):
             ctx = ctx(spatial, global_)
         spatial = np.ascontiguousarray(apply_symmetry(spatial, symmetry), dtype=np.float32)
-        pending = _Pending(
-            spatial, np.asarray(global_, np.float32), replace(ctx, symmetry=symmetry), optimism, temperature
-        )
-        self._submit(pending)
+        pending = _Pending(spatial, np.asarray(global_, np.float32), ctx, symmetry)
+        self._submit(pending, on_wait)
         if pending.error is not None:
             raise InferenceError(f"network evaluation failed: {pending.error}") from pending.error
         assert pending.raw is not None
@@ -248,6 +253,7 @@ class NNEvaluator:
                 pending.ctx,
                 policy_optimism=optimism,
                 policy_temperature=temperature,
+                symmetry=pending.symmetry,
             )
         except (ValueError, FloatingPointError) as exc:
             raise InferenceError(f"network evaluation failed: {exc}") from exc
@@ -260,7 +266,7 @@ class NNEvaluator:
         return result
 
     # -------------------------------------------------------------------- batching
-    def _submit(self, pending: _Pending) -> None:
+    def _submit(self, pending: _Pending, on_wait: Callable[[], None] | None = None) -> None:
         """Returns once ``pending`` has run (module notes): directly in this thread when it is
         the only submitter and nothing runs, otherwise through the server thread."""
         cv = self._cv
@@ -269,15 +275,16 @@ class NNEvaluator:
                 raise EngineError("NN evaluator is closed")
             if self._submitters <= 1 and not self._running and not self._waiting:
                 self._running = True
-                direct = True
             else:
-                direct = False
+                pending.done = threading.Event()
                 self._waiting.append(pending)
                 if self._server is None:
                     self._server = threading.Thread(target=self._serve, name="nn-server", daemon=True)
                     self._server.start()
                 cv.notify_all()
-        if not direct:
+        if on_wait is not None:
+            on_wait()
+        if pending.done is not None:
             pending.done.wait()
             return
         try:
@@ -334,8 +341,11 @@ class NNEvaluator:
         """Run the network on ``batch`` and hand every request its raw row (post-processing is
         the requesting thread's work, done while the network runs the next batch)."""
         try:
-            spatial = np.stack([p.spatial for p in batch])
-            global_ = np.stack([p.global_ for p in batch])
+            if len(batch) == 1:
+                spatial, global_ = batch[0].spatial[None], batch[0].global_[None]
+            else:
+                spatial = np.stack([p.spatial for p in batch])
+                global_ = np.stack([p.global_ for p in batch])
             t0 = time.perf_counter()
             raw = self.net.evaluate(NNInputs(spatial, global_))
             dt = time.perf_counter() - t0
@@ -352,4 +362,5 @@ class NNEvaluator:
                 p.error = exc
         finally:
             for p in batch:
-                p.done.set()
+                if p.done is not None:
+                    p.done.set()

@@ -37,6 +37,7 @@ from agent.search.evaluator import NNEvaluator, average_evals
 from agent.search.node import LeafValue, Node
 from agent.search.params import SearchParams
 from agent.search.position import SearchState
+from agent.search.speculate import Prepared, Speculator
 from agent.search.symmetry import orbits, position_symmetries
 from agent.search.utility import UtilityModel
 
@@ -67,6 +68,8 @@ class Search:
         self.track_moves_ownership = track_moves_ownership
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(self.rng.getrandbits(64))
+        self.peek_rng = np.random.default_rng()  # a copy of np_rng's state for each peek_leaf
+        self.speculator: Speculator | None = None
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.root = Node(root_state, track_ownership=track_ownership)
@@ -79,35 +82,70 @@ class Search:
         self.root_raw: NetEval | None = None
         self.root_copies: dict[int, tuple[int, int]] = {}  # pruned symmetric move -> (representative, sym)
         self.root_bonus = np.zeros(0)  # ending bonus (White points) per root edge
+        self.root_has_bonus = False
         self.root_prefix_ok = False  # the root's selection may use the prefix form (see _select)
         self.root_select_priors = np.zeros(0)  # root priors as selection sees them (wide root noise)
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, state: SearchState, is_root: bool) -> NetEval:
         p = self.params
+        spec = self.speculator
+        if not is_root:
+            ready = spec.take(state) if spec is not None else None
+            if ready is None:
+                ready = self.prepare(state)
+            return self.evaluator.evaluate(
+                ready.key,
+                lambda: (ready.spatial, ready.global_),
+                ready.ctx,
+                symmetry=self.evaluator.random_symmetry(),
+                optimism=p.policy_optimism,
+                temperature=p.nn_policy_temperature,
+                passing_hacks=p.enable_passing_hacks,
+                on_wait=spec.wake if spec is not None else None,
+            )
         buffer = self.evaluator.buffer
         key = state.nn_key(p)
-        optimism = p.root_policy_optimism if is_root else p.policy_optimism
-        syms = (
-            self.evaluator.sample_symmetries(p.root_num_symmetries_to_sample)
-            if is_root
-            else [self.evaluator.random_symmetry()]
-        )
         evals = [
             self.evaluator.evaluate(
                 key,
-                lambda: state.encode(p, self.evaluator.buffer, self.evaluator.pass_alive_suicide),
+                lambda: state.encode(p, buffer, self.evaluator.pass_alive_suicide),
                 lambda sp, gl: state.row_context(
                     legal_mask_from_features(sp, gl, state.x_size, state.y_size), buffer
                 ),
                 symmetry=s,
-                optimism=optimism,
+                optimism=p.root_policy_optimism,
                 temperature=p.nn_policy_temperature,
                 passing_hacks=p.enable_passing_hacks,
             )
-            for s in syms
+            for s in self.evaluator.sample_symmetries(p.root_num_symmetries_to_sample)
         ]
         return average_evals(evals)
+
+    def prepare(self, state: SearchState) -> Prepared:
+        """A non-root leaf's evaluation inputs (NN key, V7 features, post-processing context)."""
+        p = self.params
+        ev = self.evaluator
+        spatial, global_ = state.encode(p, ev.buffer, ev.pass_alive_suicide)
+        legal = legal_mask_from_features(spatial, global_, state.x_size, state.y_size)
+        return Prepared(state, state.nn_key(p), spatial, global_, state.row_context(legal, ev.buffer))
+
+    def peek_leaf(self) -> Node | None:
+        """The leaf the next playout would evaluate if it started now (call under ``lock``):
+        the same walk as ``playout`` without virtual losses, ``tried`` marks or the search's
+        random numbers (a copy of their state: the root's wide-root-noise draws are the ones the
+        next playout will make). None where that walk ends at a pending, terminal or childless
+        node."""
+        self.peek_rng.bit_generator.state = self.np_rng.bit_generator.state
+        node = self.root
+        while True:
+            if node.terminal is not None:
+                return None
+            if not node.expanded:
+                return None if node.pending else node
+            if len(node.moves) == 0:
+                return None
+            node = self._child(node, self._select(node, self.peek_rng))
 
     def _leaf_value(self, ev: NetEval, track_own: bool) -> tuple[LeafValue, float]:
         u = self.util.utility(ev.white_win, ev.white_loss, ev.no_result, ev.white_score_mean, ev.score_stdev)
@@ -200,14 +238,21 @@ class Search:
         node.expand(ev, idx.astype(np.int64), pri, raw, nn_utility)
 
     # ------------------------------------------------------------------- selection
-    def _select(self, node: Node) -> int:
+    def _select(self, node: Node, rng: np.random.Generator | None = None) -> int:
         if node is not self.root:
             return self._select_prefix(node, self.params.fpu_reduction_max)
+        rng = self.np_rng if rng is None else rng
         if self.root_prefix_ok:
-            return self._select_prefix(node, self.params.root_fpu_reduction_max, self.root_select_priors)
-        return self._select_full(node)
+            return self._select_prefix(node, self.params.root_fpu_reduction_max, self.root_select_priors, rng)
+        return self._select_full(node, rng)
 
-    def _select_prefix(self, node: Node, fpu_reduction: float, root_priors: np.ndarray | None = None) -> int:
+    def _select_prefix(
+        self,
+        node: Node,
+        fpu_reduction: float,
+        root_priors: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> int:
         """``_select_full`` for a non-root node, in plain Python over the tried prefix.
 
         Below the root the priors are sorted in decreasing order (``_expand``) and only the
@@ -218,9 +263,10 @@ class Search:
         choice is identical to the vectorised version.
 
         At the root (``root_priors`` given: the priors flattened by wide root noise, if any) it
-        applies when the priors are sorted and no ending bonus changes the values
-        (``root_prefix_ok``, set with the bonus). Wide root noise draws the same random numbers
-        for all ``n`` children as the vectorised version, so the random stream stays the same.
+        applies when the priors are sorted (``root_prefix_ok``); the ending bonus is added to the
+        visited children's values as in the vectorised version. Wide root noise draws the same
+        random numbers for all ``n`` children as the vectorised version, so the random stream
+        stays the same.
         """
         p = self.params
         n = len(node.moves)
@@ -257,8 +303,10 @@ class Search:
                     best_new = j
         noise = p.wide_root_noise if root_priors is not None else 0.0
         if noise > 0:
-            coin = (self.np_rng.random(n) < 0.5)[:m].tolist()
-            normal = self.np_rng.standard_normal(n)[:m].tolist()
+            rng = self.np_rng if rng is None else rng
+            coin = (rng.random(n) < 0.5)[:m].tolist()
+            normal = rng.standard_normal(n)[:m].tolist()
+        bonus = self.root_bonus[:m].tolist() if root_priors is not None and self.root_has_bonus else None
         best = -1
         best_score = -math.inf
         for j in range(m):
@@ -266,6 +314,8 @@ class Search:
                 continue
             w = weight[j]
             q = sign * usum[j] / w if w > 0 else fpu
+            if bonus is not None:
+                q = q + sign * self._bonus_utility_of(node, j, bonus[j])
             w_eff = w
             if any_virtual:
                 vlw = vl * virt[j]
@@ -280,7 +330,7 @@ class Search:
                 best = j
         return best
 
-    def _select_full(self, node: Node) -> int:
+    def _select_full(self, node: Node, rng: np.random.Generator | None = None) -> int:
         p = self.params
         is_root = node is self.root
         vl = p.virtual_loss_visits
@@ -315,8 +365,9 @@ class Search:
             q = q + (-radius - q) * frac
             w_eff = weight + vlw
         if is_root and p.wide_root_noise > 0:
-            coin = self.np_rng.random(len(q)) < 0.5
-            q = q + np.where(coin, p.wide_root_noise * np.abs(self.np_rng.standard_normal(len(q))), 0.0)
+            rng = self.np_rng if rng is None else rng
+            coin = rng.random(len(q)) < 0.5
+            q = q + np.where(coin, p.wide_root_noise * np.abs(rng.standard_normal(len(q))), 0.0)
         score = q + explore * pri / (1.0 + w_eff)
         if not visited.all():
             # like KataGo, only the highest-prior move not yet tried competes as a new child
@@ -354,12 +405,16 @@ class Search:
         """Root ending bonus as a White utility per edge (0 for unvisited edges)."""
         out = np.zeros(len(node.moves))
         for k in np.nonzero(self.root_bonus)[0]:
-            child = node.children[int(k)]
-            if child is not None and child.weight > 0:
-                out[k] = self.util.score_utility_diff(
-                    child.score_mean, child.avg(child.score_sq_sum), float(self.root_bonus[k])
-                )
+            out[k] = self._bonus_utility_of(node, int(k), float(self.root_bonus[k]))
         return out
+
+    def _bonus_utility_of(self, node: Node, k: int, bonus: float) -> float:
+        if bonus == 0.0:
+            return 0.0
+        child = node.children[k]
+        if child is None or child.weight <= 0:
+            return 0.0
+        return self.util.score_utility_diff(child.score_mean, child.avg(child.score_sq_sum), bonus)
 
     def _compute_root_bonus(self) -> None:
         root = self.root
@@ -373,7 +428,8 @@ class Search:
         pri = root.priors
         noise = self.params.wide_root_noise
         self.root_select_priors = np.power(pri, 1.0 / (4.0 * noise + 1.0)) if noise > 0 else pri
-        self.root_prefix_ok = not self.root_bonus.any() and bool(np.all(pri[:-1] >= pri[1:]))
+        self.root_has_bonus = bool(self.root_bonus.any())
+        self.root_prefix_ok = bool(np.all(pri[:-1] >= pri[1:]))
 
     # --------------------------------------------------------------------- playouts
     def _child(self, node: Node, k: int) -> Node:
@@ -548,6 +604,8 @@ class Search:
         ]
         for t in threads:
             t.start()
+        if n_threads == 1 and self.params.speculate:
+            self.speculator = Speculator(self).start()
         if report is not None and report_every is not None:
             next_report = self.start_time + (
                 first_report_after if first_report_after is not None else report_every
@@ -571,6 +629,9 @@ class Search:
             worker()
         for t in threads:
             t.join()
+        if self.speculator is not None:
+            self.speculator.stop()
+            self.speculator = None
         self.elapsed = time.monotonic() - self.start_time
         if errors:
             raise errors[0]

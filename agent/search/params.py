@@ -38,6 +38,9 @@ class SearchParams:
     max_playouts: int = _f("maxPlayouts", 1 << 50, 1, float(1 << 50))
     max_time: float = _f("maxTime", 1e20, 0.0, 1e20)
     num_threads: int = _f("numSearchThreads", 1, 1, 1024)
+    # katago-edge's own: with one search thread, prepare the predicted next leaf while the
+    # network runs (agent.search.speculate); never changes results
+    speculate: bool = _f("speculateNextLeaf", True)
     # exploration
     cpuct_exploration: float = _f("cpuctExploration", 1.0, 0.0, 100.0)
     cpuct_exploration_log: float = _f("cpuctExplorationLog", 0.45, 0.0, 100.0)

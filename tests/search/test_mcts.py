@@ -266,18 +266,22 @@ def test_mcts__no_result_value_on_request() -> None:
 def test_mcts__prefix_selection_matches_vectorised_selection(threads: int) -> None:
     """``_select_prefix`` (plain Python over the tried children) must pick what the vectorised
     PUCT picks, virtual losses included: below the root always, at the root when its priors are
-    sorted and no root noise or ending bonus applies (``root_prefix_ok``)."""
-    checked = mismatched = root_checked = 0
+    sorted (``root_prefix_ok``), with wide root noise and with the root's ending bonus."""
+    checked = mismatched = root_checked = bonus_checked = 0
 
     class Checked(Search):
-        def _select(self, node: Any) -> int:
-            nonlocal checked, mismatched, root_checked
+        def _select(self, node: Any, rng: Any = None) -> int:
+            nonlocal checked, mismatched, root_checked, bonus_checked
+            if rng is not None:  # the speculator's peek (its own copy of the generator)
+                return super()._select(node, rng)
             state = self.np_rng.bit_generator.state  # wide root noise draws the same numbers
             k = super()._select(node)
             after = self.np_rng.bit_generator.state
             self.np_rng.bit_generator.state = state
             checked += 1
             root_checked += node is self.root
+            if node is self.root and self.root_prefix_ok and self.root_has_bonus:
+                bonus_checked += bool(self._bonus_utility(node).any())  # a bonus moved a value
             mismatched += k != self._select_full(node)
             assert self.np_rng.bit_generator.state == after
             return k
@@ -293,12 +297,21 @@ def test_mcts__prefix_selection_matches_vectorised_selection(threads: int) -> No
         turns, _ = build_turns(request)
         s = Checked(ev, SearchParams(max_visits=300, num_threads=threads), SearchState(turns[-1][1]), seed=3)
         s.run()
-        bonus = Search(
-            ev, SearchParams(max_visits=20, root_ending_bonus_points=0.5), SearchState(turns[-1][1]), seed=3
+        # territory scoring: passing at the root costs a third of a point (the ending bonus); a
+        # small board so that the pass gets visited
+        request = parse_query(
+            query(moves=[["B", "B2"]], rules="japanese", boardXSize=3, boardYSize=3), SearchParams()
+        )
+        turns, _ = build_turns(request)
+        bonus = Checked(
+            ev,
+            SearchParams(max_visits=300, num_threads=threads, root_ending_bonus_points=0.5),
+            SearchState(turns[-1][1]),
+            seed=3,
         )
         bonus.run()
     finally:
         ev.close()
     assert s.params.wide_root_noise > 0 and s.root_prefix_ok
-    assert not bonus.root_bonus.any() or not bonus.root_prefix_ok
+    assert bonus.root_has_bonus and bonus.root_prefix_ok and bonus_checked > 100
     assert root_checked > 500 and checked > root_checked + 400 and mismatched == 0

@@ -1,0 +1,112 @@
+"""Speculative preparation of the next leaf while the network evaluates the current one.
+
+With one search thread the search is serial: select a leaf, encode it, wait for the network,
+back up. While the thread waits (the runtime releases the GIL), the interpreter is free, so a
+helper thread predicts the *next* leaf and prepares its evaluation inputs: the NN cache key, the
+V7 features (ladders and pass-alive areas are most of the search's Python time) and the
+post-processing context. The prediction is the leaf a second search thread would pick now: the
+current leaf's path carries a virtual loss, which is what its evaluation most often confirms.
+When the search thread then selects that leaf it takes the prepared inputs instead of computing
+them; otherwise they are dropped. Nothing the search decides depends on the helper: it only
+reads the tree (creating the child nodes the selection walks through, as the search thread
+would), draws its wide-root-noise numbers from its own generator, and its inputs are the ones the
+search thread would compute.
+
+On g170-b6c96 (ONNX, one runtime thread, 2-vCPU VM) about two thirds of the leaves are predicted.
+The helper must be done before the network is: it runs only while its measured time per leaf is
+under a quarter of the measured batch-1 evaluation time (so not next to a fast GPU, where the
+search thread would wait for the interpreter), and only with one search thread (more threads
+fill the network's time with their own work).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent.network.postprocess import RowContext
+
+if TYPE_CHECKING:
+    from agent.search.mcts import Search
+    from agent.search.position import SearchState
+
+logger = logging.getLogger(__name__)
+
+MAX_SHARE = 0.25  # helper time per leaf / batch-1 evaluation time above which it stays idle
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A leaf's evaluation inputs, as ``Search._evaluate`` would compute them."""
+
+    state: SearchState
+    key: Any
+    spatial: np.ndarray
+    global_: np.ndarray
+    ctx: RowContext
+
+
+class Speculator:
+    """The helper thread of one ``Search`` (started with ``start``, ended with ``stop``)."""
+
+    def __init__(self, search: Search) -> None:
+        self.search = search
+        self._go = threading.Event()
+        self._quit = False
+        self._slot: Prepared | None = None
+        self._seconds: float | None = None  # moving average of one preparation
+        self._thread = threading.Thread(target=self._loop, name="search-speculate", daemon=True)
+        self.prepared = 0
+        self.used = 0
+
+    def start(self) -> Speculator:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._quit = True
+        self._go.set()
+        self._thread.join(timeout=5.0)
+
+    def wake(self) -> None:
+        """Called by the search thread just before it blocks on the network."""
+        if self._worth_it():
+            self._go.set()
+
+    def take(self, state: SearchState) -> Prepared | None:
+        """The prepared inputs for ``state``, if the prediction was right."""
+        slot = self._slot
+        if slot is None or slot.state is not state:
+            return None
+        self._slot = None
+        self.used += 1
+        return slot
+
+    def _worth_it(self) -> bool:
+        nn = self.search.evaluator.batch_seconds(1)
+        return nn is not None and (self._seconds is None or self._seconds < MAX_SHARE * nn)
+
+    def _loop(self) -> None:
+        search = self.search
+        while True:
+            self._go.wait()
+            self._go.clear()
+            if self._quit:
+                return
+            try:
+                t0 = time.perf_counter()
+                with search.lock:
+                    leaf = search.peek_leaf()
+                if leaf is None or (self._slot is not None and self._slot.state is leaf.state):
+                    continue
+                self._slot = search.prepare(leaf.state)
+                self.prepared += 1
+                dt = time.perf_counter() - t0
+                self._seconds = dt if self._seconds is None else 0.8 * self._seconds + 0.2 * dt
+            except Exception:  # a prediction is never needed: log and go on
+                logger.exception("search speculation failed")
