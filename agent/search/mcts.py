@@ -70,6 +70,7 @@ class Search:
         self.np_rng = np.random.default_rng(self.rng.getrandbits(64))
         self.peek_rng = np.random.default_rng()  # a copy of np_rng's state for each peek_leaf
         self.speculator: Speculator | None = None
+        self.speculated = (0, 0)  # leaves the speculator prepared, and how many of them were used
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.root = Node(root_state, track_ownership=track_ownership)
@@ -130,12 +131,12 @@ class Search:
         legal = legal_mask_from_features(spatial, global_, state.x_size, state.y_size)
         return Prepared(state, state.nn_key(p), spatial, global_, state.row_context(legal, ev.buffer))
 
-    def peek_leaf(self) -> Node | None:
+    def peek_leaf(self, path: list[tuple[Node, int]] | None = None) -> Node | None:
         """The leaf the next playout would evaluate if it started now (call under ``lock``):
         the same walk as ``playout`` without virtual losses, ``tried`` marks or the search's
         random numbers (a copy of their state: the root's wide-root-noise draws are the ones the
         next playout will make). None where that walk ends at a pending, terminal or childless
-        node."""
+        node. The edges walked are appended to ``path`` when given."""
         self.peek_rng.bit_generator.state = self.np_rng.bit_generator.state
         node = self.root
         while True:
@@ -145,7 +146,10 @@ class Search:
                 return None if node.pending else node
             if len(node.moves) == 0:
                 return None
-            node = self._child(node, self._select(node, self.peek_rng))
+            k = self._select(node, self.peek_rng)
+            if path is not None:
+                path.append((node, k))
+            node = self._child(node, k)
 
     def _leaf_value(self, ev: NetEval, track_own: bool) -> tuple[LeafValue, float]:
         u = self.util.utility(ev.white_win, ev.white_loss, ev.no_result, ev.white_score_mean, ev.score_stdev)
@@ -631,6 +635,7 @@ class Search:
             t.join()
         if self.speculator is not None:
             self.speculator.stop()
+            self.speculated = (self.speculator.prepared, self.speculator.used)
             self.speculator = None
         self.elapsed = time.monotonic() - self.start_time
         if errors:

@@ -21,6 +21,7 @@ fill the network's time with their own work).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -33,11 +34,13 @@ from agent.network.postprocess import RowContext
 
 if TYPE_CHECKING:
     from agent.search.mcts import Search
+    from agent.search.node import Node
     from agent.search.position import SearchState
 
 logger = logging.getLogger(__name__)
 
 MAX_SHARE = 0.25  # helper time per leaf / batch-1 evaluation time above which it stays idle
+PREDICTIONS = 1
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,10 @@ class Speculator:
 
     def __init__(self, search: Search) -> None:
         self.search = search
-        self._go = threading.Event()
+        self._go = threading.Lock()  # released to wake the helper (cheaper than an Event)
+        self._go.acquire()
         self._quit = False
-        self._slot: Prepared | None = None
+        self._slots: list[Prepared] = []
         self._seconds: float | None = None  # moving average of one preparation
         self._thread = threading.Thread(target=self._loop, name="search-speculate", daemon=True)
         self.prepared = 0
@@ -70,22 +74,52 @@ class Speculator:
 
     def stop(self) -> None:
         self._quit = True
-        self._go.set()
+        self._release()
         self._thread.join(timeout=5.0)
+
+    def _release(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already released: a wake-up is pending
+            self._go.release()
 
     def wake(self) -> None:
         """Called by the search thread just before it blocks on the network."""
         if self._worth_it():
-            self._go.set()
+            self._release()
 
     def take(self, state: SearchState) -> Prepared | None:
-        """The prepared inputs for ``state``, if the prediction was right."""
-        slot = self._slot
-        if slot is None or slot.state is not state:
-            return None
-        self._slot = None
-        self.used += 1
-        return slot
+        """The prepared inputs for ``state``, if a prediction was right."""
+        for slot in self._slots:
+            if slot.state is state:
+                self.used += 1
+                return slot
+        return None
+
+    def _predict(self) -> list[Node]:
+        """Up to ``PREDICTIONS`` leaves: the next playout's, then the one after it if the first
+        were pending too (a virtual loss on its path, as a further search thread would see it)."""
+        search = self.search
+        leaves: list[Node] = []
+        marked: list[tuple[Node, int]] = []
+        with search.lock:
+            try:
+                for _ in range(PREDICTIONS):
+                    path: list[tuple[Node, int]] = []
+                    leaf = search.peek_leaf(path)
+                    if leaf is None:
+                        break
+                    leaves.append(leaf)
+                    if len(leaves) == PREDICTIONS:
+                        break
+                    leaf.pending = True
+                    for node, k in path:
+                        node.e_virtual[k] += 1
+                    marked += path
+            finally:
+                for node, k in marked:
+                    node.e_virtual[k] -= 1
+                for leaf in leaves[:-1] if len(leaves) == PREDICTIONS else leaves:
+                    leaf.pending = False
+        return leaves
 
     def _worth_it(self) -> bool:
         nn = self.search.evaluator.batch_seconds(1)
@@ -94,18 +128,18 @@ class Speculator:
     def _loop(self) -> None:
         search = self.search
         while True:
-            self._go.wait()
-            self._go.clear()
+            self._go.acquire()
             if self._quit:
                 return
             try:
                 t0 = time.perf_counter()
-                with search.lock:
-                    leaf = search.peek_leaf()
-                if leaf is None or (self._slot is not None and self._slot.state is leaf.state):
-                    continue
-                self._slot = search.prepare(leaf.state)
-                self.prepared += 1
+                leaves = self._predict()
+                slots = [s for s in self._slots if any(s.state is leaf.state for leaf in leaves)]
+                for leaf in leaves:
+                    if not any(s.state is leaf.state for s in slots):
+                        slots.append(search.prepare(leaf.state))
+                        self.prepared += 1
+                self._slots = slots
                 dt = time.perf_counter() - t0
                 self._seconds = dt if self._seconds is None else 0.8 * self._seconds + 0.2 * dt
             except Exception:  # a prediction is never needed: log and go on

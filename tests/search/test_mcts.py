@@ -315,3 +315,81 @@ def test_mcts__prefix_selection_matches_vectorised_selection(threads: int) -> No
     assert s.params.wide_root_noise > 0 and s.root_prefix_ok
     assert bonus.root_has_bonus and bonus.root_prefix_ok and bonus_checked > 100
     assert root_checked > 500 and checked > root_checked + 400 and mismatched == 0
+
+
+def _search_moves(s: Search) -> list[tuple[int, int, float]]:
+    root = s.root
+    return [
+        (int(m), int(v), round(float(w), 9))
+        for m, v, w in zip(root.moves, root.e_visits, root.e_weight, strict=True)
+        if v > 0
+    ]
+
+
+def test_mcts__speculation_prepares_leaves_without_changing_the_search() -> None:
+    """With one search thread a helper prepares the predicted next leaf while the network runs;
+    the search must be the same visit for visit (same seed) with and without it, and the
+    predictions must actually be used."""
+    moves = [["B", "E5"], ["W", "C3"], ["B", "G6"], ["W", "F3"]]
+    out = {}
+    for speculate in (False, True):
+        params = SearchParams(max_visits=100, speculate=speculate)
+        ev = NNEvaluator(FakeNet(delay=0.02), POST, randomize=False)
+        req = parse_query(query(moves=moves), params)
+        turns, _ = build_turns(req)
+        s = Search(ev, req.params, SearchState(turns[-1][1]), track_ownership=True, seed=7)
+        s.run()
+        ev.close()
+        out[speculate] = (s, _search_moves(s))
+    off, on = out[False][0], out[True][0]
+    assert off.speculated == (0, 0)
+    prepared, used = on.speculated
+    assert used >= 40 and prepared >= used  # FakeNet's 20 ms leave the helper time for every leaf
+    assert out[True][1] == out[False][1]
+    assert on.root.visits == off.root.visits == 100
+    assert np.array_equal(on.root.own_sum, off.root.own_sum)
+
+
+def test_evaluator__server_thread_batches_concurrent_requests_and_ends_on_close() -> None:
+    """Several submitters go through the server thread: each gets its own row's evaluation
+    (equal to a direct evaluation of the same position), batches form, and close() ends it."""
+    net = FakeNet(delay=0.01)
+    ev = NNEvaluator(net, POST, randomize=False, max_batch_size=4)
+    states = []
+    for extra in (["D4"], ["E6"], ["C7"], ["G3"]):
+        req = parse_query(query(moves=[["B", "E5"], ["W", "C3"], ["B", extra[0]]]), SearchParams())
+        turns, _ = build_turns(req)
+        states.append(SearchState(turns[-1][1]))
+    params = SearchParams()
+    direct = {}
+    solo = NNEvaluator(FakeNet(), POST, randomize=False)
+    for i, st in enumerate(states):
+        search = Search(solo, params, st, seed=1)
+        direct[i] = search._evaluate(st, False)
+    results: dict[int, Any] = {}
+    ev.add_submitters(len(states))
+    barrier = threading.Barrier(len(states))
+
+    def worker(i: int) -> None:
+        search = Search(ev, params, states[i], seed=1)
+        barrier.wait()
+        results[i] = search._evaluate(states[i], False)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(states))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    ev.add_submitters(-len(states))
+    assert sorted(results) == [0, 1, 2, 3]
+    for i in results:
+        assert np.array_equal(results[i].policy, direct[i].policy)
+        assert results[i].white_win == direct[i].white_win
+        assert np.array_equal(results[i].white_ownership, direct[i].white_ownership)
+    stats = ev.stats()
+    assert stats["nn_rows"] == 4 and stats["nn_batches"] < 4  # at least one batch of several rows
+    server = ev._server
+    assert server is not None and server.is_alive()
+    ev.close()
+    server.join(5)
+    assert not server.is_alive()
