@@ -66,7 +66,8 @@ class RowContext:
 class NetEval:
     """A post-processed evaluation from **White's perspective** (like ``kata-raw-nn``).
 
-    ``ownership_source`` makes ``white_ownership`` (a constant function where it is known).
+    ``policy_source`` and ``ownership_source`` make ``policy`` and ``white_ownership`` on first
+    use (constant functions where they are known).
 
     ``policy`` holds probabilities (0 where illegal, see ``legal``), pass last.
     ``white_score_mean`` is KataGo's ``whiteScoreSelfplay``; ``score_stdev`` is
@@ -77,7 +78,6 @@ class NetEval:
     board_x: int
     board_y: int
     white_to_move: bool
-    policy: F32
     legal: BoolArray
     white_win: float
     white_loss: float
@@ -89,7 +89,14 @@ class NetEval:
     var_time_left: float
     shortterm_winloss_error: float
     shortterm_score_error: float
+    policy_source: Callable[[], F32] = field(repr=False, compare=False)
     ownership_source: Callable[[], F32] = field(repr=False, compare=False)
+
+    @cached_property
+    def policy(self) -> F32:
+        """Move probabilities, pass last (computed on first use: the search expands a node
+        when a playout first walks through it, or meanwhile in its speculation helper)."""
+        return self.policy_source()
 
     @cached_property
     def white_ownership(self) -> F32:
@@ -164,6 +171,45 @@ def _ownership(own_row: F32, gather: npt.NDArray[np.intp], sign: float) -> Calla
     return make
 
 
+PASS_CAP_FACTOR = 19.0
+
+
+def cap_pass_policy(p: F32) -> F32:
+    """KataGo's passing hack on a policy: pass at most 19x the sum of the other legal moves."""
+    others = float(p[:-1].sum())
+    if p[-1] <= PASS_CAP_FACTOR * others or others <= 0.0:
+        return p
+    q = p.copy()
+    q[-1] = np.float32(PASS_CAP_FACTOR * others)
+    return (q / q.sum(dtype=np.float32)).astype(np.float32)
+
+
+def _policy(
+    logits: F32,
+    pass_logit: float,
+    legal: BoolArray,
+    gather: npt.NDArray[np.intp],
+    temperature: float,
+    pass_cap: bool,
+) -> Callable[[], F32]:
+    def make() -> F32:
+        flat = np.empty(len(logits) + 1, dtype=np.float32)
+        flat[:-1] = logits
+        flat[-1] = pass_logit
+        where = np.flatnonzero(legal)
+        zl = flat.take(gather.take(where))
+        if temperature != 1.0:
+            zl *= np.float32(1.0 / temperature)
+        zl -= zl.max()
+        e = np.exp(zl)
+        e /= e.sum(dtype=np.float32)
+        probs = np.zeros(len(legal), dtype=np.float32)
+        probs[where] = e
+        return cap_pass_policy(probs) if pass_cap else probs
+
+    return make
+
+
 def postprocess_row(
     raw: NNOutputs,
     row: int,
@@ -173,9 +219,11 @@ def postprocess_row(
     policy_optimism: float = 0.0,
     policy_temperature: float = 1.0,
     symmetry: int | None = None,
+    pass_cap: bool = False,
 ) -> NetEval:
     """Post-process batch row ``row`` of ``raw`` (see the module docstring); ``symmetry``, when
-    given, is the one the row was evaluated under (instead of ``ctx.symmetry``)."""
+    given, is the one the row was evaluated under (instead of ``ctx.symmetry``); ``pass_cap``
+    applies KataGo's passing hack (``cap_pass_policy``) to the policy."""
     hb, wb, bx, by = ctx.buffer_y, ctx.buffer_x, ctx.board_x, ctx.board_y
     if raw.policy.shape[-1] != hb * wb or raw.ownership.shape[-1] != hb * wb:
         raise ValueError(f"raw outputs have {raw.policy.shape[-1]} positions, expected buffer {wb}x{hb}")
@@ -184,21 +232,9 @@ def postprocess_row(
 
     # policy (float32, as NNEvaluator): legal points gathered from the network frame, softmax
     if policy_optimism == 0.0 or raw.policy.shape[1] < 2:
-        logits, pass_logit = raw.policy[row, 0], raw.policy_pass[row, 0]
+        logits, pass_logit = raw.policy[row, 0], float(raw.policy_pass[row, 0])
     else:
         logits, pass_logit = mixed_policy_logits(raw, row, policy_optimism)
-    flat = np.empty(hb * wb + 1, dtype=np.float32)
-    flat[:-1] = logits
-    flat[-1] = pass_logit
-    where = np.flatnonzero(legal)
-    zl = flat.take(gather.take(where))
-    if policy_temperature != 1.0:
-        zl *= np.float32(1.0 / policy_temperature)
-    zl -= zl.max()
-    e = np.exp(zl)
-    e /= e.sum(dtype=np.float32)
-    probs = np.zeros(bx * by + 1, dtype=np.float32)
-    probs[where] = e
 
     # value and score (double)
     win_l, loss_l, nr_l = raw.value[row].tolist()
@@ -230,7 +266,6 @@ def postprocess_row(
         board_x=bx,
         board_y=by,
         white_to_move=ctx.white_to_move,
-        policy=probs,
         legal=legal,
         white_win=float(np.float32(win)),
         white_loss=float(np.float32(loss)),
@@ -242,6 +277,7 @@ def postprocess_row(
         var_time_left=var_time,
         shortterm_winloss_error=st_wl,
         shortterm_score_error=st_score,
+        policy_source=_policy(logits, pass_logit, legal, gather, policy_temperature, pass_cap),
         ownership_source=_ownership(raw.ownership[row], gather, sign),
     )
 

@@ -55,8 +55,6 @@ from agent.runtime.base import NeuralNet, NNInputs, NNOutputs
 
 logger = logging.getLogger(__name__)
 
-PASS_CAP_FACTOR = 19.0
-
 
 @dataclass
 class _Pending:
@@ -75,18 +73,6 @@ def _ema(table: dict[int, float], key: int, value: float) -> None:
     table[key] = value if old is None else 0.8 * old + 0.2 * value
 
 
-def cap_pass(ev: NetEval) -> NetEval:
-    """KataGo's passing hack: pass probability at most 19x the sum of the other legal moves."""
-    p = ev.policy
-    others = float(p[:-1].sum())
-    if p[-1] <= PASS_CAP_FACTOR * others or others <= 0.0:
-        return ev
-    q = p.copy()
-    q[-1] = np.float32(PASS_CAP_FACTOR * others)
-    q = (q / q.sum(dtype=np.float32)).astype(np.float32)
-    return replace(ev, policy=q, ownership_source=lambda: ev.white_ownership)
-
-
 def average_evals(evals: list[NetEval]) -> NetEval:
     """Average several symmetries' evaluations (policy, values, ownership)."""
     if len(evals) == 1:
@@ -97,14 +83,15 @@ def average_evals(evals: list[NetEval]) -> NetEval:
     def mean(name: str) -> float:
         return float(sum(getattr(e, name) for e in evals) / n)
 
-    policy = (np.sum([e.policy for e in evals], axis=0) / np.float32(n)).astype(np.float32)
+    def policy() -> np.ndarray:
+        return (np.sum([e.policy for e in evals], axis=0) / np.float32(n)).astype(np.float32)
 
     def ownership() -> np.ndarray:
         return (np.sum([e.white_ownership for e in evals], axis=0) / np.float32(n)).astype(np.float32)
 
     return replace(
         e0,
-        policy=policy,
+        policy_source=policy,
         white_win=mean("white_win"),
         white_loss=mean("white_loss"),
         no_result=mean("no_result"),
@@ -254,11 +241,10 @@ class NNEvaluator:
                 policy_optimism=optimism,
                 policy_temperature=temperature,
                 symmetry=pending.symmetry,
+                pass_cap=passing_hacks,
             )
         except (ValueError, FloatingPointError) as exc:
             raise InferenceError(f"network evaluation failed: {exc}") from exc
-        if passing_hacks:
-            result = cap_pass(result)
         with self._cache_lock:
             self._cache[full_key] = result
             if len(self._cache) > self.cache_size:

@@ -71,6 +71,7 @@ class Search:
         self.peek_rng = np.random.default_rng()  # a copy of np_rng's state for each peek_leaf
         self.speculator: Speculator | None = None
         self.speculated = (0, 0)  # leaves the speculator prepared, and how many of them were used
+        self.deferred: list[Node] = []  # evaluated nodes whose expansion waits (see playout)
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.root = Node(root_state, track_ownership=track_ownership)
@@ -142,7 +143,9 @@ class Search:
         while True:
             if node.terminal is not None:
                 return None
-            if not node.expanded:
+            if node.deferred:
+                self._expand_deferred(node)
+            elif not node.expanded:
                 return None if node.pending else node
             if len(node.moves) == 0:
                 return None
@@ -240,6 +243,18 @@ class Search:
         if s > 0:
             pri = pri / s
         node.expand(ev, idx.astype(np.int64), pri, raw, nn_utility)
+
+    def _expand_deferred(self, node: Node) -> None:
+        assert node.ev is not None
+        node.deferred = False
+        self._expand(node, node.ev, node.nn_utility)
+
+    def expand_deferred(self) -> None:
+        """Expand every node whose expansion was left for later (call under ``lock``)."""
+        for node in self.deferred:
+            if node.deferred:
+                self._expand_deferred(node)
+        self.deferred.clear()
 
     # ------------------------------------------------------------------- selection
     def _select(self, node: Node, rng: np.random.Generator | None = None) -> int:
@@ -469,7 +484,9 @@ class Search:
             while True:
                 if node.terminal is not None:
                     break
-                if not node.expanded:
+                if node.deferred:
+                    self._expand_deferred(node)
+                elif not node.expanded:
                     if node.pending:
                         self._undo_virtual(path)
                         self.collisions += 1
@@ -506,7 +523,13 @@ class Search:
                 node.ev = ev
                 node.pending = False
             elif ev is not None and not node.expanded:
-                self._expand(node, ev, u)
+                if self.speculator is not None:
+                    # the speculation helper expands it while the network runs the next leaf
+                    # (or the next playout does, if it walks through this node first)
+                    node.ev, node.nn_utility, node.deferred, node.pending = ev, u, True, False
+                    self.deferred.append(node)
+                else:
+                    self._expand(node, ev, u)
             self._backup(path, node, value)
             self.playouts += 1
         return True
@@ -637,6 +660,8 @@ class Search:
             self.speculator.stop()
             self.speculated = (self.speculator.prepared, self.speculator.used)
             self.speculator = None
+        with self.lock:
+            self.expand_deferred()  # a finished tree is fully expanded (results, tree reuse)
         self.elapsed = time.monotonic() - self.start_time
         if errors:
             raise errors[0]

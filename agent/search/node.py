@@ -37,6 +37,7 @@ class LeafValue:
 class Node:
     __slots__ = (
         "children",
+        "deferred",
         "e_usum",
         "e_virtual",
         "e_visits",
@@ -75,6 +76,7 @@ class Node:
         self.ev: NetEval | None = None
         self.expanded = False
         self.pending = False
+        self.deferred = False  # evaluated and backed up, expansion left for later (mcts)
         self.terminal = terminal
         # territory scoring past the normal end: KataGo keeps re-adding the node's own NN value
         self.nn_terminal = False

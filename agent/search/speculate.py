@@ -101,6 +101,7 @@ class Speculator:
         leaves: list[Node] = []
         marked: list[tuple[Node, int]] = []
         with search.lock:
+            search.expand_deferred()  # the last leaf's expansion, left to this thread
             try:
                 for _ in range(PREDICTIONS):
                     path: list[tuple[Node, int]] = []
