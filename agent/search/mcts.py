@@ -72,6 +72,7 @@ class Search:
         self.speculator: Speculator | None = None
         self.speculated = (0, 0)  # leaves the speculator prepared, and how many of them were used
         self.deferred: list[Node] = []  # evaluated nodes whose expansion waits (see playout)
+        self.inflight: frozenset[int] = frozenset()  # ids of the nodes on the evaluated leaf's path
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.root = Node(root_state, track_ownership=track_ownership)
@@ -480,6 +481,10 @@ class Search:
         """One visit. Returns False on a collision (nothing added)."""
         path: list[tuple[Node, int]] = []
         with self.lock:
+            spec = self.speculator
+            walk = spec.take_walk() if spec is not None else None
+            if walk is not None and walk[1] is not self.inflight:
+                walk = None  # predicted for an earlier evaluation: stale
             node = self.root
             while True:
                 if node.terminal is not None:
@@ -495,7 +500,19 @@ class Search:
                     break
                 if len(node.moves) == 0:
                     break
-                k = self._select(node)
+                k = -1
+                if walk is not None:
+                    steps, inflight = walk
+                    i = len(path)
+                    if i < len(steps) and steps[i][0] is node:
+                        if id(node) not in inflight:
+                            k = steps[i][1]  # off the last leaf's path: nothing changed since
+                    else:
+                        walk = None
+                if k < 0:
+                    k = self._select(node)
+                    if walk is not None and k != walk[0][len(path)][1]:
+                        walk = None
                 node.e_virtual[k] += 1
                 if k >= node.tried:
                     node.tried = k + 1
@@ -509,6 +526,9 @@ class Search:
             assert node.ev is not None
             value, _ = self._leaf_value(node.ev, self.track_ownership)
         else:
+            if spec is not None:
+                with self.lock:
+                    self.inflight = frozenset([id(n) for n, _ in path] + [id(node)])
             try:
                 ev = self._evaluate(node.state, False)
             except BaseException:

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_SHARE = 0.25  # helper time per leaf / batch-1 evaluation time above which it stays idle
-PREDICTIONS = 1
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,8 @@ class Speculator:
         self._go = threading.Lock()  # released to wake the helper (cheaper than an Event)
         self._go.acquire()
         self._quit = False
-        self._slots: list[Prepared] = []
+        self._slot: Prepared | None = None
+        self._walk: tuple[list[tuple[Node, int]], frozenset[int]] | None = None
         self._seconds: float | None = None  # moving average of one preparation
         self._thread = threading.Thread(target=self._loop, name="search-speculate", daemon=True)
         self.prepared = 0
@@ -87,40 +87,31 @@ class Speculator:
             self._release()
 
     def take(self, state: SearchState) -> Prepared | None:
-        """The prepared inputs for ``state``, if a prediction was right."""
-        for slot in self._slots:
-            if slot.state is state:
-                self.used += 1
-                return slot
+        """The prepared inputs for ``state``, if the prediction was right."""
+        slot = self._slot
+        if slot is not None and slot.state is state:
+            self.used += 1
+            return slot
         return None
 
-    def _predict(self) -> list[Node]:
-        """Up to ``PREDICTIONS`` leaves: the next playout's, then the one after it if the first
-        were pending too (a virtual loss on its path, as a further search thread would see it)."""
+    def take_walk(self) -> tuple[list[tuple[Node, int]], frozenset[int]] | None:
+        """The predicted walk and the ids of the nodes its evaluation in flight ran through,
+        for the next playout (once): below a node off that path nothing has changed since the
+        prediction, so the walk's choices there are the ones selection would make."""
+        walk, self._walk = self._walk, None
+        return walk
+
+    def _predict(self) -> Node | None:
+        """The next playout's leaf (its walk kept for ``take_walk``)."""
         search = self.search
-        leaves: list[Node] = []
-        marked: list[tuple[Node, int]] = []
         with search.lock:
             search.expand_deferred()  # the last leaf's expansion, left to this thread
-            try:
-                for _ in range(PREDICTIONS):
-                    path: list[tuple[Node, int]] = []
-                    leaf = search.peek_leaf(path)
-                    if leaf is None:
-                        break
-                    leaves.append(leaf)
-                    if len(leaves) == PREDICTIONS:
-                        break
-                    leaf.pending = True
-                    for node, k in path:
-                        node.e_virtual[k] += 1
-                    marked += path
-            finally:
-                for node, k in marked:
-                    node.e_virtual[k] -= 1
-                for leaf in leaves[:-1] if len(leaves) == PREDICTIONS else leaves:
-                    leaf.pending = False
-        return leaves
+            path: list[tuple[Node, int]] = []
+            leaf = search.peek_leaf(path)
+            inflight = search.inflight
+            if leaf is not None and inflight:
+                self._walk = (path, inflight)
+        return leaf
 
     def _worth_it(self) -> bool:
         nn = self.search.evaluator.batch_seconds(1)
@@ -134,13 +125,10 @@ class Speculator:
                 return
             try:
                 t0 = time.perf_counter()
-                leaves = self._predict()
-                slots = [s for s in self._slots if any(s.state is leaf.state for leaf in leaves)]
-                for leaf in leaves:
-                    if not any(s.state is leaf.state for s in slots):
-                        slots.append(search.prepare(leaf.state))
-                        self.prepared += 1
-                self._slots = slots
+                leaf = self._predict()
+                if leaf is not None and (self._slot is None or self._slot.state is not leaf.state):
+                    self._slot = search.prepare(leaf.state)
+                    self.prepared += 1
                 dt = time.perf_counter() - t0
                 self._seconds = dt if self._seconds is None else 0.8 * self._seconds + 0.2 * dt
             except Exception:  # a prediction is never needed: log and go on
