@@ -12,7 +12,8 @@ Selection at a node picks the child maximising ``Q + c * sqrt(W_parent + 0.01) *
   average by the visited policy mass) minus ``fpuReductionMax * sqrt(visited policy mass)``
   (``rootFpuReductionMax`` at the root);
 * at the root, ``rootPolicyTemperature`` reshapes the priors, and ``wideRootNoise`` flattens them
-  (``P ** (1 / (4 * noise + 1))``) and adds a random half-normal bonus to half the children.
+  (``P ** (1 / (4 * noise + 1))``) and adds a random half-normal bonus to half the children
+  that can be chosen (those tried so far and the new one), drawn anew for each selection.
 
 Leaf batching: each search thread selects a leaf under the tree lock, adding a virtual loss on
 the path, evaluates it outside the lock (the ``NNEvaluator`` batches concurrent requests), then
@@ -284,9 +285,9 @@ class Search:
 
         At the root (``root_priors`` given: the priors flattened by wide root noise, if any) it
         applies when the priors are sorted (``root_prefix_ok``); the ending bonus is added to the
-        visited children's values as in the vectorised version. Wide root noise draws the same
-        random numbers for all ``n`` children as the vectorised version, so the random stream
-        stays the same.
+        visited children's values as in the vectorised version. Wide root noise draws numbers for
+        the children that can be chosen (the first ``tried + 1``), as the vectorised version does
+        with sorted priors, so the random stream stays the same.
         """
         p = self.params
         n = len(node.moves)
@@ -324,8 +325,8 @@ class Search:
         noise = p.wide_root_noise if root_priors is not None else 0.0
         if noise > 0:
             rng = self.np_rng if rng is None else rng
-            coin = (rng.random(n) < 0.5)[:m].tolist()
-            normal = rng.standard_normal(n)[:m].tolist()
+            coin = (rng.random(m) < 0.5).tolist()
+            normal = rng.standard_normal(m).tolist()
         bonus = self.root_bonus[:m].tolist() if root_priors is not None and self.root_has_bonus else None
         best = -1
         best_score = -math.inf
@@ -384,15 +385,22 @@ class Search:
             frac = vlw / (vlw + np.maximum(0.25, weight))
             q = q + (-radius - q) * frac
             w_eff = weight + vlw
-        if is_root and p.wide_root_noise > 0:
-            rng = self.np_rng if rng is None else rng
-            coin = rng.random(len(q)) < 0.5
-            q = q + np.where(coin, p.wide_root_noise * np.abs(rng.standard_normal(len(q))), 0.0)
-        score = q + explore * pri / (1.0 + w_eff)
+        best_new = -1
         if not visited.all():
             # like KataGo, only the highest-prior move not yet tried competes as a new child
+            best_new = int(np.argmax(np.where(~visited, node.priors, -1.0)))
+        if is_root and p.wide_root_noise > 0:
+            # noise for the children that can be chosen: the ones tried so far and the new one
+            # (with sorted priors the first ``tried + 1``, as ``_select_prefix`` draws)
+            rng = self.np_rng if rng is None else rng
+            draw = max(min(node.tried + 1, len(q)), best_new + 1)
+            coin = rng.random(draw) < 0.5
+            bump = np.zeros(len(q))
+            bump[:draw] = np.where(coin, p.wide_root_noise * np.abs(rng.standard_normal(draw)), 0.0)
+            q = q + bump
+        score = q + explore * pri / (1.0 + w_eff)
+        if best_new >= 0:
             fresh = ~visited
-            best_new = int(np.argmax(np.where(fresh, node.priors, -1.0)))
             fresh[best_new] = False
             score = np.where(fresh, -np.inf, score)
         return int(np.argmax(score))

@@ -2,21 +2,31 @@
 
 With one search thread the search is serial: select a leaf, encode it, wait for the network,
 back up. While the thread waits (the runtime releases the GIL), the interpreter is free, so a
-helper thread predicts the *next* leaf and prepares its evaluation inputs: the NN cache key, the
-V7 features (ladders and pass-alive areas are most of the search's Python time) and the
-post-processing context. The prediction is the leaf a second search thread would pick now: the
-current leaf's path carries a virtual loss, which is what its evaluation most often confirms.
-When the search thread then selects that leaf it takes the prepared inputs instead of computing
-them; otherwise they are dropped. Nothing the search decides depends on the helper: it only
-reads the tree (creating the child nodes the selection walks through, as the search thread
-would), draws its wide-root-noise numbers from its own generator, and its inputs are the ones the
-search thread would compute.
+helper thread does work the next playout would otherwise do after the network returns:
 
-On g170-b6c96 (ONNX, one runtime thread, 2-vCPU VM) about two thirds of the leaves are predicted.
-The helper must be done before the network is: it runs only while its measured time per leaf is
-under a quarter of the measured batch-1 evaluation time (so not next to a fast GPU, where the
-search thread would wait for the interpreter), and only with one search thread (more threads
-fill the network's time with their own work).
+* **the last leaf's expansion**: with a speculator, a freshly evaluated node is backed up at once
+  and its expansion (policy softmax, children sorted by prior) is left to the helper, or to the
+  next playout if it walks through the node first (``Search.expand_deferred``);
+* **the next leaf's inputs**: it predicts the next playout's leaf (the leaf a second search thread
+  would pick now: the current leaf's path carries a virtual loss, which its evaluation most often
+  confirms) and prepares its NN cache key, V7 features (ladders and pass-alive areas are most of
+  the search's Python time) and post-processing context. When the search thread then selects
+  that leaf it takes them instead of computing them; otherwise they are dropped;
+* **the next walk**: below a node the current leaf's path does not pass through, nothing changes
+  when that leaf is backed up, so the next playout follows the predicted walk from there on
+  instead of selecting again.
+
+Nothing the search decides depends on the helper (tested visit for visit against a search without
+it): it walks the tree under the search's lock, creating the child nodes the selection would
+create, draws the root's wide-root-noise numbers from a copy of the search's generator, and its
+inputs are the ones the search thread would compute.
+
+On g170-b6c96 (ONNX, one runtime thread, 2-vCPU VM) about 62 % of the leaves are predicted, a
+fifth of the selections are skipped, and visits per standalone network evaluation went from
+0.84 to 0.89-0.90 (``docs/benchmarks.md``). The helper must be done before the network is: it
+runs only while its measured time per leaf is under a quarter of the measured batch-1 evaluation
+time (so not next to a fast GPU, where the search thread would wait for the interpreter), and only
+with one search thread (more threads fill the network's time with their own work).
 """
 
 from __future__ import annotations
