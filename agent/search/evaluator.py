@@ -286,11 +286,11 @@ class NNEvaluator:
         cv = self._cv
         while True:
             with cv:
-                while (not self._waiting or self._running) and not self._closed:
+                while not self._waiting or self._running:
+                    if self._closed and not self._waiting:
+                        self._server = None
+                        return  # closed and drained
                     cv.wait()
-                if not self._waiting:
-                    self._server = None
-                    return  # closed and drained
                 self._running = True
                 waiting = self._waiting
                 target = min(self.max_batch_size, self._submitters)
