@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_SHARE = 0.25  # helper time per leaf / batch-1 evaluation time above which it stays idle
+REMEASURE_EVERY = 32  # while idle for that reason, still run once in this many evaluations
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Speculator:
         self._slot: Prepared | None = None
         self._walk: tuple[list[tuple[Node, int]], frozenset[int]] | None = None
         self._seconds: float | None = None  # moving average of one preparation
+        self._skipped = 0
         self._thread = threading.Thread(target=self._loop, name="search-speculate", daemon=True)
         self.prepared = 0
         self.used = 0
@@ -95,6 +97,10 @@ class Speculator:
         """Called by the search thread just before it blocks on the network."""
         if self._worth_it():
             self._release()
+        else:
+            self._skipped += 1
+            if self._skipped % REMEASURE_EVERY == 0:
+                self._release()  # measure again now and then: a slow leaf should not end it
 
     def take(self, state: SearchState) -> Prepared | None:
         """The prepared inputs for ``state``, if the prediction was right."""
