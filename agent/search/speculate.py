@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_SHARE = 0.25  # helper time per leaf / batch-1 evaluation time above which it stays idle
-REMEASURE_EVERY = 32  # while idle for that reason, still run once in this many evaluations
+REMEASURE_EVERY = 256  # while idle for that reason, still run once in this many evaluations
 
 
 @dataclass(frozen=True)
