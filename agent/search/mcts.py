@@ -74,6 +74,7 @@ class Search:
         self.speculated = (0, 0)  # leaves the speculator prepared, and how many of them were used
         self.deferred: list[Node] = []  # evaluated nodes whose expansion waits (see playout)
         self.inflight: frozenset[int] = frozenset()  # ids of the nodes on the evaluated leaf's path
+        self.inflight_path: list[tuple[Node, int]] = []  # and its edges
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.root = Node(root_state, track_ownership=track_ownership)
@@ -155,6 +156,49 @@ class Search:
             if path is not None:
                 path.append((node, k))
             node = self._child(node, k)
+
+    def peek_leaf_neutral(self, path: list[tuple[Node, int]]) -> Node | None:
+        """``peek_leaf`` as if the leaf in flight had come back with its parent's average value
+        (a visit of weight 1 instead of its virtual loss; call under ``lock``). None also where the
+        walk would go into that leaf (its children are not known yet). The statistics it touches
+        are saved and put back exactly."""
+        steps = self.inflight_path
+        if not steps:
+            return None
+        parent = steps[-1][0]
+        u = parent.utility if parent.weight > 0 else parent.nn_utility
+        saved = [
+            (
+                n,
+                k,
+                n.e_visits[k],
+                n.e_weight[k],
+                n.e_usum[k],
+                n.e_virtual[k],
+                n.visits,
+                n.weight,
+                n.weight_sq,
+                n.u_sum,
+                n.u_sq,
+            )
+            for n, k in steps
+        ]
+        try:
+            for n, k in steps:
+                n.e_virtual[k] -= 1
+                n.e_visits[k] += 1
+                n.e_weight[k] += 1.0
+                n.e_usum[k] += u
+                n.visits += 1
+                n.weight += 1.0
+                n.weight_sq += 1.0
+                n.u_sum += u
+                n.u_sq += u * u
+            return self.peek_leaf(path)
+        finally:
+            for n, k, ev, ew, eu, evl, nv, nw, nw2, nu, nu2 in saved:
+                n.e_visits[k], n.e_weight[k], n.e_usum[k], n.e_virtual[k] = ev, ew, eu, evl
+                n.visits, n.weight, n.weight_sq, n.u_sum, n.u_sq = nv, nw, nw2, nu, nu2
 
     def _leaf_value(self, ev: NetEval, track_own: bool) -> tuple[LeafValue, float]:
         u = self.util.utility(ev.white_win, ev.white_loss, ev.no_result, ev.white_score_mean, ev.score_stdev)
@@ -537,6 +581,7 @@ class Search:
             if spec is not None:
                 with self.lock:
                     self.inflight = frozenset([id(n) for n, _ in path] + [id(node)])
+                    self.inflight_path = path
             try:
                 ev = self._evaluate(node.state, False)
             except BaseException:

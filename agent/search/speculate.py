@@ -7,10 +7,11 @@ helper thread does work the next playout would otherwise do after the network re
 * **the last leaf's expansion**: with a speculator, a freshly evaluated node is backed up at once
   and its expansion (policy softmax, children sorted by prior) is left to the helper, or to the
   next playout if it walks through the node first (``Search.expand_deferred``);
-* **the next leaf's inputs**: it predicts the next playout's leaf (the leaf a second search thread
-  would pick now: the current leaf's path carries a virtual loss, which its evaluation most often
-  confirms) and prepares its NN cache key, V7 features (ladders and pass-alive areas are most of
-  the search's Python time) and post-processing context. When the search thread then selects
+* **the next leaf's inputs**: it predicts the next playout's leaf (the walk as if the leaf in
+  flight came back with its parent's average value; where that walk would go into the leaf
+  itself, whose children are unknown, the walk a second search thread would take now, with the
+  leaf's virtual loss) and prepares its NN cache key, V7 features (ladders and pass-alive areas
+  are most of the search's Python time) and post-processing context. When the search thread then selects
   that leaf it takes them instead of computing them; otherwise they are dropped;
 * **the next walk**: below a node the current leaf's path does not pass through, nothing changes
   when that leaf is backed up, so the next playout follows the predicted walk from there on
@@ -21,7 +22,8 @@ it): it walks the tree under the search's lock, creating the child nodes the sel
 create, draws the root's wide-root-noise numbers from a copy of the search's generator, and its
 inputs are the ones the search thread would compute.
 
-On g170-b6c96 (ONNX, one runtime thread, 2-vCPU VM) about 62 % of the leaves are predicted, a
+On g170-b6c96 (ONNX, one runtime thread, 2-vCPU VM) about 73 % of the leaves are predicted (62 %
+with the virtual-loss walk alone), a
 fifth of the selections are skipped, and visits per standalone network evaluation went from
 0.84 to 0.89-0.90 (``docs/benchmarks.md``). The helper must be done before the network is: it
 runs only while its measured time per leaf is under a quarter of the measured batch-1 evaluation
@@ -123,7 +125,10 @@ class Speculator:
         with search.lock:
             search.expand_deferred()  # the last leaf's expansion, left to this thread
             path: list[tuple[Node, int]] = []
-            leaf = search.peek_leaf(path)
+            leaf = search.peek_leaf_neutral(path)
+            if leaf is None:
+                path = []
+                leaf = search.peek_leaf(path)
             inflight = search.inflight
             if leaf is not None and inflight:
                 self._walk = (path, inflight)
