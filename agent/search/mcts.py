@@ -73,8 +73,7 @@ class Search:
         self.speculator: Speculator | None = None
         self.speculated = (0, 0)  # leaves the speculator prepared, and how many of them were used
         self.deferred: list[Node] = []  # evaluated nodes whose expansion waits (see playout)
-        self.inflight: frozenset[int] = frozenset()  # ids of the nodes on the evaluated leaf's path
-        self.inflight_path: list[tuple[Node, int]] = []  # and its edges
+        self.inflight_path: list[tuple[Node, int]] = []  # edges to the leaf being evaluated
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.root = Node(root_state, track_ownership=track_ownership)
@@ -535,7 +534,7 @@ class Search:
         with self.lock:
             spec = self.speculator
             walk = spec.take_walk() if spec is not None else None
-            if walk is not None and walk[1] is not self.inflight:
+            if walk is not None and walk[1] is not self.inflight_path:
                 walk = None  # predicted for an earlier evaluation: stale
             node = self.root
             while True:
@@ -554,7 +553,7 @@ class Search:
                     break
                 k = -1
                 if walk is not None:
-                    steps, inflight = walk
+                    steps, _, inflight = walk
                     i = len(path)
                     if i < len(steps) and steps[i][0] is node:
                         if id(node) not in inflight:
@@ -579,9 +578,7 @@ class Search:
             value, _ = self._leaf_value(node.ev, self.track_ownership)
         else:
             if spec is not None:
-                with self.lock:
-                    self.inflight = frozenset([id(n) for n, _ in path] + [id(node)])
-                    self.inflight_path = path
+                self.inflight_path = path  # read by the speculator (under the lock) once woken
             try:
                 ev = self._evaluate(node.state, False)
             except BaseException:

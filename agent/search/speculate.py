@@ -55,6 +55,9 @@ MAX_SHARE = 0.25  # helper time per leaf / batch-1 evaluation time above which i
 REMEASURE_EVERY = 256  # while idle for that reason, still run once in this many evaluations
 
 
+Walk = tuple[list[tuple["Node", int]], list[tuple["Node", int]], frozenset[int]]
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A leaf's evaluation inputs, as ``Search._evaluate`` would compute them."""
@@ -75,7 +78,7 @@ class Speculator:
         self._go.acquire()
         self._quit = False
         self._slot: Prepared | None = None
-        self._walk: tuple[list[tuple[Node, int]], frozenset[int]] | None = None
+        self._walk: Walk | None = None
         self._seconds: float | None = None  # moving average of one preparation
         self._skipped = 0
         self._thread = threading.Thread(target=self._loop, name="search-speculate", daemon=True)
@@ -112,10 +115,11 @@ class Speculator:
             return slot
         return None
 
-    def take_walk(self) -> tuple[list[tuple[Node, int]], frozenset[int]] | None:
-        """The predicted walk and the ids of the nodes its evaluation in flight ran through,
-        for the next playout (once): below a node off that path nothing has changed since the
-        prediction, so the walk's choices there are the ones selection would make."""
+    def take_walk(self) -> Walk | None:
+        """The predicted walk, the path of the evaluation in flight it was predicted for, and
+        the ids of that path's nodes, for the next playout (once): below a node off that path
+        nothing has changed since the prediction, so the walk's choices there are the ones
+        selection would make."""
         walk, self._walk = self._walk, None
         return walk
 
@@ -129,9 +133,9 @@ class Speculator:
             if leaf is None:
                 path = []
                 leaf = search.peek_leaf(path)
-            inflight = search.inflight
+            inflight = search.inflight_path
             if leaf is not None and inflight:
-                self._walk = (path, inflight)
+                self._walk = (path, inflight, frozenset(id(node) for node, _ in inflight))
         return leaf
 
     def _worth_it(self) -> bool:
