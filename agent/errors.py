@@ -69,6 +69,10 @@ class InferenceError(AgentError):
     """A runtime failed while evaluating a batch."""
 
 
+class EvaluationCancelled(InferenceError):
+    """An evaluation was abandoned through its ``Cancel`` token (``NeuralNet.make_cancel``)."""
+
+
 class GameError(AgentError):
     """A Go position or move is invalid."""
 

@@ -81,6 +81,17 @@ class NetInfo:
     max_batch_size: int = 0  # 0 = unbounded / dynamic
 
 
+class Cancel:
+    """Abandons a running ``NeuralNet.evaluate_cancellable`` when ``cancel()`` is called from
+    another thread (made by ``NeuralNet.make_cancel``; one token per evaluation)."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class NeuralNet(ABC):
     """A loaded network that evaluates batches of encoded positions. Thread-safe ``evaluate``."""
 
@@ -91,6 +102,21 @@ class NeuralNet(ABC):
     @abstractmethod
     def evaluate(self, inputs: NNInputs) -> NNOutputs:
         """Evaluate a batch; raises ``agent.errors.InferenceError`` on runtime failure."""
+
+    def make_cancel(self) -> Cancel | None:
+        """A token that can cut one ``evaluate_cancellable`` short, or None where this runtime
+        cannot abandon an evaluation once started (then nothing should start one speculatively)."""
+        return None
+
+    def evaluate_cancellable(self, inputs: NNInputs, cancel: Cancel) -> NNOutputs:
+        """``evaluate``, abandoned early once ``cancel.cancel()`` is called: it then raises
+        ``agent.errors.EvaluationCancelled``."""
+        out = self.evaluate(inputs)
+        if cancel.cancelled:
+            from agent.errors import EvaluationCancelled
+
+            raise EvaluationCancelled("evaluation cancelled")
+        return out
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources."""

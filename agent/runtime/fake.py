@@ -21,7 +21,18 @@ import time
 
 import numpy as np
 
-from agent.runtime.base import NetInfo, NeuralNet, NNInputs, NNOutputs
+from agent.errors import EvaluationCancelled
+from agent.runtime.base import Cancel, NetInfo, NeuralNet, NNInputs, NNOutputs
+
+
+class _EventCancel(Cancel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.event.set()
 
 
 class FakeNet(NeuralNet):
@@ -44,7 +55,17 @@ class FakeNet(NeuralNet):
     def info(self) -> NetInfo:
         return self._info
 
+    def make_cancel(self) -> Cancel:
+        return _EventCancel()
+
+    def evaluate_cancellable(self, inputs: NNInputs, cancel: Cancel) -> NNOutputs:
+        assert isinstance(cancel, _EventCancel)
+        return self._evaluate(inputs, cancel)
+
     def evaluate(self, inputs: NNInputs) -> NNOutputs:
+        return self._evaluate(inputs, None)
+
+    def _evaluate(self, inputs: NNInputs, cancel: _EventCancel | None) -> NNOutputs:
         sp = inputs.spatial
         gl = inputs.global_
         n, _, h, w = sp.shape
@@ -93,7 +114,10 @@ class FakeNet(NeuralNet):
         ownership = (2.0 * (sp[:, 1] - sp[:, 2])).reshape(n, h * w).astype(np.float32)
         pass_logit = np.full((n, 2), -3.0, np.float32)
         if self._delay:
-            time.sleep(self._delay)
+            if cancel is None:
+                time.sleep(self._delay)
+            elif cancel.event.wait(self._delay):
+                raise EvaluationCancelled("evaluation cancelled")
         with self._lock:
             self.rows_evaluated += n
             self.batches_evaluated += 1

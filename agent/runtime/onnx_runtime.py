@@ -33,10 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import ConversionError, InferenceError, NetworkFileError, RuntimeUnavailable
+from agent.errors import (
+    ConversionError,
+    EvaluationCancelled,
+    InferenceError,
+    NetworkFileError,
+    RuntimeUnavailable,
+)
 from agent.fsutil import atomic_write_bytes, sha256_file
 from agent.network.model import PostProcessParams
-from agent.runtime.base import NetInfo, NeuralNet, NNInputs, NNOutputs
+from agent.runtime.base import Cancel, NetInfo, NeuralNet, NNInputs, NNOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +124,18 @@ def resolve_providers(
     if "CPUExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in result]:
         result.append("CPUExecutionProvider")
     return result
+
+
+class _RunCancel(Cancel):
+    """A ``Cancel`` backed by onnxruntime's ``RunOptions.terminate`` (checked between kernels)."""
+
+    def __init__(self, run_options: Any) -> None:
+        super().__init__()
+        self.run_options = run_options
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.run_options.terminate = True
 
 
 class OnnxNet(NeuralNet):
@@ -213,6 +231,16 @@ class OnnxNet(NeuralNet):
         return self._info
 
     def evaluate(self, inputs: NNInputs) -> NNOutputs:
+        return self._run(inputs, None)
+
+    def make_cancel(self) -> Cancel:
+        return _RunCancel(_import_ort().RunOptions())
+
+    def evaluate_cancellable(self, inputs: NNInputs, cancel: Cancel) -> NNOutputs:
+        assert isinstance(cancel, _RunCancel)
+        return self._run(inputs, cancel)
+
+    def _run(self, inputs: NNInputs, cancel: _RunCancel | None) -> NNOutputs:
         expected = (22, self._height, self._width)
         if tuple(inputs.spatial.shape[1:]) != expected:
             raise InferenceError(
@@ -225,8 +253,13 @@ class OnnxNet(NeuralNet):
             "global": np.ascontiguousarray(inputs.global_, dtype=np.float32),
         }
         try:
-            result = self._session.run(list(OUTPUTS), feed)
+            if cancel is None:
+                result = self._session.run(list(OUTPUTS), feed)
+            else:
+                result = self._session.run(list(OUTPUTS), feed, cancel.run_options)
         except Exception as exc:  # onnxruntime's exception classes are not importable portably
+            if cancel is not None and cancel.cancelled:
+                raise EvaluationCancelled("evaluation cancelled") from exc
             raise InferenceError(f"onnxruntime evaluation of {self.path.name} failed: {exc}") from exc
         arrays = [np.asarray(r, dtype=np.float32) for r in result]
         return NNOutputs(*arrays)

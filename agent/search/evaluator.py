@@ -43,7 +43,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -56,8 +56,16 @@ from agent.runtime.base import NeuralNet, NNInputs, NNOutputs
 logger = logging.getLogger(__name__)
 
 
+class Runner(Protocol):
+    """Something that runs one request's network evaluation in place of the evaluator (the
+    search's speculator, which may have started it already): returns False to decline, else
+    fills ``pending.raw``/``row`` (or ``error``) and counts the run (``record_run``)."""
+
+    def run(self, full_key: Any, pending: Pending, on_wait: Callable[[], None] | None) -> bool: ...
+
+
 @dataclass
-class _Pending:
+class Pending:
     spatial: np.ndarray
     global_: np.ndarray
     ctx: RowContext
@@ -130,10 +138,12 @@ class NNEvaluator:
         self.pass_alive_suicide = pass_alive_suicide  # header flag preferPassAliveUnderSuicideRules
         self._rand = random.Random(seed)
         self._rand_lock = threading.Lock()
+        self._next_symmetry: int | None = None  # drawn by peek_symmetry, returned next
+        self._before_peek: Any = None  # the generator's state before that draw
         self._cache: OrderedDict[Any, NetEval] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cv = threading.Condition()
-        self._waiting: deque[_Pending] = deque()
+        self._waiting: deque[Pending] = deque()
         self._running = False
         self._closed = False
         self._server: threading.Thread | None = None
@@ -172,7 +182,20 @@ class NNEvaluator:
         if not self.randomize:
             return 0
         with self._rand_lock:
+            if self._next_symmetry is not None:
+                sym, self._next_symmetry = self._next_symmetry, None
+                return sym
             return self._rand.randrange(8)
+
+    def peek_symmetry(self) -> int:
+        """The symmetry the next ``random_symmetry`` call will return (drawn now, kept)."""
+        if not self.randomize:
+            return 0
+        with self._rand_lock:
+            if self._next_symmetry is None:
+                self._before_peek = self._rand.getstate()
+                self._next_symmetry = self._rand.randrange(8)
+            return self._next_symmetry
 
     def sample_symmetries(self, n: int) -> list[int]:
         if n <= 1:
@@ -180,7 +203,26 @@ class NNEvaluator:
         if not self.randomize:
             return list(range(min(n, 8)))
         with self._rand_lock:
+            if self._next_symmetry is not None:  # undo a peek: the draws are the ones made without it
+                self._rand.setstate(self._before_peek)
+                self._next_symmetry = None
             return self._rand.sample(range(8), min(n, 8))
+
+    @staticmethod
+    def full_key(key: Any, symmetry: int, optimism: float, temperature: float, passing_hacks: bool) -> Any:
+        """The cache key of one evaluation (``evaluate``'s arguments)."""
+        return (key, symmetry, optimism, temperature, passing_hacks)
+
+    def is_cached(self, full_key: Any) -> bool:
+        with self._cache_lock:
+            return full_key in self._cache
+
+    def record_run(self, rows: int, seconds: float) -> None:
+        """Count a network run made outside this evaluator for it (a ``Runner``'s)."""
+        self.nn_seconds += seconds
+        _ema(self._batch_seconds, rows, seconds)
+        self.rows += rows
+        self.batches += 1
 
     def batch_seconds(self, size: int) -> float | None:
         """Moving average of one network call on ``size`` rows (None until measured)."""
@@ -209,13 +251,16 @@ class NNEvaluator:
         temperature: float = 1.0,
         passing_hacks: bool = True,
         on_wait: Callable[[], None] | None = None,
+        runner: Runner | None = None,
     ) -> NetEval:
         """Evaluate one position. ``encode()`` returns ``(spatial [22,H,W], global [19])`` in the
         canonical frame; ``ctx`` is a ``RowContext`` or a callable making one from those features.
         Both are only used on a cache miss. Blocks until the batch ran; ``on_wait()`` is called
         just before this thread blocks on the network (it releases the GIL then), so work that
-        can overlap the evaluation can start (the search's speculation, see ``mcts``)."""
-        full_key = (key, symmetry, optimism, temperature, passing_hacks)
+        can overlap the evaluation can start (the search's speculation, see ``speculate``).
+        A ``runner`` may take the request over (``Runner.run``); where it declines, the request
+        goes the usual way, without ``on_wait``."""
+        full_key = self.full_key(key, symmetry, optimism, temperature, passing_hacks)
         with self._cache_lock:
             hit = self._cache.get(full_key)
             if hit is not None:
@@ -227,8 +272,11 @@ class NNEvaluator:
         if not isinstance(ctx, RowContext):
             ctx = ctx(spatial, global_)
         spatial = np.ascontiguousarray(apply_symmetry(spatial, symmetry), dtype=np.float32)
-        pending = _Pending(spatial, np.asarray(global_, np.float32), ctx, symmetry)
-        self._submit(pending, on_wait)
+        pending = Pending(spatial, np.asarray(global_, np.float32), ctx, symmetry)
+        if runner is None:
+            self._submit(pending, on_wait)
+        elif not runner.run(full_key, pending, on_wait):
+            self._submit(pending)
         if pending.error is not None:
             raise InferenceError(f"network evaluation failed: {pending.error}") from pending.error
         assert pending.raw is not None
@@ -252,7 +300,7 @@ class NNEvaluator:
         return result
 
     # -------------------------------------------------------------------- batching
-    def _submit(self, pending: _Pending, on_wait: Callable[[], None] | None = None) -> None:
+    def _submit(self, pending: Pending, on_wait: Callable[[], None] | None = None) -> None:
         """Returns once ``pending`` has run (module notes): directly in this thread when it is
         the only submitter and nothing runs, otherwise through the server thread."""
         cv = self._cv
@@ -323,7 +371,7 @@ class NNEvaluator:
         one = self._batch_seconds.get(1)
         return 0.1 if one is None else min(0.1, 0.5 * one)
 
-    def _run_batch(self, batch: list[_Pending]) -> None:
+    def _run_batch(self, batch: list[Pending]) -> None:
         """Run the network on ``batch`` and hand every request its raw row (post-processing is
         the requesting thread's work, done while the network runs the next batch)."""
         try:

@@ -72,6 +72,7 @@ class Search:
         self.peek_rng = np.random.default_rng()  # a copy of np_rng's state for each peek_leaf
         self.speculator: Speculator | None = None
         self.speculated = (0, 0)  # leaves the speculator prepared, and how many of them were used
+        self.speculated_runs = (0, 0)  # evaluations it started early, and how many were used
         self.deferred: list[Node] = []  # evaluated nodes whose expansion waits (see playout)
         self.inflight_path: list[tuple[Node, int]] = []  # edges to the leaf being evaluated
         self.lock = threading.Lock()
@@ -106,7 +107,8 @@ class Search:
                 optimism=p.policy_optimism,
                 temperature=p.nn_policy_temperature,
                 passing_hacks=p.enable_passing_hacks,
-                on_wait=spec.wake if spec is not None else None,
+                on_wait=spec.on_wait if spec is not None else None,
+                runner=spec.runner if spec is not None else None,
             )
         buffer = self.evaluator.buffer
         key = state.nn_key(p)
@@ -156,16 +158,18 @@ class Search:
                 path.append((node, k))
             node = self._child(node, k)
 
-    def peek_leaf_neutral(self, path: list[tuple[Node, int]]) -> Node | None:
+    def peek_leaf_neutral(self, path: list[tuple[Node, int]], utility: float | None = None) -> Node | None:
         """``peek_leaf`` as if the leaf in flight had come back with its parent's average value
-        (a visit of weight 1 instead of its virtual loss; call under ``lock``). None also where the
-        walk would go into that leaf (its children are not known yet). The statistics it touches
-        are saved and put back exactly."""
+        (or ``utility``, White's; a visit of weight 1 instead of its virtual loss; call under
+        ``lock``). None also where the walk would go into that leaf (its children are not known
+        yet). The statistics it touches are saved and put back exactly."""
         steps = self.inflight_path
         if not steps:
             return None
         parent = steps[-1][0]
         u = parent.utility if parent.weight > 0 else parent.nn_utility
+        if utility is not None:
+            u = utility
         saved = [
             (
                 n,
@@ -560,10 +564,12 @@ class Search:
                             k = steps[i][1]  # off the last leaf's path: nothing changed since
                     else:
                         walk = None
+                        spec.mispredicted()  # type: ignore[union-attr]
                 if k < 0:
                     k = self._select(node)
                     if walk is not None and k != walk[0][len(path)][1]:
                         walk = None
+                        spec.mispredicted()  # type: ignore[union-attr]
                 node.e_virtual[k] += 1
                 if k >= node.tried:
                     node.tried = k + 1
@@ -729,6 +735,7 @@ class Search:
         if self.speculator is not None:
             self.speculator.stop()
             self.speculated = (self.speculator.prepared, self.speculator.used)
+            self.speculated_runs = (self.speculator.runs_started, self.speculator.runs_used)
             self.speculator = None
         with self.lock:
             self.expand_deferred()  # a finished tree is fully expanded (results, tree reuse)

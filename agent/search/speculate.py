@@ -37,22 +37,28 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.game.symmetry import apply_symmetry
 from agent.network.postprocess import RowContext
+from agent.runtime.base import Cancel, NNInputs, NNOutputs
 
 if TYPE_CHECKING:
+    from agent.search.evaluator import Pending
     from agent.search.mcts import Search
     from agent.search.node import Node
     from agent.search.position import SearchState
 
 logger = logging.getLogger(__name__)
 
-MAX_SHARE = 0.25  # helper time per leaf / batch-1 evaluation time above which it stays idle
-REMEASURE_EVERY = 256  # while idle for that reason, still run once in this many evaluations
+MAX_SHARE = 0.25  # prediction time per leaf / batch-1 evaluation time above which it stays idle
+SAMPLES = 8  # prediction times kept; their median decides (one cold first leaf must not)
+REMEASURE_EVERY = 16  # while idle for that reason, still predict once in this many evaluations
 
 
 Walk = tuple[list[tuple["Node", int]], list[tuple["Node", int]], frozenset[int]]
@@ -69,28 +75,69 @@ class Prepared:
     ctx: RowContext
 
 
+class _Job:
+    """One network run on the speculator's network thread: a leaf the search asked for, or the
+    predicted next leaf (``cancel`` set: abandoned if the prediction turns out wrong)."""
+
+    __slots__ = ("cancel", "done", "dropped", "error", "full_key", "inputs", "raw", "seconds", "started")
+
+    def __init__(
+        self, full_key: Any, spatial: np.ndarray, global_: np.ndarray, cancel: Cancel | None
+    ) -> None:
+        self.full_key = full_key
+        self.inputs = NNInputs(spatial[None], global_[None])
+        self.cancel = cancel
+        self.dropped = False
+        self.raw: NNOutputs | None = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self.started = threading.Event()
+        self.done = threading.Event()
+
+
 class Speculator:
-    """The helper thread of one ``Search`` (started with ``start``, ended with ``stop``)."""
+    """The helper of one ``Search`` (started with ``start``, ended with ``stop``); the search
+    passes ``on_wait`` and ``runner`` to each leaf's ``NNEvaluator.evaluate``."""
 
     def __init__(self, search: Search) -> None:
         self.search = search
-        self._go = threading.Lock()  # released to wake the helper (cheaper than an Event)
+        self.net = search.evaluator.net
+        self.pipelined = self.net.make_cancel() is not None
+        self._go = threading.Lock()  # helper mode: released to wake the helper (cheaper than an Event)
         self._go.acquire()
+        self._cv = threading.Condition()  # network mode: guards _jobs
+        self._jobs: deque[_Job] = deque()
+        self._next: _Job | None = None  # network mode: the run started for the predicted leaf
         self._quit = False
         self._slot: Prepared | None = None
         self._walk: Walk | None = None
-        self._seconds: float | None = None  # moving average of one preparation
+        self._times: deque[float] = deque(maxlen=SAMPLES)  # recent prediction times
         self._skipped = 0
-        self._thread = threading.Thread(target=self._loop, name="search-speculate", daemon=True)
+        target = self._serve if self.pipelined else self._loop
+        name = "search-network" if self.pipelined else "search-speculate"
+        self._thread = threading.Thread(target=target, name=name, daemon=True)
         self.prepared = 0
         self.used = 0
+        self.runs_started = 0  # network mode: predicted leaves whose evaluation was started
+        self.runs_used = 0  # ... and of those, the ones the search asked for
+
+    @property
+    def on_wait(self) -> Callable[[], None]:
+        return self._predict_next if self.pipelined else self.wake
+
+    @property
+    def runner(self) -> Speculator | None:
+        return self if self.pipelined else None
 
     def start(self) -> Speculator:
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._quit = True
+        self._drop_next()
+        with self._cv:
+            self._quit = True
+            self._cv.notify()
         self._release()
         self._thread.join(timeout=5.0)
 
@@ -98,14 +145,13 @@ class Speculator:
         with contextlib.suppress(RuntimeError):  # already released: a wake-up is pending
             self._go.release()
 
-    def wake(self) -> None:
-        """Called by the search thread just before it blocks on the network."""
-        if self._worth_it():
-            self._release()
-        else:
-            self._skipped += 1
-            if self._skipped % REMEASURE_EVERY == 0:
-                self._release()  # measure again now and then: a slow leaf should not end it
+    def _worth_it(self) -> bool:
+        nn = self.search.evaluator.batch_seconds(1)
+        times = self._times
+        if nn is not None and (len(times) < 3 or sorted(times)[len(times) // 2] < MAX_SHARE * nn):
+            return True
+        self._skipped += 1
+        return self._skipped % REMEASURE_EVERY == 0  # measure again now and then
 
     def take(self, state: SearchState) -> Prepared | None:
         """The prepared inputs for ``state``, if the prediction was right."""
@@ -138,12 +184,23 @@ class Speculator:
                 self._walk = (path, inflight, frozenset(id(node) for node, _ in inflight))
         return leaf
 
-    def _worth_it(self) -> bool:
-        nn = self.search.evaluator.batch_seconds(1)
-        return nn is not None and (self._seconds is None or self._seconds < MAX_SHARE * nn)
+    def _prepare(self, leaf: Node) -> Prepared:
+        slot = self._slot
+        if slot is None or slot.state is not leaf.state:
+            slot = self._slot = self.search.prepare(leaf.state)
+            self.prepared += 1
+        return slot
+
+    def _timed(self, t0: float) -> None:
+        self._times.append(time.perf_counter() - t0)
+
+    # ------------------------------------------------------------- helper mode
+    def wake(self) -> None:
+        """Helper mode: called by the search thread just before it blocks on the network."""
+        if self._worth_it():
+            self._release()
 
     def _loop(self) -> None:
-        search = self.search
         while True:
             self._go.acquire()
             if self._quit:
@@ -151,10 +208,106 @@ class Speculator:
             try:
                 t0 = time.perf_counter()
                 leaf = self._predict()
-                if leaf is not None and (self._slot is None or self._slot.state is not leaf.state):
-                    self._slot = search.prepare(leaf.state)
-                    self.prepared += 1
-                dt = time.perf_counter() - t0
-                self._seconds = dt if self._seconds is None else 0.8 * self._seconds + 0.2 * dt
+                if leaf is not None:
+                    self._prepare(leaf)
+                self._timed(t0)
             except Exception:  # a prediction is never needed: log and go on
                 logger.exception("search speculation failed")
+
+    # ------------------------------------------------------------ network mode
+    def run(self, full_key: Any, pending: Pending, on_wait: Callable[[], None] | None) -> bool:
+        """``Runner.run``: the search asks for ``full_key``. If the predicted leaf's run is that
+        one it is waited for; else that run is abandoned and this one goes to the network thread
+        (declined when speculation does not pay, so the evaluator runs it in this thread)."""
+        job, self._next = self._next, None
+        if job is not None and job.full_key == full_key:
+            self.runs_used += 1
+        else:
+            if job is not None:
+                self._drop(job)
+            if not self._worth_it():
+                return False
+            job = _Job(full_key, pending.spatial, pending.global_, None)
+            with self._cv:
+                self._jobs.append(job)
+                self._cv.notify()
+            # Let the network thread take the interpreter and start the run before this thread
+            # goes on with Python work (it would otherwise wait out a GIL switch interval).
+            job.started.wait()
+        if on_wait is not None:
+            on_wait()
+        job.done.wait()
+        if job.error is None:
+            self.search.evaluator.record_run(1, job.seconds)
+        pending.raw, pending.row, pending.error = job.raw, 0, job.error
+        return True
+
+    def _predict_next(self) -> None:
+        """Network mode, in the search thread while the network runs the current leaf: predict
+        the next leaf, prepare its inputs and queue its evaluation behind the current one."""
+        t0 = time.perf_counter()
+        try:
+            leaf = self._predict()
+            if leaf is None:
+                return
+            slot = self._prepare(leaf)
+            search = self.search
+            ev = search.evaluator
+            p = search.params
+            sym = ev.peek_symmetry()  # the symmetry the search will draw for its next leaf
+            key = ev.full_key(
+                slot.key, sym, p.policy_optimism, p.nn_policy_temperature, p.enable_passing_hacks
+            )
+            if ev.is_cached(key):
+                return
+            spatial = np.ascontiguousarray(apply_symmetry(slot.spatial, sym), dtype=np.float32)
+            job = _Job(key, spatial, np.asarray(slot.global_, np.float32), self.net.make_cancel())
+            self._next = job
+            self.runs_started += 1
+            with self._cv:
+                self._jobs.append(job)
+                self._cv.notify()
+        except Exception:  # a prediction is never needed: log and go on
+            logger.exception("search speculation failed")
+        finally:
+            self._timed(t0)
+
+    def mispredicted(self) -> None:
+        """The playout left the predicted walk (call from the search thread): abandon the
+        predicted leaf's run now rather than once the playout asks for its own leaf."""
+        self._drop_next()
+
+    def _drop(self, job: _Job) -> None:
+        job.dropped = True
+        if job.cancel is not None:
+            job.cancel.cancel()
+
+    def _drop_next(self) -> None:
+        job, self._next = self._next, None
+        if job is not None:
+            self._drop(job)
+
+    def _serve(self) -> None:
+        """The network thread: runs the queued jobs one after another, so a predicted leaf's
+        run starts the moment the current one ends, while the search thread backs that one up."""
+        cv = self._cv
+        net = self.net
+        while True:
+            with cv:
+                while not self._jobs:
+                    if self._quit:
+                        return
+                    cv.wait()
+                job = self._jobs.popleft()
+            if not job.dropped:
+                job.started.set()
+                t0 = time.perf_counter()
+                try:
+                    if job.cancel is None:
+                        job.raw = net.evaluate(job.inputs)
+                    else:
+                        job.raw = net.evaluate_cancellable(job.inputs, job.cancel)
+                except BaseException as exc:  # handed to the search thread (or dropped with the job)
+                    job.error = exc
+                job.seconds = time.perf_counter() - t0
+            job.done.set()

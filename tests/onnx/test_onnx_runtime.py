@@ -11,7 +11,7 @@ import pytest
 from edge_fixtures import model_file
 from onnx import TensorProto, helper
 
-from agent.errors import InferenceError, NetworkFileError
+from agent.errors import EvaluationCancelled, InferenceError, NetworkFileError
 from agent.runtime import load_net
 from agent.runtime.base import NNInputs
 from agent.runtime.onnx_runtime import OnnxNet, built_onnx_path, resolve_providers
@@ -44,6 +44,25 @@ def test_onnx_runtime__builds_once_and_caches_beside_a_hash(models_dir: Path, tm
     assert out.policy.shape == (3, 1, 361) and out.score_value.shape == (3, 4)
     # empty board, komi 0 features: the three rows are identical
     assert np.allclose(out.value[0], out.value[2], atol=1e-6)
+
+
+def test_onnx_runtime__a_cancelled_evaluation_stops_and_the_session_still_works(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """The search abandons a speculative run through ``Cancel`` (onnxruntime's terminate flag):
+    a cancelled run raises EvaluationCancelled, an uncancelled one returns what evaluate does."""
+    net = OnnxNet(model_file(models_dir, "b6c96"), cache_dir=tmp_path, intra_op_threads=1)
+    inputs = _empty_board(1)
+    ref = net.evaluate(inputs)
+    token = net.make_cancel()
+    assert token is not None
+    same = net.evaluate_cancellable(inputs, token)
+    assert np.array_equal(same.policy, ref.policy) and np.array_equal(same.value, ref.value)
+    token = net.make_cancel()
+    token.cancel()
+    with pytest.raises(EvaluationCancelled):
+        net.evaluate_cancellable(inputs, token)
+    assert np.array_equal(net.evaluate(inputs).ownership, ref.ownership)
 
 
 def test_onnx_runtime__wrong_buffer_size_says_got_and_expected(models_dir: Path, tmp_path: Path) -> None:
