@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,21 @@ def build_katago_engine(args: argparse.Namespace) -> Any:
 
 
 def command_analysis(args: argparse.Namespace) -> int:
+    # SIGTERM/SIGHUP (a timeout, a closed terminal, a supervisor) end it like KataGo's own
+    # engine: open queries are abandoned, and a KataGo child (``--engine katago``, started in its
+    # own session) is stopped rather than left running.
+    def _stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _serve_analysis(args)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve_analysis(args: argparse.Namespace) -> int:
     from agent.protocol.service import AnalysisService
     from agent.transports.stdio import StdioTransport
 
@@ -232,14 +248,20 @@ def command_analysis(args: argparse.Namespace) -> int:
     else:
         runtime = choose_runtime(args.model, args.runtime)
         engine = build_native_engine(args.model, runtime, settings)
-    service = AnalysisService(
-        engine,
-        default_params=settings["params"],
-        default_pv_len=settings["pv_len"],
-        warn_unused_fields=settings["warn_unused_fields"],
-    )
-    print("Started, ready to begin handling requests", file=sys.stderr, flush=True)
-    transport = StdioTransport(
-        service, sys.stdin.buffer, sys.stdout.buffer, quit_without_waiting=args.quit_without_waiting
-    )
-    return transport.serve()
+    try:
+        service = AnalysisService(
+            engine,
+            default_params=settings["params"],
+            default_pv_len=settings["pv_len"],
+            warn_unused_fields=settings["warn_unused_fields"],
+        )
+        print("Started, ready to begin handling requests", file=sys.stderr, flush=True)
+        transport = StdioTransport(
+            service, sys.stdin.buffer, sys.stdout.buffer, quit_without_waiting=args.quit_without_waiting
+        )
+        return transport.serve()
+    except SystemExit:
+        logger.warning("stopping on a signal: terminating open queries")
+        engine.terminate_all()
+        engine.close(timeout=5.0)
+        raise

@@ -43,3 +43,40 @@ def test_cli_analysis__engine_katago_serves_stdin(
     assert out["q1"]["isDuringSearch"] is False  # stdin EOF: queued work finishes, like KataGo
     assert out["q1"]["rootInfo"]["visits"] >= 6 and out["q1"]["rootInfo"]["currentPlayer"] == "B"
     assert "KataGo 1.18.1 started" in proc.stderr  # KataGo's stderr and ours go to the log
+
+
+def test_cli_analysis__sigterm_stops_the_katago_child_too(
+    katago_binary: KataGoBinary, b6_model: Path, tmp_path: Path
+) -> None:
+    """A timeout or supervisor ends the command with SIGTERM: the KataGo child (in its own
+    session, so a terminal's Ctrl-C does not reach it first) must not be left running."""
+    import signal
+    import time
+
+    import psutil
+
+    env = {**os.environ, "KATAGO_EDGE_CACHE": str(tmp_path)}
+    cmd = [sys.executable, "-m", "agent.cli", "analysis", "--engine", "katago"]
+    cmd += ["--katago", str(katago_binary.path), "-model", str(b6_model)]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(query_9x9("long", [("B", "E5")], visits=1_000_000)) + "\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 90
+        children: list[psutil.Process] = []
+        while time.monotonic() < deadline and not children:
+            children = [c for c in psutil.Process(proc.pid).children(recursive=True) if "katago" in c.name()]
+            time.sleep(0.2)
+        assert children, "no KataGo child started"
+        time.sleep(2.0)  # the query is running
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        assert rc == 128 + signal.SIGTERM
+        _gone, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive, f"KataGo child still running after SIGTERM: {[p.pid for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
