@@ -158,18 +158,16 @@ class Search:
                 path.append((node, k))
             node = self._child(node, k)
 
-    def peek_leaf_neutral(self, path: list[tuple[Node, int]], utility: float | None = None) -> Node | None:
+    def peek_leaf_neutral(self, path: list[tuple[Node, int]]) -> Node | None:
         """``peek_leaf`` as if the leaf in flight had come back with its parent's average value
-        (or ``utility``, White's; a visit of weight 1 instead of its virtual loss; call under
-        ``lock``). None also where the walk would go into that leaf (its children are not known
-        yet). The statistics it touches are saved and put back exactly."""
+        (a visit of weight 1 instead of its virtual loss; call under ``lock``). None also where the
+        walk would go into that leaf (its children are not known yet). The statistics it touches
+        are saved and put back exactly."""
         steps = self.inflight_path
         if not steps:
             return None
         parent = steps[-1][0]
         u = parent.utility if parent.weight > 0 else parent.nn_utility
-        if utility is not None:
-            u = utility
         saved = [
             (
                 n,

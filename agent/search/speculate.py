@@ -56,7 +56,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_SHARE = 0.25  # prediction time per leaf / batch-1 evaluation time above which it stays idle
+MAX_SHARE = 0.25  # helper mode: prediction time / batch-1 evaluation time above which it idles
+# network mode: the same limit; the prediction runs in the search thread while the network runs,
+# so it only costs where the search thread's whole turn outlasts the evaluation
+PIPELINED_MAX_SHARE = 0.6
 SAMPLES = 8  # prediction times kept; their median decides (one cold first leaf must not)
 REMEASURE_EVERY = 16  # while idle for that reason, still predict once in this many evaluations
 
@@ -91,8 +94,12 @@ class _Job:
         self.raw: NNOutputs | None = None
         self.error: BaseException | None = None
         self.seconds = 0.0
-        self.started = threading.Event()
-        self.done = threading.Event()
+        # plain locks, held until the network thread releases them (cheaper than Events; each is
+        # waited for at most once, by the search thread)
+        self.started = threading.Lock()
+        self.started.acquire()
+        self.done = threading.Lock()
+        self.done.acquire()
 
 
 class Speculator:
@@ -148,7 +155,8 @@ class Speculator:
     def _worth_it(self) -> bool:
         nn = self.search.evaluator.batch_seconds(1)
         times = self._times
-        if nn is not None and (len(times) < 3 or sorted(times)[len(times) // 2] < MAX_SHARE * nn):
+        share = PIPELINED_MAX_SHARE if self.pipelined else MAX_SHARE
+        if nn is not None and (len(times) < 3 or sorted(times)[len(times) // 2] < share * nn):
             return True
         self._skipped += 1
         return self._skipped % REMEASURE_EVERY == 0  # measure again now and then
@@ -233,10 +241,10 @@ class Speculator:
                 self._cv.notify()
             # Let the network thread take the interpreter and start the run before this thread
             # goes on with Python work (it would otherwise wait out a GIL switch interval).
-            job.started.wait()
+            job.started.acquire()
         if on_wait is not None:
             on_wait()
-        job.done.wait()
+        job.done.acquire()
         if job.error is None:
             self.search.evaluator.record_run(1, job.seconds)
         pending.raw, pending.row, pending.error = job.raw, 0, job.error
@@ -300,7 +308,7 @@ class Speculator:
                     cv.wait()
                 job = self._jobs.popleft()
             if not job.dropped:
-                job.started.set()
+                job.started.release()
                 t0 = time.perf_counter()
                 try:
                     if job.cancel is None:
@@ -310,4 +318,4 @@ class Speculator:
                 except BaseException as exc:  # handed to the search thread (or dropped with the job)
                     job.error = exc
                 job.seconds = time.perf_counter() - t0
-            job.done.set()
+            job.done.release()
