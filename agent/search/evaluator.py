@@ -1,10 +1,13 @@
 """``NNEvaluator``: batched, cached network evaluation shared by every search of an engine.
 
 Search threads call ``evaluate(state, ...)`` and block until their row has been through the
-network. Two ways to the network:
+network. Three ways to the network:
 
 * **direct**: when the calling thread is the only one submitting (one search thread, one query)
   and nothing else runs, it calls ``NeuralNet.evaluate`` itself: no thread hand-over on the way.
+* **runner**: a one-thread search whose runtime can cancel a run hands its requests to its own
+  network thread (``agent.search.speculate``, ``Runner``), which also starts the predicted next
+  leaf's run early; the evaluator still owns the cache, the symmetries and the counts.
 * **server**: with several submitters a request joins the waiting list and a server thread (started
   on first need) runs the waiting requests (up to ``max_batch_size``, oldest first) one batch after
   another. The server never sleeps between batches while work waits, so the network does not wait

@@ -1,34 +1,52 @@
-"""Speculative preparation of the next leaf while the network evaluates the current one.
+"""Speculation with one search thread: the next leaf is predicted, prepared and (where the
+runtime can cancel a run) evaluated while the network evaluates the current one.
 
 With one search thread the search is serial: select a leaf, encode it, wait for the network,
-back up. While the thread waits (the runtime releases the GIL), the interpreter is free, so a
-helper thread does work the next playout would otherwise do after the network returns:
+back up. While the network runs (the runtimes release the GIL) the interpreter is free, and this
+module uses that time for work the next playout would otherwise do after the network returns:
 
 * **the last leaf's expansion**: with a speculator, a freshly evaluated node is backed up at once
-  and its expansion (policy softmax, children sorted by prior) is left to the helper, or to the
-  next playout if it walks through the node first (``Search.expand_deferred``);
+  and its expansion (policy softmax, children sorted by prior) is done while the network runs the
+  next leaf, or by the next playout if it walks through the node first (``Search.expand_deferred``);
 * **the next leaf's inputs**: it predicts the next playout's leaf (the walk as if the leaf in
   flight came back with its parent's average value; where that walk would go into the leaf
   itself, whose children are unknown, the walk a second search thread would take now, with the
   leaf's virtual loss) and prepares its NN cache key, V7 features (ladders and pass-alive areas
-  are most of the search's Python time) and post-processing context. When the search thread then selects
-  that leaf it takes them instead of computing them; otherwise they are dropped;
+  are most of the search's Python time) and post-processing context. When the search thread then
+  selects that leaf it takes them instead of computing them; otherwise they are dropped;
 * **the next walk**: below a node the current leaf's path does not pass through, nothing changes
   when that leaf is backed up, so the next playout follows the predicted walk from there on
-  instead of selecting again.
+  instead of selecting again;
+* **the next evaluation** (network mode, below): the predicted leaf's network run starts the
+  moment the current one ends, so on a right prediction the network never waits for the
+  search's back-up and selection.
 
-Nothing the search decides depends on the helper (tested visit for visit against a search without
-it): it walks the tree under the search's lock, creating the child nodes the selection would
-create, draws the root's wide-root-noise numbers from a copy of the search's generator, and its
-inputs are the ones the search thread would compute.
+Two modes, by runtime:
 
-On g170-b6c96 (ONNX, one runtime thread, 2-vCPU VM) about 73 % of the leaves are predicted (62 %
-with the virtual-loss walk alone), a
-fifth of the selections are skipped, and visits per standalone network evaluation went from
-0.84 to 0.89-0.90 (``docs/benchmarks.md``). The helper must be done before the network is: it
-runs only while its measured time per leaf is under a quarter of the measured batch-1 evaluation
-time (so not next to a fast GPU, where the search thread would wait for the interpreter), and only
-with one search thread (more threads fill the network's time with their own work).
+* **network mode** (``NeuralNet.make_cancel`` gives a token: ONNX Runtime, through its
+  ``RunOptions.terminate``): every evaluation of the search runs on this module's network thread,
+  one after the other. The search thread, once its leaf's run is queued, predicts and prepares
+  the next leaf and queues that run behind it, with the symmetry the search will draw next
+  (``NNEvaluator.peek_symmetry``); then it waits. When it next asks for a leaf, the queued run is
+  either that leaf's (waited for, usually already running) or is cancelled, as soon as the
+  playout leaves the predicted walk; the run the search asked for then starts at once.
+  Only runs the search asked for are used or cached, so the search is unchanged.
+* **helper mode** (runtimes that cannot abandon a run: LiteRT, TensorRT, numpy): a helper thread
+  predicts and prepares while the search thread runs the network itself.
+
+Nothing the search decides depends on speculation (tested visit for visit, random symmetries
+included, in both modes): the prediction walks the tree under the search's lock, creating the
+child nodes the selection would create, draws the root's wide-root-noise numbers from a copy of
+the search's generator, and its inputs and symmetry are the ones the search would use.
+
+On g170-b6c96 (ONNX, one runtime thread, 2-vCPU VM) about 73-78 % of the leaves are predicted
+(62 % with the virtual-loss walk alone), a fifth of the selections are skipped, and visits per
+standalone network evaluation went from 0.84 (none) to 0.89 (helper mode) and 0.90-0.94 (network
+mode; ``docs/benchmarks.md``). Speculation stays off where the median time of a prediction
+exceeds a share of the measured batch-1 evaluation time (a quarter in helper mode, whose helper
+must be done before the network; 0.6 in network mode, where it runs beside the evaluation), e.g.
+next to a fast GPU, re-measuring once in 16 evaluations; and with more than one search thread
+(their own work then fills the network's time).
 """
 
 from __future__ import annotations
