@@ -177,6 +177,11 @@ class NNEvaluator:
             self._submitters += n
             self._cv.notify_all()
 
+    @property
+    def submitters(self) -> int:
+        """Search threads currently submitting (all searches of the engine together)."""
+        return self._submitters
+
     def clear_cache(self) -> None:
         with self._cache_lock:
             self._cache.clear()

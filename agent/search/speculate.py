@@ -251,7 +251,8 @@ class Speculator:
         else:
             if job is not None:
                 self._drop(job)
-            if not self._worth_it():
+            if self.search.evaluator.submitters > 1 or not self._worth_it():
+                # other searches run too: their requests and this one batch through the evaluator
                 return False
             job = _Job(full_key, pending.spatial, pending.global_, None)
             with self._cv:
@@ -284,8 +285,8 @@ class Speculator:
             key = ev.full_key(
                 slot.key, sym, p.policy_optimism, p.nn_policy_temperature, p.enable_passing_hacks
             )
-            if ev.is_cached(key):
-                return
+            if ev.is_cached(key) or ev.submitters > 1:
+                return  # nothing to run, or other searches' leaves should share its batch
             spatial = np.ascontiguousarray(apply_symmetry(slot.spatial, sym), dtype=np.float32)
             job = _Job(key, spatial, np.asarray(slot.global_, np.float32), self.net.make_cancel())
             self._next = job

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from kg_helpers import query_9x9
 
@@ -50,17 +53,16 @@ def test_cli_analysis__sigterm_stops_the_katago_child_too(
 ) -> None:
     """A timeout or supervisor ends the command with SIGTERM: the KataGo child (in its own
     session, so a terminal's Ctrl-C does not reach it first) must not be left running."""
-    import signal
-    import time
-
-    import psutil
-
     env = {**os.environ, "KATAGO_EDGE_CACHE": str(tmp_path)}
     cmd = [sys.executable, "-m", "agent.cli", "analysis", "--engine", "katago"]
     cmd += ["--katago", str(katago_binary.path), "-model", str(b6_model)]
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
-    )
+    with subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, text=True
+    ) as proc:
+        _sigterm_while_running(proc)
+
+
+def _sigterm_while_running(proc: subprocess.Popen[str]) -> None:
     try:
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(query_9x9("long", [("B", "E5")], visits=1_000_000)) + "\n")

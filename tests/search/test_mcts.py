@@ -421,3 +421,32 @@ def test_evaluator__server_thread_batches_concurrent_requests_and_ends_on_close(
     ev.close()
     server.join(5)
     assert not server.is_alive()
+
+
+def test_mcts__concurrent_one_thread_searches_still_batch_through_the_evaluator() -> None:
+    """Network-mode speculation is for a lone search: with two analysis threads (one search
+    thread each) the searches' leaves share batches in the evaluator instead of each search
+    running its own network thread."""
+    params = SearchParams(max_visits=60)
+    eng = NativeEngine(
+        FakeNet(delay=0.01),
+        POST,
+        default_params=params,
+        randomize=False,
+        seed=5,
+        num_analysis_threads=2,
+        max_batch_size=2,
+    )
+    sink = Sink()
+    try:
+        for qid, extra in (("a", "D4"), ("b", "F6")):
+            eng.submit(query(id=qid, moves=[["B", "E5"], ["W", "C3"], ["B", extra]], maxVisits=60), sink)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len([r for r in sink.items if not r.get("isDuringSearch")]) < 2:
+            time.sleep(0.05)
+        stats = eng.evaluator.stats()
+    finally:
+        eng.close()
+    finals = {r["id"]: r for r in sink.items if not r.get("isDuringSearch")}
+    assert set(finals) == {"a", "b"} and all(r["rootInfo"]["visits"] >= 60 for r in finals.values())
+    assert stats["nn_avg_batch"] > 1.3  # most of the two searches' leaves were evaluated in pairs
