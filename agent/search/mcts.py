@@ -562,12 +562,14 @@ class Search:
                             k = steps[i][1]  # off the last leaf's path: nothing changed since
                     else:
                         walk = None
-                        spec.mispredicted()  # type: ignore[union-attr]
+                        if spec is not None:
+                            spec.mispredicted()
                 if k < 0:
                     k = self._select(node)
                     if walk is not None and k != walk[0][len(path)][1]:
                         walk = None
-                        spec.mispredicted()  # type: ignore[union-attr]
+                        if spec is not None:
+                            spec.mispredicted()
                 node.e_virtual[k] += 1
                 if k >= node.tried:
                     node.tried = k + 1

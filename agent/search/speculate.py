@@ -255,9 +255,7 @@ class Speculator:
                 # other searches run too: their requests and this one batch through the evaluator
                 return False
             job = _Job(full_key, pending.spatial, pending.global_, None)
-            with self._cv:
-                self._jobs.append(job)
-                self._cv.notify()
+            self._queue(job)
             # Let the network thread take the interpreter and start the run before this thread
             # goes on with Python work (it would otherwise wait out a GIL switch interval).
             job.started.acquire()
@@ -291,13 +289,16 @@ class Speculator:
             job = _Job(key, spatial, np.asarray(slot.global_, np.float32), self.net.make_cancel())
             self._next = job
             self.runs_started += 1
-            with self._cv:
-                self._jobs.append(job)
-                self._cv.notify()
+            self._queue(job)
         except Exception:  # a prediction is never needed: log and go on
             logger.exception("search speculation failed")
         finally:
             self._timed(t0)
+
+    def _queue(self, job: _Job) -> None:
+        with self._cv:
+            self._jobs.append(job)
+            self._cv.notify()
 
     def mispredicted(self) -> None:
         """The playout left the predicted walk (call from the search thread): abandon the
