@@ -128,7 +128,7 @@ class Profile(_Strict):
     thermal: ThermalSettings
     verify: dict[Precision, dict[str, tuple[Literal["<", "<=", ">", ">="], float]]] = Field(
         default_factory=dict,
-        description="per precision, verification thresholds overriding agent.network.verify's defaults: "
+        description="per precision, verification thresholds overriding agent.models.verify's defaults: "
         '"metric.stat" = [op, value], e.g. [verify.int8] "policy_kl.mean" = ["<", 0.05]',
     )
 

@@ -4,12 +4,12 @@
    choose a profile (``agent.profiles``), or take the one named in the config. The plan says
    which engine (native search or a KataGo binary), which runtime and precision, threads and
    visit caps.
-2. **Network.** ``config.model`` is a path, a URL or a model-store name; ``agent.network.fetch``
+2. **Network.** ``config.model`` is a path, a URL or a model-store name; ``agent.models.fetch``
    brings it into the store. A runtime other than numpy needs a converted file; conversions are
    cached under ``<cache_dir>/converted/<sha256 of the source>-<runtime>-<precision>`` so a
    restart (or a second ``install.sh``) does not convert again, and a new network (new hash)
    never reuses an old conversion. ``fake`` (or ``fake:delay=SECONDS``) selects the
-   deterministic fake network of ``agent.runtime.fake``: no file, for tests and dry runs.
+   deterministic fake network of ``agent.backends.fake``: no file, for tests and dry runs.
 3. **Engine.** The native engine runs our search over the loaded net; ``katago`` supervises a
    KataGo binary. The engine is wrapped in the ``AnalysisService`` every transport shares.
 
@@ -65,7 +65,7 @@ def _optional(module: str) -> Any | None:
         raise
 
 
-# profile runtime names (agent.profiles) -> the runtime names of agent.runtime / the converters
+# profile runtime names (agent.profiles) -> the runtime names of agent.backends.registry / the converters
 RUNTIME_ALIASES = {"onnxruntime": "onnx", "litert": "tflite", "tensorrt": "tensorrt", "numpy": "numpy"}
 
 
@@ -149,7 +149,7 @@ def fetch_network(config: AgentConfig, progress: Progress, plan: Plan | None = N
             "no network configured: pass --model PATH|URL, or set model = ... in the config "
             "(`katago-edge fetch-model katrain` fetches one)"
         )
-    from agent.network.fetch import fetch_model
+    from agent.models.fetch import fetch_model
 
     progress(f"fetching network {spec}")
     return Path(fetch_model(spec, store=config.model_store_dir, sha256=sha256))
@@ -203,17 +203,17 @@ def convert_onnx(source: Path, target: Path, precision: str) -> None:
     Verification uses a few self-play positions of the reference network itself, so it needs no
     data; a conversion that misses the accuracy thresholds is never cached (``VerificationFailed``).
     """
+    from agent.backends.onnx.builder import build_onnx
+    from agent.backends.registry import load_net as runtime_load
     from agent.fsutil import atomic_write_bytes
-    from agent.network.onnx_builder import build_onnx
-    from agent.network.positions import positions_from_selfplay
+    from agent.models.positions import positions_from_selfplay
+    from agent.models.verify import verify
     from agent.network.reader import read_network
-    from agent.network.verify import verify
-    from agent.runtime import load_net as runtime_load
 
     network = read_network(source)
     model = build_onnx(network)
     if precision == "fp16":
-        from agent.network.quantize import to_fp16
+        from agent.backends.onnx.quantize import to_fp16
 
         model = to_fp16(model)
     data = model.SerializeToString()
@@ -236,14 +236,14 @@ def load_net(config: AgentConfig, plan: Plan, progress: Progress) -> Any:
     """Load the network with the first runtime of the plan that works; say which in the log."""
     fake = parse_fake(config.model or "")
     if fake is not None:
-        from agent.runtime.fake import FakeNet
+        from agent.backends.fake import FakeNet
 
         return FakeNet(seed=int(fake.get("seed", 1)), delay=fake.get("delay", 0.0))
     source = fetch_network(config, progress, plan)
-    runtime_mod = _optional("agent.runtime")
+    runtime_mod = _optional("agent.backends.registry")
     loader = getattr(runtime_mod, "load_net", None)
     if loader is None:
-        raise RuntimeUnavailable("no network runtime installed (agent.runtime.load_net is missing)")
+        raise RuntimeUnavailable("no network runtime installed (agent.backends.registry.load_net is missing)")
     failures = []
     for runtime, precision in plan.runtimes:
         try:

@@ -16,6 +16,8 @@ import pytest
 from edge_fixtures import HOW_TO_GET
 
 REPO = Path(__file__).resolve().parent.parent
+
+
 def _models_dir() -> Path | None:
     env = os.environ.get("KATAGO_EDGE_MODELS")
     if env and Path(env).is_dir():

@@ -40,10 +40,10 @@ def _timed(send: Callable[[dict[str, Any]], None], query: dict[str, Any]) -> flo
 
 
 def run_e2e(model: Path, *, broker: str | None = None, queries: int = QUERIES) -> dict[str, Any]:
+    from agent.backends.registry import load_net
     from agent.engines.native import NativeEngine
     from agent.network.reader import read_network
     from agent.protocol.service import AnalysisService
-    from agent.runtime import load_net
     from agent.search.params import SearchParams
     from agent.transports.unix_socket import UnixSocketTransport
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from agent.backends.base import NNOutputs
 from agent.benchmark.positions import BenchPosition, encode_batch
 from agent.benchmark.timing import Timing, measure
 from agent.errors import AgentError
-from agent.runtime.base import NNOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -139,16 +139,16 @@ def prepare_variant(source: Path, runtime: str, precision: str, cache_dir: Path)
     stem = source.name.split(".")[0]
     if runtime == "onnx":
         if precision == "fp32":
-            from agent.runtime.onnx_runtime import ensure_onnx
+            from agent.backends.onnx.runtime import ensure_onnx
 
             return ensure_onnx(source, cache_dir=cache_dir)
         out = cache_dir / f"{stem}.{precision}.onnx"
         if not out.is_file():
             import onnx
 
+            from agent.backends.onnx import quantize
+            from agent.backends.onnx.runtime import ensure_onnx
             from agent.fsutil import atomic_write_bytes
-            from agent.network import quantize
-            from agent.runtime.onnx_runtime import ensure_onnx
 
             fp32 = onnx.load(str(ensure_onnx(source, cache_dir=cache_dir)))
             if precision == "fp16":
@@ -160,7 +160,7 @@ def prepare_variant(source: Path, runtime: str, precision: str, cache_dir: Path)
     if runtime == "tflite":
         out = cache_dir / f"{stem}.{precision}.tflite"
         if not out.is_file():
-            from agent.network import tflite_builder
+            from agent.backends.tflite import builder as tflite_builder
             from agent.network.reader import read_network
 
             net = read_network(source)
@@ -170,8 +170,8 @@ def prepare_variant(source: Path, runtime: str, precision: str, cache_dir: Path)
             tflite_builder.convert(net, out, precision, representative=representative)
         return out
     if runtime == "tensorrt":
-        from agent.network.tensorrt_builder import BuildSettings, ensure_engine
-        from agent.runtime.onnx_runtime import ensure_onnx
+        from agent.backends.onnx.runtime import ensure_onnx
+        from agent.backends.tensorrt.builder import BuildSettings, ensure_engine
 
         onnx_path = ensure_onnx(source, cache_dir=cache_dir)
         if precision == "int8":
@@ -183,7 +183,7 @@ def prepare_variant(source: Path, runtime: str, precision: str, cache_dir: Path)
 def _calibration_set() -> Any:
     """Calibration positions for ONNX INT8 (a seeded game other than the benchmark's)."""
     from agent.benchmark.positions import bench_positions
-    from agent.network.positions import PositionSet
+    from agent.models.positions import PositionSet
 
     positions = bench_positions(seed=7, move_numbers=tuple(range(0, 240, 8)))
     batch = encode_batch(positions, len(positions))
@@ -222,7 +222,7 @@ def run_nn_bench(
     progress: Callable[[str], None] | None = None,
 ) -> NNBench:
     """Measure every variant x batch x threads; variants that cannot run are recorded as skipped."""
-    from agent.runtime import load_net
+    from agent.backends.registry import load_net
 
     bench = NNBench()
     inputs = {b: encode_batch(positions, b) for b in batches}

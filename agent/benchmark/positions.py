@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.backends.base import NNInputs
 from agent.game.board import EMPTY, WALL
 from agent.game.coords import PASS_LOC, loc_to_gtp
 from agent.game.features import encode_v7
 from agent.game.position import position_from_query
 from agent.game.state import GameState
-from agent.runtime.base import NNInputs
 
 DEFAULT_MOVE_NUMBERS = (0, 20, 50, 80, 110, 140, 170, 200)
 

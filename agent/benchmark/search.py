@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.backends.base import NeuralNet
 from agent.benchmark.positions import BenchPosition, encode_batch
 from agent.network.model import PostProcessParams
-from agent.runtime.base import NeuralNet
 
 STANDALONE_SECONDS = 3.0
 

@@ -190,8 +190,8 @@ def postprocess_params_of(net: Any) -> Any:
 
 
 def build_native_engine(model: str, runtime: str, settings: dict[str, Any]) -> Any:
+    from agent.backends.registry import load_net
     from agent.engines.native import NativeEngine
-    from agent.runtime import load_net
 
     net = load_net(model, runtime=runtime)
     network = getattr(net, "network", None)

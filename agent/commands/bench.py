@@ -196,10 +196,10 @@ def _search(
     visits: int,
     step: Callable[[str], None],
 ) -> dict[str, Any]:
+    from agent.backends.registry import load_net
     from agent.benchmark.nn import THREAD_OPTION
     from agent.benchmark.search import run_search_benches
     from agent.network.reader import read_network
-    from agent.runtime import load_net
 
     # The search runs on the fastest fp32 variant measured (exact, so the search is unaffected),
     # with that variant's runtime threads (what --apply writes into the profile).

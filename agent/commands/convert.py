@@ -2,16 +2,16 @@
 
 ``convert MODEL --to onnx|tflite|tensorrt --precision fp32|fp16|int8 [-o OUT]`` builds the
 converted network in memory (or a temp file), verifies it against the FP32 reference
-(:mod:`agent.network.verify`) on positions that were not used for calibration, and only then
-writes it with its manifest (:mod:`agent.network.manifest`). A network that misses its
+(:mod:`agent.models.verify`) on positions that were not used for calibration, and only then
+writes it with its manifest (:mod:`agent.models.manifest`). A network that misses its
 thresholds is refused (exit 1, nothing written) unless ``--force``.
 
 INT8 calibration positions come from ``--calibration SGF_FILE_OR_FOLDER``, or, without records,
 from self-play with the FP32 network. Verification positions come from ``--positions``, else the
 calibration records (minus the calibration positions), else self-play with another seed.
 
-TFLite and TensorRT conversions live in :mod:`agent.network.tflite_builder` and
-:mod:`agent.network.tensorrt_builder` and are imported only when asked for.
+TFLite and TensorRT conversions live in :mod:`agent.backends.tflite.builder` and
+:mod:`agent.backends.tensorrt.builder` and are imported only when asked for.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent.errors import ConversionError
-from agent.network.verify import MIN_POSITIONS, Threshold, VerifyReport
+from agent.models.verify import MIN_POSITIONS, Threshold, VerifyReport
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _default_output(model: Path, target: str, precision: str) -> Path:
 
 
 def command_convert(args: argparse.Namespace) -> int:
-    from agent.network.convert_pipeline import ConvertJob, run_conversion
+    from agent.models.pipeline import ConvertJob, run_conversion
 
     target, precision = args.to, args.precision
     if precision not in TARGETS[target]:
@@ -217,9 +217,9 @@ def command_convert(args: argparse.Namespace) -> int:
 
 
 def command_verify(args: argparse.Namespace) -> int:
-    from agent.network.convert_pipeline import load_converted, verification_positions, verify_with_progress
-    from agent.network.manifest import read_manifest
-    from agent.runtime.onnx_runtime import OnnxNet
+    from agent.backends.onnx.runtime import OnnxNet
+    from agent.models.manifest import read_manifest
+    from agent.models.pipeline import load_converted, verification_positions, verify_with_progress
 
     if not args.converted.is_file():
         raise ConversionError(f"{args.converted}: no such file")

@@ -28,10 +28,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from agent.backends.base import NeuralNet, NNInputs
 from agent.errors import AgentError, QueryError
 from agent.network.model import Network
 from agent.network.postprocess import DEFAULT_RAWNN_POLICY_OPTIMISM, RowContext, postprocess_row
-from agent.runtime.base import NeuralNet, NNInputs
 
 logger = logging.getLogger(__name__)
 BUFFER = 19
@@ -60,8 +60,8 @@ def command_rawnn(args: argparse.Namespace) -> int:
     if not 0.0 <= args.policy_optimism <= 1.0:
         print(f"--policy-optimism must be in [0, 1], got {args.policy_optimism}", file=sys.stderr)
         return 2
+    from agent.backends.registry import load_net
     from agent.network.reader import read_network
-    from agent.runtime import load_net
 
     network = read_network(args.model)
     opts: dict[str, Any] = {}

@@ -26,11 +26,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agent.backends.base import NeuralNet
 from agent.engines.base import Emit, Engine
 from agent.errors import AgentError, EngineError, QueryError
 from agent.game.state import GameState
 from agent.network.model import PostProcessParams
-from agent.runtime.base import NeuralNet
 from agent.search.evaluator import NNEvaluator
 from agent.search.mcts import Search
 from agent.search.node import Node

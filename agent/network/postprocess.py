@@ -1,6 +1,6 @@
 """Post-processing of raw network outputs, shared by every runtime (spec §4).
 
-A runtime returns raw outputs (:class:`~agent.runtime.base.NNOutputs`) from the side to move's
+A runtime returns raw outputs (:class:`~agent.backends.base.NNOutputs`) from the side to move's
 perspective, in the *symmetrised* frame of its input buffer. This module turns one batch row of
 them into an :class:`NetEval`, the form search and ``rawnn`` use, exactly as KataGo's
 ``NNEvaluator`` does:
@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from agent.game.symmetry import invert_symmetry_map
 from agent.network.model import F32, PostProcessParams
-from agent.runtime.base import NNOutputs
+from agent.network.tensors import NNOutputs
 
 BoolArray = npt.NDArray[np.bool_]
 DEFAULT_RAWNN_POLICY_OPTIMISM = 0.2

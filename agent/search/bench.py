@@ -38,7 +38,7 @@ def _inputs(batch: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evals_per_second(net: Any, batch: int, seconds: float) -> float:
-    from agent.runtime.base import NNInputs
+    from agent.backends.base import NNInputs
 
     sp, gl = _inputs(batch)
     inputs = NNInputs(sp.astype(np.float32), gl.astype(np.float32))
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--visits", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args(argv)
+    from agent.backends.registry import load_net
     from agent.commands.analysis import postprocess_params_of
-    from agent.runtime import load_net
 
     net = load_net(args.model, runtime=args.runtime)
     post = postprocess_params_of(net)

@@ -50,11 +50,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from agent.backends.base import NeuralNet, NNInputs, NNOutputs
 from agent.errors import EngineError, InferenceError
 from agent.game.symmetry import apply_symmetry
 from agent.network.model import PostProcessParams
 from agent.network.postprocess import NetEval, RowContext, postprocess_row
-from agent.runtime.base import NeuralNet, NNInputs, NNOutputs
 
 logger = logging.getLogger(__name__)
 

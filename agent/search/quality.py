@@ -66,10 +66,10 @@ def _symmetric_moves(query: dict[str, Any], move: str) -> set[str]:
 def run(
     model: str, reference: str, runtime: str, visits: int | None, threads: int, seed: int = 11
 ) -> dict[str, Any]:
+    from agent.backends.registry import load_net
     from agent.commands.analysis import postprocess_params_of
     from agent.engines.native import NativeEngine
     from agent.protocol.service import AnalysisService
-    from agent.runtime import load_net
     from agent.search.params import SearchParams
 
     records = [json.loads(line) for line in Path(reference).read_text().splitlines() if line.strip()]

@@ -62,9 +62,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.backends.base import Cancel, NNInputs, NNOutputs
 from agent.game.symmetry import apply_symmetry
 from agent.network.postprocess import RowContext
-from agent.runtime.base import Cancel, NNInputs, NNOutputs
 
 if TYPE_CHECKING:
     from agent.search.evaluator import Pending

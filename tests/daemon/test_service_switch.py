@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from agent.backends.fake import FakeNet
 from agent.engines.native import NativeEngine
 from agent.errors import EngineError
 from agent.network.model import PostProcessParams
 from agent.profiles import ThermalSettings
 from agent.protocol.service import AnalysisService
-from agent.runtime.fake import FakeNet
 from agent.search.params import SearchParams
 from agent.service_switch import ServiceSwitch, self_test
 from agent.thermal import ThermalGuard

@@ -21,7 +21,7 @@ IDS = ("g09_01_m001", "g09_01_m041", "g13x9_01_m058")
 
 
 def _raw_black_winrate(net: Any, st: GameState, **options: Any) -> float:
-    from agent.runtime.base import NNInputs
+    from agent.backends.base import NNInputs
 
     spatial, glob = encode_v7(st, **options)
     out = net.evaluate(NNInputs(spatial[None], glob[None]))
@@ -37,7 +37,7 @@ def _raw_black_winrate(net: Any, st: GameState, **options: Any) -> float:
 @pytest.mark.needs_models
 @pytest.mark.slow
 def test_analysis_root_inputs__raw_winrate_matches_katago(models_dir: Path, reference_dir: Path) -> None:
-    from agent.runtime.numpy_runtime import NumpyNet
+    from agent.backends.numpy.runtime import NumpyNet
 
     net = NumpyNet(model_file(models_dir, "b10c384"))
     with open(reference_dir / "analysis-b10c384.jsonl") as f:

@@ -65,10 +65,10 @@ def instant(query: dict[str, Any], emit: Any) -> None:
 
 
 def native_service() -> Any:
+    from agent.backends.fake import FakeNet
     from agent.engines.native import NativeEngine
     from agent.network.model import PostProcessParams
     from agent.protocol.service import AnalysisService
-    from agent.runtime.fake import FakeNet
     from agent.search.params import SearchParams
 
     engine = NativeEngine(

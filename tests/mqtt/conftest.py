@@ -76,10 +76,10 @@ def make_requester(settings: MqttSettings) -> Iterator[Callable[..., MqttRequest
 @pytest.fixture
 def make_service() -> Iterator[Callable[..., Any]]:
     """D's AnalysisService over the native engine and the deterministic fake network."""
+    from agent.backends.fake import FakeNet
     from agent.engines.native import NativeEngine
     from agent.network.model import PostProcessParams
     from agent.protocol.service import AnalysisService
-    from agent.runtime.fake import FakeNet
     from agent.search.params import SearchParams
 
     services: list[AnalysisService] = []

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.runtime import load_net
-from agent.runtime.base import NNInputs
+from agent.backends.base import NNInputs
+from agent.backends.registry import load_net
 
 NETS = {"b6c96": "g170-b6c96-s175395328-d26788732.bin.gz", "b10c384": "b10c384h6nbttflrs.bin.gz"}
 

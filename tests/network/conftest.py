@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.runtime.numpy_runtime import set_blas_threads
+from agent.backends.numpy.runtime import set_blas_threads
 
 
 @pytest.fixture(autouse=True, scope="module")

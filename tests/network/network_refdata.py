@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from edge_fixtures import row_context
 
+from agent.backends.base import NeuralNet, NNInputs
 from agent.network.model import PostProcessParams
 from agent.network.postprocess import postprocess_row
-from agent.runtime.base import NeuralNet, NNInputs
 
 REFERENCE_FILES = {
     "b6c96": "rawnn-g170-b6c96.jsonl",

@@ -14,7 +14,7 @@ import pytest
 
 from agent import cli
 from agent.errors import ModelStoreError
-from agent.network.fetch import KATRAIN_MEMBER, fetch_model, model_store_dir
+from agent.models.fetch import KATRAIN_MEMBER, fetch_model, model_store_dir
 from agent.network.reader import read_network
 from agent.network.writer import tiny_network, write_network
 

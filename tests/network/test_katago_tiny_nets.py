@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent.backends.numpy.runtime import NumpyNet
 from agent.commands.rawnn import run_rawnn
 from agent.errors import EngineError
 from agent.network.model import Activation
 from agent.network.reader import read_network
 from agent.network.writer import tiny_network, write_network
-from agent.runtime.numpy_runtime import NumpyNet
 
 NEEDS = "needs the KataGo binary"
 VARIANTS = {

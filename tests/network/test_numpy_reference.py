@@ -9,12 +9,12 @@ import pytest
 from edge_fixtures import model_file, row_context
 from network_refdata import compare, load_reference
 
+from agent.backends.base import NNInputs
+from agent.backends.numpy.runtime import NumpyNet, set_blas_threads
+from agent.backends.registry import load_net
 from agent.game.symmetry import apply_symmetry
 from agent.network.postprocess import RowContext, postprocess_row
 from agent.network.reader import read_network
-from agent.runtime import load_net
-from agent.runtime.base import NNInputs
-from agent.runtime.numpy_runtime import NumpyNet, set_blas_threads
 
 
 @pytest.mark.parametrize("key", ["b6c96", "b7c96-cnorm", "b7c96-gqa"])

@@ -16,9 +16,9 @@ from edge_fixtures import model_file
 from network_refdata import REFERENCE_FILES, Errors, compare_fields
 
 from agent import cli
+from agent.backends.numpy.runtime import NumpyNet
 from agent.commands.rawnn import run_rawnn
 from agent.network.reader import read_network
-from agent.runtime.numpy_runtime import NumpyNet
 
 
 def _records(reference_dir: Path, key: str) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The lazy runtime registry: names map to classes imported only when chosen."""
+"""The runtime registry: names map to classes; third-party packages load only when a net does."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from edge_fixtures import model_file
 
-from agent import runtime
+from agent.backends import registry as runtime
+from agent.backends.numpy.runtime import NumpyNet
 from agent.errors import RuntimeUnavailable
 from agent.network.writer import tiny_network
-from agent.runtime.numpy_runtime import NumpyNet
 
 
 def test_registry__numpy_loads_a_parsed_network() -> None:
@@ -27,11 +27,20 @@ def test_registry__unknown_runtime_lists_the_known_ones() -> None:
         runtime.load_net(tiny_network(15), runtime="cuda")
 
 
-def test_registry__missing_dependency_names_the_pip_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = runtime.RuntimeSpec("agent.runtime.not_installed_runtime:Missing", "onnx")
-    monkeypatch.setitem(runtime.RUNTIMES, "onnx", spec)
+def test_registry__missing_dependency_names_the_pip_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the onnx extra were not installed
+    (tmp_path / "x.onnx").write_bytes(b"")
     with pytest.raises(RuntimeUnavailable, match=r"pip install 'katago-edge\[onnx\]'"):
-        runtime.runtime_class("onnx")
+        runtime.load_net(tmp_path / "x.onnx", runtime="onnx")
+
+
+def test_registry__file_suffix_names_the_runtime() -> None:
+    assert runtime.runtime_for_file("a/b.onnx") == "onnx"
+    assert runtime.runtime_for_file("b.TFLITE") == "tflite"
+    assert runtime.runtime_for_file("b.plan") == "tensorrt"
+    assert runtime.runtime_for_file("net.bin.gz") is None
 
 
 def test_registry__choosing_numpy_imports_no_optional_runtime(models_dir: Path) -> None:

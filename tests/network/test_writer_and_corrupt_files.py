@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from edge_fixtures import model_file
 
+from agent.backends.base import NNInputs
+from agent.backends.numpy.runtime import NumpyNet
 from agent.errors import NetworkFileError, UnsupportedNetworkError
 from agent.network.model import Activation, Network
 from agent.network.reader import read_network, read_network_bytes
 from agent.network.writer import network_to_bytes, tiny_network, write_network
-from agent.runtime.base import NNInputs
-from agent.runtime.numpy_runtime import NumpyNet
 
 TINY_VARIANTS = {
     "v8-conv": dict(version=8, blocks=("ordinary", "gpool"), rope="none"),

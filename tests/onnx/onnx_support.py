@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from agent.backends.base import NNOutputs
 from agent.network.model import PostProcessParams
 from agent.network.postprocess import RowContext, legal_mask_from_features, postprocess_row
-from agent.runtime.base import NNOutputs
 
 RAWNN = {
     "b6c96": "rawnn-g170-b6c96.jsonl",

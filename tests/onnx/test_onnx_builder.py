@@ -10,12 +10,12 @@ import pytest
 from edge_fixtures import model_file
 from onnx_support import assert_within_tolerance, load_reference, worst_errors
 
+from agent.backends.base import NNInputs, NNOutputs
+from agent.backends.numpy.runtime import forward
+from agent.backends.onnx.builder import OUTPUT_NAMES, OnnxBuildOptions, build_onnx
+from agent.backends.onnx.runtime import OnnxNet
 from agent.network.model import Network
-from agent.network.onnx_builder import OUTPUT_NAMES, OnnxBuildOptions, build_onnx
 from agent.network.reader import read_network
-from agent.runtime.base import NNInputs, NNOutputs
-from agent.runtime.numpy_runtime import forward
-from agent.runtime.onnx_runtime import OnnxNet
 
 
 @cache

@@ -11,10 +11,10 @@ import pytest
 from edge_fixtures import model_file
 from onnx import TensorProto, helper
 
+from agent.backends.base import NNInputs
+from agent.backends.onnx.runtime import OnnxNet, built_onnx_path, resolve_providers
+from agent.backends.registry import load_net
 from agent.errors import EvaluationCancelled, InferenceError, NetworkFileError
-from agent.runtime import load_net
-from agent.runtime.base import NNInputs
-from agent.runtime.onnx_runtime import OnnxNet, built_onnx_path, resolve_providers
 
 
 def _empty_board(n: int = 1, size: int = 19) -> NNInputs:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from edge_fixtures import model_file
 
+from agent.backends.onnx.runtime import OnnxNet
 from agent.errors import ConversionError
-from agent.network.manifest import Manifest, manifest_path, read_manifest, write_network_and_manifest
-from agent.network.positions import positions_from_selfplay, positions_from_sgf
-from agent.runtime.onnx_runtime import OnnxNet
+from agent.models.manifest import Manifest, manifest_path, read_manifest, write_network_and_manifest
+from agent.models.positions import positions_from_selfplay, positions_from_sgf
 
 
 def test_positions__sgf_sample_is_seeded_encoded_and_respects_exclusions(reference_dir: Path) -> None:

@@ -14,14 +14,20 @@ import onnx
 import pytest
 from edge_fixtures import model_file
 
+from agent.backends.onnx.builder import build_onnx
+from agent.backends.onnx.quantize import (
+    fp16_float_nodes,
+    nodes_in_groups,
+    to_fp16,
+    to_int8_dynamic,
+    to_int8_static,
+)
+from agent.backends.onnx.runtime import OnnxNet
 from agent.errors import ConversionError
+from agent.models.positions import PositionSet, positions_from_sgf
+from agent.models.verify import check, compare_outputs, evaluate_all, thresholds_for, verify
 from agent.network.model import Network
-from agent.network.onnx_builder import build_onnx
-from agent.network.positions import PositionSet, positions_from_sgf
-from agent.network.quantize import fp16_float_nodes, nodes_in_groups, to_fp16, to_int8_dynamic, to_int8_static
 from agent.network.reader import read_network
-from agent.network.verify import check, compare_outputs, evaluate_all, thresholds_for, verify
-from agent.runtime.onnx_runtime import OnnxNet
 
 REPORT_KEYS = {
     "positions",

@@ -1,4 +1,4 @@
-"""GPTQ weight rounding for static INT8 (agent.network.weight_rounding) on g170-b6c96.
+"""GPTQ weight rounding for static INT8 (agent.backends.onnx.weight_rounding) on g170-b6c96.
 
 Values asserted are measured on the real network and real calibration positions from the
 reference SGF games (docs/conversion.md, "INT8"), with some slack.
@@ -14,12 +14,9 @@ import onnx
 import pytest
 from edge_fixtures import model_file
 
-from agent.errors import ConversionError
-from agent.network import weight_rounding as wr
-from agent.network.model import Network
-from agent.network.onnx_builder import build_onnx
-from agent.network.positions import PositionSet, positions_from_sgf
-from agent.network.quantize import (
+from agent.backends.onnx import weight_rounding as wr
+from agent.backends.onnx.builder import build_onnx
+from agent.backends.onnx.quantize import (
     INT8_FLOAT_GROUPS,
     activation_matmuls,
     int8_mode_options,
@@ -28,9 +25,12 @@ from agent.network.quantize import (
     share_relu_output_ranges,
     to_int8_static,
 )
+from agent.backends.onnx.runtime import OnnxNet
+from agent.errors import ConversionError
+from agent.models.positions import PositionSet, positions_from_sgf
+from agent.models.verify import verify
+from agent.network.model import Network
 from agent.network.reader import read_network
-from agent.network.verify import verify
-from agent.runtime.onnx_runtime import OnnxNet
 
 
 @cache
@@ -47,7 +47,9 @@ def _layers(fp32: onnx.ModelProto) -> list[onnx.NodeProto]:
     return wr.quantized_layers(fp32, exclude)
 
 
-def test_gptq__reduces_layer_output_error_on_held_out_positions(models_dir: Path, reference_dir: Path) -> None:
+def test_gptq__reduces_layer_output_error_on_held_out_positions(
+    models_dir: Path, reference_dir: Path
+) -> None:
     """Rounding chosen on calibration positions, error measured on other positions."""
     _, fp32, cal, ver = _b6(models_dir, reference_dir / "sgf")
     layers = [n for n in _layers(fp32) if n.name.startswith(("rconv2/", "rconv5/"))]
@@ -64,7 +66,9 @@ def test_gptq__reduces_layer_output_error_on_held_out_positions(models_dir: Path
         q_near, q_gptq = wr.weight_matrix(n, nearest[n.input[1]]), wr.weight_matrix(n, gptq[n.input[1]])
         assert np.array_equal(q_gptq, np.round(q_gptq)) and np.abs(q_gptq).max() <= 127
         assert np.array_equal(q_near, np.clip(np.round(m / scale[:, None]), -127, 127))
-        ratios.append(wr.output_error(m, q_gptq, scale, held[n.name]) / wr.output_error(m, q_near, scale, held[n.name]))
+        ratios.append(
+            wr.output_error(m, q_gptq, scale, held[n.name]) / wr.output_error(m, q_near, scale, held[n.name])
+        )
     # measured 0.2-0.5 per layer: GPTQ removes half or more of the pre-activation error
     assert max(ratios) < 0.8 and float(np.mean(ratios)) < 0.6
 
@@ -97,7 +101,9 @@ def test_gptq__unknown_rounding_is_an_error(models_dir: Path, reference_dir: Pat
 def test_share_relu_output_ranges__zero_point_zero_before_relu(models_dir: Path, reference_dir: Path) -> None:
     _, fp32, cal, _ = _b6(models_dir, reference_dir / "sgf")
     small = PositionSet(cal.spatial[:8], cal.global_[:8], cal.ids[:8], cal.source)
-    q = to_int8_static(fp32, small, quantize_outputs=True, keep_float=("initial", "policy_head", "value_head"))
+    q = to_int8_static(
+        fp32, small, quantize_outputs=True, keep_float=("initial", "policy_head", "value_head")
+    )
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
     for block in ("rconv2", "rconv4", "rconv6"):  # conv -> ReLU -> mask -> next conv
         assert int(inits[f"{block}/w1/Conv_zero_point"]) == 0
@@ -112,7 +118,9 @@ def test_int8_default__passes_the_thresholds_on_b6c96(models_dir: Path, referenc
     net, fp32, cal, ver = _b6(models_dir, reference_dir / "sgf")
     q = to_int8_static(fp32, cal, method="percentile", weight_rounding="gptq")
     ref = OnnxNet(fp32.SerializeToString(), intra_op_threads=1)
-    report = verify(OnnxNet(q.SerializeToString(), intra_op_threads=1), ref, ver, net.postprocess, precision="int8")
+    report = verify(
+        OnnxNet(q.SerializeToString(), intra_op_threads=1), ref, ver, net.postprocess, precision="int8"
+    )
     m = report.to_json()
     assert report.passed, report.summary()
     assert 1e-3 < m["winrate_abs_error"]["p99"] < 0.03 and m["lead_abs_error"]["p99"] < 1.0
@@ -131,5 +139,7 @@ def test_static_mixed__leaves_the_residual_increments_float(models_dir: Path, re
     with pytest.raises(ConversionError, match="unknown static INT8 mode"):
         int8_mode_options("static-fast")
     ref = OnnxNet(fp32.SerializeToString(), intra_op_threads=1)
-    m = verify(OnnxNet(q.SerializeToString(), intra_op_threads=1), ref, ver, net.postprocess, precision="int8")
+    m = verify(
+        OnnxNet(q.SerializeToString(), intra_op_threads=1), ref, ver, net.postprocess, precision="int8"
+    )
     assert 1e-3 < m.metrics["winrate_abs_error"]["p99"] < 0.08  # 8 calibration positions: coarse

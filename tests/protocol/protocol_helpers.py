@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from agent.backends.fake import FakeNet
 from agent.engines.native import NativeEngine
 from agent.network.model import PostProcessParams
-from agent.runtime.fake import FakeNet
 from agent.search.params import SearchParams
 
 

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent.backends.fake import FakeNet
 from agent.engines.native import NativeEngine
 from agent.network.model import PostProcessParams
 from agent.protocol.query import parse_query
 from agent.protocol.service import AnalysisService
-from agent.runtime.fake import FakeNet
 from agent.search.evaluator import NNEvaluator
 from agent.search.mcts import Search
 from agent.search.params import SearchParams

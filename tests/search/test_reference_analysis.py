@@ -29,8 +29,8 @@ pytestmark = [pytest.mark.needs_models, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def b10_engine(models_dir: Path) -> Iterator[NativeEngine]:
     pytest.importorskip("onnxruntime")
+    from agent.backends.registry import load_net
     from agent.commands.analysis import postprocess_params_of
-    from agent.runtime import load_net
 
     net = load_net(model_file(models_dir, "b10c384"), runtime="onnx")
     eng = NativeEngine(

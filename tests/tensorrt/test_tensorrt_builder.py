@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from agent.backends.tensorrt import builder as tb
 from agent.errors import ConversionError, RuntimeUnavailable
-from agent.network import tensorrt_builder as tb
 
 
 class _Recorder:

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 from edge_fixtures import model_file, row_context
 
+from agent.backends.base import NNInputs
+from agent.backends.numpy.runtime import forward
 from agent.errors import ConversionError, InferenceError
-from agent.network.positions import positions_from_sgf
+from agent.models.positions import positions_from_sgf
 from agent.network.postprocess import postprocess_row
 from agent.network.reader import read_network
-from agent.runtime.base import NNInputs
-from agent.runtime.numpy_runtime import forward
 
 pytest.importorskip("tensorflow", reason="TFLite conversion needs the `convert` extra (tensorflow-cpu)")
 
-from agent.network import tflite_builder as tb
-from agent.runtime.tflite_runtime import TFLiteNet
+from agent.backends.tflite import builder as tb
+from agent.backends.tflite.runtime import TFLiteNet
 
 REF_FILES = {"b6c96": "rawnn-g170-b6c96.jsonl", "b7c96-gqa": "rawnn-b7c96h6kv3qk32v16tflrs.jsonl"}
 

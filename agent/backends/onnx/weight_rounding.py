@@ -30,7 +30,7 @@ import onnx
 from onnx import numpy_helper
 
 from agent.errors import ConversionError
-from agent.network.positions import PositionSet
+from agent.network.tensors import PositionSet
 
 logger = logging.getLogger(__name__)
 

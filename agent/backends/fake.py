@@ -21,8 +21,8 @@ import time
 
 import numpy as np
 
+from agent.backends.base import Cancel, NetInfo, NeuralNet, NNInputs, NNOutputs
 from agent.errors import EvaluationCancelled
-from agent.runtime.base import Cancel, NetInfo, NeuralNet, NNInputs, NNOutputs
 
 
 class _EventCancel(Cancel):

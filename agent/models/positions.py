@@ -20,36 +20,17 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
+from agent.backends.base import NeuralNet
 from agent.errors import AgentError, ConversionError
-from agent.runtime.base import NeuralNet, NNInputs
+from agent.network.tensors import F32, NNInputs, PositionSet
 
 logger = logging.getLogger(__name__)
 
-F32 = npt.NDArray[np.float32]
 Progress = Callable[[int, int], None]  # (done, total)
-
-
-@dataclass(frozen=True)
-class PositionSet:
-    """Encoded positions with their ids and a description of where they came from."""
-
-    spatial: F32
-    global_: F32
-    ids: tuple[str, ...]
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def batches(self, size: int) -> Iterable[NNInputs]:
-        for i in range(0, len(self), size):
-            yield NNInputs(self.spatial[i : i + size], self.global_[i : i + size])
 
 
 def sgf_files(source: Path) -> list[Path]:

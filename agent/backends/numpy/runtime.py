@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from agent.backends.base import NetInfo, NeuralNet, NNInputs, NNOutputs
 from agent.errors import InferenceError, UnsupportedNetworkError
 from agent.network import model as m
-from agent.runtime.base import NetInfo, NeuralNet, NNInputs, NNOutputs
 
 logger = logging.getLogger(__name__)
 

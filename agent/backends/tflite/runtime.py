@@ -1,6 +1,6 @@
 """``NeuralNet`` over a ``.tflite`` file with LiteRT (``ai-edge-litert``), falling back to ``tflite-runtime``.
 
-The model comes from :mod:`agent.network.tflite_builder`: its ``serving_default`` signature takes
+The model comes from :mod:`agent.backends.tflite.builder`: its ``serving_default`` signature takes
 ``spatial`` ``[N, 22, H, W]`` and ``global_in`` ``[N, 19]`` (``global`` is a Python keyword, which signatures reject) and returns the raw outputs named like the
 fields of ``NNOutputs``. XNNPACK is LiteRT's default CPU path; the thread count comes from the
 profile. Full-integer models (``int8-full``) have int8 input and output tensors: inputs are
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from agent.backends.base import NetInfo, NeuralNet, NNInputs, NNOutputs
 from agent.errors import InferenceError, RuntimeUnavailable
-from agent.runtime.base import NetInfo, NeuralNet, NNInputs, NNOutputs
 
 logger = logging.getLogger(__name__)
 

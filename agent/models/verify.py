@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from agent.backends.base import NeuralNet, NNOutputs
 from agent.errors import VerificationFailed
+from agent.models.positions import PositionSet
 from agent.network.model import PostProcessParams
-from agent.network.positions import PositionSet
 from agent.network.postprocess import legal_mask_from_features
-from agent.runtime.base import NeuralNet, NNOutputs
 
 logger = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.backends.base import NeuralNet
+from agent.backends.onnx import quantize
 from agent.errors import ConversionError, RuntimeUnavailable
-from agent.network import quantize
-from agent.network.manifest import Manifest, source_info, write_network_and_manifest
-from agent.network.positions import PositionSet, positions_from_selfplay, positions_from_sgf
-from agent.network.verify import Threshold, VerifyReport, verify
-from agent.runtime.base import NeuralNet
+from agent.models.manifest import Manifest, source_info, write_network_and_manifest
+from agent.models.positions import PositionSet, positions_from_selfplay, positions_from_sgf
+from agent.models.verify import Threshold, VerifyReport, verify
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ class ConvertJob:
     board: int = 19
     force: bool = False
     keep_float: tuple[str, ...] | None = None  # INT8 layer groups left in float (None: the default list)
-    smooth_alpha: float = 0.0  # > 0: SmoothQuant rescaling before static INT8 (agent.network.smoothing)
-    weight_rounding: str = "gptq"  # static INT8 weight rounding (agent.network.weight_rounding)
+    smooth_alpha: float = 0.0  # > 0: SmoothQuant rescaling before static INT8 (agent.backends.onnx.smoothing)
+    weight_rounding: str = "gptq"  # static INT8 weight rounding (agent.backends.onnx.weight_rounding)
 
 
 def verification_positions(
@@ -87,7 +87,7 @@ def _calibration(job: ConvertJob, reference: NeuralNet, progress: ProgressFactor
 def _onnx_bytes(
     job: ConvertJob, fp32: Any, reference: NeuralNet, progress: ProgressFactory
 ) -> tuple[bytes, PositionSet | None]:
-    from agent.network import quantize
+    from agent.backends.onnx import quantize
 
     if job.precision == "fp32":
         return fp32.SerializeToString(), None
@@ -97,9 +97,9 @@ def _onnx_bytes(
         return quantize.to_int8_dynamic(fp32).SerializeToString(), None
     cal = _calibration(job, reference, progress)
     if job.smooth_alpha > 0:
-        from agent.network.onnx_builder import OnnxBuildOptions, build_onnx
+        from agent.backends.onnx.builder import OnnxBuildOptions, build_onnx
+        from agent.backends.onnx.smoothing import smoothing_scales
         from agent.network.reader import read_network
-        from agent.network.smoothing import smoothing_scales
 
         skip = quantize.nodes_in_groups(fp32, job.keep_float or quantize.INT8_FLOAT_GROUPS)
         scales = smoothing_scales(fp32, cal, skip=skip, alpha=job.smooth_alpha)
@@ -123,7 +123,7 @@ def _onnx_bytes(
 def _tflite_file(
     job: ConvertJob, net: Any, reference: NeuralNet, tmp: Path, progress: ProgressFactory
 ) -> tuple[Path, PositionSet | None]:
-    from agent.network import tflite_builder
+    from agent.backends.tflite import builder as tflite_builder
 
     cal = _calibration(job, reference, progress) if job.precision.startswith("int8") else None
 
@@ -147,7 +147,7 @@ def _tflite_file(
 def _tflite_int8(job: ConvertJob, net: Any) -> Any:
     """TFLite INT8 options: ``--int8-mode dynamic`` forces dynamic range, otherwise the builder's
     choice for the architecture (static selective for conv nets, dynamic for transformers)."""
-    from agent.network import tflite_builder
+    from agent.backends.tflite import builder as tflite_builder
 
     mode = "dynamic" if job.int8_mode == "dynamic" else "auto"
     return tflite_builder.int8_options(job.keep_float, mode=mode, net=net)
@@ -162,7 +162,7 @@ def _tflite_int8_manifest(job: ConvertJob, net: Any) -> dict[str, Any] | None:
 
 
 def _tensorrt_file(job: ConvertJob, fp32: Any, tmp: Path) -> Path:
-    from agent.network import tensorrt_builder
+    from agent.backends.tensorrt import builder as tensorrt_builder
 
     onnx_path = tmp / "fp32.onnx"
     onnx_path.write_bytes(fp32.SerializeToString())
@@ -198,15 +198,15 @@ def load_converted(path: Path, threads: int = 0) -> NeuralNet:
     """Open a converted network with the runtime its suffix names."""
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from agent.runtime.onnx_runtime import OnnxNet
+        from agent.backends.onnx.runtime import OnnxNet
 
         return OnnxNet(path, intra_op_threads=threads or None)
     if suffix == ".tflite":
-        from agent.runtime.tflite_runtime import TFLiteNet
+        from agent.backends.tflite.runtime import TFLiteNet
 
         return TFLiteNet(path, threads=threads)
     if suffix in (".engine", ".plan"):
-        from agent.runtime.tensorrt_runtime import TensorRTNet
+        from agent.backends.tensorrt.runtime import TensorRTNet
 
         return TensorRTNet(path)
     raise RuntimeUnavailable(f"{path}: unknown converted-network suffix {suffix!r} (.onnx, .tflite, .engine)")
@@ -214,9 +214,9 @@ def load_converted(path: Path, threads: int = 0) -> NeuralNet:
 
 def run_conversion(job: ConvertJob, progress: ProgressFactory) -> tuple[VerifyReport, Path | None]:
     """Convert, verify, and write when verification passed (or ``force``); returns the report and path."""
-    from agent.network.onnx_builder import OnnxBuildOptions, build_onnx
+    from agent.backends.onnx.builder import OnnxBuildOptions, build_onnx
+    from agent.backends.onnx.runtime import OnnxNet
     from agent.network.reader import read_network
-    from agent.runtime.onnx_runtime import OnnxNet
 
     net = read_network(job.model)
     fp32 = build_onnx(net, OnnxBuildOptions(board_x=job.board, board_y=job.board))

@@ -1,7 +1,7 @@
 """TensorRT engines built on the device from our ONNX model (TensorRT 10 API).
 
 TensorRT comes from JetPack (or NVIDIA's wheels on a workstation) and is imported only here and in
-``agent.runtime.tensorrt_runtime``; on a machine without it ``RuntimeUnavailable`` says what to
+``agent.backends.tensorrt.runtime``; on a machine without it ``RuntimeUnavailable`` says what to
 install. An engine is specific to the GPU, its compute capability, the TensorRT version, the
 network and the precision, so it is cached under a key made of all five and rebuilt when any of
 them changes (a JetPack upgrade, a new network, another precision)::
@@ -12,7 +12,7 @@ Precision:
 
 * ``fp32``: plain build;
 * ``fp16``: ``BuilderFlag.FP16``; TensorRT keeps layers in FP32 where FP16 is unsupported;
-* ``int8``: *explicit* quantization: build from the QDQ ONNX model (``agent.network.quantize``)
+* ``int8``: *explicit* quantization: build from the QDQ ONNX model (``agent.backends.onnx.quantize``)
   with ``BuilderFlag.INT8`` (and FP16 for the layers left in float). TensorRT 10 deprecated
   implicit calibration, so no calibrator is used here.
 

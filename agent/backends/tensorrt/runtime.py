@@ -1,6 +1,6 @@
 """``NeuralNet`` over a TensorRT engine (TensorRT 10 ``execute_async_v3`` on pycuda buffers).
 
-The engine comes from ``agent.network.tensorrt_builder.ensure_engine`` (built on the device from
+The engine comes from ``agent.backends.tensorrt.builder.ensure_engine`` (built on the device from
 our ONNX model, cached by GPU + TensorRT version + network hash + precision). Input and output
 tensors carry the names of the ONNX graph: inputs ``spatial`` and ``global``, outputs ``policy``,
 ``policy_pass``, ``value``, ``score_value`` and ``ownership`` (the fields of ``NNOutputs``).
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from agent.backends.base import NetInfo, NeuralNet, NNInputs, NNOutputs
+from agent.backends.tensorrt.builder import BuildSettings, ensure_engine, import_tensorrt
 from agent.errors import InferenceError, RuntimeUnavailable
-from agent.network.tensorrt_builder import BuildSettings, ensure_engine, import_tensorrt
-from agent.runtime.base import NetInfo, NeuralNet, NNInputs, NNOutputs
 
 logger = logging.getLogger(__name__)
 

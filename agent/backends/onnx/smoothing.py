@@ -24,7 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from agent.network.model import F32
-from agent.network.positions import PositionSet
+from agent.network.tensors import PositionSet
 
 logger = logging.getLogger(__name__)
 

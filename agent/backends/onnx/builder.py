@@ -10,7 +10,7 @@ Graph interface (dynamic batch ``N``; buffer ``H x W``, 19x19 unless built small
              score_value  float32 [N, S]
              ownership    float32 [N, H*W]
 
-Output names equal the fields of :class:`agent.runtime.base.NNOutputs`. The model's metadata
+Output names equal the fields of :class:`agent.backends.base.NNOutputs`. The model's metadata
 properties carry the network name, model version and post-processing multipliers (key
 ``katago.postprocess``, JSON of :class:`PostProcessParams`), so a ``.onnx`` file is self-describing.
 
@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from agent.backends.onnx.graph import F32, Act, GraphBuilder, Layout, inv_sqrt, rope_tables
 from agent.errors import UnsupportedNetworkError
 from agent.network.model import (
     Activation,
@@ -53,7 +54,6 @@ from agent.network.model import (
     RMSNormLayer,
     iter_blocks,
 )
-from agent.network.onnx_graph import F32, Act, GraphBuilder, Layout, inv_sqrt, rope_tables
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class OnnxBuildOptions:
 
     board_x: int = MAX_BOARD
     board_y: int = MAX_BOARD
-    #: layer name -> per-input-channel scale (SmoothQuant, :mod:`agent.network.smoothing`)
+    #: layer name -> per-input-channel scale (SmoothQuant, :mod:`agent.backends.onnx.smoothing`)
     prescale: Mapping[str, F32] | None = None
 
 

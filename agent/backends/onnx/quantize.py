@@ -11,11 +11,11 @@ for GPUs (CUDA/TensorRT EPs) and ARM CPUs with FP16 arithmetic.
 **INT8 static** (:func:`to_int8_static`): post-training quantization in QDQ format with
 per-channel symmetric INT8 weights and UINT8 activations (the fast ``u8s8`` path of
 onnxruntime's x86 and ARM kernels), calibrated on real positions (see
-:mod:`agent.network.positions`) with min-max, percentile or entropy ranges. Only ``Conv`` and
+:mod:`agent.models.positions`) with min-max, percentile or entropy ranges. Only ``Conv`` and
 ``MatMul`` with constant weights are quantized (the attention score/value MatMuls multiply two
 activations and stay FP32). Layers measured to quantize badly are left in float by default;
 :data:`INT8_FLOAT_GROUPS` documents them. ``weight_rounding="gptq"`` (the ``convert`` default)
-rounds the INT8 weights with :mod:`agent.network.weight_rounding` on the calibration positions.
+rounds the INT8 weights with :mod:`agent.backends.onnx.weight_rounding` on the calibration positions.
 Modes (:func:`int8_mode_options`): ``static`` (float Conv/MatMul outputs), ``static-qlinear``
 (quantized outputs, ``QLinearConv``) and ``static-mixed`` (quantized outputs except the
 residual-stream increments).
@@ -38,9 +38,9 @@ from typing import Any, TypedDict
 import numpy as np
 import onnx
 
+from agent.backends.onnx import weight_rounding as weight_rounding_mod
 from agent.errors import ConversionError
-from agent.network import weight_rounding as weight_rounding_mod
-from agent.network.positions import PositionSet
+from agent.network.tensors import PositionSet
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def to_int8_static(
     the convolutions followed by ReLU run as ``QLinearConv``, the increments are not rounded.
 
     ``weight_rounding="gptq"`` rounds the INT8 weights with GPTQ on the calibration positions
-    (:mod:`agent.network.weight_rounding`) instead of to nearest, on the same grid;
+    (:mod:`agent.backends.onnx.weight_rounding`) instead of to nearest, on the same grid;
     ``bias_correction`` removes the mean output shift of the weight rounding from the biases.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static

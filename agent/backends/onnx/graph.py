@@ -76,7 +76,7 @@ class GraphBuilder:
         self._scalars: dict[tuple[float, str], str] = {}
         self.masks: Masks | None = None
         #: layer name -> per-input-channel s: the layer computes (x / s) @ (s * W), the same
-        #: function with flatter activations for INT8 (see agent.network.smoothing)
+        #: function with flatter activations for INT8 (see agent.backends.onnx.smoothing)
         self.prescale: Mapping[str, F32] = prescale or {}
 
     # --- naming and constants ---------------------------------------------------------------

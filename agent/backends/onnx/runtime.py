@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.backends.base import Cancel, NetInfo, NeuralNet, NNInputs, NNOutputs
 from agent.errors import (
     ConversionError,
     EvaluationCancelled,
@@ -42,7 +43,6 @@ from agent.errors import (
 )
 from agent.fsutil import atomic_write_bytes, sha256_file
 from agent.network.model import PostProcessParams
-from agent.runtime.base import Cancel, NetInfo, NeuralNet, NNInputs, NNOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def built_onnx_path(
     source: Path, board_x: int = 19, board_y: int = 19, cache_dir: Path | None = None
 ) -> Path:
     """Where the ONNX build of a KataGo network is cached (built on demand by :func:`ensure_onnx`)."""
-    from agent.network.onnx_builder import BUILDER_VERSION
+    from agent.backends.onnx.builder import BUILDER_VERSION
 
     key = f"{sha256_file(source)[:16]}-v{BUILDER_VERSION}-{board_x}x{board_y}"
     stem = source.name.split(".")[0]
@@ -86,7 +86,7 @@ def built_onnx_path(
 
 def ensure_onnx(source: Path, board_x: int = 19, board_y: int = 19, cache_dir: Path | None = None) -> Path:
     """Return a cached ONNX build of the KataGo network ``source``, building it if needed."""
-    from agent.network.onnx_builder import OnnxBuildOptions, build_onnx
+    from agent.backends.onnx.builder import OnnxBuildOptions, build_onnx
     from agent.network.reader import read_network
 
     target = built_onnx_path(source, board_x, board_y, cache_dir)

@@ -22,50 +22,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
+from agent.network.tensors import F32, NNInputs, NNOutputs
 
-F32 = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True)
-class NNInputs:
-    spatial: F32
-    global_: F32
-
-    def __post_init__(self) -> None:
-        if self.spatial.ndim != 4 or self.spatial.shape[1] != 22:
-            raise ValueError(f"spatial: got shape {self.spatial.shape}, expected [N, 22, H, W]")
-        if self.global_.ndim != 2 or self.global_.shape[1] != 19:
-            raise ValueError(f"global: got shape {self.global_.shape}, expected [N, 19]")
-        if self.spatial.shape[0] != self.global_.shape[0]:
-            raise ValueError(
-                f"batch mismatch: spatial has {self.spatial.shape[0]} rows, global {self.global_.shape[0]}"
-            )
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.spatial.shape[0])
-
-
-@dataclass(frozen=True)
-class NNOutputs:
-    policy: F32
-    policy_pass: F32
-    value: F32
-    score_value: F32
-    ownership: F32
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.value.shape[0])
-
-    def row(self, i: int) -> NNOutputs:
-        """One batch row, keeping the batch axis (size 1)."""
-        s = slice(i, i + 1)
-        return NNOutputs(
-            self.policy[s], self.policy_pass[s], self.value[s], self.score_value[s], self.ownership[s]
-        )
+__all__ = ["F32", "Cancel", "NNInputs", "NNOutputs", "NetInfo", "NeuralNet"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""One folder per backend: what it takes to build and run a network with it."""

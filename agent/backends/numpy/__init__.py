@@ -1,0 +1,1 @@
+"""The numpy reference runtime (FP32, runs everywhere)."""

@@ -1,0 +1,1 @@
+"""TensorRT: engine builder and runtime (JetPack's tensorrt + pycuda)."""

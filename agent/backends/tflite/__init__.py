@@ -1,0 +1,1 @@
+"""TFLite / LiteRT: builder and runtime."""

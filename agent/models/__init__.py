@@ -1,0 +1,1 @@
+"""The model store: source -> build -> calibrate -> verify -> cached artifact + manifest."""
