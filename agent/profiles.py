@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
+import platform
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -270,8 +271,18 @@ def choose_runtime(profile: Profile, runtimes: Runtimes | None) -> tuple[Runtime
     return None, reasons
 
 
-def choose_engine(profile: Profile, runtimes: Runtimes | None) -> tuple[str, list[str]]:
-    """The engine to run: the profile's, except ``katago`` without a usable binary falls back to native."""
+def choose_engine(
+    profile: Profile, runtimes: Runtimes | None, machine: str | None = None
+) -> tuple[str, list[str]]:
+    """The engine the daemon runs for ``profile``, and what it does about the KataGo binary.
+
+    The daemon never swaps engines by itself: a profile with ``engine = "katago"`` runs a KataGo
+    binary (``agent.engines.katago_binary.find_katago``: ``[katago] binary``, ``katago`` on PATH,
+    the one cached from the katrain wheel, else a download of that wheel when ``[katago] download``
+    is true, the default). Only ``engine = "native"`` in the agent config runs our search instead.
+    So a missing binary is reported as what happens at start-up, not as a fallback. ``machine`` is
+    this machine's ``uname -m`` (the katrain wheel's KataGo is a Linux x86-64 AppImage).
+    """
     if profile.engine.kind == "native":
         return "native", ["engine native (our search over the chosen runtime)"]
     if runtimes is None:
@@ -280,7 +291,17 @@ def choose_engine(profile: Profile, runtimes: Runtimes | None) -> tuple[str, lis
     if status is not None and status.available:
         return "katago", [f"engine katago: binary {status.path}"]
     problem = status.problem if status else "no katago binary found"
-    return "native", [f"engine katago wanted, but {problem}: native engine as fallback"]
+    machine = machine or platform.machine()
+    if machine.lower() in ("x86_64", "amd64"):
+        return "katago", [
+            f"engine katago ({problem}): the daemon runs KataGo from the katrain wheel instead (cached, "
+            "else fetched from PyPI at first start, ~106 MB, as [katago] download = true allows)"
+        ]
+    return "katago", [
+        f"engine katago ({problem}): the katrain wheel's KataGo is x86-64 only, so on this {machine} "
+        "machine the daemon cannot start until a katago binary is installed; "
+        'engine = "native" in the agent config runs our search instead'
+    ]
 
 
 def _deep_merge(

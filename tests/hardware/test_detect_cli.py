@@ -109,3 +109,52 @@ def test_detect__runtimes_listed_with_problems(capsys: pytest.CaptureFixture[str
     assert runtimes["numpy"]["available"] is True
     for name in out["runtimes_missing"]:
         assert runtimes[name]["available"] is False and runtimes[name]["problem"]
+
+
+def test_detect__jetson_nano_says_the_katago_binary_runs_not_a_native_fallback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jetson-nano profile asks for ``engine = "katago"``: the daemon runs a KataGo binary (or
+    fails to start), it never swaps in the native engine, so detect and the daemon's log say that."""
+    from agent.config import AgentConfig
+    from agent.startup import make_plan
+
+    root = FIXTURES / "jetson-nano"
+    katago = tmp_path / "bin" / "katago"
+    katago.parent.mkdir()
+    katago.write_text("#!/bin/sh\nexit 0\n")
+    katago.chmod(0o755)
+    out = _detect_json(capsys, "--root", str(root), "--katago", str(katago))
+    assert (out["profile"], out["engine"]) == ("jetson-nano", "katago")
+    assert f"engine katago: binary {katago}" in out["reasons"]
+
+    # no binary anywhere (PATH, katrain package): still the KataGo engine, fetched from katrain
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr("agent.hardware.runtimes._katrain_katago", lambda: None)
+    monkeypatch.setattr("agent.profiles.platform.machine", lambda: "x86_64")
+    out = _detect_json(capsys, "--root", str(root))
+    assert (out["profile"], out["engine"]) == ("jetson-nano", "katago")
+    engine_reason = next(r for r in out["reasons"] if r.startswith("engine "))
+    assert engine_reason.startswith("engine katago (no katago binary found; put a katago binary on PATH")
+    assert engine_reason.endswith(
+        "the daemon runs KataGo from the katrain wheel instead (cached, else fetched "
+        "from PyPI at first start, ~106 MB, as [katago] download = true allows)"
+    )
+    assert not any("fallback" in r and "engine" in r for r in out["reasons"])
+    assert cli.run(["detect", "--root", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "  engine katago; runtime " in text and "native engine" not in text
+
+    # the daemon's plan (logged reason by reason at start-up) says the same and runs the same engine
+    plan = make_plan(AgentConfig(root=root, model="fake"))
+    assert (plan.profile, plan.engine) == ("jetson-nano", "katago")
+    assert engine_reason in plan.reasons
+
+    # on the Nano itself (aarch64) the katrain binary cannot run: say so instead of promising it
+    monkeypatch.setattr("agent.profiles.platform.machine", lambda: "aarch64")
+    out = _detect_json(capsys, "--root", str(root))
+    assert out["engine"] == "katago"
+    assert any(
+        "so on this aarch64 machine the daemon cannot start until a katago binary" in r
+        for r in out["reasons"]
+    )

@@ -208,9 +208,21 @@ def test_choose_engine__katago_needs_a_binary() -> None:
     nano = load_profile(profiles_dir() / "jetson-nano.toml")
     with_binary = Runtimes((RuntimeStatus("katago", True, path="/usr/local/bin/katago"),))
     assert choose_engine(nano, with_binary) == ("katago", ["engine katago: binary /usr/local/bin/katago"])
-    engine, reasons = choose_engine(nano, _runtimes("numpy", "onnxruntime"))
-    assert engine == "native"
-    assert reasons == ["engine katago wanted, but katago missing: native engine as fallback"]
+    # no binary here: the daemon still runs KataGo (katrain's, x86-64 only), it never swaps engines
+    engine, reasons = choose_engine(nano, _runtimes("numpy", "onnxruntime"), machine="x86_64")
+    assert engine == "katago"
+    assert reasons == [
+        "engine katago (katago missing): the daemon runs KataGo from the katrain wheel instead (cached, "
+        "else fetched from PyPI at first start, ~106 MB, as [katago] download = true allows)"
+    ]
+    engine, reasons = choose_engine(nano, _runtimes("numpy", "onnxruntime"), machine="aarch64")
+    assert engine == "katago"
+    assert reasons == [
+        "engine katago (katago missing): the katrain wheel's KataGo is x86-64 only, so on this aarch64 "
+        'machine the daemon cannot start until a katago binary is installed; engine = "native" in the '
+        "agent config runs our search instead"
+    ]
+    assert not any("fallback" in r for r in reasons)
     pi = load_profile(profiles_dir() / "raspberry-pi-4.toml")
     assert choose_engine(pi, with_binary)[0] == "native"
 
