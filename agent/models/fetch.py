@@ -12,9 +12,14 @@ Sources:
 
 Every write is atomic (temp file in the store folder, fsync, rename), so the store never holds a
 torn file; every stored file is parsed once (:func:`agent.network.reader.read_network`) before it
-is given its final name, so the store only holds readable networks. The store is
-``$KATAGO_EDGE_HOME/models``, else ``~/.local/share/katago-edge/models``. On a terminal a rich
-progress bar shows download progress.
+is given its final name, so the store only holds readable networks. On a terminal a rich progress
+bar shows download progress.
+
+The store is the one the agent itself reads: ``model_store_dir`` of the agent config
+(``agent.config.AgentConfig``: ``model_store``, else ``<state_dir>/models``), found as ``serve``
+finds it (``--config``, ``$CONFIGURATION_DIRECTORY/agent.toml``, ``/etc/katago-edge/agent.toml``,
+else the defaults: ``$STATE_DIRECTORY`` or ``$XDG_DATA_HOME/katago-edge``). So after
+``install.sh``, ``sudo katago-edge fetch-model katrain`` lands in ``/var/lib/katago-edge/models``.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from agent.errors import ModelStoreError, NetworkFileError
+from agent.errors import ConfigError, ModelStoreError, NetworkFileError
 from agent.fsutil import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -48,12 +53,23 @@ HTTP_TIMEOUT_S = 60
 PIP_TIMEOUT_S = 1800
 
 
-def model_store_dir() -> Path:
-    """``$KATAGO_EDGE_HOME/models`` or ``~/.local/share/katago-edge/models`` (not created here)."""
-    home = os.environ.get("KATAGO_EDGE_HOME")
-    if home:
-        return Path(home).expanduser() / "models"
-    return Path.home() / ".local" / "share" / "katago-edge" / "models"
+def agent_model_store(config: Path | None = None) -> tuple[Path, Path | None]:
+    """The store the agent reads, and the config file that names it (None: the defaults).
+
+    The config is looked up as ``katago-edge serve`` does (:func:`agent.config.find_config`), so
+    this is the single default: ``AgentConfig.model_store_dir``.
+    """
+    from agent.config import find_config, load_config  # the agent's own view (imported on use)
+
+    path = find_config(config)
+    if config is None and path is not None and not os.access(path, os.R_OK):
+        # the installed agent's config is root:katago-edge 0640: a plain user cannot learn its store
+        raise ConfigError(
+            f"cannot read {path}, the agent config that names the model store: run as root "
+            "(sudo katago-edge fetch-model ...), or give --config FILE or --dest DIR"
+        )
+    agent_config = load_config(path)
+    return agent_config.model_store_dir, path
 
 
 def fetch_model(
@@ -70,7 +86,7 @@ def fetch_model(
     ``sha256`` (hex) is checked for every kind of source. ``force`` re-downloads even when the
     store already has the file. ``pip_args`` are extra ``pip download`` options (e.g. an index).
     """
-    dest = Path(dest_dir or store or model_store_dir()).expanduser()
+    dest = Path(dest_dir or store or agent_model_store()[0]).expanduser()
     text = str(source).strip()
     expected = sha256.lower().strip() if sha256 else None
     try:
@@ -241,12 +257,39 @@ def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
 
 def configure_fetch_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="PATH, http(s) URL, 'katrain' (PyPI katrain wheel) or a store name")
-    parser.add_argument("--dest", type=Path, help=f"model store folder (default {model_store_dir()})")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="agent config whose model store to use (default: the one `serve` reads: "
+        "$CONFIGURATION_DIRECTORY/agent.toml, /etc/katago-edge/agent.toml, else the defaults)",
+    )
+    parser.add_argument("--dest", type=Path, help="store in this folder instead of the agent's model store")
     parser.add_argument("--sha256", help="expected sha256 of the network file (hex)")
     parser.add_argument("--force", action="store_true", help="download again even if the store has it")
 
 
 def command_fetch_model(args: argparse.Namespace) -> int:
-    path = fetch_model(args.source, args.dest, args.sha256, force=args.force)
+    """Print the stored file's path (stdout, for scripts), where that is and how to serve it (stderr)."""
+    try:
+        agent_store, config = agent_model_store(args.config)
+    except ConfigError:
+        if args.dest is None:
+            raise
+        agent_store, config = None, None  # --dest needs no config; only the hint is shorter
+    path = fetch_model(args.source, args.dest or agent_store, args.sha256, force=args.force)
     print(path)
+    if agent_store is not None and path.parent.resolve() == agent_store.resolve():
+        owner = (
+            f"the model store of {config}" if config else "the agent's default model store; no config file"
+        )
+        print(f"stored in {path.parent} ({owner})", file=sys.stderr)
+    elif agent_store is not None:
+        print(f"stored in {path.parent}: not where the agent looks ({agent_store})", file=sys.stderr)
+    else:
+        print(f"stored in {path.parent}", file=sys.stderr)
+    if config is not None:
+        how = f'set model = "{path}" in {config}, then reload the agent (`systemctl reload katago-edge` or SIGHUP)'
+    else:
+        how = f'set model = "{path}" in the agent config, then restart the agent'
+    print(f"to serve it: {how}; or run `katago-edge serve --model {path}`", file=sys.stderr)
     return 0

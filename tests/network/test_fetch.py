@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from agent import cli
-from agent.errors import ModelStoreError
-from agent.models.fetch import KATRAIN_MEMBER, fetch_model, model_store_dir
+from agent.errors import ConfigError, ModelStoreError
+from agent.models.fetch import KATRAIN_MEMBER, agent_model_store, fetch_model
 from agent.network.reader import read_network
 from agent.network.writer import tiny_network, write_network
 
@@ -54,11 +55,67 @@ def test_fetch__sha_mismatch_and_non_network_leave_store_clean(tmp_path: Path, t
         fetch_model("no-such-net", store)
 
 
-def test_fetch__store_dir_follows_katago_edge_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KATAGO_EDGE_HOME", str(tmp_path / "home"))
-    assert model_store_dir() == tmp_path / "home" / "models"
-    monkeypatch.delenv("KATAGO_EDGE_HOME")
-    assert model_store_dir() == Path.home() / ".local" / "share" / "katago-edge" / "models"
+def test_fetch__default_store_is_the_agent_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One default: ``AgentConfig.model_store_dir`` of the config ``serve`` would read."""
+    monkeypatch.delenv("CONFIGURATION_DIRECTORY", raising=False)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr("agent.config.DEFAULT_CONFIG_PATHS", (tmp_path / "etc/katago-edge/agent.toml",))
+    assert agent_model_store() == (tmp_path / "xdg/katago-edge/models", None)  # no config file anywhere
+    installed = tmp_path / "etc/katago-edge/agent.toml"  # what install.sh writes
+    installed.parent.mkdir(parents=True)
+    installed.write_text(f'state_dir = "{tmp_path}/var/lib/katago-edge"\n')
+    assert agent_model_store() == (tmp_path / "var/lib/katago-edge/models", installed)
+    unit_conf = tmp_path / "unit-conf" / "agent.toml"  # systemd's ConfigurationDirectory= comes first
+    unit_conf.parent.mkdir()
+    unit_conf.write_text(f'model_store = "{tmp_path}/nets"\n')
+    monkeypatch.setenv("CONFIGURATION_DIRECTORY", str(unit_conf.parent))
+    assert agent_model_store() == (tmp_path / "nets", unit_conf)
+    assert agent_model_store(installed) == (tmp_path / "var/lib/katago-edge/models", installed)
+    monkeypatch.delenv("CONFIGURATION_DIRECTORY")
+    # install.sh's config is root:katago-edge 0640: a plain user is told to use sudo, not a wrong store
+    real_access = os.access
+    monkeypatch.setattr(
+        "agent.models.fetch.os.access", lambda p, mode: Path(p) != installed and real_access(p, mode)
+    )
+    with pytest.raises(
+        ConfigError, match=rf"cannot read {installed}, .*: run as root \(sudo katago-edge fetch-model"
+    ):
+        agent_model_store()
+    assert agent_model_store(installed)[0] == tmp_path / "var/lib/katago-edge/models"  # named: just read
+
+
+def test_fetch__cli_stores_where_the_installed_agent_looks_and_says_how_to_serve_it(
+    tmp_path: Path, tiny_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "etc/katago-edge/agent.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'state_dir = "{tmp_path}/var/lib/katago-edge"\n')
+    monkeypatch.delenv("CONFIGURATION_DIRECTORY", raising=False)
+    monkeypatch.setattr("agent.config.DEFAULT_CONFIG_PATHS", (config,))
+    stored = tmp_path / "var/lib/katago-edge/models/tiny-net.bin.gz"
+    for args in ([], ["--config", str(config)]):
+        assert cli.run(["fetch-model", str(tiny_file), *args]) == 0
+        out, err = capsys.readouterr()
+        assert out == f"{stored}\n"
+        assert stored.read_bytes() == tiny_file.read_bytes()
+        assert err.splitlines()[-2:] == [
+            f"stored in {stored.parent} (the model store of {config})",
+            f'to serve it: set model = "{stored}" in {config}, then reload the agent '
+            f"(`systemctl reload katago-edge` or SIGHUP); or run `katago-edge serve --model {stored}`",
+        ]
+    # the agent started with this config finds it by name too (serve's own lookup)
+    from agent.config import load_config
+
+    assert fetch_model("tiny-net", store=load_config(config).model_store_dir) == stored
+    # --dest elsewhere: stored there, and told that the agent does not look there
+    assert cli.run(["fetch-model", str(tiny_file), "--dest", str(tmp_path / "elsewhere")]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{tmp_path / 'elsewhere' / 'tiny-net.bin.gz'}\n"
+    assert (
+        err.splitlines()[-2]
+        == f"stored in {tmp_path / 'elsewhere'}: not where the agent looks ({stored.parent})"
+    )
 
 
 @pytest.fixture
