@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from agent.commands import strength as strength_command
 from agent.errors import ConversionError
 from agent.models.verify import MIN_POSITIONS, Threshold, VerifyReport
 
@@ -44,19 +45,28 @@ ProgressFn = Callable[[int, int], None]
 
 
 @contextmanager
-def progress_reporter(description: str, total: int) -> Iterator[ProgressFn]:
+def progress_reporter(description: str, total: int) -> Iterator[Callable[..., None]]:
+    """Yields ``step(done, total, note="")``; ``note`` is a status shown with the count (a match's
+    score and interval)."""
     if sys.stderr.isatty():
-        from rich.progress import Progress
+        from rich.progress import Progress as RichProgress
 
-        with Progress(transient=True) as bar:
+        with RichProgress(transient=True) as bar:
             task = bar.add_task(description, total=total)
-            yield lambda done, tot: bar.update(task, completed=done, total=tot)
+
+            def update(done: int, tot: int, note: str = "") -> None:
+                desc = f"{description} {note}" if note else description
+                bar.update(task, completed=done, total=tot, description=desc)
+
+            yield update
         return
     step = max(total // 10, 1)
     last = [-step]
 
-    def log(done: int, tot: int) -> None:
-        if done - last[0] >= step or done == tot:
+    def log(done: int, tot: int, note: str = "") -> None:
+        if note:  # slow steps with a status (match games): every one
+            logger.info("%s: %d/%d %s", description, done, tot, note)
+        elif done - last[0] >= step or done == tot:
             last[0] = done
             logger.info("%s: %d/%d", description, done, tot)
 
@@ -136,6 +146,7 @@ def configure_verify(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", required=True, type=Path, help="the FP32 KataGo network it came from")
     parser.add_argument("--precision", help="thresholds to apply (default: from the file / manifest)")
     _add_common(parser)
+    strength_command.add_arguments(parser)
 
 
 def _profile_thresholds(name: str, precision: str) -> dict[str, Threshold]:
@@ -217,6 +228,8 @@ def command_convert(args: argparse.Namespace) -> int:
 
 
 def command_verify(args: argparse.Namespace) -> int:
+    if args.games:
+        return strength_command.run_match(args, progress_reporter)
     from agent.backends.onnx.runtime import OnnxNet
     from agent.models.manifest import read_manifest
     from agent.models.pipeline import load_converted, verification_positions, verify_with_progress

@@ -238,6 +238,10 @@ def _sgf_point(loc: int, g: Geometry) -> str:
     return "abcdefghijklmnopqrstuvwxyz"[x] + "abcdefghijklmnopqrstuvwxyz"[y]
 
 
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("]", "\\]")
+
+
 def write_sgf(
     x_size: int,
     y_size: int,
@@ -247,11 +251,15 @@ def write_sgf(
     rules: str | None = None,
     setup: list[tuple[int, int]] | None = None,
     first_player: int | None = None,
+    properties: dict[str, str] | None = None,
 ) -> str:
-    """A minimal FF[4] SGF of a main line (passes written as ``[]``)."""
+    """A minimal FF[4] SGF of a main line (passes written as ``[]``); ``properties`` adds root
+    properties such as ``PB``, ``PW``, ``RE``, ``C`` (values escaped)."""
     g = Geometry(x_size, y_size)
     size = str(x_size) if x_size == y_size else f"{x_size}:{y_size}"
     parts = [f"(;FF[4]GM[1]CA[UTF-8]SZ[{size}]"]
+    for key, value in (properties or {}).items():
+        parts.append(f"{key}[{_escape(value)}]")
     if komi is not None:
         parts.append(f"KM[{komi:g}]")
     if rules is not None:

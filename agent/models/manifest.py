@@ -127,3 +127,18 @@ def read_manifest(network_file: Path) -> Manifest | None:
         return Manifest.from_json(json.loads(path.read_text()))
     except (OSError, ValueError) as exc:
         raise ConversionError(f"{path}: unreadable manifest: {exc}") from exc
+
+
+def add_to_manifest(network_file: Path, key: str, value: Any) -> Path | None:
+    """Set ``key`` in the manifest beside ``network_file`` (atomically rewritten); returns its
+    path, or None when the file has no manifest."""
+    manifest = read_manifest(network_file)
+    if manifest is None:
+        return None
+    manifest.extra[key] = value
+    path = manifest_path(network_file)
+    try:
+        atomic_write_bytes(path, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
+    except OSError as exc:
+        raise ConversionError(f"cannot write {path}: {exc}") from exc
+    return path
