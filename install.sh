@@ -434,15 +434,35 @@ prepare_network() {
 	stamp="$(cat "$STAMP_DIR/package" 2>/dev/null || true) $(sha256sum "$CONFIG" 2>/dev/null | cut -c1-32 || true)"
 	[[ -f $stamp_file && $(cat "$stamp_file") == "$stamp" ]] && return 0
 	say "  preparing the network (fetch, convert once, test the engine); this can take minutes"
-	local cmd=("$VENV/bin/katago-edge" serve --config "$CONFIG" --prepare-only)
+	local cmd=("$VENV/bin/katago-edge" serve --config "$CONFIG" --prepare-only) prepared=0
 	if [[ $NO_SYSTEMD -eq 0 ]]; then
 		# as the service user, with its own HOME (pip's cache when fetching the katrain wheel)
-		run runuser -u "$SERVICE_USER" -- env HOME="$STATE_DIR" XDG_CACHE_HOME="$CACHE_DIR" "${cmd[@]}"
+		run runuser -u "$SERVICE_USER" -- env HOME="$STATE_DIR" XDG_CACHE_HOME="$CACHE_DIR" "${cmd[@]}" && prepared=1
 	else
-		run "${cmd[@]}"
+		run "${cmd[@]}" && prepared=1
 	fi
+	[[ $prepared -eq 1 ]] || network_failed
 	printf '%s\n' "$stamp" | write_file "$stamp_file" 0644 || true
 	changed "network prepared"
+}
+
+# The agent has printed why; a download failing on an offline machine is the usual case: say how to
+# install without one. The store is where the installed agent looks (<state_dir>/models).
+network_failed() {
+	local store="$STATE_DIR/models"
+	if [[ $MODEL == fake* || (-n $MODEL && -f $MODEL) ]]; then
+		die "preparing the network failed: see the agent's message above"
+	fi
+	cat >&2 <<EOF
+$PROGRAM: error: preparing the network failed: see the agent's message above
+  No internet here? Bring a KataGo network file (.bin.gz) over and copy it into the folder where
+  the installed agent looks for networks:
+    $store/
+  then run install.sh again with --model $store/NAME.bin.gz.
+  Where there is internet, \`katago-edge fetch-model katrain\` gets one (KaTrain's b10c384 network;
+  it prints where it stored the file), or take a .bin.gz from https://katagotraining.org/networks/.
+EOF
+	exit 1
 }
 
 # Debian's mosquitto service reads /etc/mosquitto/conf.d: turn Nagle's algorithm off there (the

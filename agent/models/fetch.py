@@ -20,6 +20,9 @@ The store is the one the agent itself reads: ``model_store_dir`` of the agent co
 finds it (``--config``, ``$CONFIGURATION_DIRECTORY/agent.toml``, ``/etc/katago-edge/agent.toml``,
 else the defaults: ``$STATE_DIRECTORY`` or ``$XDG_DATA_HOME/katago-edge``). So after
 ``install.sh``, ``sudo katago-edge fetch-model katrain`` lands in ``/var/lib/katago-edge/models``.
+
+A download that fails (an offline machine) says how to do without it: copy the file into the
+store under the name the agent looks for, or point the agent at a local network file.
 """
 
 from __future__ import annotations
@@ -70,6 +73,16 @@ def agent_model_store(config: Path | None = None) -> tuple[Path, Path | None]:
         )
     agent_config = load_config(path)
     return agent_config.model_store_dir, path
+
+
+def offline_hint(source: str, target: Path) -> str:
+    """What to do when ``source`` cannot be downloaded into ``target`` (no internet here)."""
+    return (
+        f"without internet here, bring the network over: put {target.name} into {target.parent} "
+        f"(where the agent looks; `katago-edge fetch-model {source}` on a machine with internet "
+        "prints where it stored it), or use a local .bin.gz file: `--model PATH` "
+        '(install.sh, serve) or model = "PATH" in the agent config'
+    )
 
 
 def fetch_model(
@@ -152,7 +165,7 @@ def _from_url(url: str, dest: Path, expected: str | None, force: bool) -> Path:
                 )
             _finish(out, tmp, name)
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise ModelStoreError(f"downloading {url} failed: {exc}") from exc
+        raise ModelStoreError(f"downloading {url} failed: {exc}; {offline_hint(url, target)}") from exc
     logger.info("downloaded %s to %s", url, target)
     return target
 
@@ -173,10 +186,13 @@ def _from_katrain(spec: str, dest: Path, expected: str | None, force: bool, pip_
                 stdout=None if interactive else subprocess.PIPE, stderr=None if interactive else subprocess.STDOUT,
             )  # fmt: skip
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ModelStoreError(f"pip download {spec} failed: {exc}") from exc
+            raise ModelStoreError(f"pip download {spec} failed: {exc}; {offline_hint(spec, target)}") from exc
         if proc.returncode != 0:
             tail = (proc.stdout or "").strip().splitlines()[-3:]
-            raise ModelStoreError(f"pip download {spec} failed (exit {proc.returncode}): {' | '.join(tail)}")
+            raise ModelStoreError(
+                f"pip download {spec} failed (exit {proc.returncode}): {' | '.join(tail)}; "
+                + offline_hint(spec, target)
+            )
         wheels = sorted(Path(tmp).glob("katrain-*.whl"))
         if not wheels:
             raise ModelStoreError(f"pip download {spec} produced no katrain wheel")

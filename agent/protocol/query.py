@@ -102,6 +102,22 @@ class AnalysisRequest:
         return self.params.report_analysis_winrates_as
 
 
+def finals_expected(query: dict[str, Any]) -> int:
+    """How many final responses (``isDuringSearch: false``) a query gets: one per *distinct* turn.
+
+    KataGo marks the turns to analyse in an array of flags (``cpp/command/analysis.cpp``), so
+    ``"analyzeTurns": [0, 0, 0]`` analyses turn 0 once and ``[]`` analyses nothing (no response
+    at all). An action, or a query without ``analyzeTurns``, gets one. A malformed list gets one
+    (the field error). Transports wait for exactly this many finals (or one error).
+    """
+    if "action" in query:
+        return 1
+    turns = query.get("analyzeTurns")
+    if not isinstance(turns, list) or not all(_is_int(t) for t in turns):
+        return 1
+    return len(set(turns))
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

@@ -9,9 +9,16 @@ Life cycle of the connection (Frigate's availability pattern, with MQTT 5 sessio
     every health_interval_s: health (retained, Message Expiry Interval)
     stop(clean=True): publish status "stopped" (retained), DISCONNECT (the broker drops the will)
 
-paho reconnects by itself with exponential backoff (``reconnect_min_s`` .. ``reconnect_max_s``);
-replies published while disconnected wait in paho's outgoing queue (``outgoing_queue`` messages;
-beyond that they are dropped and counted as ``dropped_outgoing``). A refused login (bad user name
+Back-pressure, not drops: the CONNECT carries an MQTT 5 **Receive Maximum** equal to what the
+dispatcher holds (``max_concurrent + max_queue``) and requests are acknowledged by hand (paho's
+``manual_ack``) only once their terminal reply was acknowledged by the broker. So the broker never
+sends more requests than the agent can hold (the rest wait in the broker's session queue), and a
+request a killed agent had taken is redelivered to the next one (the session is persistent).
+Terminal replies are never dropped (there are at most Receive Maximum of them in flight); partial
+results wait while more than ``outgoing_queue`` replies are unacknowledged and connected (the
+search slows instead), and only while disconnected are they dropped (``dropped_outgoing``).
+
+paho reconnects by itself with exponential backoff (``reconnect_min_s`` .. ``reconnect_max_s``). A refused login (bad user name
 or password, not authorized) is logged once per attempt with the reason and retried with the same
 backoff, at most ``auth_retry_limit`` times; then the transport gives up and ``error`` says why.
 Message handling itself lives in :mod:`agent.transports.mqtt_dispatch` (no paho there).
@@ -37,7 +44,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from agent import __version__
 from agent.errors import ConfigError, TransportError
 from agent.transports.mqtt_dispatch import HandleQuery, RequestDispatcher
-from agent.transports.mqtt_handlers import Incoming, ReplyTo, Response, encode, status_payload
+from agent.transports.mqtt_handlers import Ack, Incoming, ReplyTo, Response, encode, status_payload
 from agent.transports.mqtt_settings import MqttSettings, resolve_password
 from agent.transports.topics import DeviceTopics
 
@@ -49,12 +56,15 @@ AUTH_REFUSED = {134, 135, 4, 5}  # MQTT 5 Bad user name or password / Not author
 InfoSource = Callable[[], dict[str, Any]] | dict[str, Any] | None
 
 
-def make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
-    """A paho MQTT 5 client with TLS, credentials and reconnect backoff set from ``settings``."""
+def make_client(settings: MqttSettings, client_id: str, manual_ack: bool = False) -> mqtt.Client:
+    """A paho MQTT 5 client with TLS, credentials and reconnect backoff set from ``settings``.
+
+    paho's own outgoing queue is unbounded: the agent bounds what it publishes itself."""
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
     )
     if settings.use_tls:
         try:
@@ -71,7 +81,6 @@ def make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
     if settings.username:
         client.username_pw_set(settings.username, resolve_password(settings))
     client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
-    client.max_queued_messages_set(settings.outgoing_queue)
     client.max_inflight_messages_set(100)
     return client
 
@@ -145,6 +154,7 @@ class MqttTransport:
             "dropped_outgoing": 0,
             "publish_errors": 0,
             "publish_refused": 0,
+            "published": 0,
         }
         self._error: TransportError | None = None
         self._health_thread: threading.Thread | None = None
@@ -157,8 +167,9 @@ class MqttTransport:
             request_timeout_s=config.request_timeout_s,
             dedup_ttl_s=config.dedup_ttl_s,
             reply_check=self.topics.fleet.reply_conflict,
+            max_backlog_bytes=config.max_backlog_bytes,
         )
-        self._client = make_client(config, self.client_id)
+        self._client = make_client(config, self.client_id, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
@@ -167,6 +178,11 @@ class MqttTransport:
         self._client.on_publish = self._on_publish
         self._own_mids: dict[int, str] = {}  # mid -> our status/health topic, to explain refusals
         self._refused_topics: set[str] = set()
+        # Publishes not yet acknowledged by the broker: mid -> what to do then (ack the request).
+        self._unconfirmed: dict[int, Ack | None] = {}
+        self._confirmed_early: set[int] = set()  # PUBACK seen before publish() returned the mid
+        self._room = threading.Condition(self._lock)
+        self._network_thread: int | None = None
         will = status_payload(
             "offline", device_id, self._since, {"version": __version__, **_info(status_info)}
         )
@@ -187,6 +203,7 @@ class MqttTransport:
         self.dispatcher.start()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.config.session_expiry_s
+        props.ReceiveMaximum = self.dispatcher.capacity
         logger.info(
             "MQTT: connecting to %s:%s as %s (tls=%s, user=%s)",
             self.config.host,
@@ -219,6 +236,8 @@ class MqttTransport:
         """Stop serving: answer or abort pending requests, publish ``stopped``, disconnect."""
         self._stop.set()
         self._health_now.set()
+        with self._room:
+            self._room.notify_all()
         self.dispatcher.stop(timeout)
         if clean and self._connected.is_set():
             info = self._publish(self.topics.status, self._status("stopped"), retain=True)
@@ -235,6 +254,7 @@ class MqttTransport:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             out: dict[str, Any] = dict(self._counts)
+            out["unconfirmed"] = len(self._unconfirmed)
         out["connected"] = self.connected
         out.update(self.dispatcher.stats())
         return out
@@ -326,6 +346,16 @@ class MqttTransport:
     ) -> None:
         with self._lock:
             topic = self._own_mids.pop(mid, None)
+            if mid in self._unconfirmed:
+                then = self._unconfirmed.pop(mid)
+            else:
+                then = None
+                self._confirmed_early.add(mid)
+            self._counts["published"] += 1
+            self._room.notify_all()
+        if then is not None:
+            then()  # acknowledge the request whose terminal reply this was
+        with self._lock:
             if not reason.is_failure:
                 return
             self._counts["publish_refused"] += 1
@@ -366,6 +396,8 @@ class MqttTransport:
                 )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._network_thread = threading.get_ident()
+        ack = self._ack_for(msg.mid, msg.qos)
         try:
             props = msg.properties
             incoming = Incoming(
@@ -374,10 +406,30 @@ class MqttTransport:
                 response_topic=getattr(props, "ResponseTopic", None),
                 correlation=getattr(props, "CorrelationData", None),
                 expiry_s=getattr(props, "MessageExpiryInterval", None),
+                ack=ack,
             )
+        except Exception:  # e.g. a topic that is not UTF-8: acknowledge, nothing to answer
+            logger.exception("MQTT: unreadable message (mid %s)", msg.mid)
+            if ack is not None:
+                ack()
+            return
+        try:
             self.dispatcher.on_message(incoming)
         except Exception:  # never let one message kill paho's network thread; the cause is logged
-            logger.exception("MQTT: failed to handle a message on %s", msg.topic)
+            logger.exception("MQTT: failed to handle a message on %r", incoming.topic)
+
+    def _ack_for(self, mid: int, qos: int) -> Ack | None:
+        """The PUBACK of one received message, to be sent once (QoS 0 needs none)."""
+        if qos == 0:
+            return None
+        sent = threading.Event()
+
+        def ack() -> None:
+            if not sent.is_set():
+                sent.set()
+                self._client.ack(mid, qos)
+
+        return ack
 
     # -- publishing -------------------------------------------------------------------------------
     def _status(self, state: str) -> dict[str, Any]:
@@ -388,10 +440,32 @@ class MqttTransport:
             info = {}
         return status_payload(state, self.device_id, self._since, {"version": __version__, **info})
 
-    def _publish_reply(self, reply: ReplyTo, response: Response) -> None:
+    def _publish_reply(self, reply: ReplyTo, response: Response, then: Ack | None = None) -> None:
+        """Publish one reply. ``then`` (given for terminal replies) runs once the broker has it.
+
+        Partial results (no ``then``) wait while ``outgoing_queue`` replies are unconfirmed and
+        the broker is connected; while disconnected they are dropped beyond that bound."""
+        if then is None and not self._room_for_partial():
+            with self._lock:
+                self._counts["dropped_outgoing"] += 1
+            return
         self._publish(
-            reply.topic, response, correlation=reply.correlation, expiry_s=self.config.reply_expiry_s
+            reply.topic,
+            response,
+            correlation=reply.correlation,
+            expiry_s=self.config.reply_expiry_s,
+            then=then,
         )
+
+    def _room_for_partial(self) -> bool:
+        limit = self.config.outgoing_queue
+        on_network_thread = threading.get_ident() == self._network_thread
+        with self._room:
+            while len(self._unconfirmed) >= limit:
+                if not self._connected.is_set() or self._stop.is_set() or on_network_thread:
+                    return False
+                self._room.wait(0.5)
+        return True
 
     def _publish(
         self,
@@ -401,6 +475,7 @@ class MqttTransport:
         retain: bool = False,
         correlation: bytes | None = None,
         expiry_s: int | None = None,
+        then: Ack | None = None,
     ) -> mqtt.MQTTMessageInfo | None:
         props = publish_properties(expiry_s, correlation)
         try:
@@ -409,16 +484,29 @@ class MqttTransport:
             with self._lock:
                 self._counts["publish_errors"] += 1
             logger.warning("MQTT: cannot publish to %r: %s", topic, exc)
+            if then is not None:
+                then()  # never deliverable: acknowledge, or the broker would redeliver it forever
             return None
-        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             with self._lock:
-                self._counts["dropped_outgoing"] += 1
+                self._counts["publish_errors"] += 1
+            logger.warning("MQTT: publish to %r failed: %s", topic, mqtt.error_string(info.rc))
+            if then is not None:
+                then()
             return None
-        if topic in (self.topics.status, self.topics.health):
-            with self._lock:
-                if len(self._own_mids) > 1000:  # unacknowledged for long: forget the oldest
-                    self._own_mids.pop(next(iter(self._own_mids)))
-                self._own_mids[info.mid] = topic
+        with self._lock:
+            if info.mid in self._confirmed_early:  # the PUBACK was faster than this thread
+                self._confirmed_early.discard(info.mid)
+                confirmed = True
+            else:
+                self._unconfirmed[info.mid] = then
+                confirmed = False
+                if topic in (self.topics.status, self.topics.health):
+                    if len(self._own_mids) > 1000:  # unacknowledged for long: forget the oldest
+                        self._own_mids.pop(next(iter(self._own_mids)))
+                    self._own_mids[info.mid] = topic
+        if confirmed and then is not None:
+            then()
         return info
 
     def _health_loop(self) -> None:

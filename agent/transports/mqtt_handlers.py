@@ -27,12 +27,34 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.protocol.query import finals_expected
 from agent.transports.topics import check_publish_topic
+
+__all__ = [
+    "REPLY_TOPIC_KEY",
+    "Ack",
+    "Incoming",
+    "RecentKeys",
+    "Rejection",
+    "ReplyCheck",
+    "ReplyTo",
+    "Request",
+    "Response",
+    "decode_request",
+    "encode",
+    "error_response",
+    "finals_expected",
+    "is_terminal",
+    "reply_topic_problem",
+    "status_payload",
+]
 
 REPLY_TOPIC_KEY = "replyTopic"
 """Payload key naming the reply topic for MQTT 3.1.1 clients (no Response Topic property)."""
 
 Response = dict[str, Any]
+Ack = Callable[[], None]
+"""Acknowledges one received QoS 1 request to the broker (MQTT PUBACK); called exactly once."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,7 @@ class Incoming:
     correlation: bytes | None = None
     expiry_s: int | None = None  # remaining Message Expiry Interval as forwarded by the broker
     received: float = field(default_factory=time.monotonic)
+    ack: Ack | None = None  # the PUBACK, sent once the request's final reply reached the broker
 
 
 @dataclass(frozen=True)
@@ -63,6 +86,7 @@ class Request:
     reply: ReplyTo
     received: float
     deadline: float | None  # monotonic time after which the request has expired
+    size: int = 0  # payload bytes, for the dispatcher's memory budget
 
     @property
     def query_id(self) -> str:
@@ -164,21 +188,11 @@ def decode_request(
     if reply is None:
         return Rejection(error_response("no reply topic", qid), None, "no_reply_topic")
     deadline = None if msg.expiry_s is None else msg.received + msg.expiry_s
-    return Request(obj, reply, msg.received, deadline)
+    return Request(obj, reply, msg.received, deadline, size)
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def finals_expected(query: dict[str, Any]) -> int:
-    """How many final responses (``isDuringSearch: false``) a query produces: one per analysed turn."""
-    if "action" in query:
-        return 1
-    turns = query.get("analyzeTurns")
-    if isinstance(turns, list) and turns:
-        return len(turns)
-    return 1
 
 
 def is_terminal(query: dict[str, Any], response: Response) -> bool | None:

@@ -64,7 +64,10 @@ class MqttSettings(BaseModel):
     share_group: str = "katago-edge"
     max_payload_bytes: int = Field(65536, ge=256)
     max_concurrent: int = Field(1, ge=1)
-    max_queue: int = Field(16, ge=0)
+    max_queue: int = Field(16, ge=0, description="queued requests; with max_concurrent, the Receive Maximum")
+    max_backlog_bytes: int = Field(
+        8 << 20, ge=0, description="payload bytes held beyond max_queue (broker over-delivery) before busy"
+    )
     request_timeout_s: float = Field(600.0, gt=0)
     dedup_ttl_s: float = Field(600.0, ge=0)
 

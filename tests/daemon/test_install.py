@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -318,3 +319,31 @@ def test_install__foreground_execs_the_agent_and_sigterm_exits_0(short_tmp: Path
         _install("--uninstall", *[a for a in args if a != "--foreground"])
     assert "running in the foreground" in out
     assert _tree(prefix) == []
+
+
+def test_install__offline_network_failure_says_where_to_put_a_network(short_tmp: Path) -> None:
+    """An offline machine: the download fails, and both the agent and install.sh say what to do."""
+    prefix = short_tmp / "opt"
+    with socket.socket() as probe:  # nothing listens there: the download is refused, as offline
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/net.bin.gz"
+    args = ["--prefix", str(prefix), "--no-systemd", "--broker", f"127.0.0.1:{free_port()}", "--model", url,
+            "--venv", str(Path(sys.executable).parent.parent), "--yes"]  # fmt: skip
+    try:
+        result = _install(*args, env=base_env(KATAGO_EDGE_INSTALL_WS_PORT=str(free_port())), timeout=300)
+    finally:
+        gone = _install("--uninstall", *args)
+    store = prefix / "var/lib/katago-edge/models"
+    assert result.returncode == 1, result.stdout + result.stderr
+    err = result.stderr
+    # the agent's error names the file, the folder the installed agent reads and the local-file way
+    assert f"katago-edge serve: error: downloading {url} failed: " in err
+    assert f"put net.bin.gz into {store} (where the agent looks; " in err
+    assert "or use a local .bin.gz file: `--model PATH`" in err
+    # install.sh's own summary: where to copy a network and how to run it again
+    assert "install.sh: error: preparing the network failed: see the agent's message above\n" in err
+    assert f"the installed agent looks for networks:\n    {store}/\n" in err
+    assert f"  then run install.sh again with --model {store}/NAME.bin.gz.\n" in err
+    assert "`katago-edge fetch-model katrain`" in err
+    assert not (prefix / "run/katago-edge/agent.pid").exists()  # nothing was started
+    assert gone.returncode == 0 and _tree(prefix) == [], gone.stdout

@@ -109,9 +109,17 @@ def test_decode__wildcard_reply_topic_in_payload_is_dropped():
 
 @pytest.mark.parametrize(
     ("query", "n"),
-    [({"id": "a"}, 1), ({"id": "a", "analyzeTurns": [0, 3, 5]}, 3), ({"id": "a", "action": "x"}, 1)],
+    [
+        ({"id": "a"}, 1),
+        ({"id": "a", "analyzeTurns": [0, 3, 5]}, 3),
+        ({"id": "a", "analyzeTurns": [0, 0, 0]}, 1),  # KataGo analyses a turn once (a flag per turn)
+        ({"id": "a", "analyzeTurns": [2, 0, 2, 0]}, 2),
+        ({"id": "a", "analyzeTurns": []}, 0),  # KataGo answers nothing
+        ({"id": "a", "analyzeTurns": "x"}, 1),  # one field error
+        ({"id": "a", "action": "x"}, 1),
+    ],
 )
-def test_finals_expected__one_per_analysed_turn(query, n):
+def test_finals_expected__one_per_distinct_analysed_turn(query, n):
     assert finals_expected(query) == n
 
 
@@ -164,9 +172,11 @@ class Recorder:
         self.replies: list[tuple[ReplyTo, dict]] = []
         self.lock = threading.Lock()
 
-    def __call__(self, reply: ReplyTo, response: dict) -> None:
+    def __call__(self, reply: ReplyTo, response: dict, then=None) -> None:
         with self.lock:
             self.replies.append((reply, response))
+        if then is not None:
+            then()  # the broker "has" the reply at once
 
 
 def test_dispatch__ids_are_scoped_per_requester_and_terminate_reaches_only_own_query():

@@ -140,15 +140,27 @@ def test_roundtrip__expired_request_gets_error_reply(make_agent, make_requester)
     wait_for(lambda: agent.stats()["expired"] == 1)
 
 
-def test_roundtrip__busy_when_queue_full(make_agent, make_requester, settings):
+def test_roundtrip__broker_holds_what_the_agent_cannot_take_instead_of_busy(
+    make_agent, make_requester, settings
+):
+    # Receive Maximum = max_concurrent + max_queue = 2: the broker keeps the other requests in the
+    # agent's session until a slot frees (acknowledged after the reply), so nothing is refused.
     config = settings.model_copy(update={"max_concurrent": 1, "max_queue": 1})
-    agent = make_agent("dev1", StubService(delay_s=0.5), config=config)
+    agent = make_agent("dev1", StubService(delay_s=0.3), config=config)
     req = make_requester()
-    corrs = [req.send(agent.topics.request, {**QUERY, "id": f"b{i}"}) for i in range(4)]
+    corrs = [req.send(agent.topics.request, {**QUERY, "id": f"b{i}"}) for i in range(5)]
+    held = []
+    for c in corrs:
+        while not req.pending(c).done.is_set():
+            s = agent.stats()
+            held.append(s["queued"] + s["running"])
+            time.sleep(0.02)
     results = [req.wait(c, 10).responses for c in corrs]
-    busy = [r for r in results if "error" in r[0]]
-    assert len(busy) == 2 and all(r[0]["error"].startswith("busy:") for r in busy)
-    assert agent.stats()["busy"] == 2
+    assert [r[-1]["id"] for r in results] == [f"b{i}" for i in range(5)]
+    assert all(r[-1]["isDuringSearch"] is False for r in results)
+    stats = agent.stats()
+    assert stats["busy"] == 0 and stats["answered"] == 5 and max(held) <= 5
+    assert wait_for(lambda: agent.stats()["acked"] == 5)
 
 
 def test_roundtrip__fleet_topic_with_real_services_none_lost_or_duplicated(

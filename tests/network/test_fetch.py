@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import os
+import socket
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -184,3 +185,32 @@ def test_fetch__cli_prints_stored_path(
 ) -> None:
     assert cli.run(["fetch-model", str(tiny_file), "--dest", str(tmp_path / "s")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "s" / "tiny-net.bin.gz")
+
+
+def test_fetch__offline_failure_says_which_file_goes_where(tmp_path: Path, tiny_file: Path) -> None:
+    """No internet: the error names the file the agent looks for, its folder, and the local-file way."""
+    with socket.socket() as probe:  # a port nothing listens on: the download is refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = tmp_path / "var/lib/katago-edge/models"
+    url = f"http://127.0.0.1:{port}/g170-b6c96-s175395328-d26788732.bin.gz"
+    with pytest.raises(ModelStoreError) as info:
+        fetch_model(url, store)
+    assert str(info.value).startswith(
+        f"downloading {url} failed: <urlopen error [Errno 111] Connection refused>; "
+    )
+    assert str(info.value).endswith(
+        f"without internet here, bring the network over: put g170-b6c96-s175395328-d26788732.bin.gz "
+        f"into {store} (where the agent looks; `katago-edge fetch-model {url}` on a machine with internet "
+        "prints where it stored it), or use a local .bin.gz file: `--model PATH` (install.sh, serve) or "
+        'model = "PATH" in the agent config'
+    )
+    # following the advice works: the file put there is used, nothing is downloaded
+    (store / "g170-b6c96-s175395328-d26788732.bin.gz").write_bytes(tiny_file.read_bytes())
+    assert fetch_model(url, store) == store / "g170-b6c96-s175395328-d26788732.bin.gz"
+    # the katrain route (pip download) says the same with the name the katrain network gets
+    empty_index = ["--no-index", "--find-links", str(tmp_path)]
+    with pytest.raises(ModelStoreError, match=r"pip download katrain failed \(exit 1\)") as info:
+        fetch_model("katrain", store, pip_args=empty_index)
+    assert f"put b10c384h6nbttflrs.bin.gz into {store} (where the agent looks; " in str(info.value)
+    assert "`katago-edge fetch-model katrain` on a machine with internet" in str(info.value)
