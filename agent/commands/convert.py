@@ -137,6 +137,13 @@ def configure_convert(parser: argparse.ArgumentParser) -> None:
         help="SmoothQuant alpha for static INT8 (0 = off)",
     )
     parser.add_argument("--board", type=int, default=19, help="buffer size the network is built for")
+    parser.add_argument(
+        "--tflite-builder",
+        default="writer",
+        choices=["writer", "tensorflow"],
+        help="TFLite: writer (the flatbuffer written directly, no TensorFlow; default) or tensorflow "
+        "(TensorFlow's converter, needs the convert extra; also int8-full)",
+    )
     parser.add_argument("--force", action="store_true", help="write the network even if verification fails")
     _add_common(parser)
 
@@ -213,6 +220,7 @@ def command_convert(args: argparse.Namespace) -> int:
         smooth_alpha=args.smooth,
         weight_rounding=args.weight_rounding,
         keep_float=tuple(g for g in args.keep_float.split(",") if g) if args.keep_float is not None else None,
+        tflite_builder=args.tflite_builder,
     )
     report, written = run_conversion(job, progress_reporter)
     _print_report(report, args)

@@ -49,6 +49,7 @@ class ConvertJob:
     keep_float: tuple[str, ...] | None = None  # INT8 layer groups left in float (None: the default list)
     smooth_alpha: float = 0.0  # > 0: SmoothQuant rescaling before static INT8 (agent.backends.onnx.smoothing)
     weight_rounding: str = "gptq"  # static INT8 weight rounding (agent.backends.onnx.weight_rounding)
+    tflite_builder: str = "writer"  # "writer" (direct flatbuffer, no TensorFlow) or "tensorflow"
 
 
 def verification_positions(
@@ -123,16 +124,22 @@ def _onnx_bytes(
 def _tflite_file(
     job: ConvertJob, net: Any, reference: NeuralNet, tmp: Path, progress: ProgressFactory
 ) -> tuple[Path, PositionSet | None]:
-    from agent.backends.tflite import builder as tflite_builder
-
     cal = _calibration(job, reference, progress) if job.precision.startswith("int8") else None
+    out = tmp / f"converted{job.output.suffix or '.tflite'}"
+    if job.tflite_builder == "writer":
+        from agent.backends.tflite import writer as tflite_writer
+
+        tflite_writer.write_tflite(net, out, job.precision, board=job.board, calibration=cal)
+        return out, cal
+    if job.tflite_builder != "tensorflow":
+        raise ConversionError(f"unknown TFLite builder {job.tflite_builder!r}: expected writer or tensorflow")
+    from agent.backends.tflite import builder as tflite_builder
 
     def representative() -> Iterator[tuple[Any, Any]]:
         assert cal is not None
         for i in range(len(cal)):
             yield cal.spatial[i : i + 1], cal.global_[i : i + 1]
 
-    out = tmp / f"converted{job.output.suffix or '.tflite'}"
     tflite_builder.convert(
         net,
         out,

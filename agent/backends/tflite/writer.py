@@ -40,6 +40,7 @@ from agent.backends.tflite.ops import Act, BuiltinOp, Ops
 from agent.errors import ConversionError
 from agent.fsutil import atomic_write_bytes
 from agent.network import model as m
+from agent.network.tensors import PositionSet
 
 logger = logging.getLogger(__name__)
 
@@ -358,8 +359,11 @@ def rope_tables(b: m.AttentionBlock, board_y: int, board_x: int, kv: bool) -> tu
     )
 
 
-def build_tflite(net: m.Network, precision: str = "fp32", *, board: int = 19) -> bytes:
-    """The ``.tflite`` flatbuffer of ``net`` at ``precision`` for a ``board`` x ``board`` buffer."""
+def build_tflite(
+    net: m.Network, precision: str = "fp32", *, board: int = 19, calibration: PositionSet | None = None
+) -> bytes:
+    """The ``.tflite`` flatbuffer of ``net`` at ``precision`` for a ``board`` x ``board`` buffer;
+    ``calibration`` (positions) is required for ``int8``."""
     if precision not in PRECISIONS:
         raise ConversionError(
             f"TFLite writer precision {precision!r}: expected one of {', '.join(PRECISIONS)}"
@@ -372,9 +376,16 @@ def build_tflite(net: m.Network, precision: str = "fp32", *, board: int = 19) ->
     return mb.finish()
 
 
-def write_tflite(net: m.Network, out_path: Path, precision: str = "fp32", *, board: int = 19) -> Path:
+def write_tflite(
+    net: m.Network,
+    out_path: Path,
+    precision: str = "fp32",
+    *,
+    board: int = 19,
+    calibration: PositionSet | None = None,
+) -> Path:
     """Write ``net`` as a ``.tflite`` file atomically at ``out_path`` (no TensorFlow involved)."""
-    data = build_tflite(net, precision, board=board)
+    data = build_tflite(net, precision, board=board, calibration=calibration)
     atomic_write_bytes(out_path, data)
     logger.info("wrote %s (%s, %.1f MB, direct writer)", out_path, precision, len(data) / 1e6)
     return out_path
