@@ -3,9 +3,20 @@
 A :class:`ClientSession` is one connected client. It feeds the client's lines to the
 ``AnalysisService`` and sends every response back as one JSON text. Two clients may both use the
 id ``QUERY:1`` (KaTrain numbers its queries from 1 for every engine it starts), while the engine
-sees one id space. So the session prefixes each query id (and each ``terminateId``) with a tag
-unique to the connection, and strips the tag from the responses. When a client goes away, the
-queries it left running are terminated, so a closed KaTrain window does not keep a Pi busy.
+sees one id space. So the session gives each query an internal id (a tag unique to the connection,
+a sequence number, the client's id) and maps it back in the responses.
+
+Fairness and bounds: a client has at most ``max_inflight`` queries in the engine at once; its
+further queries wait in the session (in order) and enter the engine as earlier ones finish, so
+one client queuing thousands of searches delays another client's query by at most
+``max_inflight`` searches per busy client (round robin through the engine's FIFO). A client with
+``max_queries`` queries not yet answered gets an error for the next one.
+
+Scope: ``terminate`` and ``terminate_all`` reach only the client's own queries (``terminate_all``
+from one KaTrain window must not stop another's). When a client goes away, its queries are
+terminated, so a closed KaTrain window does not keep a Pi busy.
+
+Input must be UTF-8: an undecodable line gets KataGo's parse error and is not analysed.
 
 A :class:`LoopThread` runs one asyncio event loop in a named thread. Engines emit responses from
 their own threads, and ``call_soon_threadsafe`` hands each response to the loop.
@@ -18,13 +29,20 @@ import json
 import logging
 import secrets
 import threading
+from collections import deque
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from agent.protocol.query import finals_expected
+from agent.protocol.service import TURNS_ERROR
 
 logger = logging.getLogger(__name__)
 
 Response = dict[str, Any]
 SHUTTING_DOWN = "katago-edge is shutting down; not taking new queries"
+MAX_INFLIGHT = 4
+MAX_QUERIES = 1000
 
 
 class LineService(Protocol):
@@ -33,23 +51,63 @@ class LineService(Protocol):
     def handle_line(self, line: str, emit: Callable[[Response], None]) -> None: ...
 
 
-class ClientSession:
-    """One client connection: id namespacing, pending-query tracking, terminate on close."""
+@dataclass
+class _Query:
+    client_id: str
+    remaining: int  # final responses still to come
+    line: str  # as handed to the service (internal id)
+    submitted: bool = False
 
-    def __init__(self, service: LineService, send: Callable[[str], None], name: str) -> None:
+
+def _int_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+class ClientSession:
+    """One client connection: id namespacing, fairness, own-query terminate, terminate on close."""
+
+    def __init__(
+        self,
+        service: LineService,
+        send: Callable[[str], None],
+        name: str,
+        *,
+        max_inflight: int = MAX_INFLIGHT,
+        max_queries: int = MAX_QUERIES,
+    ) -> None:
         self._service = service
         self._send = send
         self.name = name
-        self.tag = f"{name}#{secrets.token_hex(4)}:"
-        self._pending: dict[str, int] = {}  # client id -> final responses still to come
+        self.tag = f"{name}#{secrets.token_hex(8)}:"
+        self._max_inflight = max(1, max_inflight)
+        self._max_queries = max(1, max_queries)
+        self._queries: dict[str, _Query] = {}  # internal id -> query not yet fully answered
+        self._held: deque[str] = deque()  # internal ids waiting for an engine slot, in order
+        self._inflight = 0
+        self._seq = 0
         self._lock = threading.Lock()
         self.accepting = True
         self.closed = False
 
     @property
     def pending(self) -> int:
+        """Final responses still to come (held queries included)."""
         with self._lock:
-            return sum(self._pending.values())
+            return sum(q.remaining for q in self._queries.values())
+
+    def feed_raw(self, raw: bytes) -> None:
+        """One line as bytes: invalid UTF-8 gets KataGo's parse error, never a replaced text."""
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            shown = raw[:200].decode("utf-8", "backslashreplace").strip()
+            message = (
+                f"[json.exception.parse_error] invalid UTF-8 ({exc.reason} at byte {exc.start})"
+                f" - could not parse input line as json request: {shown}"
+            )
+            self._deliver(json.dumps({"error": message}))
+            return
+        self.feed_line(line)
 
     def feed_line(self, line: str) -> None:
         """Handle one protocol line from the client (blank lines are ignored, like KataGo)."""
@@ -63,44 +121,118 @@ class ClientSession:
             self._service.handle_line(line, self._emit)  # the service writes KataGo's error
             return
         if not self.accepting:
-            self._send(json.dumps({"id": query["id"], "error": SHUTTING_DOWN}))
+            self._deliver(json.dumps({"id": query["id"], "error": SHUTTING_DOWN}))
             return
         client_id = query["id"]
-        query["id"] = self.tag + client_id
-        if isinstance(query.get("terminateId"), str):
-            query["terminateId"] = self.tag + query["terminateId"]
-        if "action" not in query:
-            turns = query.get("analyzeTurns")
-            finals = len(turns) if isinstance(turns, list) and turns else 1  # one final per turn
-            with self._lock:
-                self._pending[client_id] = self._pending.get(client_id, 0) + finals
-        self._service.handle_line(json.dumps(query), self._emit)
+        if query.get("action") in ("terminate", "terminate_all"):
+            self._terminate(query)
+            return
+        with self._lock:
+            self._seq += 1
+            internal = f"{self.tag}{self._seq}:{client_id}"
+        query["id"] = internal
+        if "action" in query:
+            self._service.handle_line(json.dumps(query), self._emit)
+            return
+        finals = finals_expected(query)
+        with self._lock:
+            if len(self._queries) >= self._max_queries:
+                refused = True
+            else:
+                refused = False
+                self._queries[internal] = _Query(client_id, finals, json.dumps(query))
+                self._held.append(internal)
+        if refused:
+            self._deliver(
+                json.dumps(
+                    {
+                        "id": client_id,
+                        "error": f"too many queries from this connection ({self._max_queries} not yet "
+                        "answered); wait for answers before sending more",
+                    }
+                )
+            )
+            return
+        self._release()
 
-    def _emit(self, response: Response | str) -> None:
+    def _release(self) -> None:
+        """Hand held queries to the engine while this client has a free slot."""
+        while True:
+            with self._lock:
+                if self._inflight >= self._max_inflight or not self._held or self.closed:
+                    return
+                internal = self._held.popleft()
+                query = self._queries.get(internal)
+                if query is None:
+                    continue
+                query.submitted = True
+                self._inflight += 1
+                line = query.line
+            self._service.handle_line(line, self._emit)
+
+    def _terminate(self, query: dict[str, Any]) -> None:
+        """``terminate`` / ``terminate_all`` of this client's own queries only; KataGo's echo."""
+        action = query["action"]
+        target = query.get("terminateId")
+        if action == "terminate" and not isinstance(target, str):
+            message = 'Requests for a terminate action must have a string "terminateId" field'
+            self._deliver(json.dumps({"id": query["id"], "field": "terminateId", "error": message}))
+            return
+        if "turnNumbers" in query and not _int_list(query["turnNumbers"]):
+            self._deliver(json.dumps({"id": query["id"], "field": "turnNumbers", "error": TURNS_ERROR}))
+            return
+        with self._lock:
+            own = [i for i, q in self._queries.items() if target is None or q.client_id == target]
+            late: list[str] = []  # held ones enter the engine to be terminated there (exact turns)
+            for internal in own:
+                entry = self._queries[internal]
+                if not entry.submitted:
+                    entry.submitted = True
+                    self._inflight += 1
+                    late.append(entry.line)
+            if late:
+                gone = set(own)
+                self._held = deque(i for i in self._held if i not in gone)
+        for line in late:
+            self._service.handle_line(line, self._emit)
+        turns = {"turnNumbers": query["turnNumbers"]} if "turnNumbers" in query else {}
+        for internal in own:
+            stop = {"id": self.tag + "terminate", "action": "terminate", "terminateId": internal, **turns}
+            self._service.handle_line(json.dumps(stop), lambda _response: None)
+        self._deliver(json.dumps(query, separators=(",", ":")))
+
+    def _emit(self, response: Response | str | bytes) -> None:
         parsed: Any = response
-        if isinstance(response, str):
+        if isinstance(response, str | bytes):
             try:
                 parsed = json.loads(response)
             except ValueError:
-                self._deliver(response)
+                self._deliver(
+                    response.decode("utf-8", "replace") if isinstance(response, bytes) else response
+                )
                 return
         if not isinstance(parsed, dict):
             self._deliver(json.dumps(parsed))
             return
         out = dict(parsed)
-        for key in ("id", "terminateId"):
-            value = out.get(key)
-            if isinstance(value, str) and value.startswith(self.tag):
-                out[key] = value[len(self.tag) :]
-        is_final = "error" in out or out.get("isDuringSearch") is False
-        if is_final and isinstance(out.get("id"), str) and "action" not in out:
-            with self._lock:
-                left = self._pending.get(out["id"], 0) - 1
-                if "error" in out or left <= 0:
-                    self._pending.pop(out["id"], None)
-                else:
-                    self._pending[out["id"]] = left
+        internal = out.get("id")
+        finished = False
+        if isinstance(internal, str) and internal.startswith(self.tag):
+            out["id"] = internal[len(self.tag) :].split(":", 1)[-1]
+            is_final = "error" in out or out.get("isDuringSearch") is False
+            if is_final and "action" not in out:
+                with self._lock:
+                    entry = self._queries.get(internal)
+                    if entry is not None:
+                        entry.remaining -= 1
+                        if "error" in out or entry.remaining <= 0:
+                            del self._queries[internal]
+                            if entry.submitted:
+                                self._inflight -= 1
+                            finished = True
         self._deliver(json.dumps(out, separators=(",", ":")))
+        if finished:
+            self._release()
 
     def _deliver(self, text: str) -> None:
         if self.closed:
@@ -111,20 +243,24 @@ class ClientSession:
             logger.debug("%s: dropping response: %s", self.name, exc)
 
     def close(self) -> None:
-        """The client disconnected: terminate what it left running, drop later responses."""
+        """The client disconnected: terminate what it left running, drop held and later responses."""
         self.closed = True
         with self._lock:
-            leftovers = sorted(self._pending)  # ids only
-            self._pending.clear()
-        for client_id in leftovers:
-            terminate = {
-                "id": self.tag + "closed",
-                "action": "terminate",
-                "terminateId": self.tag + client_id,
-            }
+            running = sorted(i for i, q in self._queries.items() if q.submitted)
+            dropped = len(self._queries) - len(running)
+            self._queries.clear()
+            self._held.clear()
+            self._inflight = 0
+        for internal in running:
+            terminate = {"id": self.tag + "closed", "action": "terminate", "terminateId": internal}
             self._service.handle_line(json.dumps(terminate), lambda _response: None)
-        if leftovers:
-            logger.info("%s closed; terminated %d running queries", self.name, len(leftovers))
+        if running or dropped:
+            logger.info(
+                "%s closed; terminated %d running queries, dropped %d waiting",
+                self.name,
+                len(running),
+                dropped,
+            )
 
 
 class LoopThread:

@@ -1,7 +1,10 @@
 """The local Unix socket: KataGo's analysis protocol as JSON lines, one client per connection.
 
 ``socat - UNIX-CONNECT:/run/katago-edge/agent.sock`` behaves like ``katago analysis`` on a
-terminal: write one JSON query per line, read one JSON response per line. The socket file gets
+terminal: write one JSON query per line, read one JSON response per line. At the end of input
+(``echo '{...}' | socat - UNIX-CONNECT:...`` half-closes the connection) the queries already
+received are answered and then the connection closes, as ``katago analysis`` does at the end of
+stdin; a client that closes both directions has its queries terminated. The socket file gets
 mode 0660 (the service user's group may connect), and a stale file left by a crash is replaced.
 A live socket that answers is never replaced: two agents would fight over it.
 """
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import socket
 import stat
 from pathlib import Path
@@ -105,9 +109,11 @@ class UnixSocketTransport:
                     send('{"error":"query line too long"}')
                     break
                 if not raw:
+                    # End of input. The client may only have closed its writing side (``echo ... |
+                    # socat``): like KataGo at the end of stdin, answer what was received, then close.
+                    await self._drain(session, writer, pump)
                     break
-                line = raw.decode("utf-8", errors="replace")
-                await loop.run_in_executor(None, session.feed_line, line)
+                await loop.run_in_executor(None, session.feed_raw, raw)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -120,6 +126,21 @@ class UnixSocketTransport:
             finally:  # also when cancelled at loop shutdown: never leave the transport open
                 self._outputs.pop(writer, None)
                 writer.close()
+
+    async def _drain(
+        self, session: ClientSession, writer: asyncio.StreamWriter, pump: asyncio.Task[None]
+    ) -> None:
+        """Wait until ``session`` has no answer pending, unless the client is gone altogether
+        (POLLHUP: both directions closed) or its output failed; then it is terminated."""
+        sock = writer.get_extra_info("socket")
+        poller = select.poll()
+        if sock is not None:
+            poller.register(sock.fileno(), select.POLLHUP)
+        while session.pending and session.accepting and not pump.done():
+            if sock is not None and any(ev & select.POLLHUP for _fd, ev in poller.poll(0)):
+                return
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # responses handed over by call_soon_threadsafe land first
 
     async def _pump(self, out: asyncio.Queue[str | None], writer: asyncio.StreamWriter) -> None:
         while (text := await out.get()) is not None:

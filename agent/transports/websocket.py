@@ -145,9 +145,11 @@ class WebSocketTransport:
         pump = asyncio.create_task(self._pump(out, connection))
         try:
             async for message in connection:
-                text = message.decode("utf-8", errors="replace") if isinstance(message, bytes) else message
-                for line in text.splitlines() or [""]:
-                    await loop.run_in_executor(None, session.feed_line, line)
+                # Text frames are valid UTF-8 (websockets closes with 1007 otherwise); a binary
+                # frame is decoded strictly, per line: invalid UTF-8 gets KataGo's parse error.
+                raw = message if isinstance(message, bytes) else message.encode()
+                for line in raw.splitlines() or [b""]:
+                    await loop.run_in_executor(None, session.feed_raw, line)
         except ConnectionClosed:
             pass
         finally:

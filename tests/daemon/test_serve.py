@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -106,6 +107,22 @@ def test_serve__ready_only_after_the_engine_answered__then_watchdog_pings(
         answer = socket_request(sock, {**QUERY, "maxVisits": 3})
         assert answer[-1]["isDuringSearch"] is False and answer[-1]["rootInfo"]["visits"] >= 3
         assert any(line.startswith("STATUS=serving") for _, line in notify_socket.lines())
+        # `echo '{...}' | socat - UNIX-CONNECT:agent.sock`: input ends at once, answers still come
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(str(sock))
+            s.sendall(
+                json.dumps({**QUERY, "id": "h1", "maxVisits": 2}).encode()
+                + b"\n"
+                + json.dumps({**QUERY, "id": "h2", "maxVisits": 2, "analyzeTurns": [0, 0]}).encode()
+                + b"\n"
+            )
+            s.shutdown(socket.SHUT_WR)
+            buf = b""
+            while chunk := s.recv(65536):
+                buf += chunk
+        finals = [json.loads(x) for x in buf.splitlines()]
+        assert sorted((r["id"], r["isDuringSearch"]) for r in finals) == [("h1", False), ("h2", False)]
     finally:
         code = proc.stop()
     assert code == 0, proc.text()

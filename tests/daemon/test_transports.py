@@ -199,3 +199,99 @@ def test_session__pending_counts_one_final_per_analysed_turn() -> None:
     session.close()  # the client left with turn 2 still running: it is terminated
     terminate = service.lines[-1]
     assert terminate["action"] == "terminate" and terminate["terminateId"] == internal
+
+
+def test_unix_socket__half_closed_input_is_answered_then_closed(sock_path: Path) -> None:
+    """``echo '{...}' | socat - UNIX-CONNECT:agent.sock``: the write side closes at once (#16)."""
+    service = ThreadedEchoService(delay=0.5)
+    transport = UnixSocketTransport(service, sock_path)
+    transport.start()
+    try:
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(str(sock_path))
+        c.sendall(b'{"id": "a", "moves": []}\n{"id": "b", "moves": [], "analyzeTurns": [0, 0]}\n')
+        c.shutdown(socket.SHUT_WR)
+        c.settimeout(5)
+        buf = b""
+        while chunk := c.recv(65536):  # the server closes after the last answer: recv gives b""
+            buf += chunk
+        c.close()
+        got = [json.loads(x) for x in buf.decode().splitlines()]
+        finals = sorted(r["id"] for r in got if r.get("isDuringSearch") is False)
+        assert finals == ["a", "b"] and service.terminated == []
+    finally:
+        transport.close()
+
+
+def test_unix_socket__invalid_utf8_is_rejected_not_replaced(sock_path: Path) -> None:
+    service = ThreadedEchoService()
+    transport = UnixSocketTransport(service, sock_path)
+    transport.start()
+    try:
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(str(sock_path))
+        c.sendall(b'{"id": "bad\xff", "moves": []}\n{"id": "ok", "moves": []}\n')
+        got = _read_lines(c, 3)
+        c.close()
+        assert got[0]["error"].startswith("[json.exception.parse_error] invalid UTF-8 (invalid start byte")
+        assert [q["id"].rsplit(":", 1)[1] for q in service.seen] == ["ok"]  # the bad line never ran
+    finally:
+        transport.close()
+
+
+class HoldingService:
+    """A one-slot engine: queries wait in FIFO order; ``finish()`` answers the oldest."""
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[dict[str, Any], Callable[[dict[str, Any]], None]]] = []
+        self.terminated: list[str] = []
+        self.lock = threading.Lock()
+
+    def handle_line(self, line: str, emit: Callable[[dict[str, Any]], None]) -> None:
+        query = json.loads(line)
+        if query.get("action") == "terminate":
+            with self.lock:
+                self.terminated.append(query["terminateId"])
+                hit = [(q, e) for q, e in self.queue if q["id"] == query["terminateId"]]
+                self.queue = [(q, e) for q, e in self.queue if q["id"] != query["terminateId"]]
+            for q, e in hit:
+                e({"id": q["id"], "turnNumber": 0, "isDuringSearch": False, "noResults": True})
+            emit({"id": query["id"], "action": "terminate", "terminateId": query["terminateId"]})
+            return
+        with self.lock:
+            self.queue.append((query, emit))
+
+    def finish(self) -> str:
+        with self.lock:
+            query, emit = self.queue.pop(0)
+        emit({"id": query["id"], "turnNumber": 0, "isDuringSearch": False})
+        return str(query["id"])
+
+
+def test_session__a_flooding_client_delays_another_by_at_most_its_inflight_limit() -> None:
+    from agent.transports.session import ClientSession
+
+    service = HoldingService()
+    sent_a: list[str] = []
+    sent_b: list[str] = []
+    a = ClientSession(service, sent_a.append, "a", max_inflight=2, max_queries=100)
+    b = ClientSession(service, sent_b.append, "b", max_inflight=2)
+    for i in range(100):
+        a.feed_line(json.dumps({"id": f"a{i}", "moves": []}))
+    a.feed_line(json.dumps({"id": "a100", "moves": []}))  # over max_queries
+    assert json.loads(sent_a[-1]) == {
+        "id": "a100",
+        "error": "too many queries from this connection (100 not yet answered); wait for answers before sending more",
+    }
+    assert len(service.queue) == 2 and a.pending == 100  # 98 wait in the session, not the engine
+    b.feed_line(json.dumps({"id": "b0", "moves": []}))
+    served = [service.finish().rsplit(":", 1)[1] for _ in range(3)]
+    assert served == ["a0", "a1", "b0"]  # b's query came third, not 101st
+    assert json.loads(sent_b[-1]) == {"id": "b0", "turnNumber": 0, "isDuringSearch": False}
+    # terminate_all from b reaches none of a's queries; from a, all of them (held ones included)
+    b.feed_line(json.dumps({"id": "t", "action": "terminate_all"}))
+    assert json.loads(sent_b[-1]) == {"id": "t", "action": "terminate_all"} and service.terminated == []
+    a.feed_line(json.dumps({"id": "t", "action": "terminate_all"}))
+    assert a.pending == 0 and len(service.terminated) == 98 and service.queue == []
+    finals = [json.loads(x) for x in sent_a if '"noResults"' in x]
+    assert len(finals) == 98 and finals[0]["id"] == "a2"
