@@ -7,8 +7,10 @@ The thermal guard (``agent.thermal``) is applied here, once for all transports, 
 reaches the engine: above the profile's hard limit new analysis queries get a KataGo-shaped
 error (``{"id", "error"}``) until the device cools; above the soft limit ``maxVisits`` is capped
 at the guard's reduced visit cap. Actions (``terminate``, ``query_version``...) always pass, so a
-client can still stop work on a hot device. In the normal state lines pass through untouched
-(nothing is parsed twice).
+client can still stop work on a hot device. The profile's ``max_visits`` holds in every state: a
+larger ``maxVisits`` is clamped with a warning (``{"id", "field": "maxVisits", "warning"}``).
+In the normal state lines without ``"maxVisits"`` pass through untouched (nothing is parsed
+twice).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from agent.errors import EngineError
 from agent.transports.session import Response
 
 logger = logging.getLogger(__name__)
+
+VISITS_KEY = '"maxVisits"'
 
 SELF_TEST = {
     "id": "katago-edge-self-test",
@@ -50,8 +54,8 @@ class ServiceSwitch:
         return str(self.guard.status.state)
 
     def handle_line(self, line: str, emit: Any) -> None:
-        if self._state() in ("normal", "unknown"):
-            self.current.handle_line(line, emit)
+        if self._state() in ("normal", "unknown") and (self.guard is None or VISITS_KEY not in line):
+            self.current.handle_line(line, emit)  # no visit count asked: the profile's default holds
             return
         try:
             query = json.loads(line)
@@ -61,21 +65,35 @@ class ServiceSwitch:
         self.handle_query(query, emit)
 
     def handle_query(self, query: Any, emit: Any) -> None:
-        state = self._state()
-        if state in ("normal", "unknown") or not isinstance(query, dict) or "action" in query:
+        if self.guard is None or not isinstance(query, dict) or "action" in query:
             self.current.handle_query(query, emit)
             return
+        hot = self._state() not in ("normal", "unknown")
         status = self.guard.status
-        if status.refusing:
+        if hot and status.refusing:
             self.refused += 1
             emit({"id": query.get("id"), "error": f"device too hot, not analysing: {status.message}"})
             return
+        self.current.handle_query(self._cap(query, emit, hot), emit)
+
+    def _cap(self, query: dict[str, Any], emit: Any, hot: bool) -> dict[str, Any]:
+        """The profile's ``max_visits`` always holds (the guard's reduced cap while hot): a larger
+        ``maxVisits`` (top level or in ``overrideSettings``) is clamped, with a KataGo-style
+        warning ``{"id", "field": "maxVisits", "warning"}``; the query still runs."""
+        assert self.guard is not None
         _threads, cap = self.guard.limits()
-        visits = query.get("maxVisits")
-        if not isinstance(visits, int) or isinstance(visits, bool) or visits > cap:
-            query = {**query, "maxVisits": cap}
+        override = query.get("overrideSettings")
+        asked = query.get("maxVisits")  # the top-level field wins over overrideSettings (as KataGo)
+        if "maxVisits" not in query and isinstance(override, dict):
+            asked = override.get("maxVisits")
+        over = isinstance(asked, int | float) and not isinstance(asked, bool) and asked > cap
+        if over and isinstance(query.get("id"), str):
+            why = "the device is warm" if hot else "this device's profile limit (max_visits)"
+            emit({"id": query["id"], "field": "maxVisits", "warning": f"Clamped to {cap} visits: {why}"})
+        if over or (hot and not isinstance(query.get("maxVisits"), int)):
             self.capped += 1
-        self.current.handle_query(query, emit)
+            return {**query, "maxVisits": cap}
+        return query
 
 
 class ProgressWatch:

@@ -3,6 +3,7 @@ fixture thermal zone whose temperature the test changes; and the engine self-tes
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,36 @@ def test_progress_watch__stall_only_counts_while_searching() -> None:
     assert not watch.alive({"nn_rows": 5, "running": 1}, 111.0)  # >10 s searching, no evaluation
     assert watch.alive({"nn_rows": 9, "running": 1}, 113.0)  # progress again
     assert watch.alive({"engine": "katago", "pending": 3}, 500.0)  # supervises its own child
+
+
+def test_switch__profile_max_visits_always_holds_with_a_warning(tmp_path: Path, service: Any) -> None:
+    _zone(tmp_path, 40.0)  # cool: the cap is the profile's max_visits, not the reduced one
+    guard = ThermalGuard(
+        ThermalSettings(soft_limit_c=70, hard_limit_c=80), threads=2, max_visits=12, root=tmp_path
+    )
+    guard.check()
+    switch = ServiceSwitch(service, guard)
+    got: list[dict[str, Any]] = []
+    finals = Finals()
+
+    def emit(response: dict[str, Any]) -> None:
+        got.append(response)
+        finals(response)
+
+    line = '{"id": "huge", "maxVisits": 1125899906842624, ' + json.dumps(QUERY)[1:]  # 2^50
+    switch.handle_line(line, emit)
+    final = finals.get()
+    assert got[0] == {
+        "id": "huge",
+        "field": "maxVisits",
+        "warning": "Clamped to 12 visits: this device's profile limit (max_visits)",
+    }
+    assert 12 <= final["rootInfo"]["visits"] <= 13 and switch.capped == 1
+    finals = Finals()
+    switch.handle_query({"id": "via-override", **QUERY, "overrideSettings": {"maxVisits": 10**9}}, finals)
+    assert finals.get()["rootInfo"]["visits"] <= 13 and switch.capped == 2
+    finals = Finals()
+    switch.handle_query(
+        {"id": "small", **QUERY, "maxVisits": 5, "overrideSettings": {"maxVisits": 10**9}}, finals
+    )
+    assert finals.get()["rootInfo"]["visits"] <= 6 and switch.capped == 2  # the top-level 5 wins: untouched
