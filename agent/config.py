@@ -102,6 +102,10 @@ class WebSocketSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_WEBSOCKET_PORT, ge=0, le=65535, description="0 = any free port")
     max_message_bytes: int = Field(default=1 << 20, ge=1024)
+    token_file: Path | None = Field(
+        default=None,
+        description="clients must send this file's token (?token= or Bearer); not world-readable",
+    )
 
 
 class AgentConfig(_Strict):

@@ -287,7 +287,7 @@ class Daemon:
             from agent.transports.websocket import WebSocketTransport
 
             ws = self.config.websocket
-            transport = WebSocketTransport(self.switch, ws.host, ws.port, ws.max_message_bytes)
+            transport = WebSocketTransport(self.switch, ws.host, ws.port, ws.max_message_bytes, ws.token_file)
         transport.start()
         self.transports[name] = transport
 

@@ -16,17 +16,26 @@ ported to a socket). The server listens on localhost by default; a handshake who
 names a foreign site (a web page in a browser on the same machine) is refused with 403, which
 closes the cross-site WebSocket hole that localhost servers otherwise have (see
 :func:`origin_allowed`).
+
+Authentication: with ``token_file`` set (``[websocket] token_file``), a handshake must carry the
+file's token, as ``Authorization: Bearer <token>`` or in the URL (``ws://HOST:PORT/?token=<token>``,
+which is what KaTrain's remote-engine URL field can hold); others get 401. The file must not be
+world-readable (0640, group = the service group, like the Unix socket's 0660): local users
+outside that group can then neither read the token nor connect, as on the Unix socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import ipaddress
 import logging
+import stat
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from agent.errors import TransportError
 from agent.transports.session import ClientSession, LineService, LoopThread
@@ -64,10 +73,43 @@ def origin_allowed(origin: str | None, allowed_hosts: Iterable[str], host_header
     return host == target and _is_ip(target)
 
 
+def read_token(path: Path) -> str:
+    """The WebSocket token from ``path``; refuses a world-readable, unreadable or empty file."""
+    try:
+        mode = path.stat().st_mode
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TransportError(f"WebSocket token file {path}: cannot read it: {exc}") from exc
+    if mode & stat.S_IROTH:
+        raise TransportError(
+            f"WebSocket token file {path} is world-readable: chmod 0640 it (group = the service group)"
+        )
+    if len(token) < 16:
+        raise TransportError(f"WebSocket token file {path}: the token must be at least 16 characters")
+    return token
+
+
+def token_matches(expected: str, authorization: str | None, path: str | None) -> bool:
+    """Whether a handshake carries ``expected`` (Bearer header or ``?token=`` in the URL)."""
+    offered: list[str] = []
+    if authorization and authorization.lower().startswith("bearer "):
+        offered.append(authorization[7:].strip())
+    if path:
+        offered.extend(parse_qs(urlsplit(path).query).get("token", []))
+    return any(hmac.compare_digest(o.encode(), expected.encode()) for o in offered)
+
+
 class WebSocketTransport:
     """Serves ``service`` over WebSocket from its own event-loop thread."""
 
-    def __init__(self, service: LineService, host: str, port: int, max_message_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        service: LineService,
+        host: str,
+        port: int,
+        max_message_bytes: int = 1 << 20,
+        token_file: Path | None = None,
+    ) -> None:
         try:
             import websockets.asyncio.server  # noqa: F401  (presence check; imported again lazily)
         except ImportError as exc:
@@ -83,6 +125,8 @@ class WebSocketTransport:
         self._server: Any = None
         self._sessions: set[ClientSession] = set()
         self._allowed = set(LOCAL_HOSTS) | {host}
+        self._token_file = token_file
+        self._token: str | None = None
 
     @property
     def url(self) -> str:
@@ -98,6 +142,8 @@ class WebSocketTransport:
         return sum(s.pending for s in list(self._sessions))
 
     def start(self) -> None:
+        if self._token_file is not None:
+            self._token = read_token(self._token_file)
         self._loop.start()
         try:
             self._server = self._loop.call(self._listen())
@@ -126,10 +172,17 @@ class WebSocketTransport:
 
     def _check_origin(self, connection: Any, request: Any) -> Any:
         origin = request.headers.get("Origin")
-        if origin_allowed(origin, self._allowed, request.headers.get("Host")):
-            return None
-        logger.warning("refused WebSocket from origin %s", origin)
-        return connection.respond(403, "origin not allowed\n")
+        if not origin_allowed(origin, self._allowed, request.headers.get("Host")):
+            logger.warning("refused WebSocket from origin %r", origin)
+            return connection.respond(403, "origin not allowed\n")
+        if self._token is not None and not token_matches(
+            self._token, request.headers.get("Authorization"), request.path
+        ):
+            logger.warning("refused WebSocket without a valid token from %r", connection.remote_address)
+            return connection.respond(
+                401, "token required: ws://HOST:PORT/?token=... or Authorization: Bearer\n"
+            )
+        return None
 
     async def _client(self, connection: Any) -> None:
         from websockets.exceptions import ConnectionClosed

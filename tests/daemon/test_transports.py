@@ -295,3 +295,41 @@ def test_session__a_flooding_client_delays_another_by_at_most_its_inflight_limit
     assert a.pending == 0 and len(service.terminated) == 98 and service.queue == []
     finals = [json.loads(x) for x in sent_a if '"noResults"' in x]
     assert len(finals) == 98 and finals[0]["id"] == "a2"
+
+
+def test_websocket__token_file_required_when_set(tmp_path: Path) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    from agent.errors import TransportError
+
+    token_file = tmp_path / "websocket-token"
+    token_file.write_text("s3cret-token-0123456789\n")
+    token_file.chmod(0o644)
+    with pytest.raises(TransportError, match="world-readable"):
+        WebSocketTransport(ThreadedEchoService(), "127.0.0.1", 0, token_file=token_file).start()
+    token_file.chmod(0o640)
+    transport = WebSocketTransport(ThreadedEchoService(), "127.0.0.1", 0, token_file=token_file)
+    transport.start()
+
+    async def ask(url: str, **kwargs: Any) -> dict[str, Any]:
+        async with connect(url, **kwargs) as ws:
+            await ws.send(json.dumps({"id": "QUERY:1", "moves": []}))
+            while True:
+                response = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                if response.get("isDuringSearch") is False:
+                    return response
+
+    try:
+        for url, headers in (
+            (transport.url, None),
+            (transport.url + "/?token=wrong-token-0123456789", None),
+            (transport.url, {"Authorization": "Bearer wrong"}),
+        ):
+            with pytest.raises(InvalidStatus, match="401"):
+                asyncio.run(ask(url, additional_headers=headers))
+        assert asyncio.run(ask(transport.url + "/?token=s3cret-token-0123456789"))["id"] == "QUERY:1"
+        bearer = {"Authorization": "Bearer s3cret-token-0123456789"}
+        assert asyncio.run(ask(transport.url, additional_headers=bearer))["id"] == "QUERY:1"
+    finally:
+        transport.close()
