@@ -1,12 +1,53 @@
-"""Logging set-up shared by every command: one format, level from flags or environment."""
+"""Logging set-up shared by every command: one format, level from flags or environment.
+
+Log lines are data-safe: a message may carry text from a request (a query id, a topic, a
+payload excerpt), so control characters in it (newline, carriage return, ESC, NUL, the C1 range
+and the Unicode line separators) are written as ``\\n``, ``\\x1b``, ``\\u2028``...: a query id
+cannot forge a log line or send terminal escapes to whoever reads the log. Tracebacks keep their
+lines. When stderr is a regular file (``install.sh --no-systemd`` appends to ``agent.log``), its
+"others" permission bits are removed: the log is not world-readable.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
+from types import MappingProxyType
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_CONTROLS = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029]
+ESCAPES = MappingProxyType(
+    {
+        code: _NAMED.get(chr(code), f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        for code in _CONTROLS
+    }
+)
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (one log record, one line)."""
+    return text.translate(ESCAPES)
+
+
+class SafeFormatter(logging.Formatter):
+    """The standard formatter, with control characters in the message escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
+def _not_world_readable(stream: object) -> None:
+    try:
+        fd = stream.fileno()  # type: ignore[attr-defined]
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o007:
+            os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~0o007)
+    except (AttributeError, OSError, ValueError):  # not a file (a pipe, the journal, a test buffer)
+        return
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
@@ -24,8 +65,9 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     for handler in list(root.handlers):
         if getattr(handler, "_katago_edge", False):
             root.removeHandler(handler)
+    _not_world_readable(sys.stderr)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setFormatter(SafeFormatter(_FORMAT))
     handler._katago_edge = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
