@@ -32,6 +32,8 @@ Usage: install.sh [options]
   --profile NAME        profile instead of the one detected
   --root DIR            detect the hardware from a captured device tree (dry runs, tests)
   --venv DIR            use this existing virtual environment instead of <prefix>/venv
+  --bin-dir DIR         link the katago-edge command here, on PATH (default /usr/local/bin;
+                        with --no-systemd --prefix DIR: DIR/bin)
   -h, --help            this text
 EOF
 }
@@ -93,7 +95,8 @@ need_root() {
 
 parse_args() {
 	YES=0 DRY_RUN=0 UNINSTALL=0 PURGE=0 NO_SYSTEMD=0 FOREGROUND=0
-	PREFIX="/opt/katago-edge" BROKER="" DEVICE_ID="" MODEL="" PROFILE="" ROOT="/" VENV=""
+	PREFIX="/opt/katago-edge" BROKER="" DEVICE_ID="" MODEL="" PROFILE="" ROOT="/" VENV="" BIN_DIR=""
+	PREFIX_GIVEN=0
 	while [[ $# -gt 0 ]]; do
 		case $1 in
 		--yes | -y) YES=1 ;;
@@ -102,16 +105,17 @@ parse_args() {
 		--purge) PURGE=1 ;;
 		--no-systemd) NO_SYSTEMD=1 ;;
 		--foreground) FOREGROUND=1 ;;
-		--prefix | --broker | --device-id | --model | --profile | --root | --venv)
+		--prefix | --broker | --device-id | --model | --profile | --root | --venv | --bin-dir)
 			[[ $# -ge 2 && $2 != --* ]] || die "$1 needs a value"
 			case $1 in
-			--prefix) PREFIX=$2 ;;
+			--prefix) PREFIX=$2 PREFIX_GIVEN=1 ;;
 			--broker) BROKER=$2 ;;
 			--device-id) DEVICE_ID=$2 ;;
 			--model) MODEL=$2 ;;
 			--profile) PROFILE=$2 ;;
 			--root) ROOT=$2 ;;
 			--venv) VENV=$2 ;;
+			--bin-dir) BIN_DIR=$2 ;;
 			esac
 			shift
 			;;
@@ -126,6 +130,7 @@ parse_args() {
 	[[ $PURGE -eq 0 || $UNINSTALL -eq 1 ]] || die "--purge goes with --uninstall"
 	[[ $PREFIX == /* ]] || PREFIX="$(pwd)/$PREFIX"
 	[[ -z $VENV || $VENV == /* ]] || VENV="$(pwd)/$VENV"
+	[[ -z $BIN_DIR || $BIN_DIR == /* ]] || BIN_DIR="$(pwd)/$BIN_DIR"
 	[[ -d $ROOT ]] || die "--root $ROOT is not a folder"
 	if [[ -n $BROKER && ! $BROKER =~ ^[A-Za-z0-9._-]+(:[0-9]+)?$ && ! $BROKER =~ ^\[[0-9a-fA-F:]+\](:[0-9]+)?$ ]]; then
 		die "--broker expects HOST:PORT, got '$BROKER'"
@@ -239,6 +244,10 @@ set_paths() {
 		RUN_DIR="/run/katago-edge"
 		LOG_FILE=""
 	fi
+	# the command on PATH: FHS /usr/local/bin, or <prefix>/bin for a self-contained prefix install
+	if [[ -z $BIN_DIR ]]; then
+		if [[ $NO_SYSTEMD -eq 1 && $PREFIX_GIVEN -eq 1 ]]; then BIN_DIR="$PREFIX/bin"; else BIN_DIR=/usr/local/bin; fi
+	fi
 	SOCKET="$RUN_DIR/agent.sock"
 	PID_FILE="$RUN_DIR/agent.pid"
 	UNIT_FILE="/etc/systemd/system/katago-edge.service"
@@ -267,6 +276,7 @@ print_plan() {
 	say "  packages:  ${OS_PACKAGES[*]}"
 	say "  venv:      ${VENV}$([[ $SYSTEM_SITE -eq 1 ]] && echo ' (--system-site-packages)')"
 	say "  mode:      $([[ $NO_SYSTEMD -eq 1 ]] && echo "no systemd: under $PREFIX, $([[ $FOREGROUND -eq 1 ]] && echo foreground || echo background)" || echo "systemd unit katago-edge.service${DROPIN:+ + drop-in $DROPIN.conf}")"
+	say "  command:   ${BIN_DIR}/katago-edge -> ${VENV}/bin/katago-edge"
 	say "  config:    ${CONFIG}"
 	say "  broker:    ${BROKER_HOST}:${BROKER_PORT}$([[ -z $BROKER ]] && echo ' (local Mosquitto)')"
 	say "  device id: ${DEVICE_ID}"
@@ -368,6 +378,55 @@ install_package() {
 	fi
 	printf '%s\n' "$stamp" | write_file "$stamp_file" 0644 || true
 	changed "katago-edge[$EXTRAS] in $VENV"
+}
+
+# Put the command on PATH: a symlink <bin-dir>/katago-edge -> <venv>/bin/katago-edge. A file that
+# is not a symlink, or a symlink this installer did not make, is left alone (with a warning); the
+# target is recorded so that --uninstall removes only our link.
+link_command() {
+	local link="$BIN_DIR/katago-edge" target="$VENV/bin/katago-edge" current recorded
+	recorded=$(cat "$STAMP_DIR/bin-link" 2>/dev/null || true)
+	if [[ -L $link ]]; then
+		current=$(readlink "$link")
+		[[ $current == "$target" ]] && return 0
+		if [[ -e $link && $current != "$recorded" ]]; then
+			warn "$link points to $current, not made by install.sh: left alone; the command is $target"
+			return 0
+		fi
+	elif [[ -e $link ]]; then
+		warn "$link exists and is not a symlink: left alone; the command is $target"
+		return 0
+	fi
+	if [[ ! -d $BIN_DIR ]]; then run mkdir -p "$BIN_DIR"; fi
+	if [[ $DRY_RUN -eq 0 && ! -w $BIN_DIR ]]; then
+		warn "cannot write $BIN_DIR (run with sudo, or --bin-dir DIR): the command is $target"
+		return 0
+	fi
+	run ln -sfn "$target" "$link"
+	printf '%s\n' "$target" | write_file "$STAMP_DIR/bin-link" 0644 || true
+	changed "command $link -> $target"
+}
+
+# The link, if it is ours: it points at this venv, or at the target install.sh recorded.
+unlink_command() {
+	local link="$BIN_DIR/katago-edge" current recorded
+	[[ -L $link ]] || return 0
+	current=$(readlink "$link")
+	recorded=$(cat "$STAMP_DIR/bin-link" 2>/dev/null || true)
+	if [[ $current == "$VENV/bin/katago-edge" || (-n $recorded && $current == "$recorded") ]]; then
+		remove_path "$link"
+	fi
+	return 0
+}
+
+# How to call the command in the messages: plain `katago-edge` when our link is on PATH.
+command_name() {
+	local link="$BIN_DIR/katago-edge"
+	if [[ -L $link && $(readlink "$link") == "$VENV/bin/katago-edge" ]]; then
+		if [[ ":$PATH:" == *":$BIN_DIR:"* ]]; then echo katago-edge; else echo "$link"; fi
+	else
+		echo "$VENV/bin/katago-edge"
+	fi
 }
 
 render_config() {
@@ -634,13 +693,15 @@ PY
 }
 
 print_howto() {
+	local cli
+	cli=$(command_name)
 	cat <<EOF
 
 katago-edge is serving as '$DEVICE_ID'. Query it:
   local socket:  echo '{"id":"a","moves":[["B","Q16"]],"rules":"japanese","komi":6.5,"boardXSize":19,"boardYSize":19,"maxVisits":50}' | socat - UNIX-CONNECT:$SOCKET
-  MQTT:          $VENV/bin/katago-edge query --device $DEVICE_ID --broker $BROKER_HOST:$BROKER_PORT --moves B:Q16 --visits 50
+  MQTT:          $cli query --device $DEVICE_ID --broker $BROKER_HOST:$BROKER_PORT --moves B:Q16 --visits 50
   KaTrain:       remote engine URL ws://127.0.0.1:${KATAGO_EDGE_INSTALL_WS_PORT:-6470}
-  fleet:         $VENV/bin/katago-edge fleet --broker $BROKER_HOST:$BROKER_PORT
+  fleet:         $cli fleet --broker $BROKER_HOST:$BROKER_PORT
 EOF
 	if [[ $NO_SYSTEMD -eq 1 ]]; then
 		say "  log: $LOG_FILE   stop: $0 --uninstall --no-systemd --prefix $PREFIX"
@@ -678,6 +739,7 @@ uninstall() {
 			run kill -TERM "$(cat "$RUN_DIR/mosquitto.pid")" || true
 		fi
 	fi
+	unlink_command
 	if [[ $VENV_GIVEN -eq 0 && -x $VENV/bin/katago-edge ]]; then remove_path "$VENV"; fi
 	remove_path "$RUN_DIR"
 	if [[ $NO_SYSTEMD -eq 1 ]]; then
@@ -710,7 +772,7 @@ uninstall() {
 	if [[ $DRY_RUN -eq 0 ]]; then
 		# parents we may have created, only if now empty (never anything else in a shared prefix)
 		local d
-		for d in "$PREFIX/etc" "$PREFIX/var/lib" "$PREFIX/var/cache" "$PREFIX/var/log" "$PREFIX/var" "$PREFIX/run" "$PREFIX"; do
+		for d in "$PREFIX/bin" "$PREFIX/etc" "$PREFIX/var/lib" "$PREFIX/var/cache" "$PREFIX/var/log" "$PREFIX/var" "$PREFIX/run" "$PREFIX"; do
 			[[ -d $d ]] && rmdir "$d" 2>/dev/null && say "  removed empty $d"
 		done
 	fi
@@ -741,6 +803,7 @@ main() {
 	make_dirs
 	create_venv
 	install_package
+	link_command
 	write_config
 	prepare_network
 	if [[ $NO_SYSTEMD -eq 1 ]]; then

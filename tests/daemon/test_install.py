@@ -82,6 +82,13 @@ def test_install__prefix_no_systemd__serves_mqtt_socket_websocket__idempotent__u
         out = first.stdout + first.stderr
         assert first.returncode == 0, out
         assert "online: install-test" in out and "changed: config" in out
+        # the command on PATH: <prefix>/bin/katago-edge -> the venv's (what --no-systemd --prefix links)
+        link = prefix / "bin/katago-edge"
+        assert os.readlink(link) == f"{venv}/bin/katago-edge"
+        assert f"changed: command {link} -> {venv}/bin/katago-edge" in out
+        assert f"MQTT:          {link} query --device install-test" in out  # not on PATH here: full path
+        version = subprocess.run([str(link), "--version"], capture_output=True, text=True, timeout=60)
+        assert version.returncode == 0 and version.stdout.startswith("katago-edge "), version.stderr
         log = (prefix / "var/log/katago-edge/agent.log").read_text()
         assert "using cached onnx conversion" in log  # prepared by install.sh, not converted again
         pid = (prefix / "run/katago-edge/agent.pid").read_text().strip()
@@ -178,11 +185,79 @@ def test_install__dry_run_on_device_trees_prints_extras_and_changes_nothing(
     if unit_dropin:
         assert f"+ drop-in {unit_dropin}.conf" in out
     assert "would run: systemctl restart katago-edge.service" in out
+    # the command goes on PATH as a symlink into the venv
+    venv_cli = f"{prefix}/venv/bin/katago-edge"
+    assert f"  command:   /usr/local/bin/katago-edge -> {venv_cli}\n" in out
+    if not os.path.lexists("/usr/local/bin/katago-edge"):  # else a warning says it is left alone
+        assert f"would run: ln -sfn {venv_cli} /usr/local/bin/katago-edge\n" in out
+        assert f"would change: command /usr/local/bin/katago-edge -> {venv_cli}\n" in out
     # Debian's mosquitto service gets Nagle off (else ~40 ms per small MQTT reply)
     assert "would write: /etc/mosquitto/conf.d/katago-edge.conf" in out
     assert "would run: systemctl restart mosquitto.service" in out
     assert "dry run finished: nothing was changed" in out
     assert not prefix.exists()
+
+
+def test_install__dry_run_links_the_command_into_prefix_bin_or_bin_dir(short_tmp: Path) -> None:
+    """--no-systemd --prefix keeps everything under the prefix, the command in <prefix>/bin;
+    --bin-dir puts it elsewhere; --uninstall (dry run) with nothing installed removes nothing."""
+    prefix = short_tmp / "opt"
+    base = [
+        "--dry-run",
+        "--no-systemd",
+        "--prefix",
+        str(prefix),
+        "--model",
+        "fake",
+        "--broker",
+        "127.0.0.1:1",
+    ]
+    out = _install(*base).stdout
+    assert f"  command:   {prefix}/bin/katago-edge -> {prefix}/venv/bin/katago-edge\n" in out
+    assert f"would run: mkdir -p {prefix}/bin\n" in out
+    assert f"would run: ln -sfn {prefix}/venv/bin/katago-edge {prefix}/bin/katago-edge\n" in out
+    out = _install(*base, "--bin-dir", str(short_tmp / "bin")).stdout
+    assert f"would run: ln -sfn {prefix}/venv/bin/katago-edge {short_tmp}/bin/katago-edge\n" in out
+    assert not prefix.exists() and not (short_tmp / "bin").exists()
+
+
+def test_install__never_replaces_a_katago_edge_it_did_not_make(short_tmp: Path) -> None:
+    """A real install (fake network) with --bin-dir holding someone else's katago-edge: left alone,
+    with a warning, and still there after --uninstall; the messages name the venv's command."""
+    prefix, bin_dir = short_tmp / "opt", short_tmp / "bin"
+    bin_dir.mkdir()
+    theirs = bin_dir / "katago-edge"
+    theirs.write_text("#!/bin/sh\necho theirs\n")
+    venv = str(Path(sys.executable).parent.parent)
+    args = ["--prefix", str(prefix), "--no-systemd", "--bin-dir", str(bin_dir), "--model", "fake",
+            "--broker", f"127.0.0.1:{free_port()}", "--venv", venv, "--yes"]  # fmt: skip
+    env = base_env(KATAGO_EDGE_INSTALL_WS_PORT=str(free_port()), KATAGO_EDGE_INSTALL_WAIT="120")
+    try:
+        result = _install(*args, env=env, timeout=300)
+    finally:
+        gone = _install("--uninstall", *args, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        f"install.sh: warning: {theirs} exists and is not a symlink: left alone; the command is "
+        f"{venv}/bin/katago-edge\n" in result.stderr
+    )
+    assert f"MQTT:          {venv}/bin/katago-edge query" in result.stdout
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert theirs.read_text() == "#!/bin/sh\necho theirs\n" and _tree(prefix) == []
+
+
+def test_install__help_and_docs_list_every_option() -> None:
+    """Every option install.sh parses is in --help and in docs/daemon.md's option table."""
+    script = INSTALL.read_text()
+    parse = script[script.index("parse_args() {") : script.index("\n}\n", script.index("parse_args() {"))]
+    options = sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", parse)))
+    assert {"--bin-dir", "--model", "--prefix", "--uninstall", "--venv"} <= set(options)
+    help_text = _install("--help").stdout
+    docs = (REPO / "docs/daemon.md").read_text()
+    table = docs[docs.index("| option | effect |") : docs.index("What it does, in order:")]
+    for option in options:
+        assert re.search(rf"^  {option}\b", help_text, re.M) or f", {option}" in help_text, option
+        assert f"`{option}" in table, option
 
 
 def test_install__dry_run_extras_cover_the_profile_the_agent_chooses() -> None:
