@@ -51,7 +51,13 @@ COMMANDS: dict[str, CommandSpec] = {
     "analysis": CommandSpec(
         "agent.commands.analysis:command_analysis", "stdin/stdout drop-in for `katago analysis`"
     ),
+    "models": CommandSpec(
+        "agent.commands.models:command_models", "list, show and prune the model store's converted networks"
+    ),
     "serve": CommandSpec("agent.daemon:command_serve", "run the agent daemon"),
+    "status": CommandSpec(
+        "agent.commands.status:command_status", "what the running daemon serves (asked over its socket)"
+    ),
     "query": CommandSpec("agent.fleet:command_query", "send one analysis request over MQTT"),
     "fleet": CommandSpec("agent.fleet:command_fleet", "live table of every device's status and health"),
     "bench": CommandSpec("agent.commands.bench:command_bench", "measure this device"),

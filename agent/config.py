@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.engines.katago_binary import KataGoSettings
 from agent.errors import ConfigError
+from agent.fsutil import default_cache_dir, default_state_dir
 from agent.transports.mqtt_settings import MqttSettings
 
 ENV_PREFIX = "KATAGO_EDGE_"
@@ -44,23 +45,6 @@ DEFAULT_WEBSOCKET_PORT = 6470
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _env_dir(var: str, xdg: str, xdg_default: str) -> Path:
-    """A systemd-provided directory (first entry of a colon list), else the user's XDG folder."""
-    value = os.environ.get(var)
-    if value:
-        return Path(value.split(":")[0])
-    base = os.environ.get(xdg) or str(Path.home() / xdg_default)
-    return Path(base) / "katago-edge"
-
-
-def default_state_dir() -> Path:
-    return _env_dir("STATE_DIRECTORY", "XDG_DATA_HOME", ".local/share")
-
-
-def default_cache_dir() -> Path:
-    return _env_dir("CACHE_DIRECTORY", "XDG_CACHE_HOME", ".cache")
 
 
 def default_socket_path() -> Path:
@@ -120,7 +104,10 @@ class AgentConfig(_Strict):
         default=None, description="profiles folder; unset = the shipped profiles"
     )
     state_dir: Path = Field(default_factory=default_state_dir)
-    model_store: Path | None = Field(default=None, description="unset = <state_dir>/models")
+    model_store: Path | None = Field(default=None, description="fetched networks; unset = <state_dir>/models")
+    artifact_store: Path | None = Field(
+        default=None, description="converted networks (the model store's artifacts); unset = <cache_dir>/models"
+    )
     cache_dir: Path = Field(default_factory=default_cache_dir)
     stop_timeout: float = Field(default=20.0, gt=0, description="seconds to finish in-flight work on SIGTERM")
     overrides: dict[str, Any] = Field(default_factory=dict, description="profile fields to override")
@@ -141,9 +128,8 @@ class AgentConfig(_Strict):
         return self.model_store or self.state_dir / "models"
 
     @property
-    def converted_dir(self) -> Path:
-        """Where converted networks live, keyed by source hash (survives restarts, not purges)."""
-        return self.cache_dir / "converted"
+    def artifact_store_dir(self) -> Path:
+        return self.artifact_store or self.cache_dir / "models"
 
 
 # --- loading ------------------------------------------------------------------------------------

@@ -37,7 +37,9 @@ from typing import Any
 from agent import __version__
 from agent.config import AgentConfig, find_config, load_config, split_host_port
 from agent.errors import AgentError, ConfigError, TransportError
+from agent.models.serving import NetworkReport
 from agent.notify import Notifier
+from agent.progress import ProgressDisplay
 from agent.service_switch import ProgressWatch, ServiceSwitch, self_test
 from agent.startup import Plan, build_engine, build_service, make_plan
 
@@ -125,6 +127,7 @@ class Daemon:
         self.reload_event = threading.Event()
         self.ready_event = threading.Event()
         self.plan: Plan | None = None
+        self.network: NetworkReport | None = None  # what serves, and every fallback with its reason
         self.engine: Any = None
         self.service: Any = None
         self.switch: ServiceSwitch | None = None
@@ -170,7 +173,8 @@ class Daemon:
         self.engine, self.service = self._new_engine(self.plan)
         self.service.close(5.0)
         network = self.config.model or f"{self.plan.recommended_network} (recommended by the profile)"
-        print(f"ready: profile {self.plan.profile}, engine {self.plan.engine}, network {network}")
+        serving = f", serving {self.network.summary()}" if self.network else ""
+        print(f"ready: profile {self.plan.profile}, engine {self.plan.engine}, network {network}{serving}")
         return 0
 
     def _start(self) -> None:
@@ -180,7 +184,7 @@ class Daemon:
             logger.info("profile: %s", reason)
         self.engine, self.service = self._new_engine(self.plan)
         self.thermal = self._start_thermal_guard(self.plan)
-        self.switch = ServiceSwitch(self.service, self.thermal)
+        self.switch = ServiceSwitch(self.service, self.thermal, health=self.health)
         self.install_signal_handlers(serving=True)  # from the first client on, stops are clean
         self.notifier.status("starting transports")
         self._start_local_transports()
@@ -200,7 +204,8 @@ class Daemon:
         return guard
 
     def _new_engine(self, plan: Plan) -> tuple[Any, Any]:
-        engine = build_engine(self.config, plan, self.notifier.status)
+        with ProgressDisplay("preparing the network") as prepare:
+            engine, report = build_engine(self.config, plan, self.notifier.status, prepare)
         service = build_service(engine)
         self.notifier.status("testing the engine with one query")
         self.notifier.extend_timeout(SELF_TEST_TIMEOUT + 30)
@@ -210,6 +215,7 @@ class Daemon:
             engine.close(2.0)
             raise
         logger.info("engine answered its test query in %.2f s", seconds)
+        self.network = report
         return engine, service
 
     def _serve(self) -> None:
@@ -328,6 +334,8 @@ class Daemon:
             "engine": plan.engine if plan else None,
             "hardware": plan.hardware_model if plan else None,
             "network": self.config.model,
+            "serving": self.network.serving if self.network else None,
+            "fallback": bool(self.network and self.network.fell_back),
         }
 
     def health(self) -> dict[str, Any]:

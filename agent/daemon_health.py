@@ -47,9 +47,10 @@ def snapshot(daemon: Any) -> dict[str, Any]:
             "uptime_s": round(time.time() - daemon.started_at, 1),
             "profile": plan.profile if plan else None,
             "engine": plan.engine if plan else None,
-            "runtimes": [f"{r}/{p}" for r, p in plan.runtimes] if plan else None,
-            "network": daemon.config.model,
+            "runtimes": [e.label for e in plan.runtimes] if plan else None,
+            "model": daemon.config.model,
         },
+        "network": daemon.network.to_json() if daemon.network is not None else None,
         "local": transports,
         "service": daemon.service.stats() if daemon.service is not None else None,
         "thermal_guard": {"refused": daemon.switch.refused, "capped": daemon.switch.capped}

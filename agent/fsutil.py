@@ -41,3 +41,27 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _env_dir(var: str, xdg: str, xdg_default: str) -> Path:
+    """A systemd-provided directory (first entry of a colon list), else the user's XDG folder."""
+    value = os.environ.get(var)
+    if value:
+        return Path(value.split(":")[0])
+    base = os.environ.get(xdg) or str(Path.home() / xdg_default)
+    return Path(base) / "katago-edge"
+
+
+def default_state_dir() -> Path:
+    """Where the agent keeps its state (fetched networks): systemd's ``$STATE_DIRECTORY``, else
+    ``$XDG_DATA_HOME/katago-edge``."""
+    return _env_dir("STATE_DIRECTORY", "XDG_DATA_HOME", ".local/share")
+
+
+def default_cache_dir() -> Path:
+    """Where rebuildable things go (converted networks, KataGo binaries): ``$KATAGO_EDGE_CACHE``,
+    systemd's ``$CACHE_DIRECTORY``, else ``$XDG_CACHE_HOME/katago-edge``. The one default."""
+    env = os.environ.get("KATAGO_EDGE_CACHE")
+    if env:
+        return Path(env)
+    return _env_dir("CACHE_DIRECTORY", "XDG_CACHE_HOME", ".cache")

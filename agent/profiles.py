@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import logging
 import os
 import platform
 import sys
@@ -39,14 +40,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import ConfigError
 from agent.hardware import Hardware
 from agent.hardware.runtimes import Runtimes
 
+logger = logging.getLogger(__name__)
+
 Kind = Literal["raspberry-pi", "jetson", "android", "x86_64", "arm64", "other"]
-RuntimeName = Literal["tensorrt", "onnxruntime", "litert", "numpy", "katago"]
+RuntimeName = Literal["tensorrt", "onnx", "tflite", "numpy", "katago"]
+# Names written by earlier versions (profiles, configs, `bench --apply`): read as the one vocabulary.
+LEGACY_RUNTIME_NAMES = {"onnxruntime": "onnx", "litert": "tflite"}
+
+
+def _canonical_runtime(value: Any) -> Any:
+    if isinstance(value, str) and value in LEGACY_RUNTIME_NAMES:
+        logger.warning("runtime name %r is deprecated; write %r", value, LEGACY_RUNTIME_NAMES[value])
+        return LEGACY_RUNTIME_NAMES[value]
+    return value
 Precision = Literal["fp32", "fp16", "int8"]
 
 
@@ -65,11 +77,22 @@ class MatchRules(_Strict):
     nvidia_gpu: bool | None = None
     runtimes: list[RuntimeName] = Field(default_factory=list)
 
+    @field_validator("runtimes", mode="before")
+    @classmethod
+    def _legacy_names(cls, value: Any) -> Any:
+        return [_canonical_runtime(v) for v in value] if isinstance(value, list) else value
+
 
 class RuntimeChoice(_Strict):
     runtime: RuntimeName
     precision: Precision = "fp32"
     provider: str | None = None  # an onnxruntime execution provider, e.g. "CUDAExecutionProvider"
+    required: bool = False  # true: the daemon fails instead of falling back when this entry cannot serve
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _legacy_name(cls, value: Any) -> Any:
+        return _canonical_runtime(value)
 
     @property
     def label(self) -> str:

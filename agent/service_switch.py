@@ -11,6 +11,10 @@ client can still stop work on a hot device. The profile's ``max_visits`` holds i
 larger ``maxVisits`` is clamped with a warning (``{"id", "field": "maxVisits", "warning"}``).
 In the normal state lines without ``"maxVisits"`` pass through untouched (nothing is parsed
 twice).
+
+One action is the daemon's own: ``{"id": ..., "action": "query_health"}`` answers with the
+daemon's health document (``{"id", "action": "query_health", "health": {...}}``), what
+``katago-edge status`` asks over the local socket.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agent.errors import EngineError
@@ -26,8 +31,8 @@ from agent.transports.session import Response
 
 logger = logging.getLogger(__name__)
 
+HEALTH_ACTION = '"query_health"'
 VISITS_KEY = '"maxVisits"'
-
 SELF_TEST = {
     "id": "katago-edge-self-test",
     "moves": [["B", "D4"]],
@@ -42,9 +47,12 @@ SELF_TEST = {
 class ServiceSwitch:
     """Delegates to ``current`` (an ``AnalysisService``); applies the thermal guard if set."""
 
-    def __init__(self, service: Any, guard: Any = None) -> None:
+    def __init__(
+        self, service: Any, guard: Any = None, health: Callable[[], dict[str, Any]] | None = None
+    ) -> None:
         self.current = service
         self.guard = guard
+        self.health = health
         self.refused = 0
         self.capped = 0
 
@@ -54,6 +62,8 @@ class ServiceSwitch:
         return str(self.guard.status.state)
 
     def handle_line(self, line: str, emit: Any) -> None:
+        if self.health is not None and HEALTH_ACTION in line and self._health(line, emit):
+            return
         if self._state() in ("normal", "unknown") and (self.guard is None or VISITS_KEY not in line):
             self.current.handle_line(line, emit)  # no visit count asked: the profile's default holds
             return
@@ -64,7 +74,21 @@ class ServiceSwitch:
             return
         self.handle_query(query, emit)
 
+    def _health(self, line: str, emit: Any) -> bool:
+        """Answer a ``query_health`` action; False when the line is something else."""
+        try:
+            query = json.loads(line)
+        except (ValueError, RecursionError):
+            return False
+        if not isinstance(query, dict) or query.get("action") != "query_health" or self.health is None:
+            return False
+        emit({"id": query.get("id"), "action": "query_health", "health": self.health()})
+        return True
+
     def handle_query(self, query: Any, emit: Any) -> None:
+        if self.health is not None and isinstance(query, dict) and query.get("action") == "query_health":
+            emit({"id": query.get("id"), "action": "query_health", "health": self.health()})
+            return
         if self.guard is None or not isinstance(query, dict) or "action" in query:
             self.current.handle_query(query, emit)
             return

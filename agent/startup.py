@@ -4,12 +4,14 @@
    choose a profile (``agent.profiles``), or take the one named in the config. The plan says
    which engine (native search or a KataGo binary), which runtime and precision, threads and
    visit caps.
-2. **Network.** ``config.model`` is a path, a URL or a model-store name; ``agent.models.fetch``
-   brings it into the store. A runtime other than numpy needs a converted file; conversions are
-   cached under ``<cache_dir>/converted/<sha256 of the source>-<runtime>-<precision>`` so a
-   restart (or a second ``install.sh``) does not convert again, and a new network (new hash)
-   never reuses an old conversion. ``fake`` (or ``fake:delay=SECONDS``) selects the
-   deterministic fake network of ``agent.backends.fake``: no file, for tests and dry runs.
+2. **Network.** ``config.model`` is a path, a URL or a store name (``agent.models.fetch`` brings
+   it into ``model_store_dir``), or a converted file (``.onnx``, ``.tflite``, ``.engine``) served
+   as it is. The plan's runtime entries are tried in order through the model store
+   (``agent.models.serving.open_network``): each builds, verifies and caches its artifact once
+   (``<cache_dir>/models``), and each entry that cannot serve is a visible fallback with its
+   reason (``NetworkReport``: health, ``katago-edge status``, the fleet table). ``fake`` (or
+   ``fake:delay=SECONDS``) selects the deterministic fake network of ``agent.backends.fake``: no
+   file, for tests and dry runs.
 3. **Engine.** The native engine runs our search over the loaded net; ``katago`` supervises a
    KataGo binary. The engine is wrapped in the ``AnalysisService`` every transport shares.
 
@@ -19,22 +21,31 @@ daemon prints exactly that one line and exits.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.backends.base import NeuralNet
+from agent.backends.fake import FakeNet
 from agent.config import AgentConfig
-from agent.errors import AgentError, ConfigError, ModelStoreError, RuntimeUnavailable
+from agent.engines.base import Engine
+from agent.engines.katago_process import engine_from_settings
+from agent.engines.native import NativeEngine
+from agent.errors import ConfigError, ModelStoreError
+from agent.hardware import probe_hardware
+from agent.hardware.runtimes import probe_runtimes
+from agent.models.fetch import fetch_model
+from agent.models.serving import NetworkReport, RuntimeEntry, open_network
+from agent.models.store import ModelStore
+from agent.progress import NO_PROGRESS, ProgressFactory
+from agent.protocol.service import AnalysisService
+from agent.search.params import SearchParams
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-
-CONVERTED_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tensorrt": ".engine"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,7 @@ class Plan:
     hardware_kind: str
     hardware_model: str
     engine: str  # "native" | "katago"
-    runtimes: tuple[tuple[str, str], ...]  # (runtime, precision) by preference; first that loads wins
+    runtimes: tuple[RuntimeEntry, ...]  # by preference; the first that can serve wins
     threads: int = 2
     batch_size: int = 8
     default_visits: int = 500
@@ -55,25 +66,9 @@ class Plan:
     profile_model: Any = field(default=None, compare=False)  # agent.profiles.Profile (thermal limits)
 
 
-def _optional(module: str) -> Any | None:
-    """Import ``module`` if it is installed; a missing dependency *inside* it still raises."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        if exc.name and module.startswith(exc.name):
-            return None
-        raise
-
-
-# profile runtime names (agent.profiles) -> the runtime names of agent.backends.registry / the converters
-RUNTIME_ALIASES = {"onnxruntime": "onnx", "litert": "tflite", "tensorrt": "tensorrt", "numpy": "numpy"}
-
-
 def make_plan(config: AgentConfig) -> Plan:
     """Probe the hardware and choose the profile (or apply the one named in the config)."""
     from agent import profiles
-    from agent.hardware import probe_hardware
-    from agent.hardware.runtimes import probe_runtimes
 
     hardware = probe_hardware(config.root).with_runtimes(
         probe_runtimes(str(config.katago.binary) if config.katago.binary else None)
@@ -89,9 +84,11 @@ def make_plan(config: AgentConfig) -> Plan:
         ordered.remove(choice)
         ordered.insert(0, choice)
     engine = config.engine if config.engine != "auto" else profile.engine.kind
-    runtimes = [(RUNTIME_ALIASES[c.runtime], c.precision) for c in ordered if c.runtime in RUNTIME_ALIASES]
-    if ("numpy", "fp32") not in runtimes:
-        runtimes.append(("numpy", "fp32"))  # the reference runtime runs everywhere, slowly
+    runtimes = [
+        RuntimeEntry(c.runtime, c.precision, c.provider, c.required) for c in ordered if c.runtime != "katago"
+    ]
+    if not any(e.runtime == "numpy" for e in runtimes):
+        runtimes.append(RuntimeEntry("numpy", "fp32"))  # the reference runtime runs everywhere, slowly
     return Plan(
         profile=profile.name,
         hardware_kind=hardware.kind,
@@ -149,153 +146,52 @@ def fetch_network(config: AgentConfig, progress: Progress, plan: Plan | None = N
             "no network configured: pass --model PATH|URL, or set model = ... in the config "
             "(`katago-edge fetch-model katrain` fetches one)"
         )
-    from agent.models.fetch import fetch_model
-
     progress(f"fetching network {spec}")
     return Path(fetch_model(spec, store=config.model_store_dir, sha256=sha256))
 
 
-def source_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def model_store(config: AgentConfig) -> ModelStore:
+    """The store of converted networks for this config (``artifact_store``, else ``<cache_dir>/models``)."""
+    return ModelStore(config.artifact_store_dir)
 
 
-def converted_path(config: AgentConfig, source: Path, runtime: str, precision: str) -> Path:
-    """Cache location of ``source`` converted for ``runtime``/``precision`` (keyed by content)."""
-    return (
-        config.converted_dir / f"{source_hash(source)[:16]}-{runtime}-{precision}{CONVERTED_SUFFIX[runtime]}"
-    )
-
-
-def prepare_for_runtime(
-    config: AgentConfig, source: Path, runtime: str, precision: str, progress: Progress
-) -> Path:
-    """The file ``runtime`` loads: the source itself for numpy, else a cached verified conversion."""
-    if runtime == "numpy":
-        return source
-    if runtime not in CONVERTED_SUFFIX:
-        raise RuntimeUnavailable(f"unknown runtime {runtime!r}")
-    target = converted_path(config, source, runtime, precision)
-    if target.is_file():
-        logger.info("using cached %s conversion %s", runtime, target)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    progress(f"converting network to {runtime} {precision} (once; cached by source hash)")
-    if runtime == "onnx" and precision in ("fp32", "fp16"):
-        convert_onnx(source, target, precision)
-        return target
-    convert_mod = _optional("agent.network.convert")
-    if convert_mod is None or not hasattr(convert_mod, "convert_network"):
-        raise RuntimeUnavailable(f"converting to {runtime} {precision} needs agent.network.convert")
-    convert_mod.convert_network(source, target, to=runtime, precision=precision)
-    return target
-
-
-VERIFY_POSITIONS = 24
-
-
-def convert_onnx(source: Path, target: Path, precision: str) -> None:
-    """Build the ONNX graph (FP16 if asked), verify it against the numpy reference, then store it.
-
-    Verification uses a few self-play positions of the reference network itself, so it needs no
-    data; a conversion that misses the accuracy thresholds is never cached (``VerificationFailed``).
-    """
-    from agent.backends.onnx.builder import build_onnx
-    from agent.backends.registry import load_net as runtime_load
-    from agent.fsutil import atomic_write_bytes
-    from agent.models.positions import positions_from_selfplay
-    from agent.models.verify import verify
-    from agent.network.reader import read_network
-
-    network = read_network(source)
-    model = build_onnx(network)
-    if precision == "fp16":
-        from agent.backends.onnx.quantize import to_fp16
-
-        model = to_fp16(model)
-    data = model.SerializeToString()
-    staging = target.with_suffix(".unverified.onnx")
-    atomic_write_bytes(staging, data)
-    try:
-        reference = runtime_load(network, runtime="numpy")
-        converted = runtime_load(staging, runtime="onnx")
-        positions = positions_from_selfplay(reference, VERIFY_POSITIONS, games=2, max_moves=60)
-        report = verify(converted, reference, positions, network.postprocess, precision=precision)
-        report.raise_if_failed(f"{network.name} as onnx {precision}")
-        converted.close()
-        logger.info("conversion verified: %s", report.summary())
-        staging.replace(target)
-    finally:
-        staging.unlink(missing_ok=True)
-
-
-def load_net(config: AgentConfig, plan: Plan, progress: Progress) -> Any:
-    """Load the network with the first runtime of the plan that works; say which in the log."""
+def load_net(
+    config: AgentConfig, plan: Plan, progress: Progress, prepare: ProgressFactory = NO_PROGRESS
+) -> tuple[NeuralNet, NetworkReport | None]:
+    """Load the network with the first runtime of the plan that can serve it, and say which."""
     fake = parse_fake(config.model or "")
     if fake is not None:
-        from agent.backends.fake import FakeNet
-
-        return FakeNet(seed=int(fake.get("seed", 1)), delay=fake.get("delay", 0.0))
+        return FakeNet(seed=int(fake.get("seed", 1)), delay=fake.get("delay", 0.0)), None
     source = fetch_network(config, progress, plan)
-    runtime_mod = _optional("agent.backends.registry")
-    loader = getattr(runtime_mod, "load_net", None)
-    if loader is None:
-        raise RuntimeUnavailable("no network runtime installed (agent.backends.registry.load_net is missing)")
-    failures = []
-    for runtime, precision in plan.runtimes:
-        try:
-            path = prepare_for_runtime(config, source, runtime, precision, progress)
-            progress(f"loading network with {runtime}")
-            return loader(path, runtime=runtime)
-        except AgentError as exc:
-            failures.append(f"{runtime}: {exc}")
-            logger.warning("runtime %s unusable: %s", runtime, exc)
-    raise RuntimeUnavailable("no runtime could load the network: " + "; ".join(failures))
+    progress(f"preparing the network ({', '.join(e.label for e in plan.runtimes)})")
+    return open_network(source, plan.runtimes, model_store(config), progress=prepare)
 
 
-def build_engine(config: AgentConfig, plan: Plan, progress: Progress) -> Any:
-    """The engine the plan asks for (native search over the net, or a supervised KataGo)."""
+def build_engine(
+    config: AgentConfig, plan: Plan, progress: Progress, prepare: ProgressFactory = NO_PROGRESS
+) -> tuple[Engine, NetworkReport | None]:
+    """The engine the plan asks for (native search over the net, or a supervised KataGo), and the
+    report of what serves."""
     if plan.engine == "katago":
-        from agent.engines.katago_process import engine_from_settings
-
         source = fetch_network(config, progress, plan)
         progress("starting the KataGo binary")
-        return engine_from_settings(config.katago, source, cache_dir=config.cache_dir / "katago")
-    from agent.engines.native import NativeEngine
-    from agent.search.params import SearchParams
-
-    net = load_net(config, plan, progress)
+        katago: Engine = engine_from_settings(config.katago, source, cache_dir=config.cache_dir / "katago")
+        report = NetworkReport(
+            RuntimeEntry("katago", "fp32"),
+            {"runtime": "katago", "precision": None, "provider": None, "file": str(source)},
+        )
+        return katago, report
+    net, served = load_net(config, plan, progress, prepare)
     params = SearchParams(max_visits=plan.default_visits, num_threads=plan.threads)
-    return NativeEngine(
+    engine = NativeEngine(
         net,
-        post_params(net, config, plan),
+        net.postprocess_params,
         default_params=params,
         max_batch_size=plan.batch_size,
         cache_size=plan.cache_size,
     )
+    return engine, served
 
 
-def post_params(net: Any, config: AgentConfig, plan: Plan) -> Any:
-    """The header's post-processing parameters for ``net`` (runtimes keep them in different places)."""
-    from agent.network.model import PostProcessParams
-
-    if getattr(net.info, "runtime", "") == "fake":
-        return PostProcessParams(model_version=15, policy_channels=2)  # FakeNet mimics a v15 net
-    for found in (
-        getattr(net, "postprocess_params", None),
-        getattr(getattr(net, "network", None), "postprocess", None),
-    ):
-        if isinstance(found, PostProcessParams):
-            return found
-    from agent.network.reader import read_network
-
-    return read_network(fetch_network(config, lambda _text: None, plan)).postprocess
-
-
-def build_service(engine: Any) -> Any:
-    from agent.protocol.service import AnalysisService
-
+def build_service(engine: Engine) -> AnalysisService:
     return AnalysisService(engine)

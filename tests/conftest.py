@@ -10,7 +10,9 @@ the run.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from edge_fixtures import HOW_TO_GET
@@ -79,3 +81,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         if key is not None:
             report.outcome = "failed"
             report.longrepr = f"required resource '{key}' missing in CI (KATAGO_EDGE_REQUIRE): {reason}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One model store for the whole run (``KATAGO_EDGE_ARTIFACT_STORE``, inherited by the CLI and daemon
+    subprocesses too): each network x recipe is built and verified once per run, never taken
+    from a developer's own cache."""
+    path = tmp_path_factory.mktemp("model-store")
+    old = os.environ.get("KATAGO_EDGE_ARTIFACT_STORE")
+    os.environ["KATAGO_EDGE_ARTIFACT_STORE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("KATAGO_EDGE_ARTIFACT_STORE", None)
+    else:
+        os.environ["KATAGO_EDGE_ARTIFACT_STORE"] = old
+
+
+@pytest.fixture(scope="session")
+def model_store(_model_store_dir: Path) -> Any:
+    """The run's model store (see ``_model_store_dir``)."""
+    from agent.models.store import ModelStore
+
+    return ModelStore(_model_store_dir)

@@ -35,6 +35,15 @@ def model_file(models: Path, key: str) -> Path:
     return path
 
 
+def open_model(source: Path, store: Any, runtime: str = "onnx", precision: str = "fp32") -> Any:
+    """``source`` loaded with ``runtime``/``precision`` through the model store (built, verified
+    and cached once per store), as serve and analysis load it."""
+    from agent.models.serving import RuntimeEntry, open_network
+
+    net, _ = open_network(source, [RuntimeEntry(runtime, precision, required=True)], store)
+    return net
+
+
 def row_context(record: dict[str, Any], spatial: np.ndarray, global_: np.ndarray) -> RowContext:
     """Post-processing context of one recorded reference position (board, side to move, legal
     points from its V7 features, whether the rules make a no-result impossible)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from agent.network.model import PostProcessParams
 from agent.network.tensors import F32, NNInputs, NNOutputs
 
 __all__ = ["F32", "Cancel", "NNInputs", "NNOutputs", "NetInfo", "NeuralNet"]
@@ -57,6 +58,12 @@ class NeuralNet(ABC):
     @property
     @abstractmethod
     def info(self) -> NetInfo: ...
+
+    @property
+    @abstractmethod
+    def postprocess_params(self) -> PostProcessParams:
+        """The header values shared post-processing needs (multipliers, version, policy channels):
+        from the network itself, or carried in the converted file's metadata or its manifest."""
 
     @abstractmethod
     def evaluate(self, inputs: NNInputs) -> NNOutputs:

@@ -23,6 +23,7 @@ import numpy as np
 
 from agent.backends.base import Cancel, NetInfo, NeuralNet, NNInputs, NNOutputs
 from agent.errors import EvaluationCancelled
+from agent.network.model import PostProcessParams
 
 
 class _EventCancel(Cancel):
@@ -54,6 +55,10 @@ class FakeNet(NeuralNet):
     @property
     def info(self) -> NetInfo:
         return self._info
+
+    @property
+    def postprocess_params(self) -> PostProcessParams:
+        return PostProcessParams(model_version=15, policy_channels=2)  # the layout FakeNet mimics
 
     def make_cancel(self) -> Cancel:
         return _EventCancel()

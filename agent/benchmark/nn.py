@@ -24,6 +24,7 @@ from agent.backends.base import NNOutputs
 from agent.benchmark.positions import BenchPosition, encode_batch
 from agent.benchmark.timing import Timing, measure
 from agent.errors import AgentError
+from agent.models.store import Artifact, ModelStore, Recipe, check_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class NNBench:
     skipped: dict[str, str] = field(default_factory=dict)
     prepare_s: dict[str, float] = field(default_factory=dict)
     accuracy: dict[str, Accuracy] = field(default_factory=dict)
-    paths: dict[str, Path] = field(default_factory=dict)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
 
     def verified(self) -> dict[str, bool]:
         return {k: a.passed for k, a in self.accuracy.items()}
@@ -130,78 +131,16 @@ class NNBench:
         }
 
 
-def prepare_variant(source: Path, runtime: str, precision: str, cache_dir: Path) -> Path:
-    """The file to load for a variant, converting once into ``cache_dir`` when needed."""
-    if runtime == "numpy":
-        if precision != "fp32":
-            raise AgentError("the numpy reference runs in fp32 only")
-        return source
-    stem = source.name.split(".")[0]
-    if runtime == "onnx":
-        if precision == "fp32":
-            from agent.backends.onnx.runtime import ensure_onnx
+def prepare_variant(source: Path, runtime: str, precision: str, store: ModelStore) -> Artifact:
+    """The artifact to load for a variant, from the model store (built and verified once).
 
-            return ensure_onnx(source, cache_dir=cache_dir)
-        out = cache_dir / f"{stem}.{precision}.onnx"
-        if not out.is_file():
-            import onnx
-
-            from agent.backends.onnx import quantize
-            from agent.backends.onnx.runtime import ensure_onnx
-            from agent.fsutil import atomic_write_bytes
-
-            fp32 = onnx.load(str(ensure_onnx(source, cache_dir=cache_dir)))
-            if precision == "fp16":
-                model = quantize.to_fp16(fp32)
-            else:
-                model = quantize.to_int8_static(fp32, _calibration_set())
-            atomic_write_bytes(out, model.SerializeToString())
-        return out
-    if runtime == "tflite":
-        out = cache_dir / f"{stem}.{precision}.tflite"
-        if not out.is_file():
-            from agent.backends.tflite import builder as tflite_builder
-            from agent.network.reader import read_network
-
-            net = read_network(source)
-            representative = None
-            if precision.startswith("int8"):
-                representative = _representative_positions()
-            tflite_builder.convert(net, out, precision, representative=representative)
-        return out
-    if runtime == "tensorrt":
-        from agent.backends.onnx.runtime import ensure_onnx
-        from agent.backends.tensorrt.builder import BuildSettings, ensure_engine
-
-        onnx_path = ensure_onnx(source, cache_dir=cache_dir)
-        if precision == "int8":
-            onnx_path = prepare_variant(source, "onnx", "int8", cache_dir)
-        return ensure_engine(onnx_path, cache_dir, BuildSettings(precision=precision))
-    raise AgentError(f"unknown runtime {runtime!r}")
-
-
-def _calibration_set() -> Any:
-    """Calibration positions for ONNX INT8 (a seeded game other than the benchmark's)."""
-    from agent.benchmark.positions import bench_positions
-    from agent.models.positions import PositionSet
-
-    positions = bench_positions(seed=7, move_numbers=tuple(range(0, 240, 8)))
-    batch = encode_batch(positions, len(positions))
-    ids = tuple(f"bench-cal-{i}" for i in range(batch.batch_size))
-    return PositionSet(batch.spatial, batch.global_, ids, "katago-edge bench seeded game 7")
-
-
-def _representative_positions() -> Callable[[], list[tuple[Any, Any]]]:
-    """Calibration positions for INT8 builds: a seeded game other than the benchmark's."""
-    from agent.benchmark.positions import bench_positions
-
-    positions = bench_positions(seed=7, move_numbers=tuple(range(0, 240, 8)))
-
-    def rows() -> list[tuple[Any, Any]]:
-        batch = encode_batch(positions, len(positions))
-        return [(batch.spatial[i : i + 1], batch.global_[i : i + 1]) for i in range(batch.batch_size)]
-
-    return rows
+    A variant the store refuses (verification failed, now or before) raises ``VerificationFailed``
+    and is reported as skipped with that reason: the bench measures only what ``serve`` would serve.
+    """
+    if runtime == "numpy" and precision != "fp32":
+        raise AgentError("the numpy reference runs in fp32 only")
+    check_runtime(runtime)
+    return store.prepare(source, Recipe(runtime, precision))
 
 
 def peak_rss_mb() -> float:
@@ -216,14 +155,12 @@ def run_nn_bench(
     variants: list[tuple[str, str]],
     batches: list[int],
     threads: list[int],
-    cache_dir: Path,
+    store: ModelStore,
     reps: int = 10,
     max_seconds: float = 20.0,
     progress: Callable[[str], None] | None = None,
 ) -> NNBench:
     """Measure every variant x batch x threads; variants that cannot run are recorded as skipped."""
-    from agent.backends.registry import load_net
-
     bench = NNBench()
     inputs = {b: encode_batch(positions, b) for b in batches}
     check = encode_batch(positions, len(positions))
@@ -232,19 +169,18 @@ def run_nn_bench(
         label = f"{runtime}/{precision}"
         try:
             t0 = time.perf_counter()
-            path = prepare_variant(source, runtime, precision, cache_dir)
+            artifact = prepare_variant(source, runtime, precision, store)
             bench.prepare_s[label] = time.perf_counter() - t0
-            bench.paths[label] = path
+            bench.artifacts[label] = artifact
         except (AgentError, ImportError) as exc:
             bench.skipped[label] = str(exc)
             logger.info("skipping %s: %s", label, exc)
             continue
         thread_list = threads if runtime in THREAD_OPTION else [0]
         for nthreads in thread_list:
-            opts = {THREAD_OPTION[runtime]: nthreads} if runtime in THREAD_OPTION and nthreads else {}
             try:
                 t0 = time.perf_counter()
-                net = load_net(path, runtime=runtime, **opts)
+                net = store.open(artifact, threads=nthreads)
                 load_s = time.perf_counter() - t0
             except (AgentError, ImportError) as exc:
                 bench.skipped[label] = str(exc)

@@ -5,8 +5,10 @@ Accepts KataGo's command line as KaTrain writes it::
     katago-edge analysis -model M.bin.gz -config analysis.cfg -override-config homeDataDir=~/.katrain
 
 (single-dash long options; ``--model`` etc. work too), plus our own ``--runtime``
-(numpy/onnx/tflite/tensorrt; default from the model's suffix, ``.bin.gz`` -> onnx when
-onnxruntime is installed, else numpy) and ``--engine native|katago`` (``--katago PATH`` for the
+(numpy/onnx/tflite/tensorrt) and ``--precision`` for a KataGo network, prepared through the model
+store (``agent.models.store``: built and verified once, then cached; default ONNX FP32 with the
+numpy reference as a visible fallback); a converted file (``.onnx``, ``.tflite``, ``.engine``)
+is served by the runtime its suffix names and ``--engine native|katago`` (``--katago PATH`` for the
 real binary, supervised by ``agent.engines.katago_process``).
 
 Config: KataGo ``.cfg`` syntax (``key = value``, ``#`` comments), then ``-override-config``
@@ -26,7 +28,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError, RuntimeUnavailable
+from agent.backends.registry import RUNTIME_NAMES
+from agent.engines.native import NativeEngine
+from agent.errors import ConfigError, ModelStoreError
+from agent.models.serving import RuntimeEntry, open_network
+from agent.models.store import ModelStore, default_store_root
+from agent.progress import ProgressDisplay
 from agent.search.params import ENGINE_KEYS, SearchParams, cfg_keys, with_overrides
 
 logger = logging.getLogger(__name__)
@@ -67,7 +74,15 @@ def configure_analysis(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-quit-without-waiting", "--quit-without-waiting", dest="quit_without_waiting", action="store_true"
     )
-    parser.add_argument("--runtime", choices=["numpy", "onnx", "tflite", "tensorrt"], help="network runtime")
+    parser.add_argument(
+        "--runtime",
+        choices=list(RUNTIME_NAMES),
+        help="network runtime for a KataGo network (default: onnx, numpy if onnxruntime is missing); "
+        "a converted file (.onnx, .tflite, .engine) names its own",
+    )
+    parser.add_argument(
+        "--precision", choices=["fp32", "fp16", "int8"], default="fp32", help="with --runtime (default fp32)"
+    )
     parser.add_argument("--engine", choices=["native", "katago"], default="native")
     parser.add_argument("--katago", help="path of the KataGo binary for --engine katago")
 
@@ -160,52 +175,36 @@ def engine_settings(cfg: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def choose_runtime(model: str, requested: str | None) -> str:
-    if requested:
-        return requested
-    low = model.lower()
-    if low.endswith(".onnx"):
-        return "onnx"
-    if low.endswith(".tflite"):
-        return "tflite"
-    if low.endswith((".engine", ".plan", ".trt")):
-        return "tensorrt"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "numpy"
-    return "onnx"
+def runtime_entries(runtime: str | None, precision: str) -> list[RuntimeEntry]:
+    """What ``--runtime``/``--precision`` ask for: that entry alone (required: a user who names a
+    runtime gets it or an error), else ONNX FP32 with the numpy reference as the fallback."""
+    if runtime:
+        return [RuntimeEntry(runtime, precision, required=True)]
+    return [RuntimeEntry("onnx", precision), RuntimeEntry("numpy", "fp32")]
 
 
-def postprocess_params_of(net: Any) -> Any:
-    """Header post-processing parameters of a loaded runtime."""
-    pp = getattr(net, "postprocess_params", None)
-    if pp is None and getattr(net, "network", None) is not None:
-        pp = net.network.postprocess
-    if pp is None:
-        raise RuntimeUnavailable(
-            f"runtime {net.info.runtime} does not expose the network's post-processing parameters"
-        )
-    return pp
-
-
-def build_native_engine(model: str, runtime: str, settings: dict[str, Any]) -> Any:
-    from agent.backends.registry import load_net
-    from agent.engines.native import NativeEngine
-
-    net = load_net(model, runtime=runtime)
-    network = getattr(net, "network", None)
+def build_native_engine(
+    model: str, entries: list[RuntimeEntry], settings: dict[str, Any], store: ModelStore | None = None
+) -> NativeEngine:
+    """Our search over ``model``: a KataGo network prepared through the model store (built and
+    verified once), or a converted file (``.onnx``, ``.tflite``, ``.engine``) served as it is."""
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise ModelStoreError(f"{model}: no such network file")
+    with ProgressDisplay(f"preparing {path.name}") as prepare:
+        net, report = open_network(path, entries, store or ModelStore(default_store_root()), progress=prepare)
+    if report.fell_back:
+        print(f"WARNING: serving with a fallback: {report.summary()}", file=sys.stderr)
     return NativeEngine(
         net,
-        postprocess_params_of(net),
+        net.postprocess_params,
         default_params=settings["params"],
         num_analysis_threads=settings["num_analysis_threads"],
         max_batch_size=settings["max_batch_size"],
         cache_size=settings["cache_size"],
         randomize=settings["randomize"],
         seed=settings["seed"],
-        pass_alive_suicide=bool(getattr(network, "prefer_pass_alive_under_suicide", False)),
-        model_name=Path(model).name,
+        model_name=path.name,
     )
 
 
@@ -246,8 +245,7 @@ def _serve_analysis(args: argparse.Namespace) -> int:
     if args.engine == "katago":
         engine = build_katago_engine(args)
     else:
-        runtime = choose_runtime(args.model, args.runtime)
-        engine = build_native_engine(args.model, runtime, settings)
+        engine = build_native_engine(args.model, runtime_entries(args.runtime, args.precision), settings)
     try:
         service = AnalysisService(
             engine,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError, ConfigError
+from agent.models.store import ModelStore, Recipe, default_store_root
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +132,7 @@ def command_bench(args: argparse.Namespace) -> int:
                 ("tensorrt", "fp16"),
             }
         ]
-    cache_dir = (
-        args.cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "katago-edge"
-    )
+    store = ModelStore(args.cache_dir / "models" if args.cache_dir else default_store_root())
     positions = bench_positions()
     report: dict[str, Any] = {
         "model": model.name,
@@ -156,14 +155,14 @@ def command_bench(args: argparse.Namespace) -> int:
             variants=variants,
             batches=batches,
             threads=threads,
-            cache_dir=cache_dir,
+            store=store,
             reps=reps,
             max_seconds=10.0 if args.quick else 30.0,
             progress=step,
         )
         report["nn"] = nn.to_dict()
         if not args.no_search:
-            report["search"] = _search(model, nn, positions, search_threads, visits, step)
+            report["search"] = _search(model, nn, store, positions, search_threads, visits, step)
         if not args.no_e2e:
             report["e2e"] = _e2e(model, args.broker, step)
         if args.katago:
@@ -191,13 +190,12 @@ def command_bench(args: argparse.Namespace) -> int:
 def _search(
     model: Path,
     nn: Any,
+    store: ModelStore,
     positions: list[Any],
     thread_counts: list[int],
     visits: int,
     step: Callable[[str], None],
 ) -> dict[str, Any]:
-    from agent.backends.registry import load_net
-    from agent.benchmark.nn import THREAD_OPTION
     from agent.benchmark.search import run_search_benches
     from agent.network.reader import read_network
 
@@ -206,8 +204,7 @@ def _search(
     fp32 = [r for r in nn.results if r.precision == "fp32"]
     best = max(fp32, key=lambda r: r.evals_per_s, default=None)
     runtime = best.runtime if best else "numpy"
-    opts: dict[str, Any] = {THREAD_OPTION[runtime]: best.threads} if best and runtime in THREAD_OPTION else {}
-    path = nn.paths.get(f"{runtime}/fp32", model)
+    artifact = nn.artifacts.get(f"{runtime}/fp32") or store.prepare(model, Recipe("numpy"))
     post = read_network(model).postprocess
     step(
         f"search with {runtime}, {best.threads if best else 'default'} runtime threads "
@@ -215,7 +212,7 @@ def _search(
     )
     try:
         results = run_search_benches(
-            lambda: load_net(path, runtime=runtime, **opts),
+            lambda: store.open(artifact, threads=best.threads if best else 0),
             post,
             positions,
             thread_counts=thread_counts,

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,6 +92,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help='override a threshold, e.g. --threshold policy_top1_agreement ">=" 0.9',
     )
     parser.add_argument("--json", action="store_true", help="print the verification report as JSON")
+    parser.add_argument(
+        "--store", type=Path, metavar="DIR", help="model store folder (default: $KATAGO_EDGE_CACHE/models)"
+    )
     parser.add_argument("--profile", metavar="NAME", help="take threshold overrides from this device profile")
 
 
@@ -193,7 +195,8 @@ def _default_output(model: Path, target: str, precision: str) -> Path:
 
 
 def command_convert(args: argparse.Namespace) -> int:
-    from agent.models.pipeline import ConvertJob, run_conversion
+    from agent.models.store import ModelStore, Recipe, VerificationRefused, copy_artifact, default_store_root
+    from agent.progress import ProgressDisplay
 
     target, precision = args.to, args.precision
     if precision not in TARGETS[target]:
@@ -202,70 +205,84 @@ def command_convert(args: argparse.Namespace) -> int:
         )
     if not args.model.is_file():
         raise ConversionError(f"{args.model}: no such network file")
-    job = ConvertJob(
-        model=args.model,
-        target=target,
-        precision=precision,
-        output=args.output or _default_output(args.model, target, precision),
-        calibration=args.calibration,
-        calibration_method=args.calibration_method,
-        calibration_positions=args.calibration_positions,
-        int8_mode=args.int8_mode,
-        verify_source=args.positions,
-        verify_positions=args.verify_positions,
-        thresholds=_thresholds(args, precision),
-        threads=args.threads,
+    recipe = Recipe(
+        target,
+        precision,
         board=args.board,
-        force=args.force,
-        smooth_alpha=args.smooth,
+        calibration=args.calibration,
+        calibration_positions=args.calibration_positions,
+        calibration_method=args.calibration_method,
+        int8_mode=args.int8_mode,
         weight_rounding=args.weight_rounding,
         keep_float=tuple(g for g in args.keep_float.split(",") if g) if args.keep_float is not None else None,
+        verify_source=args.positions,
+        verify_positions=args.verify_positions,
+        thresholds=tuple((m, op, v) for m, (op, v) in _thresholds(args, precision).items()),
+        smooth_alpha=args.smooth,
         tflite_builder=args.tflite_builder,
     )
-    report, written = run_conversion(job, progress_reporter)
-    _print_report(report, args)
-    if written is None:
+    store = ModelStore(args.store or default_store_root())
+    output = args.output or _default_output(args.model, target, precision)
+    try:
+        with ProgressDisplay(f"converting {args.model.name} to {recipe.label}") as progress:
+            artifact = store.prepare(
+                args.model,
+                recipe,
+                progress=progress,
+                threads=args.threads,
+                force=args.force,
+                retry_refused=True,
+            )
+    except VerificationRefused as exc:
+        _print_report(exc.report, args)
         print(
             f"katago-edge convert: {target} {precision} network refused (verification failed); "
             "nothing written. Use --force to write it anyway.",
             file=sys.stderr,
         )
         return 1
-    print(f"wrote {written} (manifest {written.name}.manifest.json)", file=sys.stderr)
+    if artifact.manifest is not None and artifact.manifest.verification:
+        _print_report(VerifyReport.from_json(artifact.manifest.verification), args)
+    if not artifact.built_now:
+        print(f"already in the model store: {artifact.path}", file=sys.stderr)
+    copy_artifact(artifact, output)
+    print(
+        f"wrote {output} (manifest {output.name}.manifest.json; stored as {artifact.path})", file=sys.stderr
+    )
     return 0
 
 
 def command_verify(args: argparse.Namespace) -> int:
     if args.games:
         return strength_command.run_match(args, progress_reporter)
-    from agent.backends.onnx.runtime import OnnxNet
     from agent.models.manifest import read_manifest
-    from agent.models.pipeline import load_converted, verification_positions, verify_with_progress
+    from agent.models.pipeline import open_converted, verification_positions, verify_with_progress
+    from agent.models.store import ModelStore, Recipe, default_store_root
 
     if not args.converted.is_file():
         raise ConversionError(f"{args.converted}: no such file")
     manifest = read_manifest(args.converted)
-    converted = load_converted(args.converted, args.threads)
+    converted = open_converted(args.converted, threads=args.threads)
     precision = args.precision or (manifest.precision if manifest else converted.info.precision)
-    with tempfile.TemporaryDirectory(prefix="katago-edge-verify-") as tmp:
-        reference = OnnxNet(args.reference, intra_op_threads=args.threads or None, cache_dir=Path(tmp))
-        cal = manifest.calibration if manifest and manifest.calibration else {}
-        positions = verification_positions(
-            args.positions
-            or (Path(cal["source"][4:]) if str(cal.get("source", "")).startswith("sgf:") else None),
-            args.verify_positions,
-            reference,
-            exclude=cal.get("ids", []),
-            board=converted.info.board_x,
-        )
-        report = verify_with_progress(
-            converted,
-            reference,
-            positions,
-            reference.postprocess_params,
-            precision=precision,
-            thresholds=_thresholds(args, precision),
-            progress=progress_reporter,
-        )
+    store = ModelStore(args.store or default_store_root())
+    reference = store.open(store.prepare(args.reference, Recipe("onnx", "fp32")), threads=args.threads)
+    cal = manifest.calibration if manifest and manifest.calibration else {}
+    positions = verification_positions(
+        args.positions
+        or (Path(cal["source"][4:]) if str(cal.get("source", "")).startswith("sgf:") else None),
+        args.verify_positions,
+        reference,
+        exclude=cal.get("ids", []),
+        board=converted.info.board_x,
+    )
+    report = verify_with_progress(
+        converted,
+        reference,
+        positions,
+        reference.postprocess_params,
+        precision=precision,
+        thresholds=_thresholds(args, precision),
+        progress=progress_reporter,
+    )
     _print_report(report, args)
     return 0 if report.passed else 1

@@ -61,13 +61,16 @@ def command_rawnn(args: argparse.Namespace) -> int:
         print(f"--policy-optimism must be in [0, 1], got {args.policy_optimism}", file=sys.stderr)
         return 2
     from agent.backends.registry import load_net
+    from agent.models.serving import RuntimeEntry, open_network
+    from agent.models.store import ModelStore, default_store_root
     from agent.network.reader import read_network
 
     network = read_network(args.model)
-    opts: dict[str, Any] = {}
-    if args.threads:
-        opts["threads" if args.runtime == "numpy" else "intra_op_threads"] = args.threads
-    net = load_net(network if args.runtime == "numpy" else args.model, runtime=args.runtime, **opts)
+    if args.runtime == "numpy":
+        net = load_net(network, runtime="numpy", threads=args.threads or None)
+    else:  # the graph the model store built and verified (once; cached after)
+        entry = RuntimeEntry(args.runtime, required=True)
+        net, _ = open_network(Path(args.model), [entry], ModelStore(default_store_root()), threads=args.threads)
     logger.info("rawnn: %s (v%d) on %s", network.name, network.version, net.info.runtime)
     run_rawnn(net, network, sys.stdin, sys.stdout, args.symmetry, args.policy_optimism, args.dump_features)
     return 0

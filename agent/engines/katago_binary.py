@@ -41,6 +41,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import EngineError
+from agent.fsutil import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +53,6 @@ EXTRACT_TIMEOUT_S = 300.0
 
 Backend = Literal["auto", "opencl", "cuda", "tensorrt", "eigen", "metal"]
 ConfigValue = str | int | float | bool
-
-
-def default_cache_dir() -> Path:
-    """``$KATAGO_EDGE_CACHE``, systemd's ``$CACHE_DIRECTORY``, else ``$XDG_CACHE_HOME/katago-edge``."""
-    env = os.environ.get("KATAGO_EDGE_CACHE")
-    if env:
-        return Path(env)
-    systemd = os.environ.get("CACHE_DIRECTORY")
-    if systemd:
-        return Path(systemd.split(":")[0])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "katago-edge"
 
 
 class KataGoSettings(BaseModel):

@@ -9,9 +9,9 @@ the import error). Each missing runtime names how to get it, following the pip e
 runtime      module                                how to install
 ===========  ===================================  =============================================
 numpy        numpy (our reference forward pass)    always present
-onnxruntime  ``onnxruntime`` (+ providers)         ``pip install 'katago-edge[onnx]'``
+onnx         ``onnxruntime`` (+ providers)         ``pip install 'katago-edge[onnx]'``
              (``onnxruntime-gpu`` for CUDA/TensorRT providers)
-litert       ``ai_edge_litert`` or ``tflite_runtime``  ``pip install 'katago-edge[tflite]'``
+tflite       ``ai_edge_litert`` or ``tflite_runtime``  ``pip install 'katago-edge[tflite]'``
 tensorrt     ``tensorrt``                          JetPack system package (venv with
                                                    ``--system-site-packages``) or NVIDIA wheels
 katago       a ``katago`` binary                   on PATH, configured, or in the katrain wheel
@@ -35,8 +35,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 INSTALL_HINTS: dict[str, str] = {
-    "onnxruntime": "pip install 'katago-edge[onnx]' (onnxruntime-gpu for CUDA)",
-    "litert": "pip install 'katago-edge[tflite]' (ai-edge-litert)",
+    "onnx": "pip install 'katago-edge[onnx]' (onnxruntime-gpu for CUDA)",
+    "tflite": "pip install 'katago-edge[tflite]' (ai-edge-litert)",
     "tensorrt": "JetPack's python3-libnvinfer in a venv with --system-site-packages, or pip install tensorrt",
     "katago": "put a katago binary on PATH or set its path in the agent config",
 }
@@ -83,13 +83,13 @@ def _missing(name: str, why: str) -> RuntimeStatus:
 
 def probe_onnxruntime() -> RuntimeStatus:
     if importlib.util.find_spec("onnxruntime") is None:
-        return _missing("onnxruntime", "onnxruntime not installed")
+        return _missing("onnx", "onnxruntime not installed")
     try:
         ort = importlib.import_module("onnxruntime")
         providers = tuple(ort.get_available_providers())
     except Exception as exc:  # broken wheel / missing shared library: report, do not crash
-        return _missing("onnxruntime", f"onnxruntime fails to import ({exc})")
-    return RuntimeStatus("onnxruntime", True, version=getattr(ort, "__version__", None), providers=providers)
+        return _missing("onnx", f"onnxruntime fails to import ({exc})")
+    return RuntimeStatus("onnx", True, version=getattr(ort, "__version__", None), providers=providers)
 
 
 def probe_litert() -> RuntimeStatus:
@@ -104,8 +104,8 @@ def probe_litert() -> RuntimeStatus:
         except Exception as exc:
             logger.debug("%s does not import: %s", module, exc)
             continue
-        return RuntimeStatus("litert", True, version=_version(dist), providers=(module.split(".")[0],))
-    return _missing("litert", "neither ai_edge_litert nor tflite_runtime imports")
+        return RuntimeStatus("tflite", True, version=_version(dist), providers=(module.split(".")[0],))
+    return _missing("tflite", "neither ai_edge_litert nor tflite_runtime imports")
 
 
 def probe_tensorrt() -> RuntimeStatus:

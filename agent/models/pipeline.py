@@ -9,24 +9,29 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.backends.base import NeuralNet
-from agent.backends.onnx import quantize
+from agent.backends.numpy.runtime import NumpyNet
+from agent.backends.onnx.runtime import OnnxNet
+from agent.backends.registry import runtime_for_file
+from agent.backends.tensorrt.runtime import TensorRTNet
+from agent.backends.tflite.runtime import TFLiteNet
 from agent.errors import ConversionError, RuntimeUnavailable
-from agent.models.manifest import Manifest, source_info, write_network_and_manifest
+from agent.models.manifest import Manifest, read_manifest, source_info, write_network_and_manifest
 from agent.models.positions import PositionSet, positions_from_selfplay, positions_from_sgf
 from agent.models.verify import Threshold, VerifyReport, verify
+from agent.network.model import PostProcessParams
+from agent.progress import ProgressFactory, StepFn
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int], None]
-ProgressFactory = Callable[[str, int], AbstractContextManager[ProgressFn]]
 CALIBRATION_SEED = 7
+FP32_GRAPH_POSITIONS = 16
 VERIFY_SEED = 1001
 
 
@@ -59,7 +64,7 @@ def verification_positions(
     *,
     exclude: Any = (),
     board: int = 19,
-    progress: ProgressFn | None = None,
+    progress: StepFn | None = None,
 ) -> PositionSet:
     """SGF positions (minus ``exclude``) when a source is given, else FP32 self-play."""
     if source is not None:
@@ -201,87 +206,132 @@ def verify_with_progress(
         )
 
 
-def load_converted(path: Path, threads: int = 0) -> NeuralNet:
-    """Open a converted network with the runtime its suffix names."""
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from agent.backends.onnx.runtime import OnnxNet
+def open_converted(
+    path: Path,
+    *,
+    runtime: str | None = None,
+    threads: int = 0,
+    provider: str | None = None,
+    manifest: Manifest | None = None,
+) -> NeuralNet:
+    """Open a converted network with the runtime its suffix names (or ``runtime``), with the
+    post-processing parameters of its manifest (TFLite and TensorRT files carry none themselves)."""
+    runtime = runtime or runtime_for_file(path)
+    if runtime is None:
+        raise RuntimeUnavailable(
+            f"{path}: unknown converted-network suffix {path.suffix!r} (.onnx, .tflite, .engine, .plan)"
+        )
+    manifest = manifest or read_manifest(path)
+    post = manifest.extra.get("postprocess") if manifest else None
+    params = PostProcessParams.from_dict(post) if post else None
+    name = str(manifest.source.get("name", "")) if manifest else ""
+    version = int(manifest.source.get("model_version", 0)) if manifest else 0
+    precision = manifest.precision if manifest else "fp32"
+    if runtime == "onnx":
+        return OnnxNet(path, intra_op_threads=threads or None, providers=[provider] if provider else None)
+    if runtime == "tflite":
+        return TFLiteNet(
+            path, threads=threads, name=name, model_version=version, precision=precision, postprocess=params
+        )
+    if runtime == "tensorrt":
+        return TensorRTNet(path, name=name, model_version=version, precision=precision, postprocess=params)
+    raise RuntimeUnavailable(f"{path}: runtime {runtime!r} does not load converted files")
 
-        return OnnxNet(path, intra_op_threads=threads or None)
-    if suffix == ".tflite":
-        from agent.backends.tflite.runtime import TFLiteNet
 
-        return TFLiteNet(path, threads=threads)
-    if suffix in (".engine", ".plan"):
-        from agent.backends.tensorrt.runtime import TensorRTNet
-
-        return TensorRTNet(path)
-    raise RuntimeUnavailable(f"{path}: unknown converted-network suffix {suffix!r} (.onnx, .tflite, .engine)")
-
-
-def run_conversion(job: ConvertJob, progress: ProgressFactory) -> tuple[VerifyReport, Path | None]:
-    """Convert, verify, and write when verification passed (or ``force``); returns the report and path."""
+def run_conversion(
+    job: ConvertJob, progress: ProgressFactory, manifest_extra: dict[str, Any] | None = None
+) -> tuple[VerifyReport, Path | None]:
+    """Convert, verify, and write when verification passed (or ``force``); returns the report and
+    the path written (None when refused). ``manifest_extra`` is added to the manifest (the model
+    store's key and recipe); the manifest always carries the post-processing parameters and the
+    time each stage took."""
+    from agent.backends.onnx import quantize
     from agent.backends.onnx.builder import OnnxBuildOptions, build_onnx
-    from agent.backends.onnx.runtime import OnnxNet
     from agent.network.reader import read_network
 
-    net = read_network(job.model)
-    fp32 = build_onnx(net, OnnxBuildOptions(board_x=job.board, board_y=job.board))
-    threads = job.threads or None
-    reference = OnnxNet(fp32.SerializeToString(), intra_op_threads=threads)
+    timings: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        timings[stage] = round(now - clock, 3)
+        clock = now
+
+    with progress(f"reading {job.model.name}, building the FP32 graph", 0):
+        net = read_network(job.model)
+        fp32 = build_onnx(net, OnnxBuildOptions(board_x=job.board, board_y=job.board))
+        threads = job.threads or None
+        reference = OnnxNet(fp32.SerializeToString(), intra_op_threads=threads)
+    lap("read_and_build_fp32_s")
     cal: PositionSet | None = None
     with tempfile.TemporaryDirectory(prefix="katago-edge-convert-") as tmpdir:
         tmp = Path(tmpdir)
         if job.target == "onnx":
-            data, cal = _onnx_bytes(job, fp32, reference, progress)
+            with progress(f"converting to onnx {job.precision}", 0):
+                data, cal = _onnx_bytes(job, fp32, reference, progress)
             converted: NeuralNet = OnnxNet(data, intra_op_threads=threads)
         else:
             if job.target == "tflite":
-                path, cal = _tflite_file(job, net, reference, tmp, progress)
+                with progress(f"building tflite {job.precision}", 0):
+                    path, cal = _tflite_file(job, net, reference, tmp, progress)
             elif job.target == "tensorrt":
-                path = _tensorrt_file(job, fp32, tmp)
+                with progress("building the TensorRT engine", 0):
+                    path = _tensorrt_file(job, fp32, tmp)
             else:
                 raise ConversionError(f"unknown target {job.target!r}")
-            converted = load_converted(path, job.threads)
+            converted = open_converted(
+                path, runtime=job.target, threads=job.threads, manifest=_bare_manifest(job, net)
+            )
             data = path.read_bytes()
-        positions = verification_positions(
-            job.verify_source or job.calibration,
-            job.verify_positions,
-            reference,
-            exclude=cal.ids if cal is not None else (),
-            board=job.board,
-        )
+        lap(f"convert_{job.target}_{job.precision}_s")
+        judge: NeuralNet = reference
+        count = job.verify_positions
+        if job.target == "onnx" and job.precision == "fp32":
+            # The FP32 graph is every other conversion's reference: it is judged by the numpy
+            # reference (checked against KataGo's own outputs), on a few positions since the two
+            # differ by float rounding only.
+            judge, count = NumpyNet(net), min(count, FP32_GRAPH_POSITIONS)
+        with progress("collecting verification positions", count) as prog:
+            positions = verification_positions(
+                job.verify_source or job.calibration,
+                count,
+                reference,
+                exclude=cal.ids if cal is not None else (),
+                board=job.board,
+                progress=prog,
+            )
         report = verify_with_progress(
             converted,
-            reference,
+            judge,
             positions,
             net.postprocess,
             precision=job.precision.split("-")[0],
             thresholds=job.thresholds,
             progress=progress,
         )
+        converted.close()
+        lap("verify_s")
     if not report.passed and not job.force:
         return report, None
     verification = report.to_json()
     verification["source"] = positions.source
     if not report.passed:
         verification["forced"] = True
-    manifest = Manifest(
-        format=job.target,
-        precision=job.precision,
-        file=job.output.name,
-        sha256="",
-        source=source_info(job.model, net.name, net.version),
-        calibration=None
+    manifest = _bare_manifest(job, net)
+    manifest.verification = verification
+    manifest.calibration = (
+        None
         if cal is None
         else {
             "source": cal.source,
             "method": job.calibration_method,
             "positions": len(cal),
             "ids": list(cal.ids),
-        },
-        verification=verification,
-        extra={
+        }
+    )
+    manifest.extra.update(
+        {
             "board": job.board,
             "int8_mode": job.int8_mode if job.precision == "int8" else None,
             "int8_weight_rounding": job.weight_rounding
@@ -293,7 +343,22 @@ def run_conversion(job: ConvertJob, progress: ProgressFactory) -> tuple[VerifyRe
             if job.precision == "int8" and job.target != "tflite"
             else None,
             "tflite_int8": _tflite_int8_manifest(job, net),
-        },
+            "timings": timings,
+            **(manifest_extra or {}),
+        }
     )
-    write_network_and_manifest(job.output, data, manifest)
+    with progress(f"writing {job.output.name}", 0):
+        write_network_and_manifest(job.output, data, manifest)
     return report, job.output
+
+
+def _bare_manifest(job: ConvertJob, net: Any) -> Manifest:
+    """The manifest's identity part: format, precision, source and post-processing parameters."""
+    return Manifest(
+        format=job.target,
+        precision=job.precision,
+        file=job.output.name,
+        sha256="",
+        source=source_info(job.model, net.name, net.version),
+        extra={"postprocess": net.postprocess.to_dict()},
+    )

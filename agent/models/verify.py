@@ -73,6 +73,17 @@ class VerifyReport:
         out["passed"] = self.passed
         return out
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VerifyReport:
+        """The report as a manifest or a refusal record stores it."""
+        skip = {"positions", "thresholds", "failures", "passed", "source", "forced"}
+        return cls(
+            positions=int(data.get("positions", 0)),
+            metrics={k: v for k, v in data.items() if k not in skip},
+            thresholds={k: (str(op), float(val)) for k, (op, val) in data.get("thresholds", {}).items()},
+            failures=list(data.get("failures", [])),
+        )
+
     def summary(self) -> str:
         m = self.metrics
         return (

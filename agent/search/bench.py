@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--visits", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args(argv)
-    from agent.backends.registry import load_net
-    from agent.commands.analysis import postprocess_params_of
+    from agent.models.serving import RuntimeEntry, open_network
+    from agent.models.store import ModelStore, default_store_root
 
-    net = load_net(args.model, runtime=args.runtime)
-    post = postprocess_params_of(net)
+    net, _ = open_network(Path(args.model), [RuntimeEntry(args.runtime)], ModelStore(default_store_root()))
+    post = net.postprocess_params
     out: dict[str, Any] = {
         "model": os.path.basename(args.model),
         "runtime": args.runtime,

@@ -66,17 +66,17 @@ def _symmetric_moves(query: dict[str, Any], move: str) -> set[str]:
 def run(
     model: str, reference: str, runtime: str, visits: int | None, threads: int, seed: int = 11
 ) -> dict[str, Any]:
-    from agent.backends.registry import load_net
-    from agent.commands.analysis import postprocess_params_of
     from agent.engines.native import NativeEngine
+    from agent.models.serving import RuntimeEntry, open_network
+    from agent.models.store import ModelStore, default_store_root
     from agent.protocol.service import AnalysisService
     from agent.search.params import SearchParams
 
     records = [json.loads(line) for line in Path(reference).read_text().splitlines() if line.strip()]
-    net = load_net(model, runtime=runtime)
+    net, _ = open_network(Path(model), [RuntimeEntry(runtime)], ModelStore(default_store_root()))
     engine = NativeEngine(
         net,
-        postprocess_params_of(net),
+        net.postprocess_params,
         default_params=SearchParams(num_threads=threads),
         randomize=False,
         seed=seed,

@@ -87,7 +87,7 @@ def test_config__systemd_directories_are_the_defaults(monkeypatch: pytest.Monkey
     monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/katago-edge")
     config = parse_config(None, env={})
     assert config.model_store_dir == Path("/var/lib/katago-edge/models")
-    assert config.converted_dir == Path("/var/cache/katago-edge/converted")
+    assert config.artifact_store_dir == Path("/var/cache/katago-edge/models")
     assert config.socket.path == Path("/run/katago-edge/agent.sock")
 
 

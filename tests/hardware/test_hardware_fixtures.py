@@ -17,8 +17,8 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CPU_ONLY = Runtimes(
     (
         RuntimeStatus("numpy", True),
-        RuntimeStatus("onnxruntime", True, providers=("CPUExecutionProvider",)),
-        RuntimeStatus("litert", True),
+        RuntimeStatus("onnx", True, providers=("CPUExecutionProvider",)),
+        RuntimeStatus("tflite", True),
         RuntimeStatus("tensorrt", False, problem="not installed"),
         RuntimeStatus("katago", False, problem="not found"),
     )

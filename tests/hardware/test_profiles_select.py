@@ -31,13 +31,13 @@ REQUIRED = {
 
 
 def _runtimes(*available: str, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> Runtimes:
-    names = ("numpy", "onnxruntime", "litert", "tensorrt", "katago")
+    names = ("numpy", "onnx", "tflite", "tensorrt", "katago")
     return Runtimes(
         tuple(
             RuntimeStatus(
                 n,
                 n in available,
-                providers=providers if n == "onnxruntime" else (),
+                providers=providers if n == "onnx" else (),
                 problem=None if n in available else f"{n} missing",
             )
             for n in names
@@ -72,7 +72,7 @@ def _copy_profile(tmp_path: Path, name: str, edit: str | None = None, extra: str
         ("threads = 4=>threads = 4\nthreds = 2", "", "search.threds"),  # unknown key (typo)
         ("soft_limit_c = 75.0=>soft_limit_c = 90.0", "", "soft_limit_c 90.0 must be below"),
         ("max_visits = 400=>max_visits = 10", "", "exceeds max_visits"),
-        ('runtime = "onnxruntime"=>runtime = "openvino"', "", "runtimes.0.runtime"),
+        ('runtime = "onnx"=>runtime = "openvino"', "", "runtimes.0.runtime"),
         ('kind = "raspberry-pi"=>kind = "pi"', "", "match.kind"),
         ('name = "raspberry-pi-4"=>name = "pi4"', "", "must equal the file name"),
         ("[network]=>[network", "", "invalid TOML"),
@@ -87,7 +87,7 @@ def test_load_profile__invalid_files_are_config_errors(
 
 
 def test_select__forced_profile_and_field_overrides() -> None:
-    hw = probe_hardware(FIXTURES / "raspberry-pi-4b-4gb", runtimes=_runtimes("numpy", "onnxruntime"))
+    hw = probe_hardware(FIXTURES / "raspberry-pi-4b-4gb", runtimes=_runtimes("numpy", "onnx"))
     profile, reasons = select(hw, {"profile": "arm64", "search": {"threads": 2, "max_visits": 100}})
     assert profile.name == "arm64"
     assert (profile.search.threads, profile.search.max_visits) == (2, 100)
@@ -139,18 +139,18 @@ def test_select__x86_with_gpu_prefers_the_nvidia_profile() -> None:
 @pytest.mark.parametrize(
     ("available", "providers", "chosen"),
     [
-        (("numpy", "tensorrt", "onnxruntime"), ("CPUExecutionProvider",), "tensorrt/fp16"),
+        (("numpy", "tensorrt", "onnx"), ("CPUExecutionProvider",), "tensorrt/fp16"),
         (
-            ("numpy", "onnxruntime"),
+            ("numpy", "onnx"),
             ("TensorrtExecutionProvider", "CUDAExecutionProvider"),
-            "onnxruntime/fp16 via TensorrtExecutionProvider",
+            "onnx/fp16 via TensorrtExecutionProvider",
         ),
         (
-            ("numpy", "onnxruntime"),
+            ("numpy", "onnx"),
             ("CUDAExecutionProvider", "CPUExecutionProvider"),
-            "onnxruntime/fp16 via CUDAExecutionProvider",
+            "onnx/fp16 via CUDAExecutionProvider",
         ),
-        (("numpy", "onnxruntime"), ("CPUExecutionProvider",), "onnxruntime/fp32"),
+        (("numpy", "onnx"), ("CPUExecutionProvider",), "onnx/fp32"),
         (("numpy",), (), "numpy/fp32"),
     ],
 )
@@ -168,7 +168,7 @@ def test_choose_runtime__fallbacks_in_order(
 def test_choose_runtime__none_usable() -> None:
     profile = load_profile(profiles_dir() / "jetson-nano.toml")
     empty = Runtimes(
-        tuple(RuntimeStatus(n, False, problem="gone") for n in ("numpy", "onnxruntime", "tensorrt", "katago"))
+        tuple(RuntimeStatus(n, False, problem="gone") for n in ("numpy", "onnx", "tensorrt", "katago"))
     )
     choice, reasons = choose_runtime(profile, empty)
     assert choice is None and reasons[-1] == "no runtime of the preference list is usable"
@@ -209,13 +209,13 @@ def test_choose_engine__katago_needs_a_binary() -> None:
     with_binary = Runtimes((RuntimeStatus("katago", True, path="/usr/local/bin/katago"),))
     assert choose_engine(nano, with_binary) == ("katago", ["engine katago: binary /usr/local/bin/katago"])
     # no binary here: the daemon still runs KataGo (katrain's, x86-64 only), it never swaps engines
-    engine, reasons = choose_engine(nano, _runtimes("numpy", "onnxruntime"), machine="x86_64")
+    engine, reasons = choose_engine(nano, _runtimes("numpy", "onnx"), machine="x86_64")
     assert engine == "katago"
     assert reasons == [
         "engine katago (katago missing): the daemon runs KataGo from the katrain wheel instead (cached, "
         "else fetched from PyPI at first start, ~106 MB, as [katago] download = true allows)"
     ]
-    engine, reasons = choose_engine(nano, _runtimes("numpy", "onnxruntime"), machine="aarch64")
+    engine, reasons = choose_engine(nano, _runtimes("numpy", "onnx"), machine="aarch64")
     assert engine == "katago"
     assert reasons == [
         "engine katago (katago missing): the katrain wheel's KataGo is x86-64 only, so on this aarch64 "

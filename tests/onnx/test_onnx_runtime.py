@@ -1,4 +1,4 @@
-"""OnnxNet: building and caching from .bin.gz, interface checks, clear shape errors, providers."""
+"""OnnxNet: loading graphs the model store built, interface checks, clear shape errors, providers."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from edge_fixtures import model_file
 from onnx import TensorProto, helper
 
 from agent.backends.base import NNInputs
-from agent.backends.onnx.runtime import OnnxNet, built_onnx_path, resolve_providers
+from agent.backends.onnx.builder import OnnxBuildOptions, build_onnx
+from agent.backends.onnx.runtime import OnnxNet, resolve_providers
 from agent.backends.registry import load_net
 from agent.errors import EvaluationCancelled, InferenceError, NetworkFileError
+from agent.network.reader import read_network
 
 
 def _empty_board(n: int = 1, size: int = 19) -> NNInputs:
@@ -23,15 +25,21 @@ def _empty_board(n: int = 1, size: int = 19) -> NNInputs:
     return NNInputs(spatial, np.zeros((n, 19), np.float32))
 
 
-def test_onnx_runtime__builds_once_and_caches_beside_a_hash(models_dir: Path, tmp_path: Path) -> None:
-    src = model_file(models_dir, "b6c96")
-    net = OnnxNet(src, cache_dir=tmp_path, intra_op_threads=1)
-    cached = built_onnx_path(src, cache_dir=tmp_path)
-    assert cached.is_file() and net.path == cached
-    assert "f5d32604e3675c48" in cached.name  # the source's sha256 prefix
-    mtime = cached.stat().st_mtime_ns
-    again = OnnxNet(src, cache_dir=tmp_path, intra_op_threads=1)
-    assert cached.stat().st_mtime_ns == mtime
+def _graph(models_dir: Path, tmp_path: Path, board: int = 19) -> Path:
+    model = build_onnx(
+        read_network(model_file(models_dir, "b6c96")), OnnxBuildOptions(board_x=board, board_y=board)
+    )
+    path = tmp_path / f"b6c96-{board}.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_onnx_runtime__loads_a_graph_and_refuses_a_katago_file(models_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(
+        NetworkFileError, match="a KataGo network, not an ONNX graph: build it through the model store"
+    ):
+        OnnxNet(model_file(models_dir, "b6c96"))
+    again = OnnxNet(_graph(models_dir, tmp_path), intra_op_threads=1)
     info = again.info
     assert (info.name, info.model_version, info.runtime, info.precision) == (
         "g170-b6c96-s175395328-d26788732",
@@ -51,7 +59,7 @@ def test_onnx_runtime__a_cancelled_evaluation_stops_and_the_session_still_works(
 ) -> None:
     """The search abandons a speculative run through ``Cancel`` (onnxruntime's terminate flag):
     a cancelled run raises EvaluationCancelled, an uncancelled one returns what evaluate does."""
-    net = OnnxNet(model_file(models_dir, "b6c96"), cache_dir=tmp_path, intra_op_threads=1)
+    net = OnnxNet(_graph(models_dir, tmp_path), intra_op_threads=1)
     inputs = _empty_board(1)
     ref = net.evaluate(inputs)
     token = net.make_cancel()
@@ -66,7 +74,7 @@ def test_onnx_runtime__a_cancelled_evaluation_stops_and_the_session_still_works(
 
 
 def test_onnx_runtime__wrong_buffer_size_says_got_and_expected(models_dir: Path, tmp_path: Path) -> None:
-    net = OnnxNet(model_file(models_dir, "b6c96"), cache_dir=tmp_path, board_x=9, board_y=9)
+    net = OnnxNet(_graph(models_dir, tmp_path, board=9))
     assert (net.info.board_x, net.info.board_y) == (9, 9)
     with pytest.raises(InferenceError, match=r"got shape \[1, 22, 19, 19\], expected \[N, 22, 9, 9\]"):
         net.evaluate(_empty_board(1, 19))
@@ -103,5 +111,5 @@ def test_onnx_runtime__unavailable_providers_fall_back_to_cpu(
 
 
 def test_onnx_runtime__registry_loads_it_with_threads(models_dir: Path, tmp_path: Path) -> None:
-    net = load_net(model_file(models_dir, "b6c96"), runtime="onnx", threads=1, cache_dir=tmp_path)
+    net = load_net(_graph(models_dir, tmp_path), runtime="onnx", threads=1)
     assert isinstance(net, OnnxNet) and net.info.runtime == "onnx"

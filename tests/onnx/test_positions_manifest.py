@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from edge_fixtures import model_file
+from edge_fixtures import model_file, open_model
 
-from agent.backends.onnx.runtime import OnnxNet
 from agent.errors import ConversionError
 from agent.models.manifest import Manifest, manifest_path, read_manifest, write_network_and_manifest
 from agent.models.positions import positions_from_selfplay, positions_from_sgf
@@ -38,8 +38,8 @@ def test_positions__no_usable_games_is_an_error(tmp_path: Path) -> None:
         positions_from_sgf(tmp_path / "missing", 10)
 
 
-def test_positions__selfplay_with_the_fp32_net(models_dir: Path, tmp_path: Path) -> None:
-    net = OnnxNet(model_file(models_dir, "b6c96"), cache_dir=tmp_path)
+def test_positions__selfplay_with_the_fp32_net(models_dir: Path, model_store: Any) -> None:
+    net = open_model(model_file(models_dir, "b6c96"), model_store)
     ps = positions_from_selfplay(net, 24, games=4, seed=5)
     assert len(ps) == 24 and len(set(ps.ids)) == 24
     assert all(pid.startswith("selfplay-5-") for pid in ps.ids)

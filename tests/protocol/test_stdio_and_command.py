@@ -11,13 +11,14 @@ import pytest
 from protocol_helpers import make_engine
 
 from agent.commands.analysis import (
-    choose_runtime,
     engine_settings,
     load_config,
     parse_cfg_text,
     parse_overrides,
+    runtime_entries,
 )
 from agent.errors import ConfigError
+from agent.models.serving import RuntimeEntry
 from agent.protocol.service import AnalysisService
 from agent.transports.stdio import StdioTransport, encode_line
 
@@ -110,9 +111,6 @@ def test_command__bad_values_are_config_errors() -> None:
         parse_overrides(["novalue"])
 
 
-def test_command__runtime_from_model_suffix() -> None:
-    assert choose_runtime("m.onnx", None) == "onnx"
-    assert choose_runtime("m.tflite", None) == "tflite"
-    assert choose_runtime("m.engine", None) == "tensorrt"
-    assert choose_runtime("m.bin.gz", "numpy") == "numpy"
-    assert choose_runtime("m.bin.gz", None) in ("onnx", "numpy")
+def test_command__runtime_entries_from_the_options() -> None:
+    assert runtime_entries(None, "fp32") == [RuntimeEntry("onnx", "fp32"), RuntimeEntry("numpy", "fp32")]
+    assert runtime_entries("tflite", "fp16") == [RuntimeEntry("tflite", "fp16", required=True)]

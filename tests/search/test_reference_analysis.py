@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edge_fixtures import model_file
+from edge_fixtures import model_file, open_model
 
 from agent.engines.native import NativeEngine
 from agent.protocol.service import AnalysisService
@@ -27,14 +27,11 @@ pytestmark = [pytest.mark.needs_models, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def b10_engine(models_dir: Path) -> Iterator[NativeEngine]:
+def b10_engine(models_dir: Path, model_store: Any) -> Iterator[NativeEngine]:
     pytest.importorskip("onnxruntime")
-    from agent.backends.registry import load_net
-    from agent.commands.analysis import postprocess_params_of
-
-    net = load_net(model_file(models_dir, "b10c384"), runtime="onnx")
+    net = open_model(model_file(models_dir, "b10c384"), model_store)
     eng = NativeEngine(
-        net, postprocess_params_of(net), default_params=SearchParams(max_visits=1), randomize=False, seed=3
+        net, net.postprocess_params, default_params=SearchParams(max_visits=1), randomize=False, seed=3
     )
     yield eng
     eng.close()

@@ -1,14 +1,14 @@
 """ONNX Runtime implementation of :class:`NeuralNet` (``OnnxNet``).
 
-``OnnxNet(path)`` accepts either a ``.onnx`` file (any precision made by ``katago-edge convert``)
-or a KataGo network (``.bin.gz`` / ``.bin`` / ``.txt.gz`` / ``.txt``), which is built into ONNX
-once and cached under a key of the source file's sha256, the builder version and the buffer size:
-beside the source when that folder is writable, else in ``$XDG_CACHE_HOME/katago-edge/onnx``.
+``OnnxNet(path)`` loads a ``.onnx`` file (any precision made by the model store or ``katago-edge
+convert``) or the bytes of one. A KataGo network is refused with a message pointing at the model
+store (``agent.models.store``), the one place that builds, verifies and caches graphs.
 
 Execution providers are configurable; the default is onnxruntime's CPU provider. For NVIDIA
 devices pass ``providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"]`` (package
 ``onnxruntime-gpu``): the TensorRT EP gets an engine cache folder so engines are built once per
-device. Missing providers are dropped with a warning; CPU is always the last fallback.
+device. Missing providers are dropped with a warning; CPU is always the last fallback (the model
+store checks a profile's provider before it gets here, so there that fallback is visible).
 
 On load the session's input shapes are checked and one warm-up evaluation (an empty full buffer)
 runs, so a wrong or corrupt file fails at start-up with a "got X, expected Y" message rather than
@@ -26,7 +26,6 @@ restores onnxruntime's default (lowest latency on an otherwise idle, dedicated C
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,13 +34,12 @@ import numpy as np
 
 from agent.backends.base import Cancel, NetInfo, NeuralNet, NNInputs, NNOutputs
 from agent.errors import (
-    ConversionError,
     EvaluationCancelled,
     InferenceError,
     NetworkFileError,
     RuntimeUnavailable,
 )
-from agent.fsutil import atomic_write_bytes, sha256_file
+from agent.fsutil import default_cache_dir
 from agent.network.model import PostProcessParams
 
 logger = logging.getLogger(__name__)
@@ -61,44 +59,8 @@ def _import_ort() -> Any:
     return ort
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "katago-edge" / "onnx"
-
-
 def is_katago_file(path: Path) -> bool:
     return path.name.lower().endswith(KATAGO_SUFFIXES)
-
-
-def built_onnx_path(
-    source: Path, board_x: int = 19, board_y: int = 19, cache_dir: Path | None = None
-) -> Path:
-    """Where the ONNX build of a KataGo network is cached (built on demand by :func:`ensure_onnx`)."""
-    from agent.backends.onnx.builder import BUILDER_VERSION
-
-    key = f"{sha256_file(source)[:16]}-v{BUILDER_VERSION}-{board_x}x{board_y}"
-    stem = source.name.split(".")[0]
-    folder = cache_dir
-    if folder is None:
-        folder = source.parent if os.access(source.parent, os.W_OK) else default_cache_dir()
-    return folder / f"{stem}.{key}.onnx"
-
-
-def ensure_onnx(source: Path, board_x: int = 19, board_y: int = 19, cache_dir: Path | None = None) -> Path:
-    """Return a cached ONNX build of the KataGo network ``source``, building it if needed."""
-    from agent.backends.onnx.builder import OnnxBuildOptions, build_onnx
-    from agent.network.reader import read_network
-
-    target = built_onnx_path(source, board_x, board_y, cache_dir)
-    if target.is_file():
-        return target
-    logger.info("building ONNX graph of %s (cached at %s)", source, target)
-    model = build_onnx(read_network(source), OnnxBuildOptions(board_x=board_x, board_y=board_y))
-    try:
-        atomic_write_bytes(target, model.SerializeToString())
-    except OSError as exc:
-        raise ConversionError(f"cannot write the ONNX cache file {target}: {exc}") from exc
-    return target
 
 
 def resolve_providers(
@@ -148,8 +110,6 @@ class OnnxNet(NeuralNet):
         providers: Sequence[ProviderSpec] | None = None,
         intra_op_threads: int | None = None,
         threads: int | None = None,
-        board_x: int = 19,
-        board_y: int = 19,
         cache_dir: Path | None = None,
         warmup: bool = True,
         allow_spinning: bool = False,
@@ -163,7 +123,10 @@ class OnnxNet(NeuralNet):
             if not path.is_file():
                 raise NetworkFileError(f"{path}: no such network file")
             if is_katago_file(path):
-                path = ensure_onnx(path, board_x, board_y, cache_dir)
+                raise NetworkFileError(
+                    f"{path}: a KataGo network, not an ONNX graph: build it through the model store "
+                    "(agent.models.store.ModelStore.prepare, or `katago-edge convert --to onnx`)"
+                )
             source = str(path)
         self.path = path
         options = ort.SessionOptions()
@@ -187,7 +150,7 @@ class OnnxNet(NeuralNet):
             board_x=self._width,
             board_y=self._height,
         )
-        self.postprocess_params = self._params(meta)
+        self._post = self._params(meta)
         if warmup:
             self._warmup()
 
@@ -225,6 +188,10 @@ class OnnxNet(NeuralNet):
                 f"{self.path}: warm-up outputs policy {out.policy.shape}, ownership {out.ownership.shape}, "
                 f"value {out.value.shape}; expected [1, Cp, {area}], [1, {area}], [1, 3]"
             )
+
+    @property
+    def postprocess_params(self) -> PostProcessParams:
+        return self._post
 
     @property
     def info(self) -> NetInfo:

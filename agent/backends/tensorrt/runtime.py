@@ -20,7 +20,8 @@ import numpy as np
 
 from agent.backends.base import NetInfo, NeuralNet, NNInputs, NNOutputs
 from agent.backends.tensorrt.builder import BuildSettings, ensure_engine, import_tensorrt
-from agent.errors import InferenceError, RuntimeUnavailable
+from agent.errors import InferenceError, NetworkFileError, RuntimeUnavailable
+from agent.network.model import PostProcessParams
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,16 @@ class TensorRTNet(NeuralNet):
     """Runs a serialized TensorRT engine. Build or fetch the engine with ``from_onnx``."""
 
     def __init__(
-        self, engine_file: Path, *, name: str = "", model_version: int = 0, precision: str = "fp16"
+        self,
+        engine_file: Path,
+        *,
+        name: str = "",
+        model_version: int = 0,
+        precision: str = "fp16",
+        postprocess: PostProcessParams | None = None,
     ) -> None:
+        self.path = Path(engine_file)
+        self._post = postprocess
         trt = import_tensorrt()
         cuda = _import_pycuda()
         cuda.init()
@@ -100,6 +109,15 @@ class TensorRTNet(NeuralNet):
     @property
     def info(self) -> NetInfo:
         return self._info
+
+    @property
+    def postprocess_params(self) -> PostProcessParams:
+        if self._post is None:
+            raise NetworkFileError(
+                f"{self.path}: carries no post-processing parameters (no manifest beside it); "
+                "build it with `katago-edge convert --to tensorrt`, which writes one"
+            )
+        return self._post
 
     def evaluate(self, inputs: NNInputs) -> NNOutputs:
         parts = []

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from agent.backends.base import NetInfo, NeuralNet, NNInputs, NNOutputs
-from agent.errors import InferenceError, RuntimeUnavailable
+from agent.errors import InferenceError, NetworkFileError, RuntimeUnavailable
+from agent.network.model import PostProcessParams
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,17 @@ def _dequantize(arr: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
 
 class TFLiteNet(NeuralNet):
     def __init__(
-        self, path: Path, *, threads: int = 0, name: str = "", model_version: int = 0, precision: str = "fp32"
+        self,
+        path: Path,
+        *,
+        threads: int = 0,
+        name: str = "",
+        model_version: int = 0,
+        precision: str = "fp32",
+        postprocess: PostProcessParams | None = None,
     ) -> None:
+        self.path = Path(path)
+        self._post = postprocess
         interp_cls = interpreter_class()
         try:
             self._interp = interp_cls(model_path=str(path), num_threads=threads or None)
@@ -84,6 +94,15 @@ class TFLiteNet(NeuralNet):
     @property
     def info(self) -> NetInfo:
         return self._info
+
+    @property
+    def postprocess_params(self) -> PostProcessParams:
+        if self._post is None:
+            raise NetworkFileError(
+                f"{self.path}: carries no post-processing parameters (no manifest beside it); "
+                "convert it with `katago-edge convert`, which writes one"
+            )
+        return self._post
 
     def evaluate(self, inputs: NNInputs) -> NNOutputs:
         feeds = {
