@@ -6,16 +6,26 @@ the supervisor must stay free to kill it), a reader for stdout (each line decode
 the engine's router) and one for stderr (each line logged under
 ``agent.engines.katago_child.stderr`` and kept in a bounded tail for error messages). It never
 restarts anything itself; ``KataGoEngine`` decides that.
+
+The child dies with the agent: on Linux it is started with ``PR_SET_PDEATHSIG`` = SIGKILL, so a
+``kill -9`` of the agent (which runs no clean-up) takes KataGo with it at once instead of leaving
+it computing for seconds. The signal follows the *thread* that started the child, and every
+spawn happens on a thread that lives as long as the engine (the caller of ``start`` or the
+supervisor); were it to end early, the child would die and be restarted by the supervisor.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import json
 import logging
+import os
 import queue
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +37,28 @@ logger = logging.getLogger(__name__)
 stderr_logger = logging.getLogger(__name__ + ".stderr")
 
 _LOUD = ("error", "exception", "what()", "warning", "failed")
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when its parent dies (Linux), or None.
+
+    ``prctl`` is looked up before the fork; in the child the function only calls it and checks
+    that the parent did not die in between (then the signal would never come)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return set_signal
 
 
 class KataGoChild:
@@ -72,6 +104,7 @@ class KataGoChild:
                 stderr=subprocess.PIPE,
                 env=env,
                 start_new_session=True,  # a Ctrl-C meant for the agent does not hit KataGo first
+                preexec_fn=die_with_parent(),  # only prctl runs between fork and exec
             )
         except OSError as exc:
             raise EngineError(f"cannot start KataGo ({cmd[0]}): {exc}") from exc

@@ -82,3 +82,48 @@ def _sigterm_while_running(proc: subprocess.Popen[str]) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_cli_analysis__sigkill_takes_the_katago_child_with_it(
+    katago_binary: KataGoBinary, b6_model: Path, tmp_path: Path
+) -> None:
+    """``kill -9`` runs no clean-up in the agent: PR_SET_PDEATHSIG must end KataGo at once
+    (without it the child went on for 1-5 s, until its next write to the closed pipe)."""
+    env = {**os.environ, "KATAGO_EDGE_CACHE": str(tmp_path)}
+    cmd = [sys.executable, "-m", "agent.cli", "analysis", "--engine", "katago"]
+    cmd += ["--katago", str(katago_binary.path), "-model", str(b6_model)]
+    with subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, text=True
+    ) as proc:
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(query_9x9("long", [("B", "E5")], visits=1_000_000)) + "\n")
+            proc.stdin.flush()
+            deadline = time.monotonic() + 90
+            children: list[psutil.Process] = []
+            while time.monotonic() < deadline and not children:
+                children = [
+                    c for c in psutil.Process(proc.pid).children(recursive=True) if "katago" in c.name()
+                ]
+                time.sleep(0.2)
+            assert children, "no KataGo child started"
+            time.sleep(1.0)  # the query is running
+            proc.kill()
+            proc.wait(timeout=10)
+            t0 = time.monotonic()
+            while (alive := [c for c in children if _running(c)]) and time.monotonic() - t0 < 5:
+                time.sleep(0.02)
+            waited = time.monotonic() - t0
+            print(f"SIGKILL of the agent: KataGo child gone after {waited:.2f} s")
+            assert not alive and waited < 0.5, f"KataGo child alive {waited:.2f} s after the agent's SIGKILL"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Alive and not a zombie (a killed child of a dead parent waits for init to reap it)."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
