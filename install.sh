@@ -525,12 +525,15 @@ EOF
 }
 
 # Debian's mosquitto service reads /etc/mosquitto/conf.d: turn Nagle's algorithm off there (the
-# default config delays every small MQTT reply by ~40 ms). Only a global option, so Mosquitto 2's
-# local-only default listener (127.0.0.1:1883, anonymous) stays as it is.
+# default config delays every small MQTT reply by ~40 ms) and let the broker hold a burst of
+# requests the agent has not taken yet (it takes at most max_concurrent + max_queue at a time,
+# MQTT 5 Receive Maximum; Mosquitto's default queue is 1000 per client). Only global options, so
+# Mosquitto 2's local-only default listener (127.0.0.1:1883, anonymous) stays as it is. A fleet
+# broker (passwords, ACL, client ids bound to user names) is set up as docs/mqtt.md describes.
 configure_system_broker() {
 	[[ -n $BROKER ]] && return 0
 	[[ -d /etc/mosquitto/conf.d || $DRY_RUN -eq 1 ]] || return 0
-	if printf '# written by katago-edge install.sh (removed by --uninstall)\nset_tcp_nodelay true\n' |
+	if printf '# written by katago-edge install.sh (removed by --uninstall)\nset_tcp_nodelay true\nmax_queued_messages 10000\n' |
 		write_file "$BROKER_DROPIN" 0644; then
 		run systemctl enable mosquitto.service || true
 		run systemctl restart mosquitto.service || warn "could not restart mosquitto: check 'journalctl -u mosquitto'"
@@ -578,7 +581,7 @@ start_local_broker() {
 	command -v mosquitto >/dev/null 2>&1 || die "no MQTT broker on 127.0.0.1:1883 and no mosquitto; pass --broker"
 	# loopback only, anonymous: the agent and local clients (a remote fleet needs --broker)
 	# set_tcp_nodelay: without it Nagle's algorithm + delayed ACKs add ~40 ms to every small reply
-	printf 'listener 1883 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n' | write_file "$(dirname "$CONFIG")/mosquitto.conf" 0644 || true
+	printf 'listener 1883 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 10000\n' | write_file "$(dirname "$CONFIG")/mosquitto.conf" 0644 || true
 	if [[ $DRY_RUN -eq 1 ]]; then
 		say "  would run in the background: mosquitto -c $(dirname "$CONFIG")/mosquitto.conf"
 		return 0

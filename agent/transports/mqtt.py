@@ -48,10 +48,19 @@ from agent.transports.mqtt_handlers import Ack, Incoming, ReplyTo, Response, enc
 from agent.transports.mqtt_settings import MqttSettings, resolve_password
 from agent.transports.topics import DeviceTopics
 
-__all__ = ["MqttSettings", "MqttTransport", "make_client", "publish_properties", "set_nodelay"]
+__all__ = [
+    "DEVICE_PROPERTY",
+    "MqttSettings",
+    "MqttTransport",
+    "make_client",
+    "publish_properties",
+    "set_nodelay",
+]
 
 logger = logging.getLogger(__name__)
 
+DEVICE_PROPERTY = "device"
+"""MQTT 5 User Property on every analysis reply: the answering device's id."""
 AUTH_REFUSED = {134, 135, 4, 5}  # MQTT 5 Bad user name or password / Not authorized; 3.1.1 codes 4, 5
 InfoSource = Callable[[], dict[str, Any]] | dict[str, Any] | None
 
@@ -455,6 +464,7 @@ class MqttTransport:
             correlation=reply.correlation,
             expiry_s=self.config.reply_expiry_s,
             then=then,
+            device=True,
         )
 
     def _room_for_partial(self) -> bool:
@@ -476,8 +486,11 @@ class MqttTransport:
         correlation: bytes | None = None,
         expiry_s: int | None = None,
         then: Ack | None = None,
+        device: bool = False,
     ) -> mqtt.MQTTMessageInfo | None:
         props = publish_properties(expiry_s, correlation)
+        if device:  # which device answered (informational: see docs/mqtt.md, threat model)
+            props.UserProperty = [(DEVICE_PROPERTY, self.device_id)]
         try:
             info = self._client.publish(topic, encode(payload), qos=1, retain=retain, properties=props)
         except ValueError as exc:

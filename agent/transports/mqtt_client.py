@@ -1,9 +1,11 @@
 """The requesting side of MQTT analysis: send KataGo queries to a device (or the fleet), collect replies.
 
 Used by ``katago-edge query``, by the tests and by the round-trip benchmark. Each request carries
-a fresh Correlation Data (16 random bytes) and the requester's own reply topic
-(``<p>/clients/<client id>/reply``) as Response Topic; replies are matched on the correlation
-data, so one requester can have many requests in flight.
+a fresh Correlation Data (16 random bytes) and the requester's own reply topic as Response Topic:
+``<p>/clients/<user name>/reply`` when it logs in with a user name (the fleet ACL lets each user
+read only that topic, see docs/mqtt.md), else ``<p>/clients/<client id>/reply``. Replies are
+matched on the correlation data, so one requester can have many requests in flight; the
+answering device's id (the replies' ``device`` User Property) is kept in ``Pending.devices``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.errors import TransportError
-from agent.transports.mqtt import AUTH_REFUSED, make_client, publish_properties, set_nodelay
+from agent.transports.mqtt import AUTH_REFUSED, DEVICE_PROPERTY, make_client, publish_properties, set_nodelay
 from agent.transports.mqtt_handlers import Response, encode, finals_expected, is_terminal
 from agent.transports.mqtt_settings import MqttSettings
 from agent.transports.topics import FleetTopics
@@ -43,6 +45,7 @@ class Pending:
     done: threading.Event = field(default_factory=threading.Event)
     finished: float | None = None
     on_response: Callable[[Response], None] | None = None
+    devices: list[str] = field(default_factory=list)  # the "device" User Property of each reply
 
 
 class MqttRequester:
@@ -54,7 +57,7 @@ class MqttRequester:
         self.settings = settings
         self.client_id = client_id or f"katago-edge-client-{os.urandom(5).hex()}"
         self.topics = FleetTopics(settings.topic_prefix)
-        self.reply_topic = self.topics.client_reply(self.client_id)
+        self.reply_topic = self.topics.client_reply(settings.username or self.client_id)
         self._persistent = persistent
         self._pending: dict[bytes, Pending] = {}
         self._lock = threading.Lock()
@@ -159,8 +162,10 @@ class MqttRequester:
         if pending is None or not isinstance(response, dict):
             self.unmatched += 1
             return
+        props = dict(getattr(msg.properties, "UserProperty", None) or [])
         with self._lock:
             pending.responses.append(response)
+            pending.devices.append(str(props.get(DEVICE_PROPERTY, "")))
             terminal = is_terminal(pending.query, response)
             if terminal is not None and not pending.done.is_set():
                 pending.remaining = 0 if terminal else pending.remaining - 1
