@@ -100,7 +100,7 @@ def test_backpressure__kill_9_with_5_accepted_requests_all_answered_after_restar
     req = make_requester()
     topic = "katago/victim/analysis/request"
     health = "katago/victim/health"
-    first = _start_agent(broker.port, "victim", delay=5.0)
+    first = _start_agent(broker.port, "victim", delay=30.0)  # none answered before the kill
     try:
         status = "katago/victim/status"  # published after SUBSCRIBE: the subscription exists
         wait_for(lambda: status in read_retained(broker.port, [status], timeout=0.5), 10)
