@@ -10,6 +10,9 @@ state    ``online`` / ``offline`` (last will) / ``stopped`` (clean exit); ``stal
 seen     seconds since the device's last health snapshot (its ``ts``) or live status; a
          retained status alone does not count as seen
 profile  status ``profile``; engine = status ``engine`` / ``runtime``
+serving  the network runtime/precision that serves (status ``serving`` / health ``network``);
+         ``FALLBACK`` when it is not the profile's first choice (health ``network.fallbacks``
+         has each reason)
 temp     hottest thermal zone (health ``temperatures``), else the thermal guard's reading
 throttle Raspberry Pi throttling conditions active now (health ``throttling.now``)
 cpu/mem  health ``cpu.percent`` and ``memory.used_percent``
@@ -118,6 +121,8 @@ def summarize(view: DeviceView, now: float, stale_after_s: float) -> dict[str, A
         "last_seen_s": None if age is None else round(age, 1),
         "profile": status.get("profile") or _first(health, "agent.profile"),
         "engine": status.get("engine") or status.get("runtime") or _first(health, "agent.engine"),
+        "serving": _serving(status, health),
+        "fallbacks": _fallbacks(health),
         "temperature_c": temperature,
         "throttled": throttled,
         "cpu_percent": _num(_first(health, "cpu.percent", "device.cpu.percent", "cpu_percent")),
@@ -130,6 +135,19 @@ def summarize(view: DeviceView, now: float, stale_after_s: float) -> dict[str, A
         "status": view.status,
         "health": view.health,
     }
+
+
+def _serving(status: dict[str, Any], health: dict[str, Any]) -> str | None:
+    serving = status.get("serving") or _first(health, "network.serving") or {}
+    if not isinstance(serving, dict) or not serving.get("runtime"):
+        return None
+    via = f" via {serving['provider']}" if serving.get("provider") else ""
+    return f"{serving['runtime']}/{serving.get('precision')}{via}"
+
+
+def _fallbacks(health: dict[str, Any]) -> list[dict[str, Any]]:
+    found = _first(health, "network.fallbacks")
+    return [f for f in found if isinstance(f, dict)] if isinstance(found, list) else []
 
 
 class FleetMonitor:

@@ -43,6 +43,7 @@ def render_table(rows: list[dict[str, Any]], warn_temp: float = 70.0, hot_temp: 
         "seen",
         "profile",
         "engine",
+        "serving",
         "temp",
         "throttle",
         "cpu",
@@ -79,6 +80,7 @@ def render_table(rows: list[dict[str, Any]], warn_temp: float = 70.0, hot_temp: 
             _fmt(r["last_seen_s"], ".0f", " s"),
             _fmt(r["profile"]),
             _fmt(r["engine"]),
+            _serving_cell(r),
             f"[{temp_style}]{_fmt(temp, '.1f', ' °C')}[/]" if temp_style else _fmt(temp, ".1f", " °C"),
             f"[red]{throttle_text}[/]" if throttle_text != "-" else throttle_text,
             _fmt(r["cpu_percent"], ".0f", "%"),
@@ -91,10 +93,20 @@ def render_table(rows: list[dict[str, Any]], warn_temp: float = 70.0, hot_temp: 
     return table
 
 
+def _serving_cell(row: dict[str, Any]) -> str:
+    """What serves; flagged when it is a fallback (the reasons are in ``fleet --json``)."""
+    text = _fmt(row.get("serving"))
+    fallbacks = row.get("fallbacks") or []
+    status = row.get("status") or {}
+    if fallbacks or status.get("fallback"):
+        return f"[yellow]{text} FALLBACK[/]"
+    return text
+
+
 def wide_console() -> Console:
-    """A console at least 150 columns wide: the 12 columns must not fold on pipes / narrow terminals."""
+    """A console at least 170 columns wide: the 13 columns must not fold on pipes / narrow terminals."""
     console = Console()
-    console.width = max(console.width, 150)
+    console.width = max(console.width, 170)
     return console
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from agent.backends.base import NeuralNet
 from agent.backends.fake import FakeNet
+from agent.backends.registry import runtime_for_file
 from agent.config import AgentConfig
 from agent.engines.base import Engine
 from agent.engines.katago_process import engine_from_settings
@@ -63,6 +64,7 @@ class Plan:
     cache_size: int = 1 << 16
     recommended_network: str | None = None
     reasons: tuple[str, ...] = ()
+    verify: tuple[tuple[str, tuple[tuple[str, str, float], ...]], ...] = ()  # profile's verify overrides
     profile_model: Any = field(default=None, compare=False)  # agent.profiles.Profile (thermal limits)
 
 
@@ -78,11 +80,9 @@ def make_plan(config: AgentConfig) -> Plan:
         overrides["profile"] = config.profile
     known = profiles.load_profiles(config.profiles_dir)
     profile, reasons = profiles.select(hardware, overrides, known)
-    choice, _ = profiles.choose_runtime(profile, hardware.runtimes)
+    # The profile's order is kept: the first entry is what was asked for, and each one before the
+    # entry that serves is a fallback with its reason (open_network tries them in this order).
     ordered = list(profile.runtimes)
-    if choice is not None:  # the usable one first, the rest as fallbacks
-        ordered.remove(choice)
-        ordered.insert(0, choice)
     engine = config.engine if config.engine != "auto" else profile.engine.kind
     runtimes = [
         RuntimeEntry(c.runtime, c.precision, c.provider, c.required) for c in ordered if c.runtime != "katago"
@@ -101,6 +101,10 @@ def make_plan(config: AgentConfig) -> Plan:
         cache_size=max(1024, profile.search.nn_cache_size),
         recommended_network=profile.network.recommended,
         reasons=tuple(reasons),
+        verify=tuple(
+            (str(precision), tuple((metric, op, float(value)) for metric, (op, value) in table.items()))
+            for precision, table in profile.verify.items()
+        ),
         profile_model=profile,
     )
 
@@ -146,8 +150,30 @@ def fetch_network(config: AgentConfig, progress: Progress, plan: Plan | None = N
             "no network configured: pass --model PATH|URL, or set model = ... in the config "
             "(`katago-edge fetch-model katrain` fetches one)"
         )
+    given = Path(spec).expanduser()
+    if runtime_for_file(given) is not None:  # a converted file is served as it is, from where it is
+        if not given.is_file():
+            raise ModelStoreError(f"{given}: no such converted network file")
+        return given
     progress(f"fetching network {spec}")
     return Path(fetch_model(spec, store=config.model_store_dir, sha256=sha256))
+
+
+def local_network(config: AgentConfig, plan: Plan | None = None) -> Path | None:
+    """The network ``serve`` would use, if it is already on this machine (nothing is fetched)."""
+    spec = config.model
+    if not spec and plan is not None and plan.recommended_network:
+        url, _ = RECOMMENDED_SOURCES.get(plan.recommended_network, (plan.recommended_network, None))
+        spec = url.rsplit("/", 1)[-1] if "/" in url else ""
+        if not spec:  # from the katrain wheel: whatever version of that network the store holds
+            found = sorted(config.model_store_dir.glob(f"{plan.recommended_network}*.bin.gz"))
+            return found[-1] if found else None
+    if not spec or parse_fake(spec) is not None:
+        return None
+    for candidate in (Path(spec).expanduser(), config.model_store_dir / spec):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def model_store(config: AgentConfig) -> ModelStore:
@@ -164,7 +190,9 @@ def load_net(
         return FakeNet(seed=int(fake.get("seed", 1)), delay=fake.get("delay", 0.0)), None
     source = fetch_network(config, progress, plan)
     progress(f"preparing the network ({', '.join(e.label for e in plan.runtimes)})")
-    return open_network(source, plan.runtimes, model_store(config), progress=prepare)
+    return open_network(
+        source, plan.runtimes, model_store(config), progress=prepare, thresholds=dict(plan.verify)
+    )
 
 
 def build_engine(
@@ -177,7 +205,7 @@ def build_engine(
         progress("starting the KataGo binary")
         katago: Engine = engine_from_settings(config.katago, source, cache_dir=config.cache_dir / "katago")
         report = NetworkReport(
-            RuntimeEntry("katago", "fp32"),
+            RuntimeEntry("katago", ""),
             {"runtime": "katago", "precision": None, "provider": None, "file": str(source)},
         )
         return katago, report

@@ -13,14 +13,14 @@ that the profile it names exists and its ``[overrides]`` give a valid profile.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError
+from agent.config import AgentConfig, find_config, load_config
+from agent.errors import AgentError, ConfigError
 from agent.hardware import Hardware, probe_hardware
 from agent.hardware.runtimes import probe_runtimes
 from agent.profiles import (
@@ -45,6 +45,9 @@ def configure_detect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=None, help="force this profile (as the agent config can)")
     parser.add_argument("--katago", default=None, help="path of a KataGo binary to consider")
     parser.add_argument("--health", action="store_true", help="also take a health snapshot")
+    parser.add_argument(
+        "--config", type=Path, help="agent TOML (the network and stores it names; default: the installed one)"
+    )
 
 
 def _runtime_lines(hw: Hardware) -> list[str]:
@@ -119,16 +122,95 @@ def _profile_lines(profile: Profile, engine: str, runtime: str | None) -> list[s
     ]
 
 
+def network_plan(profile: Profile, hw: Hardware, config: AgentConfig) -> dict[str, Any]:
+    """What would serve: each runtime entry of the profile, whether it can run here, whether the
+    model store holds its artifact or a refusal, and the first that would serve (a fallback
+    when it is not the first entry). The running daemon's own report, if one answers, too."""
+    from agent.models.serving import RuntimeEntry
+    from agent.models.store import Recipe, check_runtime
+    from agent.startup import local_network, make_plan, model_store
+
+    plan = make_plan(config.model_copy(update={"profile": profile.name}))
+    source = local_network(config, plan)
+    store = model_store(config)
+    entries: list[dict[str, Any]] = []
+    serving: RuntimeEntry | None = None
+    for entry in plan.runtimes:
+        row: dict[str, Any] = {**entry.to_json(), "required": entry.required}
+        try:
+            check_runtime(entry.runtime, entry.provider)
+            row["runtime_usable"] = True
+        except AgentError as exc:
+            row["runtime_usable"], row["state"] = False, f"cannot run here: {exc}"
+        if row["runtime_usable"]:
+            if source is None:
+                row["state"] = "network not on this machine yet (fetched at first start)"
+            elif entry.runtime == "numpy":
+                row["state"] = "the reference itself (no conversion)"
+            else:
+                recipe = Recipe(entry.runtime, entry.precision, entry.provider)
+                refusal = store.refusal(source, recipe)
+                cached = store.cached(source, recipe)
+                if refusal is not None:
+                    row["state"] = f"refused by verification: {refusal.get('reason')}"
+                elif cached is not None:
+                    row["state"] = (
+                        f"artifact in the store ({cached.path.name}, verify {cached.verify['status']})"
+                    )
+                else:
+                    row["state"] = "built and verified at first start"
+            usable = not str(row["state"]).startswith("refused")
+            if usable and serving is None:
+                serving = entry
+                row["serves"] = True
+        entries.append(row)
+    out: dict[str, Any] = {
+        "network": str(source) if source else (config.model or plan.recommended_network),
+        "store": str(store.root),
+        "entries": entries,
+        "serves": serving.label if serving else None,
+        "fallback": serving is not None and serving != plan.runtimes[0],
+    }
+    if config.socket.enabled and Path(config.socket.path).exists():
+        from agent.commands.status import ask_health
+
+        try:
+            out["daemon"] = ask_health(Path(config.socket.path), timeout=2.0).get("network")
+        except AgentError as exc:
+            out["daemon"] = {"error": str(exc)}
+    return out
+
+
+def _network_lines(report: dict[str, Any]) -> list[str]:
+    lines = [f"Network: {report['network']} (model store {report['store']})"]
+    for row in report["entries"]:
+        via = f" via {row['provider']}" if row.get("provider") else ""
+        mark = "->" if row.get("serves") else "  "
+        lines.append(f"  {mark} {row['runtime']}/{row['precision']}{via}: {row['state']}")
+    if report["fallback"]:
+        lines.append(f"  FALLBACK: {report['serves']} would serve, not the profile's first entry")
+    daemon = report.get("daemon")
+    if daemon:
+        serving = daemon.get("serving") or {}
+        text = (
+            f"{serving.get('runtime')}/{serving.get('precision')} ({serving.get('file')})"
+            if serving
+            else str(daemon.get("error"))
+        )
+        lines.append(f"  running daemon serves {text}")
+        lines.extend(
+            f"  FALLBACK {f['runtime']}/{f['precision']}: {f['reason']}"
+            for f in daemon.get("fallbacks") or []
+        )
+    return lines
+
+
 def _health(root: Path, profile: Profile) -> dict[str, Any]:
     """A health snapshot with the chosen profile's thermal guard checked once and the default store."""
     from agent.health import snapshot
     from agent.thermal import ThermalGuard
 
-    store: Path | None = None
-    try:
-        store = importlib.import_module("agent.config").default_state_dir() / "models"
-    except (ImportError, AttributeError) as exc:
-        logger.debug("no default model store: %s", exc)
+    store = load_config(find_config(None)).model_store_dir
     guard = ThermalGuard.from_profile(profile, root=root)
     guard.check()
     return snapshot(root=root, model_store=store, thermal=guard).to_dict()
@@ -147,6 +229,7 @@ def command_detect(args: argparse.Namespace) -> int:
     health = None
     if args.health:
         health = _health(args.root, profile)
+    network = network_plan(profile, hw, load_config(find_config(args.config)))
     if args.json:
         out: dict[str, Any] = {
             "hardware": hw.to_dict(),
@@ -156,6 +239,7 @@ def command_detect(args: argparse.Namespace) -> int:
             "reasons": reasons,
             "runtimes_missing": missing,
             "profile_settings": profile.model_dump(),
+            "network": network,
         }
         if health is not None:
             out["health"] = health
@@ -166,6 +250,7 @@ def command_detect(args: argparse.Namespace) -> int:
     lines += ["Runtimes (this Python environment)", *_runtime_lines(hw)]
     lines += _profile_lines(profile, engine, choice.label if choice else None)
     lines += ["Why", *(f"  - {r}" for r in reasons)]
+    lines += _network_lines(network)
     if health is not None:
         lines += ["Health", *(f"  {line}" for line in json.dumps(health, indent=2).splitlines())]
     print("\n".join(lines))
@@ -199,11 +284,7 @@ def _load_all(directory: Path | None) -> tuple[list[Profile], list[str]]:
 
 
 def _check_agent_config(path: Path, profiles: list[Profile]) -> list[str]:
-    try:
-        config_mod = importlib.import_module("agent.config")
-    except ImportError:
-        return [f"{path}: agent.config is not available in this installation; only profiles were checked"]
-    config = config_mod.load_config(path)  # raises ConfigError with positions
+    config = load_config(path)  # raises ConfigError with positions
     problems: list[str] = []
     by_name = {p.name: p for p in profiles}
     forced = getattr(config, "profile", None)

@@ -65,6 +65,8 @@ def _print_list(store: ModelStore, entries: list[StoreEntry]) -> None:
     for e in entries:
         table.add_row(e.ident, e.network, e.runtime, e.precision, _size(e.size), e.created, _verify_text(e))
     console = Console()
+    if not console.is_terminal:  # a pipe or a log: one line per entry, nothing folded
+        console.width = max(console.width, 200)
     console.print(table)
     console.print(f"{len(entries)} entries, {_size(sum(e.size for e in entries))}")
 

@@ -86,7 +86,10 @@ def render(health: dict[str, Any]) -> str:
     if fallbacks:
         via = f" via {requested['provider']}" if requested.get("provider") else ""
         lines.append(f"FALLBACK  asked for {requested.get('runtime')}/{requested.get('precision')}{via}:")
-        lines.extend(f"          {f['runtime']}/{f['precision']}: {f['reason']}" for f in fallbacks)
+        lines.extend(
+            f"          {f['runtime']}/{f['precision']}{' via ' + f['provider'] if f.get('provider') else ''}: {f['reason']}"
+            for f in fallbacks
+        )
     service = health.get("service") or {}
     if service:
         lines.append(

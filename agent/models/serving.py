@@ -20,6 +20,7 @@ runtime its suffix names.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,11 @@ class RuntimeEntry:
     @property
     def label(self) -> str:
         via = f" via {self.provider}" if self.provider else ""
-        return f"{self.runtime}/{self.precision}{via}"
+        precision = f"/{self.precision}" if self.precision else ""
+        return f"{self.runtime}{precision}{via}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"runtime": self.runtime, "precision": self.precision, "provider": self.provider}
+        return {"runtime": self.runtime, "precision": self.precision or None, "provider": self.provider}
 
 
 @dataclass
@@ -74,7 +76,8 @@ class NetworkReport:
     def summary(self) -> str:
         s = self.serving
         via = f" via {s['provider']}" if s.get("provider") else ""
-        text = f"{s.get('runtime')}/{s.get('precision')}{via} ({Path(str(s.get('file', '?'))).name})"
+        precision = f"/{s['precision']}" if s.get("precision") else ""
+        text = f"{s.get('runtime')}{precision}{via} ({Path(str(s.get('file', '?'))).name})"
         if self.fallbacks:
             text += f"; FALLBACK from {self.requested.label}: " + "; ".join(
                 f"{f['runtime']}/{f['precision']}: {f['reason']}" for f in self.fallbacks
@@ -113,8 +116,10 @@ def open_network(
     *,
     threads: int = 0,
     progress: ProgressFactory = NO_PROGRESS,
+    thresholds: Mapping[str, tuple[tuple[str, str, float], ...]] | None = None,
 ) -> tuple[NeuralNet, NetworkReport]:
-    """Load ``source`` with the first entry that can serve it (module docstring)."""
+    """Load ``source`` with the first entry that can serve it (module docstring). ``thresholds``
+    overrides verification limits per precision (a profile's ``[verify.<precision>]``)."""
     if runtime_for_file(source) is not None:
         artifact = given_file_artifact(source, store)
         entry = RuntimeEntry(artifact.runtime, artifact.precision)
@@ -129,7 +134,12 @@ def open_network(
             check_runtime(entry.runtime, entry.provider)
             artifact = store.prepare(
                 source,
-                Recipe(entry.runtime, entry.precision, entry.provider),
+                Recipe(
+                    entry.runtime,
+                    entry.precision,
+                    entry.provider,
+                    thresholds=(thresholds or {}).get(entry.precision.split("-")[0], ()),
+                ),
                 progress=progress,
                 threads=threads,
             )

@@ -47,6 +47,11 @@ def import_tensorrt() -> ModuleType:
             "TensorRT is not installed: on a Jetson it comes with JetPack (create the venv with "
             "--system-site-packages, as install.sh does); on a workstation `pip install tensorrt pycuda`"
         ) from exc
+    if not hasattr(trt, "Builder"):  # e.g. a folder named tensorrt on sys.path, not the library
+        raise RuntimeUnavailable(
+            f"the module named tensorrt at {getattr(trt, '__file__', None) or list(getattr(trt, '__path__', []))} "
+            "is not NVIDIA's TensorRT (no Builder): install TensorRT"
+        )
     return trt
 
 

@@ -1,0 +1,132 @@
+"""The model store with a real network (g170-b6c96): build once, cache by key, manifests,
+cached refusals, converted files given directly, and the `models` command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from edge_fixtures import model_file
+
+from agent.cli import run
+from agent.errors import NetworkFileError
+from agent.models.manifest import read_manifest
+from agent.models.store import ModelStore, Recipe, VerificationRefused, open_file
+
+pytestmark = pytest.mark.needs_models
+
+# top-1 agreement can never exceed 1: a threshold verification must refuse
+IMPOSSIBLE = (("policy_top1_agreement", ">=", 1.01),)
+
+
+def test_store__builds_once_verifies_and_reuses_by_key(models_dir: Path, tmp_path: Path) -> None:
+    source = model_file(models_dir, "b6c96")
+    store = ModelStore(tmp_path / "store")
+    first = store.prepare(source, Recipe("onnx", "fp16", verify_positions=24))
+    assert first.built_now and first.path.parent == store.root / "onnx"
+    assert first.path.name.startswith("g170-b6c96-s175395328-d26788732-fp16-")
+    manifest = read_manifest(first.path)
+    assert manifest is not None and manifest.sha256 == first.sha256
+    assert manifest.source["sha256"].startswith("f5d32604e3675c48")
+    assert manifest.extra["postprocess"]["model_version"] == 8
+    assert manifest.extra["recipe"]["precision"] == "fp16"
+    assert manifest.extra["recipe"]["thresholds"]["winrate_abs_error.p99"] == ["<", 0.01]
+    assert manifest.extra["key"] in first.path.name
+    assert set(manifest.extra["timings"]) >= {"read_and_build_fp32_s", "verify_s"}
+    assert manifest.verification is not None and manifest.verification["passed"] is True
+    assert manifest.verification["positions"] == 24
+    assert first.verify == {"status": "passed", "positions": 24, "failures": []}
+    mtime = first.path.stat().st_mtime_ns
+
+    again = store.prepare(source, Recipe("onnx", "fp16", verify_positions=24))
+    assert not again.built_now and again.path == first.path and first.path.stat().st_mtime_ns == mtime
+    other = store.artifact_path(source, Recipe("onnx", "fp16", verify_positions=30))
+    assert other != first.path  # another verification setting is another artifact
+    net = store.open(again, threads=1)
+    assert (net.info.runtime, net.info.precision) == ("onnx", "fp16")
+    assert net.postprocess_params.model_version == 8
+    assert [e.kind for e in store.entries()] == ["artifact"]
+
+
+def test_store__a_file_that_lost_its_manifest_is_rebuilt(models_dir: Path, tmp_path: Path) -> None:
+    source = model_file(models_dir, "b6c96")
+    store = ModelStore(tmp_path)
+    artifact = store.prepare(source, Recipe("onnx", "fp32"))
+    artifact.path.with_name(artifact.path.name + ".manifest.json").unlink()
+    assert [e.kind for e in store.entries()] == ["incomplete"]
+    assert store.cached(source, Recipe("onnx", "fp32")) is None
+    rebuilt = store.prepare(source, Recipe("onnx", "fp32"))
+    assert rebuilt.built_now and rebuilt.path == artifact.path
+
+
+def test_store__refusal_is_kept_with_its_reason_and_prune_forgets_it(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = model_file(models_dir, "b6c96")
+    store = ModelStore(tmp_path)
+    recipe = Recipe("onnx", "fp16", verify_positions=16, thresholds=IMPOSSIBLE)
+    with pytest.raises(
+        VerificationRefused, match=r"onnx/fp16 refused by verification: policy_top1_agreement"
+    ):
+        store.prepare(source, recipe)
+    target = store.artifact_path(source, recipe)
+    assert not target.exists()  # nothing servable was written
+    refusal = store.refusal(source, recipe)
+    assert refusal is not None and "policy_top1_agreement" in refusal["reason"]
+    assert refusal["verification"]["passed"] is False
+
+    started = time.monotonic()
+    with pytest.raises(VerificationRefused, match="cached refusal") as cached:
+        store.prepare(source, recipe)
+    assert time.monotonic() - started < 2.0  # no second conversion
+    assert cached.value.report.failures and cached.value.report.positions == 16
+
+    capsys.readouterr()
+    assert run(["models", "list", "--store", str(tmp_path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(e["kind"], e["runtime"], e["precision"]) for e in listed] == [("refused", "onnx", "fp16")]
+    assert "policy_top1_agreement" in listed[0]["reason"]
+    assert run(["models", "prune", "--store", str(tmp_path)]) == 0
+    assert store.refusal(source, recipe) is not None  # a plain prune keeps refusals
+    assert run(["models", "prune", "--refused", "--store", str(tmp_path)]) == 0
+    assert store.refusal(source, recipe) is None and store.entries() == []
+
+
+def test_store__models_command_lists_and_shows_an_artifact(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    artifact = ModelStore(tmp_path).prepare(model_file(models_dir, "b6c96"), Recipe("onnx", "fp32"))
+    capsys.readouterr()
+    assert run(["models", "list", "--store", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert artifact.path.name.split(".")[0] in table and "passed" in table and "1 entries" in table
+    ident = artifact.path.name.split(".")[0]
+    assert run(["models", "show", ident[:30], "--store", str(tmp_path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["sha256"] == artifact.sha256 and shown["postprocess"]["policy_channels"] == 1
+    assert run(["models", "show", "nothing-like-this", "--store", str(tmp_path)]) == 1
+    assert "no store entry matches 'nothing-like-this'" in capsys.readouterr().err
+    assert run(["models", "prune", "--all", "--store", str(tmp_path)]) == 0
+    assert ModelStore(tmp_path).entries() == []
+
+
+def test_store__converted_files_given_directly_carry_their_post_processing(
+    models_dir: Path, model_store: ModelStore, tmp_path: Path
+) -> None:
+    """A .tflite has no post-processing of its own: the manifest beside it carries it; without
+    one the runtime says so instead of guessing."""
+    artifact = model_store.prepare(model_file(models_dir, "b6c96"), Recipe("tflite", "fp32"))
+    given = tmp_path / "mine.tflite"
+    shutil.copyfile(artifact.path, given)
+    bare = open_file(given, threads=1)
+    with pytest.raises(NetworkFileError, match="carries no post-processing parameters"):
+        _ = bare.postprocess_params
+    shutil.copyfile(
+        artifact.path.with_name(artifact.path.name + ".manifest.json"), tmp_path / "mine.tflite.manifest.json"
+    )
+    net = open_file(given, threads=1)
+    assert net.info.runtime == "tflite" and net.postprocess_params.model_version == 8
+    assert net.info.name == "g170-b6c96-s175395328-d26788732"
