@@ -381,15 +381,17 @@ install_package() {
 }
 
 # Put the command on PATH: a symlink <bin-dir>/katago-edge -> <venv>/bin/katago-edge. A file that
-# is not a symlink, or a symlink this installer did not make, is left alone (with a warning); the
-# target is recorded so that --uninstall removes only our link.
+# is not a symlink, or a symlink this installer did not make, is left alone (with a warning). The
+# link and its target are recorded (install state, bin-link: two lines) so that --uninstall
+# removes only our link, wherever --bin-dir put it, and a new --bin-dir moves it.
 link_command() {
-	local link="$BIN_DIR/katago-edge" target="$VENV/bin/katago-edge" current recorded
-	recorded=$(cat "$STAMP_DIR/bin-link" 2>/dev/null || true)
+	local link="$BIN_DIR/katago-edge" target="$VENV/bin/katago-edge" current old_link old_target
+	old_link=$(sed -n 1p "$STAMP_DIR/bin-link" 2>/dev/null || true)
+	old_target=$(sed -n 2p "$STAMP_DIR/bin-link" 2>/dev/null || true)
 	if [[ -L $link ]]; then
 		current=$(readlink "$link")
 		[[ $current == "$target" ]] && return 0
-		if [[ -e $link && $current != "$recorded" ]]; then
+		if [[ -e $link && $current != "$old_target" ]]; then
 			warn "$link points to $current, not made by install.sh: left alone; the command is $target"
 			return 0
 		fi
@@ -403,19 +405,27 @@ link_command() {
 		return 0
 	fi
 	run ln -sfn "$target" "$link"
-	printf '%s\n' "$target" | write_file "$STAMP_DIR/bin-link" 0644 || true
+	if [[ -n $old_link && $old_link != "$link" && -L $old_link && $(readlink "$old_link") == "$old_target" ]]; then
+		remove_path "$old_link" # an earlier install's link under another --bin-dir
+	fi
+	printf '%s\n%s\n' "$link" "$target" | write_file "$STAMP_DIR/bin-link" 0644 || true
 	changed "command $link -> $target"
 }
 
-# The link, if it is ours: it points at this venv, or at the target install.sh recorded.
+# Our links: <bin-dir>/katago-edge and the recorded one, if they point at this venv or at the
+# recorded target.
 unlink_command() {
-	local link="$BIN_DIR/katago-edge" current recorded
-	[[ -L $link ]] || return 0
-	current=$(readlink "$link")
-	recorded=$(cat "$STAMP_DIR/bin-link" 2>/dev/null || true)
-	if [[ $current == "$VENV/bin/katago-edge" || (-n $recorded && $current == "$recorded") ]]; then
-		remove_path "$link"
-	fi
+	local link current old_link old_target links=("$BIN_DIR/katago-edge")
+	old_link=$(sed -n 1p "$STAMP_DIR/bin-link" 2>/dev/null || true)
+	old_target=$(sed -n 2p "$STAMP_DIR/bin-link" 2>/dev/null || true)
+	[[ -n $old_link ]] && links+=("$old_link")
+	for link in "${links[@]}"; do
+		[[ -L $link ]] || continue
+		current=$(readlink "$link")
+		if [[ $current == "$VENV/bin/katago-edge" || (-n $old_target && $current == "$old_target") ]]; then
+			remove_path "$link"
+		fi
+	done
 	return 0
 }
 

@@ -221,29 +221,36 @@ def test_install__dry_run_links_the_command_into_prefix_bin_or_bin_dir(short_tmp
     assert not prefix.exists() and not (short_tmp / "bin").exists()
 
 
-def test_install__never_replaces_a_katago_edge_it_did_not_make(short_tmp: Path) -> None:
-    """A real install (fake network) with --bin-dir holding someone else's katago-edge: left alone,
-    with a warning, and still there after --uninstall; the messages name the venv's command."""
-    prefix, bin_dir = short_tmp / "opt", short_tmp / "bin"
-    bin_dir.mkdir()
-    theirs = bin_dir / "katago-edge"
+def test_install__bin_dir_link_is_recorded_and_foreign_commands_are_left_alone(short_tmp: Path) -> None:
+    """Real installs (fake network): the link goes where --bin-dir says and --uninstall finds it
+    there without the option; someone else's katago-edge in a --bin-dir is left alone, with a
+    warning, and is still there after --uninstall."""
+    prefix, ours, other = short_tmp / "opt", short_tmp / "bin", short_tmp / "other-bin"
+    other.mkdir()
+    theirs = other / "katago-edge"
     theirs.write_text("#!/bin/sh\necho theirs\n")
     venv = str(Path(sys.executable).parent.parent)
-    args = ["--prefix", str(prefix), "--no-systemd", "--bin-dir", str(bin_dir), "--model", "fake",
+    args = ["--prefix", str(prefix), "--no-systemd", "--model", "fake",
             "--broker", f"127.0.0.1:{free_port()}", "--venv", venv, "--yes"]  # fmt: skip
     env = base_env(KATAGO_EDGE_INSTALL_WS_PORT=str(free_port()), KATAGO_EDGE_INSTALL_WAIT="120")
     try:
-        result = _install(*args, env=env, timeout=300)
+        first = _install(*args, "--bin-dir", str(ours), env=env, timeout=300)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert os.readlink(ours / "katago-edge") == f"{venv}/bin/katago-edge"
+        assert f"MQTT:          {ours}/katago-edge query" in first.stdout  # not on PATH: the full path
+        second = _install(*args, "--bin-dir", str(other), env=env, timeout=300)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert (
+            f"install.sh: warning: {theirs} exists and is not a symlink: left alone; the command is "
+            f"{venv}/bin/katago-edge\n" in second.stderr
+        )
+        assert os.readlink(ours / "katago-edge") == f"{venv}/bin/katago-edge"  # still reachable
     finally:
-        gone = _install("--uninstall", *args, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert (
-        f"install.sh: warning: {theirs} exists and is not a symlink: left alone; the command is "
-        f"{venv}/bin/katago-edge\n" in result.stderr
-    )
-    assert f"MQTT:          {venv}/bin/katago-edge query" in result.stdout
+        gone = _install("--uninstall", *args, env=env)  # no --bin-dir: the recorded link is found
     assert gone.returncode == 0, gone.stdout + gone.stderr
-    assert theirs.read_text() == "#!/bin/sh\necho theirs\n" and _tree(prefix) == []
+    assert f"changed: removed {ours}/katago-edge" in gone.stdout
+    assert not os.path.lexists(ours / "katago-edge") and _tree(prefix) == []
+    assert theirs.read_text() == "#!/bin/sh\necho theirs\n"
 
 
 def test_install__help_and_docs_list_every_option() -> None:
