@@ -18,6 +18,10 @@ Mosquitto 2.0.11 does not quite (measured: each PUBACK releases Receive Maximum 
 messages), so requests beyond ``max_concurrent + max_queue`` are still held, unacknowledged, up to
 ``max_backlog_bytes`` of payload; only beyond that is a request refused as ``busy``.
 
+Waiting requests are served round robin over requesters (reply topics), so one requester's flood
+delays another's request by at most one request per requester in turn, among the requests the
+agent holds (the broker's own session queue, beyond that, is first in, first out).
+
 The analysis service may answer synchronously or from its own threads; a worker counts the
 request as running until its final responses arrived (one per distinct analysed turn, or an
 error), or until ``request_timeout_s`` passed: then the search is terminated and the requester
@@ -35,7 +39,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +99,45 @@ def _ack_all(acks: list[Ack]) -> Ack | None:
     return ack
 
 
+class _FairQueue:
+    """Waiting jobs, one FIFO per requester (reply topic), served round robin: a requester that
+    queued thousands of requests delays another's by at most one request per turn."""
+
+    def __init__(self) -> None:
+        self._by_requester: dict[str, deque[_Job]] = {}  # insertion order = round-robin order
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._by_requester.values())
+
+    def __bool__(self) -> bool:
+        return bool(self._by_requester)
+
+    def __iter__(self) -> Iterator[_Job]:
+        for jobs in list(self._by_requester.values()):
+            yield from list(jobs)
+
+    def append(self, job: _Job) -> None:
+        self._by_requester.setdefault(job.request.reply.topic, deque()).append(job)
+
+    def popleft(self) -> _Job:
+        topic, jobs = next(iter(self._by_requester.items()))
+        job = jobs.popleft()
+        del self._by_requester[topic]
+        if jobs:
+            self._by_requester[topic] = jobs  # to the back of the round
+        return job
+
+    def remove(self, job: _Job) -> None:
+        topic = job.request.reply.topic
+        jobs = self._by_requester[topic]
+        jobs.remove(job)
+        if not jobs:
+            del self._by_requester[topic]
+
+    def clear(self) -> None:
+        self._by_requester.clear()
+
+
 @dataclass
 class _Job:
     request: Request
@@ -134,7 +177,7 @@ class RequestDispatcher:
         self._reply_check = reply_check
         self._recent = RecentKeys(dedup_capacity, dedup_ttl_s)
         self._cond = threading.Condition()
-        self._queue: deque[_Job] = deque()
+        self._queue = _FairQueue()
         self._running: dict[str, _Job] = {}
         self._unfinished: dict[Hashable, _Job] = {}  # dedup key -> job not yet answered
         self._counts = dict.fromkeys(COUNTERS, 0)

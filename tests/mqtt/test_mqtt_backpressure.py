@@ -175,3 +175,29 @@ def test_backpressure__terminate_reaches_only_the_requesters_own_queries():
         for gate in gates.values():
             gate.set()
         d.stop(timeout=2)
+
+
+def test_backpressure__held_requests_are_served_round_robin_over_requesters():
+    order: list[str] = []
+
+    def handle(query, emit):
+        order.append(query["id"].rsplit(":", 1)[1])
+        emit({"id": query["id"], "isDuringSearch": False})
+
+    def publish(reply, response, then=None):
+        if then is not None:
+            then()
+
+    d = RequestDispatcher(handle, publish, max_concurrent=1, max_queue=100)
+    for i in range(50):  # A floods before the worker starts; then B asks once
+        d.on_message(
+            Incoming("k/d/analysis/request", json.dumps({"id": f"a{i}"}).encode(), "client/A", b"%d" % i)
+        )
+    d.on_message(Incoming("k/d/analysis/request", b'{"id": "b0"}', "client/B", b"b"))
+    d.start()
+    try:
+        wait_for(lambda: len(order) == 51, 5)
+    finally:
+        d.stop(timeout=2)
+    assert order.index("b0") == 1  # second, not 51st
+    assert [x for x in order if x != "b0"] == [f"a{i}" for i in range(50)]
