@@ -106,7 +106,8 @@ class AgentConfig(_Strict):
     state_dir: Path = Field(default_factory=default_state_dir)
     model_store: Path | None = Field(default=None, description="fetched networks; unset = <state_dir>/models")
     artifact_store: Path | None = Field(
-        default=None, description="converted networks (the model store's artifacts); unset = <cache_dir>/models"
+        default=None,
+        description="converted networks (the model store's artifacts); unset = <cache_dir>/models",
     )
     cache_dir: Path = Field(default_factory=default_cache_dir)
     stop_timeout: float = Field(default=20.0, gt=0, description="seconds to finish in-flight work on SIGTERM")

@@ -59,6 +59,8 @@ def _canonical_runtime(value: Any) -> Any:
         logger.warning("runtime name %r is deprecated; write %r", value, LEGACY_RUNTIME_NAMES[value])
         return LEGACY_RUNTIME_NAMES[value]
     return value
+
+
 Precision = Literal["fp32", "fp16", "int8"]
 
 

@@ -70,7 +70,9 @@ def command_rawnn(args: argparse.Namespace) -> int:
         net = load_net(network, runtime="numpy", threads=args.threads or None)
     else:  # the graph the model store built and verified (once; cached after)
         entry = RuntimeEntry(args.runtime, required=True)
-        net, _ = open_network(Path(args.model), [entry], ModelStore(default_store_root()), threads=args.threads)
+        net, _ = open_network(
+            Path(args.model), [entry], ModelStore(default_store_root()), threads=args.threads
+        )
     logger.info("rawnn: %s (v%d) on %s", network.name, network.version, net.info.runtime)
     run_rawnn(net, network, sys.stdin, sys.stdout, args.symmetry, args.policy_optimism, args.dump_features)
     return 0

@@ -35,7 +35,14 @@ def documented_block(first_line: str) -> str:
 
 ACL = documented_block("# /etc/mosquitto/katago-edge.acl")
 BROKER_CONF = documented_block("# /etc/mosquitto/conf.d/katago-edge-fleet.conf")
-USERS = {"dev-a": "pa", "dev-b": "pb", "dev-c": "pc", "kat-host": "ph", "kat-guest": "pg", "fleet-monitor": "pm"}
+USERS = {
+    "dev-a": "pa",
+    "dev-b": "pb",
+    "dev-c": "pc",
+    "kat-host": "ph",
+    "kat-guest": "pg",
+    "fleet-monitor": "pm",
+}
 
 
 @pytest.fixture
