@@ -143,6 +143,13 @@ class ModelBuilder:
             self._constants[key] = tensor
         return tensor
 
+    def tensor(self, index: int) -> Tensor:
+        """The tensor ``index`` added earlier."""
+        t = self.tensors[index]
+        shape = tuple(int(d) for d in (t.shapeSignature if t.shapeSignature is not None else t.shape))
+        dtype = next(k for k, v in _DTYPES.items() if v == t.type)
+        return Tensor(index, shape, np.dtype(dtype))
+
     def int32(self, name: str, values: list[int] | tuple[int, ...]) -> Tensor:
         return self.constant(name, np.asarray(values, np.int32))
 

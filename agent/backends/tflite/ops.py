@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from agent.backends.tflite.flatbuf import BATCH, OP_NAMES, ModelBuilder, Tensor
+from agent.backends.tflite.flatbuf import BATCH, OP_NAMES, ModelBuilder, Quant, Tensor
 
 BuiltinOp = schema.BuiltinOperator
 Act = schema.ActivationFunctionType
@@ -53,8 +53,9 @@ class Ops:
         self._count += 1
         return f"{base}_{self._count}"
 
-    def _out(self, name: str, shape: tuple[int, ...], dtype: Any = np.float32) -> Tensor:
-        return self.mb.activation(self._name(name), shape, dtype)
+    def _out(self, name: str, shape: tuple[int, ...], quant: Quant | None = None) -> Tensor:
+        dtype = np.float32 if quant is None else np.int8
+        return self.mb.activation(self._name(name), shape, dtype, quant)
 
     # -- constants ----------------------------------------------------------------------------------
     def const(self, name: str, value: Any) -> Tensor:
@@ -67,6 +68,10 @@ class Ops:
         """A filter: float32, or float16 + ``DEQUANTIZE`` (dequantized once at prepare)."""
         if self.weights != "fp16":
             return self.const(name, value)
+        return self.half(name, value)
+
+    def half(self, name: str, value: np.ndarray) -> Tensor:
+        """A float32 constant stored as float16 + ``DEQUANTIZE``."""
         half = self.mb.constant(name + "_fp16", np.asarray(value, np.float32).astype(np.float16))
         out = self.mb.activation(name, half.shape)
         self.mb.op(BuiltinOp.DEQUANTIZE, [half], [out], version=3)
@@ -115,33 +120,57 @@ class Ops:
         dilation: tuple[int, int] = (1, 1),
         act: int = Act.NONE,
         name: str = "conv",
+        out_quant: Quant | None = None,
     ) -> Tensor:
-        """Stride 1, "same" padding; ``filt`` is ``[outC, kY, kX, inC]`` (OHWI)."""
-        out = self._out(name, (*x.shape[:3], filt.shape[0]))
+        """Stride 1, "same" padding; ``filt`` is ``[outC, kY, kX, inC]`` (OHWI). With ``out_quant``
+        the op is int8: int8 input and filter (per channel), int32 bias, int8 output."""
+        out = self._out(name, (*x.shape[:3], filt.shape[0]), out_quant)
         opts = schema.Conv2DOptionsT()
         opts.padding = schema.Padding.SAME
         opts.strideW = opts.strideH = 1
         opts.dilationHFactor, opts.dilationWFactor = dilation
         opts.fusedActivationFunction = act
-        self.mb.op(BuiltinOp.CONV_2D, [x, filt, bias], [out], opts, _OPTIONS.Conv2DOptions)
+        version = 1 if out_quant is None else 3
+        self.mb.op(BuiltinOp.CONV_2D, [x, filt, bias], [out], opts, _OPTIONS.Conv2DOptions, version)
         return out
 
     def fully_connected(
-        self, x: Tensor, weight: Tensor, bias: Tensor | None, act: int = Act.NONE, name: str = "fc"
+        self,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        act: int = Act.NONE,
+        name: str = "fc",
+        out_quant: Quant | None = None,
+        hybrid: bool = False,
     ) -> Tensor:
-        """``x @ weight.T + bias`` over the last axis; ``weight`` is ``[out, in]``."""
-        out = self._out(name, (*x.shape[:-1], weight.shape[0]))
+        """``x @ weight.T + bias`` over the last axis; ``weight`` is ``[out, in]`` (int8 like
+        :meth:`conv2d` with ``out_quant``; ``hybrid``: int8 weight, float in and out, the input
+        quantized per row at run time)."""
+        out = self._out(name, (*x.shape[:-1], weight.shape[0]), out_quant)
         opts = schema.FullyConnectedOptionsT()
         opts.fusedActivationFunction = act
         opts.keepNumDims = x.rank > 2
+        opts.asymmetricQuantizeInputs = hybrid
         self.mb.op(
             BuiltinOp.FULLY_CONNECTED,
             [x, weight, bias],
             [out],
             opts,
             _OPTIONS.FullyConnectedOptions,
-            version=5 if x.rank > 2 else 1,
+            version=5 if x.rank > 2 or out_quant is not None else 1,
         )
+        return out
+
+    def quantize(self, x: Tensor, quant: Quant) -> Tensor:
+        """float32 -> int8 with ``quant``'s scale and zero point."""
+        out = self._out("quantize", x.shape, quant)
+        self.mb.op(BuiltinOp.QUANTIZE, [x], [out], version=2)
+        return out
+
+    def dequantize(self, x: Tensor, name: str = "dequantize") -> Tensor:
+        out = self._out(name, x.shape)
+        self.mb.op(BuiltinOp.DEQUANTIZE, [x], [out], version=2)
         return out
 
     def batch_matmul(self, a: Tensor, b: Tensor, adj_y: bool = False) -> Tensor:

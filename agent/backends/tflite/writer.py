@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.backends.tflite import flatbuf
+from agent.backends.tflite import flatbuf, int8
 from agent.backends.tflite.flatbuf import BATCH, ModelBuilder, Tensor
 from agent.backends.tflite.ops import Act, BuiltinOp, Ops
 from agent.errors import ConversionError
@@ -44,7 +44,7 @@ from agent.network.tensors import PositionSet
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 METADATA_NAME = "katago_edge_postprocess"
 OUTPUT_NAMES = ("policy", "policy_pass", "value", "score_value", "ownership")
 _F32 = np.float32
@@ -53,9 +53,14 @@ _F32 = np.float32
 class _Net:
     """Emits the forward pass of one network; tensors are NHWC ``[N, H, W, C]``."""
 
-    def __init__(self, net: m.Network, ops: Ops, board_y: int, board_x: int) -> None:
+    def __init__(
+        self, net: m.Network, ops: Ops, board_y: int, board_x: int, plan: int8.Int8Plan | None = None
+    ) -> None:
         self.net = net
         self.ops = ops
+        self.plan = plan
+        self.in_trunk = False  # trunk convolutions and projections are the INT8 sites
+        self.half_tables = plan is not None or ops.weights == "fp16"
         self.h, self.w = board_y, board_x
         self.s = board_y * board_x
         self.spatial = ops.mb.activation("spatial", (BATCH, 22, board_y, board_x))
@@ -136,16 +141,53 @@ class _Net:
         act: int = Act.NONE,
     ) -> Tensor:
         w = layer.weight if scale is None else layer.weight * scale  # [kY, kX, in, out]
-        filt = self.ops.weight(layer.name, np.ascontiguousarray(w.transpose(3, 0, 1, 2), dtype=_F32))
+        ohwi = np.ascontiguousarray(w.transpose(3, 0, 1, 2), dtype=_F32)
         b = np.zeros(layer.out_channels, _F32) if bias is None else bias
-        return self.ops.conv2d(
-            x,
-            filt,
-            self.ops.const(layer.name + "/bias", b),
-            (layer.dilation_y, layer.dilation_x),
-            act,
-            name=layer.name,
+        dilation = (layer.dilation_y, layer.dilation_x)
+        if self.plan is not None and self.in_trunk and not self.plan.recording:
+            return self.int8_op(x, ohwi, b, layer.name, act, dilation)
+        filt = self.ops.weight(layer.name, ohwi)
+        out = self.ops.conv2d(
+            x, filt, self.ops.const(layer.name + "/bias", b), dilation, act, name=layer.name
         )
+        if self.plan is not None and self.in_trunk:
+            self.plan.sites.append(int8.Site(layer.name, x.index, out.index))
+        return out
+
+    def int8_op(
+        self,
+        x: Tensor,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        name: str,
+        act: int,
+        dilation: tuple[int, int] | None,
+    ) -> Tensor:
+        """``DEQUANTIZE(op_int8(QUANTIZE(x)))`` of a conv (``dilation`` given, OHWI ``weight``) or a
+        fully-connected layer (``[out, in]`` ``weight``), with the ranges calibrated for it."""
+        assert self.plan is not None
+        mb = self.ops.mb
+        if self.plan.dynamic:
+            wq, w_quant = int8.weight_quant(weight)
+            filt = mb.constant(name + "/int8", wq, w_quant)
+            bias_f = None if bias is None else self.ops.const(name + "/bias", bias)
+            if dilation is not None:
+                return self.ops.conv2d(x, filt, bias_f, dilation, act, name=name)
+            return self.ops.fully_connected(x, filt, bias_f, act, name=name, hybrid=True)
+        in_range, out_range = self.plan.next_ranges(name)
+        in_q = int8.activation_quant(*in_range)
+        xq = self.plan.quantized_input(x, in_q, self.ops)
+        wq, w_quant = int8.weight_quant(weight)
+        b = np.zeros(weight.shape[0], _F32) if bias is None else bias
+        bq, b_quant = int8.bias_int32(b, in_q, w_quant)
+        filt = mb.constant(name + "/int8", wq, w_quant)
+        bias_t = mb.constant(name + "/bias_int32", bq, b_quant)
+        out_q = int8.activation_quant(*out_range)
+        if dilation is not None:
+            yq = self.ops.conv2d(xq, filt, bias_t, dilation, act, name=name, out_quant=out_q)
+        else:
+            yq = self.ops.fully_connected(xq, filt, bias_t, act, name=name, out_quant=out_q)
+        return self.ops.dequantize(yq, name=name + "/dequantize")
 
     def conv_bn_act(
         self, x: Tensor, layer: m.ConvLayer, bn: m.BatchNormLayer, act: m.ActivationLayer
@@ -161,11 +203,20 @@ class _Net:
         bias: np.ndarray | None = None,
         name: str = "fc",
         act: int = Act.NONE,
+        float_only: bool = False,
     ) -> Tensor:
-        """``x @ weight (+ bias)`` with ``weight`` ``[in, out]`` (file layout)."""
-        w = self.ops.weight(name, np.ascontiguousarray(np.asarray(weight, _F32).T))
+        """``x @ weight (+ bias)`` with ``weight`` ``[in, out]`` (file layout); an INT8 site in the
+        trunk unless ``float_only``."""
+        oi = np.ascontiguousarray(np.asarray(weight, _F32).T)
+        site = self.plan is not None and self.in_trunk and not float_only
+        if site and self.plan is not None and not self.plan.recording:
+            return self.int8_op(x, oi, bias, name, act, None)
+        w = self.ops.weight(name, oi)
         b = None if bias is None else self.ops.const(name + "/bias", bias)
-        return self.ops.fully_connected(x, w, b, act, name=name)
+        out = self.ops.fully_connected(x, w, b, act, name=name)
+        if site and self.plan is not None:
+            self.plan.sites.append(int8.Site(name, x.index, out.index))
+        return out
 
     def as_bias(self, v: Tensor) -> Tensor:
         """``[N, C]`` -> ``[N, 1, 1, C]`` for a broadcast add over the board."""
@@ -196,7 +247,9 @@ class _Net:
             s = b.mid_bn.merged_scale
             r = self.conv(a, b.regular_conv, s, b.mid_bn.merged_bias)
             g = self.conv_bn_act(a, b.gpool_conv, b.gpool_bn, b.gpool_act)
-            gb = self.fc(self.gpool(g), b.gpool_to_bias_mul.weight * s, name=b.gpool_to_bias_mul.name)
+            gb = self.fc(
+                self.gpool(g), b.gpool_to_bias_mul.weight * s, name=b.gpool_to_bias_mul.name, float_only=True
+            )
             fused = Act.RELU if b.mid_act.kind is m.Activation.RELU else Act.NONE
             r = self.act_mask(ops.add(r, self.as_bias(gb), fused), b.mid_act.kind, relu_fused=True)
             return ops.add(x, self.conv(r, b.final_conv))
@@ -259,9 +312,9 @@ class _Net:
         cos, sin = tables
         swapped = weight[:, np.arange(weight.shape[1]).reshape(-1, 2)[:, ::-1].reshape(-1)]
         # Learnable RoPE tables differ per block (b7c96-gqa: 0.8 MB a block in float32): float16 in
-        # an fp16 model. Fixed ones are the same in every block, stored once, and stay float32 (in
-        # float16 they doubled b7c96-cnorm's policy error).
-        table = self.ops.weight if learnable else self.ops.const
+        # fp16 and int8 models. Fixed ones are the same in every block, stored once, and stay
+        # float32 (in float16 they doubled b7c96-cnorm's policy error).
+        table = self.ops.half if learnable and self.half_tables else self.ops.const
         direct = self.ops.mul(self.fc(xn, weight, name=name), table(name + "/cos", cos))
         cross = self.ops.mul(self.fc(xn, swapped, name=name + "/swapped"), table(name + "/sin", sin))
         return self.ops.add(direct, cross)
@@ -302,8 +355,10 @@ class _Net:
         ops, net, tr = self.ops, self.net, self.net.trunk
         glob = self.fc(self.global_in, tr.initial_matmul.weight, name=tr.initial_matmul.name)
         x = ops.add(self.conv(self.x_in, tr.initial_conv), self.as_bias(glob))
+        self.in_trunk = True
         for b in tr.blocks:
             x = self.block(x, b)
+        self.in_trunk = False
         t = self.tip(x)
 
         ph = net.policy_head
@@ -370,18 +425,42 @@ def rope_tables(b: m.AttentionBlock, board_y: int, board_x: int, kv: bool) -> tu
 
 
 def build_tflite(
-    net: m.Network, precision: str = "fp32", *, board: int = 19, calibration: PositionSet | None = None
+    net: m.Network,
+    precision: str = "fp32",
+    *,
+    board: int = 19,
+    calibration: PositionSet | None = None,
+    int8_mode: str = "auto",
 ) -> bytes:
-    """The ``.tflite`` flatbuffer of ``net`` at ``precision`` for a ``board`` x ``board`` buffer;
-    ``calibration`` (positions) is required for ``int8``."""
+    """The ``.tflite`` flatbuffer of ``net`` at ``precision`` for a ``board`` x ``board`` buffer.
+    ``int8``: ``int8_mode`` ``static`` needs ``calibration`` positions, ``dynamic`` does not;
+    ``auto`` is dynamic for networks with attention blocks, static otherwise."""
     if precision not in PRECISIONS:
         raise ConversionError(
             f"TFLite writer precision {precision!r}: expected one of {', '.join(PRECISIONS)}"
         )
     if net.meta_encoder_version or net.trunk.metadata_encoder is not None:
         raise ConversionError(f"{net.name}: human-SL networks with an SGF-metadata encoder are not supported")
+    plan: int8.Int8Plan | None = None
+    if int8_mode == "auto":
+        int8_mode = "dynamic" if net.has_transformer else "static"
+    if int8_mode not in ("static", "dynamic"):
+        raise ConversionError(f"TFLite writer INT8 mode {int8_mode!r}: expected static, dynamic or auto")
+    if precision == "int8" and int8_mode == "dynamic":
+        plan = int8.Int8Plan(dynamic=True)
+    elif precision == "int8":
+        if calibration is None:
+            raise ConversionError("INT8 TFLite needs calibration positions")
+        plan = int8.Int8Plan()
+        mb = ModelBuilder("calibration")
+        graph = _Net(net, Ops(mb), board, board, plan)
+        graph.build()
+        site_tensors = sorted({i for site in plan.sites for i in (site.input, site.output)})
+        mb.outputs += [(f"site{i}", mb.tensor(i)) for i in site_tensors]  # kept by XNNPACK too
+        inputs = (graph.spatial.index, graph.global_in.index)
+        plan = int8.Int8Plan(ranges=int8.calibrate(mb.finish(), plan.sites, inputs, calibration))
     mb = ModelBuilder(f"katago-edge tflite writer: {net.name} ({precision})")
-    _Net(net, Ops(mb, weights=precision), board, board).build()
+    _Net(net, Ops(mb, weights="fp16" if precision == "fp16" else "fp32"), board, board, plan).build()
     mb.metadata.append((METADATA_NAME, json.dumps(net.postprocess.to_dict(), sort_keys=True).encode()))
     return mb.finish()
 
@@ -393,9 +472,10 @@ def write_tflite(
     *,
     board: int = 19,
     calibration: PositionSet | None = None,
+    int8_mode: str = "auto",
 ) -> Path:
     """Write ``net`` as a ``.tflite`` file atomically at ``out_path`` (no TensorFlow involved)."""
-    data = build_tflite(net, precision, board=board, calibration=calibration)
+    data = build_tflite(net, precision, board=board, calibration=calibration, int8_mode=int8_mode)
     atomic_write_bytes(out_path, data)
     logger.info("wrote %s (%s, %.1f MB, direct writer)", out_path, precision, len(data) / 1e6)
     return out_path

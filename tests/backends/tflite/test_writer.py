@@ -266,3 +266,70 @@ def test_writer__same_outputs_as_the_tensorflow_built_file(
         assert np.abs(getattr(a, field) - getattr(b, field)).max() < 2e-4, field
     assert (tmp_path / "w.tflite").stat().st_size <= (tmp_path / "tf.tflite").stat().st_size
     assert read_postprocess_metadata(tmp_path / "tf.tflite") is None
+
+
+def _int8_quality(
+    net: m.Network, got: NNOutputs, inputs: dict[str, np.ndarray], records: dict[str, Any]
+) -> dict[str, float]:
+    """Against KataGo's records on every position: win-rate error (mean, max), the share of
+    positions where our top move is KataGo's, and where it has >= 0.8 of KataGo's best policy."""
+    win, top, near = [], [], []
+    for row, pid in enumerate(inputs["ids"]):
+        rec = records[str(pid)]
+        raw, bx, by = rec["rawnn"], rec["board_x_size"], rec["board_y_size"]
+        ctx = row_context(rec, inputs["spatial"][row], inputs["global"][row])
+        ev = postprocess_row(got, row, net.postprocess, ctx, policy_optimism=0.2)
+        want = np.array([-1.0 if p is None else p for p in raw["policy"]])
+        ours = int(np.argmax(np.nan_to_num(np.asarray(ev.policy[: bx * by], np.float64), nan=-1.0)))
+        win.append(abs(ev.white_win - raw["whiteWin"]))
+        top.append(ours == int(np.argmax(want)))
+        near.append(want[ours] >= 0.8 * want.max())
+    return {
+        "win_mean": float(np.mean(win)),
+        "win_max": float(np.max(win)),
+        "top1": float(np.mean(top)),
+        "near": float(np.mean(near)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "mode", "limits"),
+    [
+        # measured (64 SGF calibration positions for static): win mean 0.0061 max 0.079, top 0.86, near 0.96
+        ("b6c96", "static", {"win_mean": 0.012, "win_max": 0.14, "top1": 0.8, "near": 0.9}),
+        # measured: win mean 0.0055 max 0.030, top 0.97, near 1.0 (static: 0.0093, 0.064, 0.91)
+        ("b7c96-gqa", "dynamic", {"win_mean": 0.01, "win_max": 0.06, "top1": 0.93, "near": 0.97}),
+    ],
+)
+def test_writer_int8__close_to_katago(
+    key: str,
+    mode: str,
+    limits: dict[str, float],
+    models_dir: Path,
+    reference_dir: Path,
+    inputs: dict[str, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    from agent.models.positions import positions_from_sgf
+
+    net = read_network(model_file(models_dir, key))
+    cal = positions_from_sgf(reference_dir / "sgf", 64, seed=7) if mode == "static" else None
+    path = write_tflite(net, tmp_path / f"{key}.int8.tflite", "int8", calibration=cal)
+    ops = flatbuf.operator_names(path.read_bytes())
+    assert set(ops) <= XNNPACK_OPS, sorted(set(ops) - XNNPACK_OPS)
+    assert ("QUANTIZE" in ops) == (mode == "static")
+    assert path.stat().st_size < 0.45 * len(build_tflite(net, "fp32")), "int8 weights"
+    got = TFLiteNet(path, threads=1).evaluate(NNInputs(inputs["spatial"], inputs["global"]))
+    quality = _int8_quality(net, got, inputs, _records(reference_dir, key))
+    assert quality["win_mean"] < limits["win_mean"], quality
+    assert quality["win_max"] < limits["win_max"], quality
+    assert quality["top1"] >= limits["top1"], quality
+    assert quality["near"] >= limits["near"], quality
+
+
+def test_writer_int8__static_needs_calibration(models_dir: Path) -> None:
+    net = read_network(model_file(models_dir, "b6c96"))
+    with pytest.raises(ConversionError, match="calibration positions"):
+        build_tflite(net, "int8")
+    with pytest.raises(ConversionError, match="INT8 mode 'int4'"):
+        build_tflite(net, "int8", int8_mode="int4")
