@@ -90,7 +90,8 @@ def test_install__prefix_no_systemd__serves_mqtt_socket_websocket__idempotent__u
         version = subprocess.run([str(link), "--version"], capture_output=True, text=True, timeout=60)
         assert version.returncode == 0 and version.stdout.startswith("katago-edge "), version.stderr
         log = (prefix / "var/log/katago-edge/agent.log").read_text()
-        assert "using cached onnx conversion" in log  # prepared by install.sh, not converted again
+        # prepared by install.sh, not converted again: the daemon takes the store's artifact
+        assert "model store: using " in log and "model store: built" not in log, log
         pid = (prefix / "run/katago-edge/agent.pid").read_text().strip()
 
         # Unix socket
