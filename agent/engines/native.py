@@ -18,9 +18,12 @@ root by moves inside the tree (same rules and evaluation settings), the subtree 
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import heapq
 import itertools
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -41,6 +44,16 @@ from agent.search.results import analysis_json
 logger = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, TERMINATED = "queued", "running", "done", "terminated"
+
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the system (glibc ``malloc_trim``); a no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, Android's bionic): nothing to trim
+        return
 
 
 @dataclass
@@ -102,6 +115,7 @@ class NativeEngine(Engine):
         self._counters = {"queries": 0, "turns": 0, "finished": 0, "terminated": 0, "failed": 0, "visits": 0}
         self._search_seconds = 0.0
         self._latency_sum = 0.0
+        self._kept: list[Search | None] = [None] * max(1, num_analysis_threads)  # per worker
         self._workers = [
             threading.Thread(target=self._worker, args=(i,), name=f"analysis-{i}", daemon=True)
             for i in range(max(1, num_analysis_threads))
@@ -145,7 +159,13 @@ class NativeEngine(Engine):
         self._terminate(lambda t: t.turn in turn_numbers)
 
     def clear_cache(self) -> None:
+        """Drop the NN cache and the trees kept for reuse (as KataGo's ``clear_cache`` does), and
+        hand the freed heap back to the system."""
+        with self._cv:
+            self._kept = [None] * len(self._kept)
         self.evaluator.clear_cache()
+        gc.collect()
+        _trim_heap()
 
     def describe(self) -> dict[str, Any]:
         info = self.net.info
@@ -228,13 +248,18 @@ class NativeEngine(Engine):
                 self._cv.wait()
 
     def _worker(self, index: int) -> None:
-        last: Search | None = None
         while True:
             task = self._next_task()
             if task is None:
                 return
+            with self._cv:  # the tree kept for reuse lives in _kept, where clear_cache can drop it
+                last, self._kept[index] = self._kept[index], None
             try:
-                last = self._run(task, last)
+                kept = self._run(task, last)
+                last = None
+                with self._cv:
+                    self._kept[index] = kept
+                kept = None  # only _kept holds the tree (clear_cache drops it), not this frame
             except Exception as exc:
                 logger.exception("analysis of %s turn %d failed", task.id, task.turn)
                 with self._cv:
@@ -255,6 +280,8 @@ class NativeEngine(Engine):
                     if task in self._open:
                         self._open.remove(task)
                     self._latency_sum += time.monotonic() - task.submitted
+                    task.search = None  # the tree lives on only in _kept (clear_cache drops it)
+                task = None  # nor this frame while it waits for the next task
 
     def _response(self, task: Task, search: Search, during: bool) -> dict[str, Any] | None:
         r = task.request
