@@ -303,3 +303,46 @@ def test_serve__katago_binary_engine_answers_and_stops_cleanly(
     finally:
         code = proc.stop(timeout=60)
     assert code == 0, proc.text()
+
+
+def test_serve__kill_9_with_5_accepted_mqtt_requests__all_answered_by_the_next_daemon(
+    short_tmp: Path, broker: Mosquitto
+) -> None:
+    """A request is acknowledged to the broker only after its answer (#23): the requests a
+    killed daemon had taken stay in its persistent session and the next daemon answers them."""
+    config = short_tmp / "agent.toml"
+
+    def write_config(model: str) -> None:
+        config.write_text(
+            f'device_id = "dev-kill"\nmodel = "{model}"\n\n[socket]\nenabled = false\n\n'
+            f'[websocket]\nenabled = false\n\n[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+            "health_interval_s = 0.5\n"
+        )
+
+    write_config("fake:delay=1.5")  # 3 visits take ~5 s: nothing is answered before the kill
+    watcher = StatusWatcher(broker.port, "dev-kill")
+    requester = MqttRequester(MqttSettings.model_validate({"host": "127.0.0.1", "port": broker.port}))
+    first = _serve(short_tmp, None, "--config", str(config))
+    second: ServeProcess | None = None
+    try:
+        watcher.wait("online", 90)
+        requester.connect(10)
+        topic = "katago/dev-kill/analysis/request"
+        corrs = [requester.send(topic, {**QUERY, "id": f"k{i}", "maxVisits": 3}) for i in range(5)]
+        deadline = time.monotonic() + 20
+        while watcher.health.get("mqtt", {}).get("accepted", 0) < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        accepted = watcher.health["mqtt"]["accepted"]
+        first.kill()  # SIGKILL: no clean-up at all
+        assert accepted == 5 and not any(requester.pending(c).done.is_set() for c in corrs)
+        write_config("fake")
+        second = _serve(short_tmp, None, "--config", str(config))
+        finals = [requester.wait(c, 90).responses[-1] for c in corrs]
+        print(f"real daemon, kill -9: {accepted} accepted -> {len(finals)} answered by the next daemon")
+        assert [(r["id"], r["isDuringSearch"]) for r in finals] == [(f"k{i}", False) for i in range(5)]
+    finally:
+        requester.close()
+        watcher.close()
+        first.kill()
+        if second is not None:
+            second.kill()
