@@ -435,6 +435,10 @@ def build_tflite(
     """The ``.tflite`` flatbuffer of ``net`` at ``precision`` for a ``board`` x ``board`` buffer.
     ``int8``: ``int8_mode`` ``static`` needs ``calibration`` positions, ``dynamic`` does not;
     ``auto`` is dynamic for networks with attention blocks, static otherwise."""
+    if precision == "int8-full":
+        raise ConversionError(
+            "TFLite int8-full (integer inputs and outputs) needs --tflite-builder tensorflow"
+        )
     if precision not in PRECISIONS:
         raise ConversionError(
             f"TFLite writer precision {precision!r}: expected one of {', '.join(PRECISIONS)}"

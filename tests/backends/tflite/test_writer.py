@@ -248,6 +248,8 @@ def test_writer__rejects_what_it_cannot_write(models_dir: Path) -> None:
     net = read_network(model_file(models_dir, "b6c96"))
     with pytest.raises(ConversionError, match="precision 'int4'"):
         build_tflite(net, "int4")
+    with pytest.raises(ConversionError, match="--tflite-builder tensorflow"):
+        build_tflite(net, "int8-full")
 
 
 def test_writer__same_outputs_as_the_tensorflow_built_file(
@@ -333,3 +335,36 @@ def test_writer_int8__static_needs_calibration(models_dir: Path) -> None:
         build_tflite(net, "int8")
     with pytest.raises(ConversionError, match="INT8 mode 'int4'"):
         build_tflite(net, "int8", int8_mode="int4")
+
+
+def test_convert_pipeline__tflite_uses_the_writer_by_default(
+    models_dir: Path, reference_dir: Path, tmp_path: Path
+) -> None:
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+
+    from agent.models.pipeline import ConvertJob, run_conversion
+
+    @contextmanager
+    def quiet(_label: str, _total: int) -> Iterator[Any]:
+        yield lambda *_args: None
+
+    out = tmp_path / "b6.fp16.tflite"
+    job = ConvertJob(
+        model=model_file(models_dir, "b6c96"),
+        target="tflite",
+        precision="fp16",
+        output=out,
+        verify_source=reference_dir / "sgf",
+        verify_positions=24,
+        threads=1,
+    )
+    assert job.tflite_builder == "writer"
+    report, written = run_conversion(job, quiet)
+    assert written == out and report.passed
+    params = read_postprocess_metadata(out)
+    assert params is not None and params.model_version == 8, "written by the direct writer"
+    assert "DEQUANTIZE" in flatbuf.operator_names(out.read_bytes())
+    with pytest.raises(ConversionError, match="unknown TFLite builder"):
+        run_conversion(dataclasses.replace(job, tflite_builder="flatc", output=tmp_path / "x.tflite"), quiet)
+    assert not (tmp_path / "x.tflite").exists()
