@@ -136,7 +136,7 @@ class UnixSocketTransport:
         poller = select.poll()
         if sock is not None:
             poller.register(sock.fileno(), select.POLLHUP)
-        while session.pending and session.accepting and not pump.done():
+        while session.pending and not pump.done():  # at shutdown the engine ends them
             if sock is not None and any(ev & select.POLLHUP for _fd, ev in poller.poll(0)):
                 return
             await asyncio.sleep(0.05)
