@@ -59,6 +59,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason code
+QUICK_DROP_S = 5.0
+QUICK_DROPS_TO_WARN = 3
 DEVICE_PROPERTY = "device"
 """MQTT 5 User Property on every analysis reply: the answering device's id."""
 AUTH_REFUSED = {134, 135, 4, 5}  # MQTT 5 Bad user name or password / Not authorized; 3.1.1 codes 4, 5
@@ -192,6 +195,8 @@ class MqttTransport:
         self._confirmed_early: set[int] = set()  # PUBACK seen before publish() returned the mid
         self._room = threading.Condition(self._lock)
         self._network_thread: int | None = None
+        self._connected_at = 0.0
+        self._quick_drops = 0  # consecutive connections lost within QUICK_DROP_S of connecting
         will = status_payload(
             "offline", device_id, self._since, {"version": __version__, **_info(status_info)}
         )
@@ -296,6 +301,7 @@ class MqttTransport:
         with self._lock:
             self._counts["connects"] += 1
             self._counts["auth_failures"] = 0
+            self._connected_at = time.monotonic()
         logger.info(
             "MQTT: connected to %s:%s (session present: %s)",
             self.config.host,
@@ -396,6 +402,22 @@ class MqttTransport:
         if was_connected:
             with self._lock:
                 self._counts["disconnects"] += 1
+                quick = time.monotonic() - self._connected_at < QUICK_DROP_S
+                self._quick_drops = self._quick_drops + 1 if quick else 0
+                flapping = self._quick_drops == QUICK_DROPS_TO_WARN
+            if reason.value == SESSION_TAKEN_OVER or (flapping and not self._stop.is_set()):
+                # Mosquitto closes the socket without a reason when another client takes the
+                # session, so paho says "Unspecified error": the pattern is the clue.
+                logger.error(
+                    "MQTT: the broker dropped the connection %s: another client is probably using "
+                    "client id %r (two devices with one device id, or a login reused); each device "
+                    "needs its own device id and user name, and use_username_as_clientid binds "
+                    "them (docs/mqtt.md)",
+                    "(session taken over)"
+                    if reason.value == SESSION_TAKEN_OVER
+                    else f"{self._quick_drops} times within {QUICK_DROP_S:g} s of connecting",
+                    self.client_id,
+                )
             if not self._stop.is_set():
                 logger.warning(
                     "MQTT: disconnected from %s:%s (%s); reconnecting",

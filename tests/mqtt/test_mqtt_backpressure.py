@@ -201,3 +201,15 @@ def test_backpressure__held_requests_are_served_round_robin_over_requesters():
         d.stop(timeout=2)
     assert order.index("b0") == 1  # second, not 51st
     assert [x for x in order if x != "b0"] == [f"a{i}" for i in range(50)]
+
+
+def test_backpressure__two_agents_with_one_client_id_say_so_instead_of_unspecified_error(
+    make_agent, settings, caplog
+):
+    import logging
+
+    caplog.set_level(logging.ERROR, logger="agent.transports.mqtt")
+    config = settings.model_copy(update={"reconnect_min_s": 1, "reconnect_max_s": 1})
+    make_agent("twin", config=config)
+    make_agent("twin", config=config, connect=False)  # takes the session: the two flap
+    wait_for(lambda: "another client is probably using client id 'katago-edge-twin'" in caplog.text, 40)
