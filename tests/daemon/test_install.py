@@ -274,7 +274,7 @@ def test_install__dry_run_extras_cover_the_profile_the_agent_chooses() -> None:
     from agent import profiles
     from agent.hardware import probe_hardware
 
-    pip_runtime_extra = {"onnxruntime": "onnx", "litert": "tflite"}
+    pip_runtime_extra = {"onnx": "onnx", "tflite": "tflite"}
     for device in ("raspberry-pi-4b-4gb", "jetson-orin-nano-devkit", "x86-64-avx2-laptop", "arm64-rock-5b"):
         out = _install("--dry-run", "--root", str(FIXTURES / device), "--model", "fake").stdout
         extras = re.search(r"katago-edge\[([a-z,]+)\]", out)
