@@ -37,7 +37,7 @@ COMMANDS: dict[str, CommandSpec] = {
         "agent.commands.detect:command_check_config", "validate an agent config and the shipped profiles"
     ),
     "fetch-model": CommandSpec(
-        "agent.models.fetch:command_fetch_model", "get a KataGo network into the model store"
+        "agent.commands.fetch_model:command_fetch_model", "get a KataGo network into the model store"
     ),
     "rawnn": CommandSpec(
         "agent.commands.rawnn:command_rawnn", "positions in (JSON lines), raw network outputs out"

@@ -209,10 +209,9 @@ def build_native_engine(
 
 
 def build_katago_engine(args: argparse.Namespace) -> Any:
-    import importlib
+    from agent.engines.katago_process import KataGoEngine
 
-    module = importlib.import_module("agent.engines.katago_process")
-    return module.KataGoEngine.from_command_line(args)
+    return KataGoEngine.from_command_line(args)
 
 
 def command_analysis(args: argparse.Namespace) -> int:

@@ -27,7 +27,6 @@ store under the name the agent looks for, or point the agent at a local network 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
@@ -44,8 +43,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from agent.errors import ConfigError, ModelStoreError, NetworkFileError
-from agent.fsutil import sha256_file
+from agent.errors import ModelStoreError, NetworkFileError
+from agent.fsutil import default_state_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -54,25 +53,6 @@ NETWORK_SUFFIXES = (".bin.gz", ".txt.gz", ".bin", ".txt", ".gz")
 CHUNK = 1 << 20
 HTTP_TIMEOUT_S = 60
 PIP_TIMEOUT_S = 1800
-
-
-def agent_model_store(config: Path | None = None) -> tuple[Path, Path | None]:
-    """The store the agent reads, and the config file that names it (None: the defaults).
-
-    The config is looked up as ``katago-edge serve`` does (:func:`agent.config.find_config`), so
-    this is the single default: ``AgentConfig.model_store_dir``.
-    """
-    from agent.config import find_config, load_config  # the agent's own view (imported on use)
-
-    path = find_config(config)
-    if config is None and path is not None and not os.access(path, os.R_OK):
-        # the installed agent's config is root:katago-edge 0640: a plain user cannot learn its store
-        raise ConfigError(
-            f"cannot read {path}, the agent config that names the model store: run as root "
-            "(sudo katago-edge fetch-model ...), or give --config FILE or --dest DIR"
-        )
-    agent_config = load_config(path)
-    return agent_config.model_store_dir, path
 
 
 def offline_hint(source: str, target: Path) -> str:
@@ -99,7 +79,7 @@ def fetch_model(
     ``sha256`` (hex) is checked for every kind of source. ``force`` re-downloads even when the
     store already has the file. ``pip_args`` are extra ``pip download`` options (e.g. an index).
     """
-    dest = Path(dest_dir or store or agent_model_store()[0]).expanduser()
+    dest = Path(dest_dir or store or default_state_dir() / "models").expanduser()
     text = str(source).strip()
     expected = sha256.lower().strip() if sha256 else None
     try:
@@ -266,46 +246,3 @@ def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
                   TransferSpeedColumn(), transient=True) as bar:  # fmt: skip
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
-
-
-# --- command ---------------------------------------------------------------------------------------
-
-
-def configure_fetch_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="PATH, http(s) URL, 'katrain' (PyPI katrain wheel) or a store name")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="agent config whose model store to use (default: the one `serve` reads: "
-        "$CONFIGURATION_DIRECTORY/agent.toml, /etc/katago-edge/agent.toml, else the defaults)",
-    )
-    parser.add_argument("--dest", type=Path, help="store in this folder instead of the agent's model store")
-    parser.add_argument("--sha256", help="expected sha256 of the network file (hex)")
-    parser.add_argument("--force", action="store_true", help="download again even if the store has it")
-
-
-def command_fetch_model(args: argparse.Namespace) -> int:
-    """Print the stored file's path (stdout, for scripts), where that is and how to serve it (stderr)."""
-    try:
-        agent_store, config = agent_model_store(args.config)
-    except ConfigError:
-        if args.dest is None:
-            raise
-        agent_store, config = None, None  # --dest needs no config; only the hint is shorter
-    path = fetch_model(args.source, args.dest or agent_store, args.sha256, force=args.force)
-    print(path)
-    if agent_store is not None and path.parent.resolve() == agent_store.resolve():
-        owner = (
-            f"the model store of {config}" if config else "the agent's default model store; no config file"
-        )
-        print(f"stored in {path.parent} ({owner})", file=sys.stderr)
-    elif agent_store is not None:
-        print(f"stored in {path.parent}: not where the agent looks ({agent_store})", file=sys.stderr)
-    else:
-        print(f"stored in {path.parent}", file=sys.stderr)
-    if config is not None:
-        how = f'set model = "{path}" in {config}, then reload the agent (`systemctl reload katago-edge` or SIGHUP)'
-    else:
-        how = f'set model = "{path}" in the agent config, then restart the agent'
-    print(f"to serve it: {how}; or run `katago-edge serve --model {path}`", file=sys.stderr)
-    return 0

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from agent import cli
+from agent.commands.fetch_model import agent_model_store
 from agent.errors import ConfigError, ModelStoreError
-from agent.models.fetch import KATRAIN_MEMBER, agent_model_store, fetch_model
+from agent.models.fetch import KATRAIN_MEMBER, fetch_model
 from agent.network.reader import read_network
 from agent.network.writer import tiny_network, write_network
 
