@@ -65,7 +65,7 @@ class ProgressDisplay:
                 TimeElapsedColumn,
             )
 
-            console = Console(file=self._stream, stderr=self._stream is sys.stderr)
+            console = Console(file=self._stream, stderr=self._stream is sys.stderr, force_terminal=True)
             self._live = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
