@@ -60,10 +60,43 @@ class VerifyReport:
     metrics: dict[str, Any]
     thresholds: dict[str, Threshold]
     failures: list[str] = field(default_factory=list)
+    precision: str = ""
 
     @property
     def passed(self) -> bool:
         return not self.failures
+
+    def next_steps(self) -> list[str]:
+        """What is likely to make a refused conversion pass, by precision and failing metric."""
+        if self.passed:
+            return []
+        failed = {f.partition(" = ")[0].partition(".")[0] for f in self.failures}
+        steps = []
+        if self.positions < MIN_POSITIONS:
+            steps.append(
+                f"verify on more positions (--verify-positions {MIN_POSITIONS}): a p99 of few is noisy"
+            )
+        if self.precision == "int8":
+            if failed & {"winrate_abs_error", "lead_abs_error", "score_abs_error", "ownership_abs_error"}:
+                steps.append(
+                    "keep more layers in float: --keep-float with the value head and the costliest "
+                    "units of the manifest's int8_sensitivity (without --keep-float the sensitivity "
+                    "pass chooses them)"
+                )
+            if failed & {"policy_top1_agreement", "policy_kl"}:
+                steps.append("keep the policy head in float (add policy_head to --keep-float)")
+            steps.append(
+                "calibrate on more positions (--calibration-positions 512) or on games like the ones "
+                "this network will see (--calibration SGF_FOLDER)"
+            )
+            steps.append("or use --precision fp16 (GPU, ARM) / fp32, which pass on every shared network")
+        elif self.precision == "fp16":
+            steps.append("use --precision fp32 on this device (its FP16 arithmetic is not accurate enough)")
+        else:
+            steps.append(
+                "FP32 should agree to rounding: the conversion is broken; rerun with --verbose and report it"
+            )
+        return steps
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"positions": self.positions}
@@ -71,17 +104,31 @@ class VerifyReport:
         out["thresholds"] = {k: [op, v] for k, (op, v) in self.thresholds.items()}
         out["failures"] = list(self.failures)
         out["passed"] = self.passed
+        if self.precision:
+            out["precision"] = self.precision
+        if not self.passed:
+            out["next_steps"] = self.next_steps()
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VerifyReport:
         """The report as a manifest or a refusal record stores it."""
-        skip = {"positions", "thresholds", "failures", "passed", "source", "forced"}
+        skip = {
+            "positions",
+            "thresholds",
+            "failures",
+            "passed",
+            "source",
+            "forced",
+            "precision",
+            "next_steps",
+        }
         return cls(
             positions=int(data.get("positions", 0)),
             metrics={k: v for k, v in data.items() if k not in skip},
             thresholds={k: (str(op), float(val)) for k, (op, val) in data.get("thresholds", {}).items()},
             failures=list(data.get("failures", [])),
+            precision=str(data.get("precision", "")),
         )
 
     def summary(self) -> str:
@@ -92,7 +139,7 @@ class VerifyReport:
             f"top-1 {m['policy_top1_agreement']:.4f}, "
             f"ownership |err| p99 {m['ownership_abs_error']['p99']:.5f}"
             f" -> {'PASSED' if self.passed else 'FAILED: ' + '; '.join(self.failures)}"
-        )
+        ) + "".join(f"\n  next: {step}" for step in self.next_steps())
 
     def raise_if_failed(self, what: str) -> None:
         if not self.passed:
@@ -207,6 +254,6 @@ def verify(
     conv = evaluate_all(converted, positions, batch, progress)
     metrics = compare_outputs(ref, conv, positions, params)
     th = thresholds_for(precision, thresholds)
-    report = VerifyReport(len(positions), metrics, th, check(metrics, th))
+    report = VerifyReport(len(positions), metrics, th, check(metrics, th), precision)
     logger.info("verify %s: %s", precision, report.summary())
     return report

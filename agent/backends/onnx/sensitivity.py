@@ -1,0 +1,121 @@
+"""Graph pieces of the INT8 sensitivity pass: quantization units, and a QDQ graph with some of
+its layers put back in float.
+
+**Units** (:func:`quantization_units`) group the layers that static INT8 can quantize
+(``Conv``/``MatMul`` with a constant weight, not the attention score/value MatMuls) by the
+builder's ``katago.layer_groups`` metadata, by where they sit and by what they do:
+
+* places: ``initial``, ``policy_head``, ``value_head``, ``block<i>`` (a conv net's units
+  partition its layers: b6c96 has 9);
+* kinds of transformer layer across all blocks: ``bottleneck``, ``attention_qkv``,
+  ``attention_out``, ``ffn_in``, ``ffn_out``. A transformer layer is in its block's unit and in its
+  kind's unit (b10c384: 13 + 5 units, 18 measurements instead of 53 for block x kind).
+
+**Float copies** (:func:`with_float_nodes`): onnxruntime's QDQ graph feeds each quantized node
+``DequantizeLinear`` outputs (weights stored as INT8, activations through ``QuantizeLinear`` /
+``DequantizeLinear``). Rewiring a node's inputs to the float activation and the FP32 graph's
+weight and bias makes that node float again; the Q/DQ nodes left without a consumer are removed.
+Activation ranges come from the FP32 graph's calibration and GPTQ rounds each layer on its own,
+so the copy is the graph that quantizing with those nodes excluded would give, without a second
+calibration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx
+
+from agent.backends.onnx.quantize import activation_matmuls, layer_groups, nodes_in_groups
+
+PLACES = ("initial", "policy_head", "value_head")
+KINDS = ("bottleneck", "attention_qkv", "attention_out", "ffn_in", "ffn_out")
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
+    """Conv/MatMul nodes with a constant weight, except attention MatMuls (always float)."""
+    consts = {i.name for i in model.graph.initializer}
+    skip = set(activation_matmuls(model))
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("Conv", "MatMul") and n.input[1] in consts and n.name not in skip
+    ]
+
+
+def quantization_units(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Unit name -> its quantizable node names, in graph order (module docstring); a transformer
+    block's layers are in their ``block<i>`` unit and in their kind's unit."""
+    groups = layer_groups(model)
+    quantizable = quantizable_nodes(model)
+    units: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for group in [g for g in groups if g in PLACES or g.startswith("block")] + list(KINDS):
+        if not groups.get(group):
+            continue
+        members = set(nodes_in_groups(model, [group]))
+        nodes = [n for n in quantizable if n in members]
+        if nodes:
+            units[group] = nodes
+            seen.update(nodes)
+    rest = [n for n in quantizable if n not in seen]
+    if rest:
+        units["other"] = rest
+    return units
+
+
+def with_float_nodes(quant: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Iterable[str]) -> onnx.ModelProto:
+    """A copy of the static QDQ graph ``quant`` in which ``nodes`` read float inputs again.
+
+    Every other node that is not a quantized Conv/MatMul reads float activations too: onnxruntime
+    shares one Q/DQ pair among all readers of a tensor, so pooling and mask nodes beside a
+    quantized conv would otherwise read rounded values."""
+    wanted = set(nodes)
+    quantized = set(quantizable_nodes(fp32)) - wanted
+    out = onnx.ModelProto.FromString(quant.SerializeToString())
+    graph = out.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    fp32_nodes = {n.name: n for n in fp32.graph.node}
+    fp32_inits = {i.name: i for i in fp32.graph.initializer}
+    have = {i.name for i in graph.initializer}
+    quant_inits = have.copy()
+    doomed: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.name in quantized or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            source = dq.input[0]
+            if source in quant_inits:  # a weight or bias: the FP32 graph's tensor
+                float_name = fp32_nodes[node.name].input[i]
+                if float_name == name:  # an INT32 bias dequantized under its float name
+                    doomed.append(dq)
+                if float_name not in have:
+                    graph.initializer.append(fp32_inits[float_name])
+                    have.add(float_name)
+                node.input[i] = float_name
+            else:  # an activation: the tensor before QuantizeLinear
+                q = producer.get(source)
+                if q is not None and q.op_type == "QuantizeLinear":
+                    node.input[i] = q.input[0]
+    for dq in doomed:
+        graph.node.remove(dq)
+    _prune(graph)
+    return out
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Remove nodes whose outputs nobody reads, then initializers nobody reads."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)

@@ -1,0 +1,318 @@
+"""The INT8 sensitivity pass: which layers stay in float, chosen by measurement.
+
+Static INT8 with every quantizable layer in INT8 misses the verify thresholds on our networks;
+a fixed list of float layers (``INT8_FLOAT_GROUPS``) passes on some position samples and fails
+on others. This pass decides per network, on held-out positions (neither calibration nor
+verification positions):
+
+1. quantize every unit once (:func:`agent.backends.onnx.sensitivity.quantization_units`: the
+   initial conv, each head, each residual block, and in transformer nets each kind of layer
+   across the blocks), calibrated and GPTQ-rounded as usual;
+2. **measure each unit alone**: the graph with only that unit in INT8 (all others float, made by
+   rewiring the QDQ graph, no second calibration) against FP32 on the held-out positions; its
+   *cost* is ``winrate mean / limit + lead mean / limit + (1 - top-1) / (1 - top-1 limit)`` with
+   the verify limits (means, not p99s: steadier on ~100 positions);
+3. **keep the costliest units float** one at a time, re-measuring the whole graph each time,
+   until every verify threshold holds with a margin (errors at most ``margin`` x their limit,
+   top-1 at least ``1 - margin x (1 - limit)``), then try to quantize again each float unit,
+   cheapest first, keeping it INT8 when the margin still holds (as few float layers as possible).
+
+The result (:class:`SensitivityReport`) lists every unit's measured cost and the steps taken;
+the manifest and the conversion report carry it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from agent.backends.base import NNOutputs
+from agent.backends.onnx.runtime import OnnxNet
+from agent.backends.onnx.sensitivity import quantization_units, with_float_nodes
+from agent.models.verify import Threshold, check, compare_outputs, evaluate_all, thresholds_for
+from agent.network.model import PostProcessParams
+from agent.network.tensors import PositionSet
+
+if TYPE_CHECKING:
+    from agent.backends.base import NeuralNet
+    from agent.models.pipeline import ConvertJob
+
+logger = logging.getLogger(__name__)
+
+MARGIN = 0.8
+HELD_OUT_POSITIONS = 100
+HELD_OUT_SEED = 4242
+METADATA_KEY = "katago.int8_sensitivity"
+Step = Callable[[int, int], None]
+
+
+def unit_cost(metrics: Mapping[str, Any], thresholds: Mapping[str, Threshold]) -> float:
+    """How much of the verify limits a graph uses, from mean errors (module docstring, step 2)."""
+    cost = 0.0
+    for key, (op, limit) in thresholds.items():
+        metric, _, _stat = key.partition(".")
+        value = metrics[metric]["mean"] if isinstance(metrics[metric], dict) else metrics[metric]
+        cost += (1.0 - value) / max(1.0 - limit, 1e-9) if op.startswith(">") else value / max(limit, 1e-12)
+    return cost
+
+
+def margin_thresholds(thresholds: Mapping[str, Threshold], margin: float = MARGIN) -> dict[str, Threshold]:
+    """The verify thresholds tightened to ``margin`` of their room (errors x margin, agreement
+    1 - margin x (1 - limit))."""
+    out = {}
+    for key, (op, limit) in thresholds.items():
+        out[key] = (op, 1.0 - margin * (1.0 - limit)) if op.startswith(">") else (op, margin * limit)
+    return out
+
+
+def _headline(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        "winrate_p99": round(float(metrics["winrate_abs_error"]["p99"]), 5),
+        "lead_p99": round(float(metrics["lead_abs_error"]["p99"]), 4),
+        "top1": round(float(metrics["policy_top1_agreement"]), 4),
+        "policy_kl_mean": round(float(metrics["policy_kl"]["mean"]), 6),
+    }
+
+
+@dataclass
+class SensitivityReport:
+    positions: int
+    units: dict[str, int]  # unit -> quantizable layers in it
+    all_int8: dict[str, float]  # headline metrics with every unit in INT8
+    alone: dict[str, dict[str, float]]  # unit -> headline metrics + cost with only it in INT8
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    float_units: list[str] = field(default_factory=list)
+    passed: bool = False
+    margin: float = MARGIN
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "positions": self.positions,
+            "margin": self.margin,
+            "units": self.units,
+            "all_int8": self.all_int8,
+            "alone": self.alone,
+            "steps": self.steps,
+            "float_units": self.float_units,
+            "passed": self.passed,
+        }
+
+    def summary(self) -> str:
+        """One line per float unit with its measured cost (why it stayed float)."""
+        if not self.float_units:
+            return f"sensitivity pass: every layer in INT8 ({self.positions} held-out positions)"
+        lines = [
+            f"sensitivity pass ({self.positions} held-out positions): {len(self.float_units)} of "
+            f"{len(self.units)} units kept in float"
+            + ("" if self.passed else " (margin not reached with every unit float)")
+        ]
+        for unit in self.float_units:
+            a = self.alone[unit]
+            lines.append(
+                f"  {unit}: INT8 alone costs {a['cost']:.3f} (winrate p99 {a['winrate_p99']:.4f}, "
+                f"lead p99 {a['lead_p99']:.3f}, top-1 {a['top1']:.3f})"
+            )
+        return "\n".join(lines)
+
+
+class _Judge:
+    """Evaluates QDQ variants against the FP32 outputs on the held-out positions."""
+
+    def __init__(
+        self,
+        quant: onnx.ModelProto,
+        fp32: onnx.ModelProto,
+        positions: PositionSet,
+        reference: NNOutputs,
+        params: PostProcessParams,
+        threads: int | None,
+    ) -> None:
+        self.quant, self.fp32, self.positions = quant, fp32, positions
+        self.reference, self.params, self.threads = reference, params, threads
+        self.runs = 0
+
+    def graph(self, float_nodes: list[str]) -> onnx.ModelProto:
+        return with_float_nodes(self.quant, self.fp32, float_nodes)
+
+    def metrics(self, float_nodes: list[str]) -> dict[str, Any]:
+        self.runs += 1
+        net = OnnxNet(
+            self.graph(float_nodes).SerializeToString(), intra_op_threads=self.threads, warmup=False
+        )
+        try:
+            out = evaluate_all(net, self.positions)
+        finally:
+            net.close()
+        return compare_outputs(self.reference, out, self.positions, self.params)
+
+
+def choose_float_units(
+    quant: onnx.ModelProto,
+    fp32: onnx.ModelProto,
+    positions: PositionSet,
+    params: PostProcessParams,
+    *,
+    precision_thresholds: Mapping[str, Threshold] | None = None,
+    margin: float = MARGIN,
+    threads: int | None = None,
+    progress: Step | None = None,
+) -> tuple[SensitivityReport, onnx.ModelProto]:
+    """Run the pass (module docstring) on the all-INT8 static graph ``quant`` made from ``fp32``;
+    returns the report and the graph with the chosen units in float."""
+    thresholds = thresholds_for("int8", precision_thresholds)
+    target = margin_thresholds(thresholds, margin)
+    units = quantization_units(fp32)
+    every = list(dict.fromkeys(n for nodes in units.values() for n in nodes))
+    ref_net = OnnxNet(fp32.SerializeToString(), intra_op_threads=threads, warmup=False)
+    try:
+        reference = evaluate_all(ref_net, positions)
+    finally:
+        ref_net.close()
+    judge = _Judge(quant, fp32, positions, reference, params, threads)
+    total = len(units) + 1
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, max(total, done))
+
+    base = judge.metrics([])
+    tick()
+    alone: dict[str, dict[str, float]] = {}
+    for unit, nodes in units.items():
+        members = set(nodes)
+        m = judge.metrics([n for n in every if n not in members])
+        alone[unit] = {**_headline(m), "cost": round(unit_cost(m, thresholds), 4)}
+        tick()
+    order = sorted(units, key=lambda u: alone[u]["cost"], reverse=True)
+    report = SensitivityReport(len(positions), {u: len(n) for u, n in units.items()}, _headline(base), alone)
+    report.margin = margin
+
+    def nodes_of(float_units: list[str]) -> list[str]:
+        return list(dict.fromkeys(n for u in float_units for n in units[u]))
+
+    def attempt(float_units: list[str], action: str) -> bool:
+        m = base if not float_units else judge.metrics(nodes_of(float_units))
+        ok = not check(m, target)
+        report.steps.append({"action": action, "float": list(float_units), **_headline(m), "passes": ok})
+        logger.info("sensitivity: %s -> float %s: %s", action, float_units, "passes" if ok else "fails")
+        total_now = len(units) + 1 + len(report.steps)
+        if progress:
+            progress(done, total_now)
+        return ok
+
+    chosen: list[str] = []
+    ok = attempt(chosen, "all INT8")
+    for unit in order:
+        if ok:
+            break
+        chosen.append(unit)
+        ok = attempt(chosen, f"keep {unit} float")
+    if ok:
+        for unit in sorted(chosen, key=lambda u: alone[u]["cost"]):
+            trial = [u for u in chosen if u != unit]
+            if trial != chosen and attempt(trial, f"quantize {unit} again"):
+                chosen = trial
+    report.float_units = [u for u in order if u in chosen]
+    report.passed = ok
+    logger.info("%s", report.summary())
+    graph = judge.graph(nodes_of(report.float_units))
+    props = {p.key: p.value for p in graph.metadata_props}
+    props["katago.int8_float_groups"] = ",".join(report.float_units)
+    props[METADATA_KEY] = json.dumps(report.to_json(), separators=(",", ":"))
+    onnx.helper.set_model_props(graph, props)
+    return report, graph
+
+
+def applies(job: ConvertJob) -> bool:
+    """The pass chooses the float layers of ONNX static INT8 unless ``--keep-float`` names them
+    (or SmoothQuant, which needs them before calibration, is on)."""
+    return (
+        job.target == "onnx"
+        and job.precision == "int8"
+        and job.int8_mode == "static"
+        and job.keep_float is None
+        and job.smooth_alpha <= 0
+    )
+
+
+def held_out_positions(
+    job: ConvertJob, calibration: PositionSet, reference: NeuralNet, verify_seed: int
+) -> PositionSet:
+    """Positions for the pass that are neither calibration nor verification positions (as many as
+    verification uses, at most 100): from the job's SGF source minus both samples, else self-play
+    with a seed of its own."""
+    from agent.models.positions import positions_from_selfplay, positions_from_sgf
+
+    count = min(HELD_OUT_POSITIONS, job.verify_positions)
+    source = job.verify_source or job.calibration
+    if source is None:
+        return positions_from_selfplay(reference, count, seed=HELD_OUT_SEED)
+    verify = positions_from_sgf(
+        source,
+        job.verify_positions,
+        nn_x=job.board,
+        nn_y=job.board,
+        seed=verify_seed,
+        exclude=calibration.ids,
+    )
+    return positions_from_sgf(
+        source,
+        count,
+        nn_x=job.board,
+        nn_y=job.board,
+        seed=HELD_OUT_SEED,
+        exclude=(*calibration.ids, *verify.ids),
+    )
+
+
+def int8_with_sensitivity_pass(
+    job: ConvertJob,
+    fp32: onnx.ModelProto,
+    calibration: PositionSet,
+    reference: NeuralNet,
+    progress: Callable[[str, int], Any],
+    verify_seed: int,
+) -> bytes:
+    """Static INT8 of ``fp32`` with the float units chosen by the pass (the ``convert`` default
+    when no ``--keep-float`` is given); the report goes into the graph's metadata."""
+    from agent.backends.onnx import quantize
+
+    with progress(f"INT8 calibration ({job.calibration_method}), every layer", len(calibration)) as prog:
+        quant = quantize.to_int8_static(
+            fp32,
+            calibration,
+            method=job.calibration_method,
+            keep_float=(),
+            weight_rounding=job.weight_rounding,
+            progress=prog,
+        )
+    held = held_out_positions(job, calibration, reference, verify_seed)
+    params = getattr(reference, "postprocess_params")  # noqa: B009 - OnnxNet's, not on NeuralNet
+    with progress("INT8 sensitivity pass", len(quantization_units(fp32)) + 1) as prog:
+        _, graph = choose_float_units(
+            quant,
+            fp32,
+            held,
+            params,
+            precision_thresholds=job.thresholds,
+            threads=job.threads or None,
+            progress=prog,
+        )
+    return graph.SerializeToString()
+
+
+def manifest_entry(data: bytes) -> dict[str, Any] | None:
+    """The pass's report stored in an ONNX graph's metadata, or None when it did not run."""
+    model = onnx.load_from_string(data)
+    props = {p.key: p.value for p in model.metadata_props}
+    text = props.get(METADATA_KEY)
+    result: dict[str, Any] | None = json.loads(text) if text else None
+    return result
