@@ -67,3 +67,18 @@ def test_layers__no_project_module_is_loaded_by_name() -> None:
             ):
                 found.append(f"{path.relative_to(AGENT.parent)}:{node.lineno}")
     assert found == []
+
+
+def test_layers__starting_the_daemon_imports_no_heavy_package() -> None:
+    """`serve` and `analysis` import onnx, onnxruntime, LiteRT or TensorFlow only when a network is
+    loaded or built: a device without the tflite extra still starts, and a cached start is fast."""
+    import subprocess
+    import sys
+
+    heavy = ("onnx", "onnxruntime", "tensorflow", "ai_edge_litert", "flatbuffers", "ml_dtypes")
+    code = (
+        "import sys, agent.cli, agent.daemon, agent.commands.analysis, agent.commands.detect; "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -22,7 +22,6 @@ from agent.backends.registry import runtime_for_file
 from agent.backends.tensorrt.runtime import TensorRTNet
 from agent.backends.tflite.runtime import TFLiteNet
 from agent.errors import ConversionError, RuntimeUnavailable
-from agent.models import sensitivity
 from agent.models.manifest import Manifest, read_manifest, source_info, write_network_and_manifest
 from agent.models.positions import PositionSet, positions_from_selfplay, positions_from_sgf
 from agent.models.verify import Threshold, VerifyReport, verify
@@ -112,6 +111,8 @@ def _onnx_bytes(
         scales = smoothing_scales(fp32, cal, skip=skip, alpha=job.smooth_alpha)
         options = OnnxBuildOptions(board_x=job.board, board_y=job.board, prescale=scales)
         fp32 = build_onnx(read_network(job.model), options)
+    from agent.models import sensitivity  # imports onnx: only when converting
+
     if sensitivity.applies(job):
         return sensitivity.int8_with_sensitivity_pass(job, fp32, cal, reference, progress, VERIFY_SEED), cal
     mode = quantize.int8_mode_options(job.int8_mode)
@@ -353,6 +354,8 @@ def run_conversion(
             **(manifest_extra or {}),
         }
     )
+    from agent.models import sensitivity
+
     entry = sensitivity.manifest_entry(data) if sensitivity.applies(job) else None
     if entry is not None:  # the float layers the pass chose, and its measurements
         manifest.extra.update(int8_float_groups=entry["float_units"], int8_sensitivity=entry)

@@ -12,7 +12,6 @@ import pytest
 from edge_fixtures import model_file
 
 from agent.cli import run
-from agent.errors import NetworkFileError
 from agent.models.manifest import read_manifest
 from agent.models.store import ModelStore, Recipe, VerificationRefused, open_file
 
@@ -116,17 +115,15 @@ def test_store__models_command_lists_and_shows_an_artifact(
 def test_store__converted_files_given_directly_carry_their_post_processing(
     models_dir: Path, model_store: ModelStore, tmp_path: Path
 ) -> None:
-    """A .tflite has no post-processing of its own: the manifest beside it carries it; without
-    one the runtime says so instead of guessing."""
+    """A .tflite carries its post-processing in its own metadata (the writer puts it there) and in
+    the manifest beside it; either is enough to answer queries."""
     artifact = model_store.prepare(model_file(models_dir, "b6c96"), Recipe("tflite", "fp32"))
     given = tmp_path / "mine.tflite"
     shutil.copyfile(artifact.path, given)
-    bare = open_file(given, threads=1)
-    with pytest.raises(NetworkFileError, match="carries no post-processing parameters"):
-        _ = bare.postprocess_params
-    shutil.copyfile(
-        artifact.path.with_name(artifact.path.name + ".manifest.json"), tmp_path / "mine.tflite.manifest.json"
-    )
+    bare = open_file(given, threads=1)  # no manifest: the file's metadata
+    assert bare.info.runtime == "tflite" and bare.postprocess_params.model_version == 8
+    manifest = artifact.path.with_name(artifact.path.name + ".manifest.json")
+    shutil.copyfile(manifest, tmp_path / "mine.tflite.manifest.json")
     net = open_file(given, threads=1)
-    assert net.info.runtime == "tflite" and net.postprocess_params.model_version == 8
+    assert net.postprocess_params == bare.postprocess_params
     assert net.info.name == "g170-b6c96-s175395328-d26788732"

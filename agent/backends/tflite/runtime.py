@@ -77,6 +77,10 @@ class TFLiteNet(NeuralNet):
             self._runner = self._interp.get_signature_runner(SIGNATURE)
         except (ValueError, RuntimeError) as exc:
             raise InferenceError(f"{path}: not a katago-edge TFLite model: {exc}") from exc
+        if self._post is None:  # not from a manifest: those the writer stored in the file itself
+            from agent.backends.tflite.writer import read_postprocess_metadata
+
+            self._post = read_postprocess_metadata(self.path)
         self._in = self._runner.get_input_details()
         self._out = self._runner.get_output_details()
         missing = ({"spatial", "global_in"} - set(self._in)) | (set(OUTPUT_NAMES) - set(self._out))
@@ -99,8 +103,8 @@ class TFLiteNet(NeuralNet):
     def postprocess_params(self) -> PostProcessParams:
         if self._post is None:
             raise NetworkFileError(
-                f"{self.path}: carries no post-processing parameters (no manifest beside it); "
-                "convert it with `katago-edge convert`, which writes one"
+                f"{self.path}: carries no post-processing parameters (no katago-edge metadata in the "
+                "file, no manifest beside it); convert it with `katago-edge convert`, which writes both"
             )
         return self._post
 
