@@ -92,6 +92,7 @@ def run_match(args: argparse.Namespace, progress: Any) -> int:
     from agent.game.rules import parse_rules
     from agent.models import strength
     from agent.models.manifest import add_to_manifest
+    from agent.models.openings import openings_by_policy, openings_from_sgf
     from agent.network.reader import read_network
     from agent.search.player import SearchPlayer
 
@@ -114,10 +115,10 @@ def run_match(args: argparse.Namespace, progress: Any) -> int:
     post = network.postprocess
     pairs = (args.games + 1) // 2
     if args.openings is not None:
-        openings = strength.openings_from_sgf(args.openings, pairs, board=size, seed=args.seed)
+        openings = openings_from_sgf(args.openings, pairs, board=size, seed=args.seed)
         opening_source = f"sgf:{args.openings}"
     else:
-        openings = strength.openings_by_policy(
+        openings = openings_by_policy(
             reference, pairs, size=size, rules=rules, moves=args.opening_moves, seed=args.seed
         )
         opening_source = f"policy:{args.opening_moves} moves"

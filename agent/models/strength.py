@@ -4,9 +4,9 @@ Verification compares single positions; this module measures what a quantization
 The converted network and the reference play a match with the same search and the same fixed
 visit count (a :class:`Player` each, made by the caller, e.g. ``agent.search.player``):
 
-* **openings** are varied: each is either a prefix of a real game (SGF records) or a few moves
-  sampled from the reference network's raw policy (temperature 1, no pass), and each is played
-  twice with the colours swapped, so colour and opening advantages cancel;
+* **openings** are varied (:mod:`agent.models.openings`: prefixes of real games, or a few moves
+  sampled from the reference network's policy), and each is played twice with the colours
+  swapped, so colour and opening advantages cancel;
 * **resignation** is conservative: a player resigns only after ``resign_turns`` consecutive own
   moves whose search gives it a winrate below ``resign_below`` while its opponent's last search
   agreed (above ``1 - resign_below``); ``resign_below = 0`` turns it off;
@@ -35,23 +35,18 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Protocol
 
-import numpy as np
-
-from agent.backends.base import NeuralNet
-from agent.errors import AgentError, ConversionError
 from agent.game.area import calculate_area
 from agent.game.board import BLACK, WHITE, Board
 from agent.game.rules import Rules, parse_rules
 from agent.game.sgf import write_sgf
 from agent.game.state import GameState
-from agent.network.tensors import NNInputs
+from agent.models.openings import Opening
 
 logger = logging.getLogger(__name__)
 
@@ -196,76 +191,6 @@ def sprt_stop(results: Sequence[float], elo0: float = ELO0, elo1: float = ELO1) 
             if state.verdict != "undecided":
                 return i, state
     return len(results), sprt(wins, draws, losses, elo0, elo1)
-
-
-# --- openings -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Opening:
-    name: str
-    x_size: int
-    y_size: int
-    moves: tuple[tuple[int, int], ...]  # (loc, colour)
-
-
-def openings_from_sgf(
-    source: Path, count: int, *, board: int, moves: tuple[int, int] = (4, 10), seed: int = 0
-) -> list[Opening]:
-    """``count`` prefixes of real games (SGF file or folder) that fit a ``board`` buffer, each of
-    ``moves[0]..moves[1]`` moves, drawn with a seeded generator (repeats only when the records
-    run out of distinct prefixes)."""
-    from agent.game.sgf import parse_sgf
-    from agent.models.positions import sgf_files
-
-    games = []
-    for path in sgf_files(source):
-        try:
-            game = parse_sgf(path.read_text(encoding="utf-8", errors="replace"))
-        except (AgentError, OSError) as exc:
-            logger.warning("skipping %s: %s", path, exc)
-            continue
-        if game.x_size <= board and game.y_size <= board and not game.setup and len(game.moves) >= moves[0]:
-            games.append((path.name, game))
-    if not games:
-        raise ConversionError(f"{source}: no game without setup stones fits a {board}x{board} board")
-    candidates = [(name, g, k) for name, g in games for k in range(moves[0], min(moves[1], len(g.moves)) + 1)]
-    rng = random.Random(seed)
-    rng.shuffle(candidates)
-    out = []
-    for i in range(count):
-        name, g, k = candidates[i % len(candidates)]
-        out.append(Opening(f"{name}:{k}", g.x_size, g.y_size, tuple(g.moves[:k])))
-    return out
-
-
-def openings_by_policy(
-    net: NeuralNet, count: int, *, size: int, rules: Rules, moves: int = 4, seed: int = 0
-) -> list[Opening]:
-    """``count`` openings of ``moves`` moves each, sampled from ``net``'s raw policy
-    (temperature 1, legal moves, no pass) on an empty ``size`` x ``size`` board."""
-    from agent.game.features import encode_v7
-
-    rng = np.random.default_rng(seed)
-    nn_x, nn_y = net.info.board_x, net.info.board_y
-    out = []
-    for i in range(count):
-        state = GameState(Board(size, size), BLACK, rules)
-        played: list[tuple[int, int]] = []
-        for _ in range(moves):
-            sp, gl = encode_v7(state, nn_x=nn_x, nn_y=nn_y)
-            raw = net.evaluate(NNInputs(sp[None], gl[None]))
-            legal = state.legal_moves(include_pass=False)
-            geo = state.board.geo
-            logits = np.array(
-                [raw.policy[0, 0, geo.loc_to_pos(loc, nn_x, nn_y)] for loc in legal], np.float64
-            )
-            p = np.exp(logits - logits.max())
-            loc = legal[int(rng.choice(len(legal), p=p / p.sum()))]
-            played.append((loc, state.pla))
-            state.play(loc)
-        out.append(Opening(f"policy-{seed}-{i}", size, size, tuple(played)))
-    return out
 
 
 # --- games --------------------------------------------------------------------------------------

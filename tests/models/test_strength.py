@@ -12,11 +12,11 @@ from edge_fixtures import model_file
 from agent.cli import run
 from agent.game.board import BLACK, WHITE
 from agent.game.sgf import parse_sgf, sgf_rules, state_from_sgf
+from agent.models.openings import openings_from_sgf
 from agent.models.strength import (
     area_white_score,
     elo_estimate,
     elo_from_score,
-    openings_from_sgf,
     score_from_elo,
     sprt,
     sprt_bounds,
