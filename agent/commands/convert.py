@@ -237,12 +237,17 @@ def command_convert(args: argparse.Namespace) -> int:
         _print_report(exc.report, args)
         print(
             f"katago-edge convert: {target} {precision} network refused (verification failed); "
-            "nothing written. Use --force to write it anyway.",
+            "nothing written. Try the next steps above, or --force to write it anyway.",
             file=sys.stderr,
         )
         return 1
     if artifact.manifest is not None and artifact.manifest.verification:
         _print_report(VerifyReport.from_json(artifact.manifest.verification), args)
+    entry = artifact.manifest.extra.get("int8_sensitivity") if artifact.manifest is not None else None
+    if entry and not args.json:  # which layers the sensitivity pass kept in float, and why
+        from agent.models.sensitivity import summary_of
+
+        print(summary_of(entry))
     if not artifact.built_now:
         print(f"already in the model store: {artifact.path}", file=sys.stderr)
     copy_artifact(artifact, output)

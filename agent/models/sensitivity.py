@@ -117,6 +117,15 @@ class SensitivityReport:
                 f"  {unit}: INT8 alone costs {a['cost']:.3f} (winrate p99 {a['winrate_p99']:.4f}, "
                 f"lead p99 {a['lead_p99']:.3f}, top-1 {a['top1']:.3f})"
             )
+        final = [s for s in self.steps if sorted(s["float"]) == sorted(self.float_units)]
+        every = self.all_int8
+        if final:
+            f = final[-1]
+            lines.append(
+                f"  held-out error with them float: winrate p99 {f['winrate_p99']:.4f}, lead p99 "
+                f"{f['lead_p99']:.3f}, top-1 {f['top1']:.3f} (every layer INT8: {every['winrate_p99']:.4f}, "
+                f"{every['lead_p99']:.3f}, {every['top1']:.3f})"
+            )
         return "\n".join(lines)
 
 
@@ -307,6 +316,12 @@ def int8_with_sensitivity_pass(
             progress=prog,
         )
     return graph.SerializeToString()
+
+
+def summary_of(entry: dict[str, Any]) -> str:
+    """:meth:`SensitivityReport.summary` of a report stored as JSON (manifest, metadata)."""
+    known = {f for f in SensitivityReport.__dataclass_fields__}
+    return SensitivityReport(**{k: v for k, v in entry.items() if k in known}).summary()
 
 
 def manifest_entry(data: bytes) -> dict[str, Any] | None:
