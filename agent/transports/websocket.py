@@ -156,6 +156,14 @@ class WebSocketTransport:
         sock = next(iter(self._server.sockets))
         self.port = int(sock.getsockname()[1])  # the real port when 0 was asked for
         logger.info("analysis protocol on %s (KaTrain: remote engine URL)", self.url)
+        if self._token is None:
+            reach = "every local user" if self.host in LOCAL_HOSTS else "every host that can reach it"
+            logger.warning(
+                "WebSocket %s has no token: %s can run analyses here; set [websocket] token_file "
+                "(docs/daemon.md) or enabled = false",
+                self.url,
+                reach,
+            )
 
     async def _listen(self) -> Any:
         from websockets.asyncio.server import serve
