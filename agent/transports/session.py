@@ -131,10 +131,10 @@ class ClientSession:
             self._seq += 1
             internal = f"{self.tag}{self._seq}:{client_id}"
         query["id"] = internal
-        if "action" in query:
+        finals = finals_expected(query)
+        if "action" in query or finals == 0:  # "analyzeTurns": [] is answered by nothing, as KataGo
             self._service.handle_line(json.dumps(query), self._emit)
             return
-        finals = finals_expected(query)
         with self._lock:
             if len(self._queries) >= self._max_queries:
                 refused = True

@@ -333,3 +333,14 @@ def test_websocket__token_file_required_when_set(tmp_path: Path) -> None:
         assert asyncio.run(ask(transport.url, additional_headers=bearer))["id"] == "QUERY:1"
     finally:
         transport.close()
+
+
+def test_session__empty_analyze_turns_holds_no_slot() -> None:
+    from agent.transports.session import ClientSession
+
+    service = HoldingService()
+    sent: list[str] = []
+    session = ClientSession(service, sent.append, "e", max_inflight=1)
+    session.feed_line(json.dumps({"id": "none", "moves": [], "analyzeTurns": []}))
+    session.feed_line(json.dumps({"id": "next", "moves": []}))
+    assert session.pending == 1 and [q["id"].rsplit(":", 1)[1] for q, _e in service.queue] == ["none", "next"]
