@@ -14,8 +14,8 @@ dispatcher holds (``max_concurrent + max_queue``) and requests are acknowledged 
 ``manual_ack``) only once their terminal reply was acknowledged by the broker. So the broker never
 sends more requests than the agent can hold (the rest wait in the broker's session queue), and a
 request a killed agent had taken is redelivered to the next one (the session is persistent).
-Terminal replies are never dropped (there are at most Receive Maximum of them in flight); partial
-results wait while more than ``outgoing_queue`` replies are unacknowledged and connected (the
+Final responses and errors are never dropped (at most one per analysed turn of the held
+requests); partial results wait while more than ``outgoing_queue`` replies are unacknowledged and connected (the
 search slows instead), and only while disconnected are they dropped (``dropped_outgoing``).
 
 paho reconnects by itself with exponential backoff (``reconnect_min_s`` .. ``reconnect_max_s``). A refused login (bad user name

@@ -64,7 +64,8 @@ logger = logging.getLogger(__name__)
 Emit = Callable[[Response], None]
 HandleQuery = Callable[[dict[str, Any], Emit], None]
 PublishReply = Callable[[ReplyTo, Response, "Ack | None"], None]
-"""``(reply, response, then)``: publish one response; call ``then`` once the broker has it."""
+"""``(reply, response, then)``: publish one response; call ``then`` once the broker has it.
+``then`` is given for every final response and error (never dropped), None for partial results."""
 
 INTERNAL_PREFIX = "mqtt-"
 COUNTERS = (
@@ -84,6 +85,10 @@ COUNTERS = (
     "error_replies",  # responses carrying "error" (any cause, service field errors included)
     "acked",  # requests acknowledged to the broker (after their terminal reply was published)
 )
+
+
+def _keep() -> None:
+    """``then`` of a final response that is not the request's last: deliver, acknowledge nothing."""
 
 
 def _ack_all(acks: list[Ack]) -> Ack | None:
@@ -428,7 +433,9 @@ class RequestDispatcher:
         if out.get("id") == job.internal_id:
             out["id"] = job.request.query_id
         terminal = is_terminal(job.request.query, out)
-        then: Ack | None = None
+        # A final of one turn among several must reach the requester too: never dropped (a
+        # ``then`` marks it), though only the last one acknowledges the request.
+        then: Ack | None = _keep if terminal is not None else None
         with self._cond:
             if job.done.is_set():
                 return  # after a timeout's error reply: nothing more for this request
@@ -441,8 +448,6 @@ class RequestDispatcher:
                     then = self._acked(_ack_all(job.acks))
                     job.acks = []
         self._reply(job.request.reply, out, then)
-        if then is not None:
-            logger.debug("request %r answered", job.request.query_id)
 
     # -- replying ---------------------------------------------------------------------------------
     def _reply(self, reply: ReplyTo, response: Response, then: Ack | None) -> None:

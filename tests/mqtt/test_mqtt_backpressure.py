@@ -213,3 +213,31 @@ def test_backpressure__two_agents_with_one_client_id_say_so_instead_of_unspecifi
     make_agent("twin", config=config)
     make_agent("twin", config=config, connect=False)  # takes the session: the two flap
     wait_for(lambda: "another client is probably using client id 'katago-edge-twin'" in caplog.text, 40)
+
+
+def test_backpressure__every_final_of_a_multi_turn_request_is_marked_undroppable():
+    marks: list[tuple[object, bool]] = []
+    acks: list[str] = []
+
+    def handle(query, emit):
+        emit({"id": query["id"], "turnNumber": 0, "isDuringSearch": True})
+        for turn in (0, 1, 2):
+            emit({"id": query["id"], "turnNumber": turn, "isDuringSearch": False})
+
+    def publish(reply, response, then=None):
+        marks.append((response.get("turnNumber"), then is not None))
+        if then is not None:
+            then()
+
+    d = RequestDispatcher(handle, publish)
+    d.start()
+    try:
+        payload = json.dumps({"id": "g", "moves": [["B", "D4"], ["W", "Q16"]], "analyzeTurns": [0, 1, 2]})
+        d.on_message(
+            Incoming("k/d/analysis/request", payload.encode(), "r/t", b"c", ack=lambda: acks.append("g"))
+        )
+        wait_for(lambda: len(marks) == 4, 5)
+    finally:
+        d.stop(timeout=2)
+    assert marks == [(0, False), (0, True), (1, True), (2, True)]  # the partial alone may wait or drop
+    assert acks == ["g"]  # acknowledged once, with the last final
