@@ -252,6 +252,7 @@ def test_writer__rejects_what_it_cannot_write(models_dir: Path) -> None:
         build_tflite(net, "int8-full")
 
 
+@pytest.mark.slow
 def test_writer__same_outputs_as_the_tensorflow_built_file(
     models_dir: Path, inputs: dict[str, np.ndarray], tmp_path: Path
 ) -> None:
