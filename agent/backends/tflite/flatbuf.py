@@ -9,8 +9,10 @@ alignment TensorFlow's converter uses, deduplicated by content), builtin operato
 and named metadata buffers. :func:`read_model` and :func:`read_metadata` go the other way.
 
 Operator versions follow the TFLite op-version table (``tensorflow/lite/tools/versioning``) for
-the options used here: version 1 everywhere except ``FULLY_CONNECTED`` with ``keep_num_dims``
-(5), ``DEQUANTIZE`` of float16 (3), and the int8 variants set by the caller.
+the options used (:mod:`.ops` sets them): 1 everywhere except ``FULLY_CONNECTED`` with
+``keep_num_dims`` or int8 (5), ``DEQUANTIZE`` of float16 (3) or int8 (2), ``QUANTIZE`` to int8
+(2) and int8 ``CONV_2D`` (3). The kernels registered for an op cover all its versions; the
+version tells an older runtime what the op needs.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class _AlignedBuffer(schema.BufferT):
 
     def Pack(self, builder: flatbuffers.Builder) -> int:
         data = 0
-        if self.payload:
+        if self.payload:  # what Builder.CreateNumpyVector does, with the alignment asked for
             builder.StartVector(1, len(self.payload), ALIGNMENT)
             builder.head = builder.head - len(self.payload)
             builder.Bytes[builder.head : builder.head + len(self.payload)] = self.payload
