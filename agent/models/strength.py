@@ -204,6 +204,9 @@ class Choice(Protocol):
 
 
 class Player(Protocol):
+    def new_game(self) -> None:
+        """Forget everything from earlier games (caches), so that games are independent."""
+
     def choose(self, state: GameState) -> Choice: ...
 
 
@@ -348,7 +351,8 @@ def play_match(
     resign_below: float = 0.02,
     names: tuple[str, str] = ("converted", "reference"),
 ) -> MatchResult:
-    """``games`` games (opening ``g // 2``, the converted network Black in even games); stops
+    """``games`` games (opening ``g // 2``, each played with both colours, the converted network
+    Black first in even pairs and White first in odd ones, every game from empty caches); stops
     after a pair once the SPRT has decided, when ``stop_early``. Writes each game to ``sgf_dir``."""
     rules = parse_rules(rules_name)
     komi = rules.komi
@@ -357,7 +361,9 @@ def play_match(
         sgf_dir.mkdir(parents=True, exist_ok=True)
     for g in range(games):
         opening = openings[(g // 2) % len(openings)]
-        conv_black = g % 2 == 0
+        conv_black = (g + g // 2) % 2 == 0  # pairs alternate which colour the converted net takes first
+        converted.new_game()
+        reference.new_game()
         black, white = (converted, reference) if conv_black else (reference, converted)
         record = play_game(
             black,

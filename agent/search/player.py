@@ -9,7 +9,8 @@ move with the highest play-selection value (visits with KataGo's LCB adjustment,
 
 * ``wideRootNoise = 0`` (the analysis engine's root noise widens the search for analysis);
 * the network sees the game's history (``ignorePreRootHistory = false``);
-* the NN cache is kept between moves (positions repeat across consecutive searches).
+* the NN cache is kept between the moves of a game (positions repeat across consecutive
+  searches) and emptied by :meth:`SearchPlayer.new_game`.
 
 The evaluator randomises symmetries (seeded), so two games from one opening still differ.
 """
@@ -66,6 +67,11 @@ class SearchPlayer:
         ).start()
         self._seed = seed
         self._searches = 0
+
+    def new_game(self) -> None:
+        """Empty the NN cache: a game must not reuse evaluations from the previous one (games of
+        a match are then independent, and the second game of an opening pair gets no head start)."""
+        self.evaluator.clear_cache()
 
     def choose(self, state: GameState) -> MoveChoice:
         self._searches += 1
