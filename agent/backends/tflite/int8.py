@@ -8,9 +8,9 @@ DEQUANTIZE``:
 
 * weights int8, symmetric, one scale per output channel (``max |w| / 127``), zero point 0;
 * bias int32 with scale ``input_scale * weight_scale[c]``;
-* activations int8 per tensor, asymmetric: the ``100 - percentile`` and ``percentile`` values
-  of the tensor over the calibration positions (a uniform sample of every batch, plus the exact
-  extremes), widened to contain 0 so that the board mask's zeros stay exact.
+* activations int8 per tensor, asymmetric: the exact ``100 - percentile`` and ``percentile``
+  values of the tensor over every element of every calibration position, widened to contain 0 so
+  that the board mask's zeros stay exact.
 
 ``dynamic`` (the default for networks with attention, as TensorFlow's builder chooses too) is
 dynamic-range quantization instead: the same int8 weights, float bias and float activations, which
@@ -38,8 +38,7 @@ from agent.network.tensors import PositionSet
 
 logger = logging.getLogger(__name__)
 
-PERCENTILE = 99.999
-SAMPLES_PER_BATCH = 32768
+PERCENTILE = 99.9999
 CALIBRATION_BATCH = 8
 
 Range = tuple[float, float]
@@ -104,25 +103,26 @@ def bias_int32(bias: np.ndarray, in_quant: Quant, w_quant: Quant) -> tuple[np.nd
     return q, Quant(scale, np.zeros(len(scale), np.int64), axis=0)
 
 
-class _Samples:
-    """A uniform sample of a tensor's values over all batches, with its exact extremes."""
+class _Extremes:
+    """The ``keep`` largest and ``keep`` smallest values of a tensor over all batches (exact)."""
 
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
-        self.parts: list[np.ndarray] = []
-        self.lo, self.hi = np.inf, -np.inf
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.high = np.empty(0, np.float32)
+        self.low = np.empty(0, np.float32)
 
     def add(self, values: np.ndarray) -> None:
         flat = values.ravel()
-        self.lo, self.hi = min(self.lo, float(flat.min())), max(self.hi, float(flat.max()))
-        if flat.size > SAMPLES_PER_BATCH:
-            flat = flat[self.rng.integers(0, flat.size, SAMPLES_PER_BATCH)]
-        self.parts.append(flat.astype(np.float32))
+        k = min(self.keep, flat.size)
+        self.high = np.concatenate([self.high, np.partition(flat, flat.size - k)[flat.size - k :]])
+        self.low = np.concatenate([self.low, np.partition(flat, k - 1)[:k]])
+        if self.high.size > 4 * self.keep:
+            self.high = np.partition(self.high, self.high.size - self.keep)[-self.keep :]
+            self.low = np.partition(self.low, self.keep - 1)[: self.keep]
 
-    def range(self, percentile: float) -> Range:
-        pool = np.concatenate(self.parts)
-        lo, hi = np.percentile(pool, [100.0 - percentile, percentile])
-        return max(float(lo), self.lo), min(float(hi), self.hi)
+    def range(self) -> Range:
+        """The ``keep``-th smallest and largest values seen."""
+        return float(np.sort(self.low)[self.keep - 1]), float(np.sort(self.high)[-self.keep])
 
 
 def calibrate(
@@ -141,9 +141,9 @@ def calibrate(
     if len(positions) == 0:
         raise ConversionError("INT8 TFLite needs calibration positions")
     interp = Interpreter(model_content=model, num_threads=threads)
-    rng = np.random.default_rng(0)
     wanted = sorted({i for s in sites for i in (s.input, s.output)})
-    samples = {i: _Samples(rng) for i in wanted}
+    tail = (100.0 - percentile) / 100.0
+    extremes: dict[int, _Extremes] = {}
     size = 0
     for start in range(0, len(positions), CALIBRATION_BATCH):
         spatial = np.ascontiguousarray(positions.spatial[start : start + CALIBRATION_BATCH], np.float32)
@@ -157,7 +157,10 @@ def calibrate(
         interp.set_tensor(inputs[1], global_)
         interp.invoke()
         for i in wanted:
-            samples[i].add(interp.get_tensor(i))
-    ranges = [(samples[s.input].range(percentile), samples[s.output].range(percentile)) for s in sites]
+            values = interp.get_tensor(i)
+            if i not in extremes:  # beyond the percentile: this many values of every position
+                extremes[i] = _Extremes(int(values.size // size * len(positions) * tail) + 1)
+            extremes[i].add(values)
+    ranges = [(extremes[s.input].range(), extremes[s.output].range()) for s in sites]
     logger.info("int8: calibrated %d sites on %d positions", len(sites), len(positions))
     return ranges

@@ -298,8 +298,9 @@ def _int8_quality(
 @pytest.mark.parametrize(
     ("key", "mode", "limits"),
     [
-        # measured (64 SGF calibration positions for static): win mean 0.0061 max 0.079, top 0.86, near 0.96
-        ("b6c96", "static", {"win_mean": 0.012, "win_max": 0.14, "top1": 0.8, "near": 0.9}),
+        # measured (64 SGF calibration positions): win mean 0.0048 max 0.034, top 0.88, near 0.98
+        # (TensorFlow's static selective model: 0.0056, 0.025, top 0.89)
+        ("b6c96", "static", {"win_mean": 0.01, "win_max": 0.08, "top1": 0.83, "near": 0.95}),
         # measured: win mean 0.0055 max 0.030, top 0.97, near 1.0 (static: 0.0093, 0.064, 0.91)
         ("b7c96-gqa", "dynamic", {"win_mean": 0.01, "win_max": 0.06, "top1": 0.93, "near": 0.97}),
     ],
