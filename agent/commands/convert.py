@@ -10,8 +10,9 @@ INT8 calibration positions come from ``--calibration SGF_FILE_OR_FOLDER``, or, w
 from self-play with the FP32 network. Verification positions come from ``--positions``, else the
 calibration records (minus the calibration positions), else self-play with another seed.
 
-TFLite and TensorRT conversions live in :mod:`agent.backends.tflite.builder` and
-:mod:`agent.backends.tensorrt.builder` and are imported only when asked for.
+TFLite files are written by :mod:`agent.backends.tflite.writer` (no TensorFlow; ``--tflite-builder
+tensorflow`` uses :mod:`agent.backends.tflite.builder` instead), TensorRT engines are built by
+:mod:`agent.backends.tensorrt.builder`; each is imported only when asked for.
 """
 
 from __future__ import annotations
