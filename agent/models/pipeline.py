@@ -141,7 +141,15 @@ def _tflite_file(
         # INT8: dynamic range with --int8-mode dynamic, else the writer's choice (static for conv
         # nets, dynamic range for transformers, as the TensorFlow builder chooses)
         mode = "dynamic" if job.int8_mode == "dynamic" else "auto"
-        tflite_writer.write_tflite(net, out, job.precision, board=job.board, calibration=cal, int8_mode=mode)
+        tflite_writer.write_tflite(
+            net,
+            out,
+            job.precision,
+            board=job.board,
+            calibration=cal,
+            int8_mode=mode,
+            keep_float=job.keep_float,
+        )
         return out, cal
     if job.tflite_builder != "tensorflow":
         raise ConversionError(f"unknown TFLite builder {job.tflite_builder!r}: expected writer or tensorflow")

@@ -329,8 +329,8 @@ class Graph:
         ops, net, tr = self.ops, self.net, self.net.trunk
         glob = self.fc(self.global_in, tr.initial_matmul.weight, name=tr.initial_matmul.name)
         x = ops.add(self.conv(self.x_in, tr.initial_conv), self.as_bias(glob))
-        self.in_trunk = True
-        for b in tr.blocks:
+        for i, b in enumerate(tr.blocks):
+            self.in_trunk = self.plan is not None and i not in self.plan.float_blocks
             x = self.block(x, b)
         self.in_trunk = False
         t = self.tip(x)

@@ -27,6 +27,7 @@ An input read by several sites (``x`` of Q, K and V) is quantized once.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,7 @@ class Int8Plan:
 
     ranges: list[tuple[Range, Range]] | None = None
     dynamic: bool = False  # int8 weights only; activations quantized per row at run time
+    float_blocks: frozenset[int] = frozenset()  # trunk blocks left in float (``--keep-float block<i>``)
     sites: list[Site] = field(default_factory=list)
     used: int = 0
     _inputs: dict[tuple[int, float, int], Tensor] = field(default_factory=dict)
@@ -164,3 +166,24 @@ def calibrate(
     ranges = [(extremes[s.input].range(), extremes[s.output].range()) for s in sites]
     logger.info("int8: calibrated %d sites on %d positions", len(sites), len(positions))
     return ranges
+
+
+# Parts the writer always keeps in float (the TensorFlow builder's scope names, accepted by
+# ``keep_float``); ``block<i>`` keeps a whole trunk block float too.
+ALWAYS_FLOAT = ("initial", "policy_head", "value_head", "tip", "rmsnorm", "attention_core", "swiglu", "gpool")
+
+
+def float_blocks(keep_float: tuple[str, ...] | None, num_blocks: int) -> frozenset[int]:
+    """The trunk block indices named ``block<i>`` in ``keep_float``; other names must be parts
+    that are float anyway (:data:`ALWAYS_FLOAT`)."""
+    blocks = set()
+    for name in keep_float or ():
+        match = re.fullmatch(r"block(\d+)", name)
+        if match and int(match.group(1)) < num_blocks:
+            blocks.add(int(match.group(1)))
+        elif name not in ALWAYS_FLOAT:
+            raise ConversionError(
+                f"TFLite writer: cannot keep {name!r} in float; known: block0..block{num_blocks - 1}, "
+                + ", ".join(ALWAYS_FLOAT)
+            )
+    return frozenset(blocks)

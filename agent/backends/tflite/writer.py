@@ -63,10 +63,12 @@ def build_tflite(
     board: int = 19,
     calibration: PositionSet | None = None,
     int8_mode: str = "auto",
+    keep_float: tuple[str, ...] | None = None,
 ) -> bytes:
     """The ``.tflite`` flatbuffer of ``net`` at ``precision`` for a ``board`` x ``board`` buffer.
     ``int8``: ``int8_mode`` ``static`` needs ``calibration`` positions, ``dynamic`` does not;
-    ``auto`` is dynamic for networks with attention blocks, static otherwise."""
+    ``auto`` is dynamic for networks with attention blocks, static otherwise; ``keep_float``
+    names trunk blocks (``block<i>``) left in float."""
     if precision == "int8-full":
         raise ConversionError(
             "TFLite int8-full (integer inputs and outputs) needs --tflite-builder tensorflow"
@@ -82,19 +84,21 @@ def build_tflite(
         int8_mode = "dynamic" if net.has_transformer else "static"
     if int8_mode not in ("static", "dynamic"):
         raise ConversionError(f"TFLite writer INT8 mode {int8_mode!r}: expected static, dynamic or auto")
+    keep = int8.float_blocks(keep_float, len(net.trunk.blocks))
     if precision == "int8" and int8_mode == "dynamic":
-        plan = int8.Int8Plan(dynamic=True)
+        plan = int8.Int8Plan(dynamic=True, float_blocks=keep)
     elif precision == "int8":
         if calibration is None:
             raise ConversionError("INT8 TFLite needs calibration positions")
-        plan = int8.Int8Plan()
+        plan = int8.Int8Plan(float_blocks=keep)
         mb = ModelBuilder("calibration")
         graph = Graph(net, Ops(mb), board, board, plan)
         graph.build()
         site_tensors = sorted({i for site in plan.sites for i in (site.input, site.output)})
         mb.outputs += [(f"site{i}", mb.tensor(i)) for i in site_tensors]  # kept by XNNPACK too
         inputs = (graph.spatial.index, graph.global_in.index)
-        plan = int8.Int8Plan(ranges=int8.calibrate(mb.finish(), plan.sites, inputs, calibration))
+        ranges = int8.calibrate(mb.finish(), plan.sites, inputs, calibration)
+        plan = int8.Int8Plan(ranges=ranges, float_blocks=keep)
     mb = ModelBuilder(f"katago-edge tflite writer: {net.name} ({precision})")
     Graph(net, Ops(mb, weights="fp16" if precision == "fp16" else "fp32"), board, board, plan).build()
     mb.metadata.append((METADATA_NAME, json.dumps(net.postprocess.to_dict(), sort_keys=True).encode()))
@@ -109,9 +113,12 @@ def write_tflite(
     board: int = 19,
     calibration: PositionSet | None = None,
     int8_mode: str = "auto",
+    keep_float: tuple[str, ...] | None = None,
 ) -> Path:
     """Write ``net`` as a ``.tflite`` file atomically at ``out_path`` (no TensorFlow involved)."""
-    data = build_tflite(net, precision, board=board, calibration=calibration, int8_mode=int8_mode)
+    data = build_tflite(
+        net, precision, board=board, calibration=calibration, int8_mode=int8_mode, keep_float=keep_float
+    )
     atomic_write_bytes(out_path, data)
     logger.info("wrote %s (%s, %.1f MB, direct writer)", out_path, precision, len(data) / 1e6)
     return out_path

@@ -331,6 +331,22 @@ def test_writer_int8__close_to_katago(
     assert quality["near"] >= limits["near"], quality
 
 
+def test_writer_int8__keep_float_blocks(models_dir: Path, reference_dir: Path) -> None:
+    from agent.models.positions import positions_from_sgf
+
+    net = read_network(model_file(models_dir, "b6c96"))
+    cal = positions_from_sgf(reference_dir / "sgf", 8, seed=7)
+
+    def int8_convs(keep: tuple[str, ...] | None) -> int:
+        ops = flatbuf.operator_names(build_tflite(net, "int8", calibration=cal, keep_float=keep))
+        return ops.count("DEQUANTIZE")  # one per int8 convolution
+
+    assert int8_convs(None) == 14  # 6 blocks: 2 convolutions each, 3 in the two gpool blocks
+    assert int8_convs(("block2", "value_head")) == 11  # block2 is a gpool block
+    with pytest.raises(ConversionError, match="cannot keep 'attention_qkv' in float"):
+        build_tflite(net, "int8", calibration=cal, keep_float=("attention_qkv",))
+
+
 def test_writer_int8__static_needs_calibration(models_dir: Path) -> None:
     net = read_network(model_file(models_dir, "b6c96"))
     with pytest.raises(ConversionError, match="calibration positions"):
