@@ -22,11 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import flatbuffers
 import numpy as np
-from ai_edge_litert import schema_py_generated as schema
 
-from agent.errors import ConversionError
+from agent.errors import ConversionError, RuntimeUnavailable
+
+try:
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+except ImportError as exc:  # tflite-runtime alone runs models but has no schema module
+    raise RuntimeUnavailable(
+        "writing TFLite files needs ai-edge-litert (its TFLite schema) and flatbuffers: "
+        "`pip install 'katago-edge[tflite]'`"
+    ) from exc
 
 BATCH = -1  # the dynamic batch axis in a shape
 ALIGNMENT = 16
