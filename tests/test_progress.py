@@ -18,7 +18,8 @@ def test_progress__on_a_terminal_log_lines_stay_whole(monkeypatch: pytest.Monkey
     monkeypatch.setattr("sys.stderr", screen)  # the terminal the handler and rich both write to
     handler = logging.StreamHandler(screen)
     root = logging.getLogger()
-    root.addHandler(handler)
+    saved = root.handlers[:]  # earlier tests' handlers (some on closed streams) stay out of it
+    root.handlers = [handler]
     log = logging.getLogger("test.progress")
     try:
         with ProgressDisplay("preparing b6c96", stream=screen, tty=True) as progress:
@@ -32,7 +33,7 @@ def test_progress__on_a_terminal_log_lines_stay_whole(monkeypatch: pytest.Monkey
                 log.warning("a second record")
         assert handler.stream is screen  # restored after the display
     finally:
-        root.removeHandler(handler)
+        root.handlers = saved
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())  # colours, cursor moves
     lines = [line for line in text.replace("\r", "\n").splitlines() if "halfway through" in line]
     assert lines and all(line.strip() == "halfway through calibration" for line in lines), lines
