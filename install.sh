@@ -244,6 +244,7 @@ set_paths() {
 		RUN_DIR="/run/katago-edge"
 		LOG_FILE=""
 	fi
+	WS_TOKEN="$(dirname "$CONFIG")/websocket-token"
 	# the command on PATH: FHS /usr/local/bin, or <prefix>/bin for a self-contained prefix install
 	if [[ -z $BIN_DIR ]]; then
 		if [[ $NO_SYSTEMD -eq 1 && $PREFIX_GIVEN -eq 1 ]]; then BIN_DIR="$PREFIX/bin"; else BIN_DIR=/usr/local/bin; fi
@@ -455,13 +456,31 @@ cache_dir = "$CACHE_DIR"
 path = "$SOCKET"
 
 [websocket]
+enabled = true
 host = "127.0.0.1"
 port = ${KATAGO_EDGE_INSTALL_WS_PORT:-6470}
+token_file = "$WS_TOKEN"
 
 [mqtt]
 host = "$BROKER_HOST"
 port = $BROKER_PORT
 EOF
+}
+
+# The WebSocket's token (clients send it as ?token=...): made once, readable by the service only.
+write_ws_token() {
+	[[ -s $WS_TOKEN ]] && return 0
+	if [[ $DRY_RUN -eq 1 ]]; then
+		say "  would write: $WS_TOKEN (WebSocket token)"
+		return 0
+	fi
+	mkdir -p "$(dirname "$WS_TOKEN")"
+	(umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$WS_TOKEN")
+	if [[ $NO_SYSTEMD -eq 0 ]]; then
+		chgrp "$SERVICE_USER" "$WS_TOKEN"
+		chmod 0640 "$WS_TOKEN"
+	fi
+	changed "WebSocket token $WS_TOKEN"
 }
 
 # Write the config unless the user edited the one we wrote last time (its hash is kept).
@@ -713,7 +732,8 @@ print_howto() {
 katago-edge is serving as '$DEVICE_ID'. Query it:
   local socket:  echo '{"id":"a","moves":[["B","Q16"]],"rules":"japanese","komi":6.5,"boardXSize":19,"boardYSize":19,"maxVisits":50}' | socat - UNIX-CONNECT:$SOCKET
   MQTT:          $cli query --device $DEVICE_ID --broker $BROKER_HOST:$BROKER_PORT --moves B:Q16 --visits 50
-  KaTrain:       remote engine URL ws://127.0.0.1:${KATAGO_EDGE_INSTALL_WS_PORT:-6470}
+  KaTrain:       remote engine URL ws://127.0.0.1:${KATAGO_EDGE_INSTALL_WS_PORT:-6470}/?token=<the token in $WS_TOKEN>
+  status:        $cli status --socket $SOCKET
   fleet:         $cli fleet --broker $BROKER_HOST:$BROKER_PORT
 EOF
 	if [[ $NO_SYSTEMD -eq 1 ]]; then
@@ -817,6 +837,7 @@ main() {
 	create_venv
 	install_package
 	link_command
+	write_ws_token
 	write_config
 	prepare_network
 	if [[ $NO_SYSTEMD -eq 1 ]]; then

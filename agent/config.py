@@ -80,9 +80,10 @@ class SocketSettings(_Strict):
 
 
 class WebSocketSettings(_Strict):
-    """WebSocket endpoint for KaTrain's remote engine (``ws://HOST:PORT``)."""
+    """WebSocket endpoint for KaTrain's remote engine (``ws://HOST:PORT``). Off unless enabled:
+    any local user can reach it, so ``install.sh`` turns it on with a ``token_file``."""
 
-    enabled: bool = True
+    enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_WEBSOCKET_PORT, ge=0, le=65535, description="0 = any free port")
     max_message_bytes: int = Field(default=1 << 20, ge=1024)

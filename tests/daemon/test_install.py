@@ -102,7 +102,8 @@ def test_install__prefix_no_systemd__serves_mqtt_socket_websocket__idempotent__u
         async def ws_query() -> dict[str, object]:
             from websockets.asyncio.client import connect
 
-            async with connect(f"ws://127.0.0.1:{ws_port}") as ws:
+            token = (prefix / "etc/katago-edge/websocket-token").read_text().strip()
+            async with connect(f"ws://127.0.0.1:{ws_port}/?token={token}") as ws:
                 await ws.send(json.dumps({"id": "QUERY:1", **QUERY}))
                 while True:
                     response = json.loads(await asyncio.wait_for(ws.recv(), 60))
