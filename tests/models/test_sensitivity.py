@@ -16,7 +16,7 @@ from agent.backends.onnx.builder import OnnxBuildOptions, build_onnx
 from agent.backends.onnx.runtime import OnnxNet
 from agent.backends.onnx.sensitivity import quantizable_nodes, quantization_units, with_float_nodes
 from agent.models.positions import positions_from_selfplay
-from agent.models.sensitivity import choose_float_units, margin_thresholds, unit_cost
+from agent.models.sensitivity import choose_float_units, is_transformer, margin_thresholds, unit_cost
 from agent.models.verify import check, compare_outputs, evaluate_all, thresholds_for
 from agent.network.reader import read_network
 
@@ -37,6 +37,7 @@ def test_quantization_units__b6c96_partitions_its_layers(b6: dict[str, Any]) -> 
     assert list(units) == ["initial", "policy_head", "value_head", *(f"block{i}" for i in range(6))]
     assert units["initial"] == ["conv1/Conv", "ginputw/MatMul"]
     assert units["block2"] == ["rconv3/w1a/Conv", "rconv3/w1b/Conv", "rconv3/w1r/MatMul", "rconv3/w2/Conv"]
+    assert not is_transformer(b6["fp32"])  # so convert's INT8 default runs the pass on it
     flat = [n for nodes in units.values() for n in nodes]
     assert sorted(flat) == sorted(quantizable_nodes(b6["fp32"])) and len(flat) == len(set(flat)) == 28
 
