@@ -1,20 +1,8 @@
-"""The ``NeuralNet`` interface every runtime implements, and its input/output containers.
+"""The ``NeuralNet`` interface every runtime implements (``agent.backends.<name>.runtime``).
 
-A runtime evaluates a *batch* of already-encoded positions (V7 features, symmetry already applied
-to ``spatial`` by the caller) and returns the network's **raw** outputs, exactly what the graph
-computes, in the side-to-move perspective and in the *symmetrised* frame. Post-processing (policy
-optimism, softmax, multipliers, un-symmetrising, White's perspective) is shared code in
-``agent.network.postprocess`` so that every runtime is judged on the same raw numbers.
-
-Shapes (N = batch, H = W = 19 buffer unless a runtime is built for a smaller buffer)::
-
-    NNInputs.spatial   float32 [N, 22, H, W]   channel 0 is the on-board mask
-    NNInputs.global_   float32 [N, 19]
-    NNOutputs.policy   float32 [N, Cp, H*W]    Cp policy channels (1, 2 or 4)
-    NNOutputs.policy_pass float32 [N, Cp]
-    NNOutputs.value    float32 [N, 3]          win / loss / no-result logits
-    NNOutputs.score_value float32 [N, S]       S = 1..6 score-value channels (version dependent)
-    NNOutputs.ownership float32 [N, H*W]       ownership logits (pre-tanh)
+A runtime evaluates batches of encoded positions and returns the network's raw outputs; the
+containers and their shapes are ``agent.network.tensors`` (re-exported here). Post-processing is
+shared code (``agent.network.postprocess``), fed by each runtime's ``postprocess_params``.
 """
 
 from __future__ import annotations
@@ -50,6 +38,18 @@ class Cancel:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+def require_postprocess(params: PostProcessParams | None, path: object, how: str) -> PostProcessParams:
+    """``params``, or the error for a converted file that carries none (TFLite, TensorRT)."""
+    if params is None:
+        from agent.errors import NetworkFileError
+
+        raise NetworkFileError(
+            f"{path}: carries no post-processing parameters (no katago-edge metadata in the file, "
+            f"no manifest beside it); {how}"
+        )
+    return params
 
 
 class NeuralNet(ABC):

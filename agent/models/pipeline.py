@@ -18,10 +18,10 @@ from typing import Any
 from agent.backends.base import NeuralNet
 from agent.backends.numpy.runtime import NumpyNet
 from agent.backends.onnx.runtime import OnnxNet
-from agent.backends.registry import runtime_for_file
+from agent.backends.registry import load_net, runtime_for_file
 from agent.backends.tensorrt.runtime import TensorRTNet
 from agent.backends.tflite.runtime import TFLiteNet
-from agent.errors import ConversionError, RuntimeUnavailable
+from agent.errors import ConversionError, ModelStoreError, RuntimeUnavailable
 from agent.models.manifest import Manifest, read_manifest, source_info, write_network_and_manifest
 from agent.models.positions import PositionSet, positions_from_selfplay, positions_from_sgf
 from agent.models.verify import Threshold, VerifyReport, verify
@@ -229,12 +229,16 @@ def open_converted(
     provider: str | None = None,
     manifest: Manifest | None = None,
 ) -> NeuralNet:
-    """Open a converted network with the runtime its suffix names (or ``runtime``), with the
-    post-processing parameters of its manifest (TFLite and TensorRT files carry none themselves)."""
-    runtime = runtime or runtime_for_file(path)
-    if runtime is None:
-        raise RuntimeUnavailable(
-            f"{path}: unknown converted-network suffix {path.suffix!r} (.onnx, .tflite, .engine, .plan)"
+    """Open a network file given directly: a KataGo network with the numpy reference, a converted
+    file (``.onnx``, ``.tflite``, ``.engine``/``.plan``) with the runtime its suffix names (or
+    ``runtime``) and the post-processing parameters of its manifest where it has one."""
+    runtime = runtime or runtime_for_file(path) or "numpy"
+    if runtime == "numpy":
+        return load_net(path, runtime="numpy", threads=threads or None)
+    if runtime_for_file(path) is None:
+        raise ModelStoreError(
+            f"{path}: a KataGo network; runtime {runtime} loads a converted file: prepare it through "
+            "the model store (ModelStore.prepare) or `katago-edge convert`"
         )
     manifest = manifest or read_manifest(path)
     post = manifest.extra.get("postprocess") if manifest else None

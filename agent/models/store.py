@@ -18,7 +18,7 @@ with that reason instead of spending minutes converting again. ``katago-edge mod
 --refused`` forgets refusals.
 
 Converted files given directly (``.onnx``, ``.tflite``, ``.engine``/``.plan``) are opened by the
-runtime their suffix names (:func:`open_file`); their post-processing parameters come from the
+runtime their suffix names (:func:`agent.models.pipeline.open_converted`); their post-processing parameters come from the
 file's own metadata (ONNX) or the manifest beside it.
 
 Layout (``root`` is ``<cache_dir>/models`` for the daemon)::
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.backends.base import NeuralNet
-from agent.backends.registry import ARTIFACT_SUFFIX, RUNTIME_NAMES, load_net, runtime_for_file
+from agent.backends.registry import ARTIFACT_SUFFIX, RUNTIME_NAMES
 from agent.errors import ConversionError, ModelStoreError, RuntimeUnavailable, VerificationFailed
 from agent.fsutil import atomic_write_text, default_cache_dir, sha256_file
 from agent.models.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, read_manifest, tool_versions
@@ -215,27 +215,6 @@ def check_runtime(runtime: str, provider: str | None = None) -> None:
     raise RuntimeUnavailable(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIME_NAMES)}")
 
 
-def open_file(
-    path: Path,
-    *,
-    runtime: str | None = None,
-    threads: int = 0,
-    provider: str | None = None,
-    manifest: Manifest | None = None,
-) -> NeuralNet:
-    """Open a network file given directly: a KataGo network with the numpy reference, a converted
-    file (``.onnx``, ``.tflite``, ``.engine``/``.plan``) with the runtime its suffix names."""
-    runtime = runtime or runtime_for_file(path) or "numpy"
-    if runtime == "numpy":
-        return load_net(path, runtime="numpy", threads=threads or None)
-    if runtime_for_file(path) is None:
-        raise ModelStoreError(
-            f"{path}: a KataGo network; runtime {runtime} loads a converted file: prepare it through "
-            "the model store (ModelStore.prepare) or `katago-edge convert`"
-        )
-    return open_converted(path, runtime=runtime, threads=threads, provider=provider, manifest=manifest)
-
-
 def _network_name(source: Path) -> str:
     name = source.name
     for suffix in (".bin.gz", ".txt.gz", ".bin", ".txt"):
@@ -403,7 +382,7 @@ class ModelStore:
 
     def open(self, artifact: Artifact, *, threads: int = 0) -> NeuralNet:
         """Load ``artifact`` with its runtime (and provider)."""
-        return open_file(
+        return open_converted(
             artifact.path,
             runtime=artifact.runtime,
             threads=threads,

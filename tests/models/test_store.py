@@ -13,7 +13,8 @@ from edge_fixtures import model_file
 
 from agent.cli import run
 from agent.models.manifest import read_manifest
-from agent.models.store import ModelStore, Recipe, VerificationRefused, open_file
+from agent.models.pipeline import open_converted
+from agent.models.store import ModelStore, Recipe, VerificationRefused
 
 pytestmark = pytest.mark.needs_models
 
@@ -120,10 +121,10 @@ def test_store__converted_files_given_directly_carry_their_post_processing(
     artifact = model_store.prepare(model_file(models_dir, "b6c96"), Recipe("tflite", "fp32"))
     given = tmp_path / "mine.tflite"
     shutil.copyfile(artifact.path, given)
-    bare = open_file(given, threads=1)  # no manifest: the file's metadata
+    bare = open_converted(given, threads=1)  # no manifest: the file's metadata
     assert bare.info.runtime == "tflite" and bare.postprocess_params.model_version == 8
     manifest = artifact.path.with_name(artifact.path.name + ".manifest.json")
     shutil.copyfile(manifest, tmp_path / "mine.tflite.manifest.json")
-    net = open_file(given, threads=1)
+    net = open_converted(given, threads=1)
     assert net.postprocess_params == bare.postprocess_params
     assert net.info.name == "g170-b6c96-s175395328-d26788732"

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.backends.base import NetInfo, NeuralNet, NNInputs, NNOutputs
+from agent.backends.base import NetInfo, NeuralNet, NNInputs, NNOutputs, require_postprocess
 from agent.backends.tensorrt.builder import BuildSettings, ensure_engine, import_tensorrt
-from agent.errors import InferenceError, NetworkFileError, RuntimeUnavailable
+from agent.errors import InferenceError, RuntimeUnavailable
 from agent.network.model import PostProcessParams
 
 logger = logging.getLogger(__name__)
@@ -112,12 +112,11 @@ class TensorRTNet(NeuralNet):
 
     @property
     def postprocess_params(self) -> PostProcessParams:
-        if self._post is None:
-            raise NetworkFileError(
-                f"{self.path}: carries no post-processing parameters (no manifest beside it); "
-                "build it with `katago-edge convert --to tensorrt`, which writes one"
-            )
-        return self._post
+        return require_postprocess(
+            self._post,
+            self.path,
+            "build it with `katago-edge convert --to tensorrt`, which writes a manifest",
+        )
 
     def evaluate(self, inputs: NNInputs) -> NNOutputs:
         parts = []

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.backends.base import NetInfo, NeuralNet, NNInputs, NNOutputs
-from agent.errors import InferenceError, NetworkFileError, RuntimeUnavailable
+from agent.backends.base import NetInfo, NeuralNet, NNInputs, NNOutputs, require_postprocess
+from agent.errors import InferenceError, RuntimeUnavailable
 from agent.network.model import PostProcessParams
 
 logger = logging.getLogger(__name__)
@@ -101,12 +101,9 @@ class TFLiteNet(NeuralNet):
 
     @property
     def postprocess_params(self) -> PostProcessParams:
-        if self._post is None:
-            raise NetworkFileError(
-                f"{self.path}: carries no post-processing parameters (no katago-edge metadata in the "
-                "file, no manifest beside it); convert it with `katago-edge convert`, which writes both"
-            )
-        return self._post
+        return require_postprocess(
+            self._post, self.path, "convert it with `katago-edge convert`, which writes both"
+        )
 
     def evaluate(self, inputs: NNInputs) -> NNOutputs:
         feeds = {
