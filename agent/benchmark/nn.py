@@ -116,7 +116,9 @@ class NNBench:
     artifacts: dict[str, Artifact] = field(default_factory=dict)
 
     def verified(self) -> dict[str, bool]:
-        return {k: a.passed for k, a in self.accuracy.items()}
+        """Per variant: the model store's verification passed (what ``serve`` would serve).
+        The quick check on the bench positions (``accuracy``) is reported beside it, not used."""
+        return {k: a.verify["status"] in ("passed", "reference") for k, a in self.artifacts.items()}
 
     def best(self, batch: int | None = None) -> NNResult | None:
         pool = [r for r in self.results if batch is None or r.batch == batch]
@@ -128,6 +130,7 @@ class NNBench:
             "skipped": dict(self.skipped),
             "prepare_s": {k: round(v, 2) for k, v in self.prepare_s.items()},
             "accuracy": {k: a.to_dict() for k, a in self.accuracy.items()},
+            "verified": self.verified(),
         }
 
 

@@ -126,6 +126,7 @@ def test_bench_command__quick_run_writes_json(
     assert set(rows) == {("numpy", 1), ("numpy", 2), ("onnx", 1), ("onnx", 2)}
     assert all(r["evals_per_s"] > 0 and r["latency_ms_p95"] >= r["latency_ms_p50"] > 0 for r in rows.values())
     assert report["nn"]["accuracy"]["onnx/fp32"]["passed"] is True
+    assert report["nn"]["verified"]["onnx/fp32"] is True  # the model store's verification
     # the search runs on the fastest fp32 variant with that variant's threads (numpy or onnx:
     # on an idle machine they are close for this small net)
     fastest = max(rows.values(), key=lambda r: r["evals_per_s"])
