@@ -35,11 +35,12 @@ from agent.engines.base import Engine
 from agent.engines.katago_process import engine_from_settings
 from agent.engines.native import NativeEngine
 from agent.errors import ConfigError, ModelStoreError
-from agent.hardware import probe_hardware
+from agent.hardware import Hardware, probe_hardware
 from agent.hardware.runtimes import probe_runtimes
 from agent.models.fetch import fetch_model
 from agent.models.serving import NetworkReport, RuntimeEntry, open_network
 from agent.models.store import ModelStore
+from agent.profiles import Profile
 from agent.progress import NO_PROGRESS, ProgressFactory
 from agent.protocol.service import AnalysisService
 from agent.search.params import SearchParams
@@ -80,6 +81,11 @@ def make_plan(config: AgentConfig) -> Plan:
         overrides["profile"] = config.profile
     known = profiles.load_profiles(config.profiles_dir)
     profile, reasons = profiles.select(hardware, overrides, known)
+    return plan_for(config, hardware, profile, reasons)
+
+
+def plan_for(config: AgentConfig, hardware: Hardware, profile: Profile, reasons: list[str]) -> Plan:
+    """The plan for a profile already chosen for ``hardware`` (``detect`` has both in hand)."""
     # The profile's order is kept: the first entry is what was asked for, and each one before the
     # entry that serves is a fallback with its reason (open_network tries them in this order).
     ordered = list(profile.runtimes)

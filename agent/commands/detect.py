@@ -128,9 +128,9 @@ def network_plan(profile: Profile, hw: Hardware, config: AgentConfig) -> dict[st
     when it is not the first entry). The running daemon's own report, if one answers, too."""
     from agent.models.serving import RuntimeEntry
     from agent.models.store import Recipe, check_runtime
-    from agent.startup import local_network, make_plan, model_store
+    from agent.startup import local_network, model_store, plan_for
 
-    plan = make_plan(config.model_copy(update={"profile": profile.name}))
+    plan = plan_for(config, hw, profile, [])
     source = local_network(config, plan)
     store = model_store(config)
     entries: list[dict[str, Any]] = []
