@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent import cli
+from agent.cli import main as cli
 
 
 def test_cli__help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

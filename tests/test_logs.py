@@ -33,7 +33,7 @@ def test_logs__a_query_id_with_a_newline_stays_one_log_line():
     engine = NativeEngine(FakeNet(), PostProcessParams(model_version=15, policy_channels=2), seed=1)
     service = AnalysisService(engine)
     try:
-        forged = "x\n2026-12-07 12:00:00 ERROR agent.daemon: FORGED \x1b[2J\x00"
+        forged = "x\n2026-12-07 12:00:00 ERROR agent.app.daemon: FORGED \x1b[2J\x00"
         line = json.dumps({"id": forged, "moves": 5})
         responses: list[dict] = []
         service.handle_line(line, responses.append)
@@ -43,7 +43,9 @@ def test_logs__a_query_id_with_a_newline_stays_one_log_line():
         service.close(2)
     assert responses[0]["id"] == forged and "error" in responses[0]  # the reply keeps the id
     lines = buf.getvalue().splitlines()
-    assert len(lines) == 1 and "x\\n2026-12-07 12:00:00 ERROR agent.daemon: FORGED \\x1b[2J\\x00" in lines[0]
+    assert (
+        len(lines) == 1 and "x\\n2026-12-07 12:00:00 ERROR agent.app.daemon: FORGED \\x1b[2J\\x00" in lines[0]
+    )
 
 
 def test_logs__stderr_log_file_loses_world_read(tmp_path: Path):

@@ -430,4 +430,4 @@ def _deliver(deliveries: list[Delivery]) -> None:
             logger.exception("emit failed for a KataGo response (id %s)", resp.get("id"))
 
 
-KataGoProcessEngine = KataGoEngine  # the name agent.commands.analysis looks up
+KataGoProcessEngine = KataGoEngine  # the name agent.cli.analysis looks up

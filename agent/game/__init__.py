@@ -54,5 +54,5 @@ Public API (import from the submodules; everything below is stable for consumers
         parse_sgf(text) -> SgfGame (main line; SZ incl. 13:9, KM, RU, HA, AB/AW/AE, PL, B/W,
         pass as [] or [tt]); state_from_sgf(game, num_moves=None) -> GameState; SgfError.
 
-Benchmark: ``python -m agent.game.bench ../shared/reference`` (figures in docs/rules.md).
+Benchmark: ``python -m agent.bench.features ../shared/reference`` (figures in docs/rules.md).
 """

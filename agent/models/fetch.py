@@ -16,7 +16,7 @@ is given its final name, so the store only holds readable networks. On a termina
 bar shows download progress.
 
 The store is the one the agent itself reads: ``model_store_dir`` of the agent config
-(``agent.config.AgentConfig``: ``model_store``, else ``<state_dir>/models``), found as ``serve``
+(``agent.app.config.AgentConfig``: ``model_store``, else ``<state_dir>/models``), found as ``serve``
 finds it (``--config``, ``$CONFIGURATION_DIRECTORY/agent.toml``, ``/etc/katago-edge/agent.toml``,
 else the defaults: ``$STATE_DIRECTORY`` or ``$XDG_DATA_HOME/katago-edge``). So after
 ``install.sh``, ``sudo katago-edge fetch-model katrain`` lands in ``/var/lib/katago-edge/models``.

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from edge_fixtures import model_file
 
-from agent import cli
-from agent.benchmark.katago import parse_benchmark_output
-from agent.benchmark.report import Suggestion, apply_suggestion, suggest
-from agent.benchmark.timing import measure, percentile, summarize
-from agent.config import parse_config
+from agent.app.config import parse_config
+from agent.bench.katago import parse_benchmark_output
+from agent.bench.report import Suggestion, apply_suggestion, suggest
+from agent.bench.timing import measure, percentile, summarize
+from agent.cli import main as cli
 
 # Result lines as `katago benchmark` prints them (format of KataGo v1.x).
 KATAGO_OUTPUT = """\

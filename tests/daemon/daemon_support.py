@@ -73,7 +73,7 @@ class ServeProcess:
         self.log = log
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "serve", *args],
+            [sys.executable, "-m", "agent.cli.main", "serve", *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

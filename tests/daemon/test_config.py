@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, key_line, load_config, parse_config, render_toml, split_host_port
-from agent.daemon import configure_serve, flag_overrides
+from agent.app.config import AgentConfig, key_line, load_config, parse_config, render_toml, split_host_port
+from agent.app.daemon import configure_serve, flag_overrides
 from agent.errors import ConfigError
 
 GOOD = """\

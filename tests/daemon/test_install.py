@@ -25,8 +25,8 @@ import pytest
 from daemon_support import REPO, Mosquitto, base_env, free_port, socket_request
 from edge_fixtures import model_file
 
-from agent.transports.mqtt_client import MqttRequester
-from agent.transports.mqtt_settings import MqttSettings
+from agent.transports.mqtt.client import MqttRequester
+from agent.transports.mqtt.settings import MqttSettings
 
 INSTALL = REPO / "install.sh"
 FIXTURES = REPO / "tests" / "fixtures"
@@ -358,7 +358,7 @@ def test_unit__directives_the_daemon_relies_on() -> None:
     ):
         assert f"\n{line}\n" in text, line
     # the daemon's default stop_timeout (20 s) must fit in TimeoutStopSec
-    from agent.config import AgentConfig
+    from agent.app.config import AgentConfig
 
     assert AgentConfig().stop_timeout < 30
 

@@ -15,8 +15,8 @@ import pytest
 from daemon_support import REPO, ServeProcess, base_env, socket_request
 from edge_fixtures import model_file
 
-from agent.config import load_config
-from agent.startup import build_engine, make_plan
+from agent.app.config import load_config
+from agent.app.startup import build_engine, make_plan
 
 pytestmark = [pytest.mark.needs_models, pytest.mark.slow]
 
@@ -62,7 +62,7 @@ def _env(store: Path, tmp: Path) -> dict[str, str]:
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args],
+        [sys.executable, "-m", "agent.cli.main", *args],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -192,7 +192,7 @@ def test_serve_and_analysis__answer_from_converted_files_given_directly(
         files.append(out)
     for path in files:
         analysed = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "analysis", "-model", str(path)],
+            [sys.executable, "-m", "agent.cli.main", "analysis", "-model", str(path)],
             input=json.dumps({**QUERY, "maxVisits": 5}) + "\n",
             env=_env(model_store.root, short_tmp),
             cwd=REPO,

@@ -28,8 +28,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.engines.katago_binary import default_cache_dir, ensure_katrain_katago, opencl_available
 from agent.errors import EngineError
-from agent.transports.mqtt_client import MqttRequester
-from agent.transports.mqtt_settings import MqttSettings
+from agent.transports.mqtt.client import MqttRequester
+from agent.transports.mqtt.settings import MqttSettings
 
 QUERY = {
     "id": "q1",

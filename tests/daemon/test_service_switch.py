@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from agent.app.service_switch import ServiceSwitch, self_test
+from agent.app.thermal import ThermalGuard
 from agent.backends.fake import FakeNet
 from agent.engines.native import NativeEngine
 from agent.errors import EngineError
@@ -17,8 +19,6 @@ from agent.network.model import PostProcessParams
 from agent.profiles import ThermalSettings
 from agent.protocol.service import AnalysisService
 from agent.search.params import SearchParams
-from agent.service_switch import ServiceSwitch, self_test
-from agent.thermal import ThermalGuard
 
 QUERY = {"moves": [], "rules": "japanese", "komi": 6.5, "boardXSize": 9, "boardYSize": 9}
 
@@ -109,7 +109,7 @@ def test_self_test__engine_that_never_answers_is_an_error() -> None:
 
 
 def test_progress_watch__stall_only_counts_while_searching() -> None:
-    from agent.service_switch import ProgressWatch
+    from agent.app.service_switch import ProgressWatch
 
     watch = ProgressWatch(stall_s=10)
     assert watch.alive({"nn_rows": 5, "running": 0}, 0.0)

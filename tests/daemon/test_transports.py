@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from agent.transports.unix_socket import UnixSocketTransport
-from agent.transports.websocket import WebSocketTransport, origin_allowed
+from agent.transports.local.unix_socket import UnixSocketTransport
+from agent.transports.local.websocket import WebSocketTransport, origin_allowed
 
 
 class ThreadedEchoService:

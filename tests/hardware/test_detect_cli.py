@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli
+from agent.cli import main as cli
 from agent.profiles import profiles_dir
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -88,7 +88,7 @@ def test_check_config__broken_profile_is_reported(capsys: pytest.CaptureFixture[
 
 
 def test_check_config__agent_config_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    pytest.importorskip("agent.config")
+    pytest.importorskip("agent.app.config")
     good = tmp_path / "good.toml"
     good.write_text('profile = "raspberry-pi-4"\n[overrides.search]\nthreads = 2\n')
     assert cli.run(["check-config", str(good)]) == 0
@@ -116,8 +116,8 @@ def test_detect__jetson_nano_says_the_katago_binary_runs_not_a_native_fallback(
 ) -> None:
     """The jetson-nano profile asks for ``engine = "katago"``: the daemon runs a KataGo binary (or
     fails to start), it never swaps in the native engine, so detect and the daemon's log say that."""
-    from agent.config import AgentConfig
-    from agent.startup import make_plan
+    from agent.app.config import AgentConfig
+    from agent.app.startup import make_plan
 
     root = FIXTURES / "jetson-nano"
     katago = tmp_path / "bin" / "katago"

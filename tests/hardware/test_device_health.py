@@ -9,9 +9,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent import health
+from agent.app import health
+from agent.app.health import HealthCollector, snapshot
 from agent.hardware import probe_hardware
-from agent.health import HealthCollector, snapshot
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.app.health import HealthCollector
 from agent.hardware import probe_hardware
 from agent.hardware.nvidia import nvml_stats, probe_nvidia
-from agent.health import HealthCollector
 from agent.profiles import select
 
 

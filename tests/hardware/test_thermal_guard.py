@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.app.health import HealthCollector
+from agent.app.thermal import ThermalGuard, ThermalState, next_state
 from agent.errors import ThermalLimit
-from agent.health import HealthCollector
 from agent.profiles import ThermalSettings, load_profile, profiles_dir
-from agent.thermal import ThermalGuard, ThermalState, next_state
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

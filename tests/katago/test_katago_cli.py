@@ -28,7 +28,7 @@ def test_cli_analysis__engine_katago_serves_stdin(
         query_9x9("bad", [("B", "Z99")]),
     ]
     env = {**os.environ, "KATAGO_EDGE_CACHE": str(tmp_path)}
-    cmd = [sys.executable, "-m", "agent.cli", "analysis", "--engine", "katago"]
+    cmd = [sys.executable, "-m", "agent.cli.main", "analysis", "--engine", "katago"]
     cmd += ["--katago", str(katago_binary.path), "-model", str(b6_model)]
     proc = subprocess.run(
         cmd,
@@ -54,7 +54,7 @@ def test_cli_analysis__sigterm_stops_the_katago_child_too(
     """A timeout or supervisor ends the command with SIGTERM: the KataGo child (in its own
     session, so a terminal's Ctrl-C does not reach it first) must not be left running."""
     env = {**os.environ, "KATAGO_EDGE_CACHE": str(tmp_path)}
-    cmd = [sys.executable, "-m", "agent.cli", "analysis", "--engine", "katago"]
+    cmd = [sys.executable, "-m", "agent.cli.main", "analysis", "--engine", "katago"]
     cmd += ["--katago", str(katago_binary.path), "-model", str(b6_model)]
     with subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, text=True
@@ -90,7 +90,7 @@ def test_cli_analysis__sigkill_takes_the_katago_child_with_it(
     """``kill -9`` runs no clean-up in the agent: PR_SET_PDEATHSIG must end KataGo at once
     (without it the child went on for 1-5 s, until its next write to the closed pipe)."""
     env = {**os.environ, "KATAGO_EDGE_CACHE": str(tmp_path)}
-    cmd = [sys.executable, "-m", "agent.cli", "analysis", "--engine", "katago"]
+    cmd = [sys.executable, "-m", "agent.cli.main", "analysis", "--engine", "katago"]
     cmd += ["--katago", str(katago_binary.path), "-model", str(b6_model)]
     with subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, text=True

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from edge_fixtures import model_file
 
-from agent.cli import run
+from agent.cli.main import run
 from agent.models.manifest import read_manifest
 from agent.models.pipeline import open_converted
 from agent.models.store import ModelStore, Recipe, VerificationRefused

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from edge_fixtures import model_file
 
-from agent.cli import run
+from agent.cli.main import run
 from agent.game.board import BLACK, WHITE
 from agent.game.sgf import parse_sgf, sgf_rules, state_from_sgf
 from agent.models.openings import openings_from_sgf

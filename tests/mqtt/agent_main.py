@@ -13,7 +13,7 @@ import threading
 
 from mqtt_support import StubService
 
-from agent.transports.mqtt import MqttSettings, MqttTransport
+from agent.transports.mqtt.transport import MqttSettings, MqttTransport
 
 
 def main() -> int:

@@ -27,8 +27,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mqtt_support import Mosquitto
 
-from agent.transports.mqtt import MqttSettings, MqttTransport
-from agent.transports.mqtt_client import MqttRequester
+from agent.transports.mqtt.client import MqttRequester
+from agent.transports.mqtt.transport import MqttSettings, MqttTransport
 
 
 class Timed:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from mqtt_support import MOSQUITTO, NEEDS_MOSQUITTO, Mosquitto, StubService
 
-from agent.transports.mqtt import MqttSettings, MqttTransport
-from agent.transports.mqtt_client import MqttRequester
+from agent.transports.mqtt.client import MqttRequester
+from agent.transports.mqtt.transport import MqttSettings, MqttTransport
 
 
 def fake_health() -> dict[str, Any]:

@@ -7,10 +7,10 @@ import json
 import pytest
 from mqtt_support import wait_for
 
-from agent.cli import run
+from agent.cli.main import run
 from agent.errors import QueryError
-from agent.fleet import DeviceView, summarize
-from agent.fleet_view import parse_moves
+from agent.fleet.monitor import DeviceView, summarize
+from agent.fleet.view import parse_moves
 
 
 def test_fleet__json_once_lists_two_running_agents_with_health(make_agent, settings, capsys):
@@ -182,7 +182,7 @@ def test_fleet__live_table_runs_until_interrupted(make_agent, settings):
     cmd = [
         sys.executable,
         "-m",
-        "agent.cli",
+        "agent.cli.main",
         "fleet",
         "--broker",
         f"127.0.0.1:{settings.port}",

@@ -17,9 +17,9 @@ from mqtt_support import (
     wait_for,
 )
 
-from agent.cli import run
-from agent.transports.mqtt import MqttSettings, MqttTransport
-from agent.transports.mqtt_client import MqttRequester
+from agent.cli.main import run
+from agent.transports.mqtt.client import MqttRequester
+from agent.transports.mqtt.transport import MqttSettings, MqttTransport
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "mqtt.md"
 
@@ -139,7 +139,7 @@ def test_acl__device_id_not_matching_user_name_says_check_the_acl(acl_broker, mo
 def test_acl__client_ids_bound_to_user_names_nobody_hijacks_reads_or_forges(acl_broker, monkeypatch):
     import time
 
-    from agent.transports.mqtt import make_client
+    from agent.transports.mqtt.transport import make_client
 
     agents = []
     got: list[tuple[str, bytes]] = []

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from mqtt_support import StubService, read_retained, wait_for
 
-from agent.transports.mqtt_dispatch import RequestDispatcher
-from agent.transports.mqtt_handlers import Incoming
+from agent.transports.mqtt.dispatch import RequestDispatcher
+from agent.transports.mqtt.handlers import Incoming
 
 HERE = Path(__file__).resolve().parent
 QUERY = {"id": "q", "moves": [], "rules": "chinese", "komi": 7.5, "boardXSize": 9, "boardYSize": 9}
@@ -208,7 +208,7 @@ def test_backpressure__two_agents_with_one_client_id_say_so_instead_of_unspecifi
 ):
     import logging
 
-    caplog.set_level(logging.ERROR, logger="agent.transports.mqtt")
+    caplog.set_level(logging.ERROR, logger="agent.transports.mqtt.transport")
     config = settings.model_copy(update={"reconnect_min_s": 1, "reconnect_max_s": 1})
     make_agent("twin", config=config)
     make_agent("twin", config=config, connect=False)  # takes the session: the two flap

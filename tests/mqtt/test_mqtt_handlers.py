@@ -9,8 +9,8 @@ import time
 import pytest
 
 from agent.errors import ConfigError
-from agent.transports.mqtt_dispatch import RequestDispatcher
-from agent.transports.mqtt_handlers import (
+from agent.transports.mqtt.dispatch import RequestDispatcher
+from agent.transports.mqtt.handlers import (
     Incoming,
     RecentKeys,
     Rejection,
@@ -21,7 +21,7 @@ from agent.transports.mqtt_handlers import (
     finals_expected,
     is_terminal,
 )
-from agent.transports.topics import DeviceTopics, FleetTopics, check_device_id
+from agent.transports.mqtt.topics import DeviceTopics, FleetTopics, check_device_id
 
 GOOD = json.dumps({"id": "a", "moves": []}).encode()
 

@@ -115,7 +115,7 @@ def fuzz_payloads(n: int, seed: int = 7) -> list[bytes]:
 def test_resilience__1000_fuzzed_payloads_never_crash_and_good_requests_answered(
     make_agent, make_requester, real_service
 ):
-    from agent.transports.mqtt import publish_properties
+    from agent.transports.mqtt.transport import publish_properties
 
     agent = make_agent("dev1", real_service)
     req = make_requester()
@@ -196,7 +196,7 @@ def test_resilience__agent_started_before_the_broker_connects_when_it_comes(make
 def test_resilience__while_disconnected_partials_beyond_the_bound_drop_and_finals_never(
     broker, settings, make_agent, make_requester
 ):
-    from agent.transports.mqtt_handlers import Incoming
+    from agent.transports.mqtt.handlers import Incoming
 
     service = StubService(delay_s=0.03, partials=2)
     agent = make_agent("dev1", service, config=settings.model_copy(update={"outgoing_queue": 5}))

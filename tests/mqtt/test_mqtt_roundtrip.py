@@ -11,7 +11,7 @@ import paho.mqtt.client as mqtt
 from mqtt_support import StubService, read_retained, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.transports.topics import FleetTopics
+from agent.transports.mqtt.topics import FleetTopics
 
 QUERY = {
     "id": "q1",

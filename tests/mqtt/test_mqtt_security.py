@@ -12,9 +12,9 @@ import pytest
 from mqtt_support import MOSQUITTO, NEEDS_MOSQUITTO, Mosquitto, StubService, add_password
 
 from agent.errors import ConfigError, TransportError
-from agent.transports.mqtt import MqttSettings, MqttTransport
-from agent.transports.mqtt_client import MqttRequester
-from agent.transports.mqtt_settings import resolve_password
+from agent.transports.mqtt.client import MqttRequester
+from agent.transports.mqtt.settings import resolve_password
+from agent.transports.mqtt.transport import MqttSettings, MqttTransport
 
 SECRET = "s3cr3t-Pa55"
 

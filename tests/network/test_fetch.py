@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli
-from agent.commands.fetch_model import agent_model_store
+from agent.cli import main as cli
+from agent.cli.fetch_model import agent_model_store
 from agent.errors import ConfigError, ModelStoreError
 from agent.models.fetch import KATRAIN_MEMBER, fetch_model
 from agent.network.reader import read_network
@@ -62,7 +62,7 @@ def test_fetch__default_store_is_the_agent_configs(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv("CONFIGURATION_DIRECTORY", raising=False)
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr("agent.config.DEFAULT_CONFIG_PATHS", (tmp_path / "etc/katago-edge/agent.toml",))
+    monkeypatch.setattr("agent.app.config.DEFAULT_CONFIG_PATHS", (tmp_path / "etc/katago-edge/agent.toml",))
     assert agent_model_store() == (tmp_path / "xdg/katago-edge/models", None)  # no config file anywhere
     installed = tmp_path / "etc/katago-edge/agent.toml"  # what install.sh writes
     installed.parent.mkdir(parents=True)
@@ -94,7 +94,7 @@ def test_fetch__cli_stores_where_the_installed_agent_looks_and_says_how_to_serve
     config.parent.mkdir(parents=True)
     config.write_text(f'state_dir = "{tmp_path}/var/lib/katago-edge"\n')
     monkeypatch.delenv("CONFIGURATION_DIRECTORY", raising=False)
-    monkeypatch.setattr("agent.config.DEFAULT_CONFIG_PATHS", (config,))
+    monkeypatch.setattr("agent.app.config.DEFAULT_CONFIG_PATHS", (config,))
     stored = tmp_path / "var/lib/katago-edge/models/tiny-net.bin.gz"
     for args in ([], ["--config", str(config)]):
         assert cli.run(["fetch-model", str(tiny_file), *args]) == 0
@@ -107,7 +107,7 @@ def test_fetch__cli_stores_where_the_installed_agent_looks_and_says_how_to_serve
             f"(`systemctl reload katago-edge` or SIGHUP); or run `katago-edge serve --model {stored}`",
         ]
     # the agent started with this config finds it by name too (serve's own lookup)
-    from agent.config import load_config
+    from agent.app.config import load_config
 
     assert fetch_model("tiny-net", store=load_config(config).model_store_dir) == stored
     # --dest elsewhere: stored there, and told that the agent does not look there

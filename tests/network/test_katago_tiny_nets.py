@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from agent.backends.numpy.runtime import NumpyNet
-from agent.commands.rawnn import run_rawnn
+from agent.cli.rawnn import run_rawnn
 from agent.errors import EngineError
 from agent.network.model import Activation
 from agent.network.reader import read_network

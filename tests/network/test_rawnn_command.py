@@ -15,9 +15,9 @@ import pytest
 from edge_fixtures import model_file
 from network_refdata import REFERENCE_FILES, Errors, compare_fields
 
-from agent import cli
 from agent.backends.numpy.runtime import NumpyNet
-from agent.commands.rawnn import run_rawnn
+from agent.cli import main as cli
+from agent.cli.rawnn import run_rawnn
 from agent.network.reader import read_network
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from protocol_helpers import make_engine
 
-from agent.commands.analysis import (
+from agent.cli.analysis import (
     engine_settings,
     load_config,
     parse_cfg_text,
@@ -20,7 +20,7 @@ from agent.commands.analysis import (
 from agent.errors import ConfigError
 from agent.models.serving import RuntimeEntry
 from agent.protocol.service import AnalysisService
-from agent.transports.stdio import StdioTransport, encode_line
+from agent.transports.local.stdio import StdioTransport, encode_line
 
 Q = {"moves": [["B", "D4"]], "rules": "chinese", "komi": 7.5, "boardXSize": 9, "boardYSize": 9}
 

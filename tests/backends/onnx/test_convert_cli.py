@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from edge_fixtures import model_file
 
-from agent.cli import run
+from agent.cli.main import run
 
 
 def _convert(models_dir: Path, reference_dir: Path, out: Path, *extra: str) -> int:

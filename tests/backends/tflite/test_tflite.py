@@ -216,7 +216,7 @@ def test_tflite_runtime__rejects_a_file_that_is_not_tflite(tmp_path: Path) -> No
 def test_tflite_convert_cli__int8_manifest_records_what_stays_float(
     models_dir: Path, reference_dir: Path, tmp_path: Path
 ) -> None:
-    from agent.cli import run
+    from agent.cli.main import run
 
     out = tmp_path / "b6.int8.tflite"
     sgf = str(reference_dir / "sgf")
