@@ -1,6 +1,6 @@
 """KataGo itself loads our tiny networks and computes what our numpy runtime computes.
 
-Uses the real KataGo binary (katrain 1.20.0's v1.18.1, OpenCL on PoCL; see tests/katago). That
+Uses the real KataGo binary (katrain 1.20.0's v1.18.1, OpenCL on PoCL; see tests/engines/katago). That
 build crashes in its OpenCL transformer kernels on this kind of machine (spec Appendix B), so only
 the convnet variants run here; transformer tiny nets are covered by the real transformer nets'
 reference records. Each variant checks the writer (KataGo accepts the file), the version-dependent

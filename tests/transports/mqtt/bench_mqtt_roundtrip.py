@@ -1,6 +1,6 @@
 """Benchmark (not a test): MQTT round-trip overhead on loopback, request publish -> final reply.
 
-    .venv/bin/python tests/mqtt/bench_mqtt_roundtrip.py [N]
+    .venv/bin/python tests/transports/mqtt/bench_mqtt_roundtrip.py [N]
 
 Starts a real mosquitto on a free loopback port and one agent (MqttTransport), then sends N
 sequential requests from an MQTT 5 requester. Two services:

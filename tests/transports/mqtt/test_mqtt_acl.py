@@ -21,7 +21,7 @@ from agent.cli.main import run
 from agent.transports.mqtt.client import MqttRequester
 from agent.transports.mqtt.transport import MqttSettings, MqttTransport
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "mqtt.md"
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "mqtt.md"
 
 
 def documented_block(first_line: str) -> str:

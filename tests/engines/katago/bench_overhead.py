@@ -7,7 +7,7 @@ with the same generated config and ``nnRandomize = false``; a first pass fills K
 so that the measured pass times the plumbing, not the network. Sequential: one query at a time,
 wall time from sending to its final response. Burst: all N at once, wall time to the last one.
 
-    .venv/bin/python tests/katago/bench_overhead.py [N] [big]
+    .venv/bin/python tests/engines/katago/bench_overhead.py [N] [big]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Helpers for the daemon tests: a real mosquitto (the class from tests/mqtt), a datagram socket
+"""Helpers for the daemon tests: a real mosquitto (the class from tests/transports/mqtt), a datagram socket
 standing in for systemd's NOTIFY_SOCKET, and ``katago-edge serve`` run as a real process."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "mqtt"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "transports" / "mqtt"))
 from mqtt_support import MOSQUITTO, NEEDS_MOSQUITTO, Mosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[2]
