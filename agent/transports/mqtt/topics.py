@@ -9,6 +9,9 @@ Layout (``<p>`` is the configurable prefix, default ``katago``; ``<device>`` the
                                       the shared subscription $share/<group>/<p>/fleet/analysis/request
     <p>/clients/<client>/reply        suggested reply topic for requesters (``query``, fleet tools);
                                       any topic named in the Response Topic works
+    <p>/<device>/deployment/desired   retained desired network (``fleet deploy``; operators only)
+    <p>/<device>/deployment/events    the device's deployment steps, one JSON event per message
+    <p>/fleet/rollouts/<id>           retained record of one rollout (``fleet deploy``)
 
 ``fleet`` and ``clients`` are therefore reserved and cannot be device ids. Device ids and the prefix
 must not contain the MQTT wildcards ``+`` / ``#`` or start with ``$`` (broker-internal topics); the
@@ -102,7 +105,37 @@ class FleetTopics:
         head = self.prefix + "/"
         if topic.startswith(head) and topic.endswith("/analysis/request"):
             return "reply topic is a request topic"
+        if self.split_deployment_topic(topic) is not None or topic.startswith(f"{head}fleet/rollouts/"):
+            return "reply topic is a deployment topic"
         return None
+
+    @property
+    def desired_filter(self) -> str:
+        return f"{self.prefix}/+/deployment/desired"
+
+    @property
+    def events_filter(self) -> str:
+        return f"{self.prefix}/+/deployment/events"
+
+    @property
+    def rollouts_filter(self) -> str:
+        return f"{self.prefix}/fleet/rollouts/+"
+
+    def rollout(self, deployment_id: str) -> str:
+        return f"{self.prefix}/fleet/rollouts/{check_device_id(deployment_id)}"
+
+    def desired(self, device_id: str) -> str:
+        return f"{self.prefix}/{check_device_id(device_id)}/deployment/desired"
+
+    def split_deployment_topic(self, topic: str) -> tuple[str, str] | None:
+        """``<p>/<device>/deployment/<kind>`` -> ``(device, kind)`` (desired, events), else None."""
+        head = self.prefix + "/"
+        if not topic.startswith(head):
+            return None
+        rest = topic[len(head) :].split("/")
+        if len(rest) != 3 or rest[1] != "deployment" or rest[2] not in ("desired", "events"):
+            return None
+        return (rest[0], rest[2]) if rest[0] not in RESERVED_DEVICE_IDS else None
 
     def split_device_topic(self, topic: str) -> tuple[str, str] | None:
         """``<p>/<device>/<kind>`` -> ``(device, kind)`` for status/health topics, else None."""
@@ -141,3 +174,11 @@ class DeviceTopics:
     @property
     def request(self) -> str:
         return f"{self.prefix}/{self.device_id}/analysis/request"
+
+    @property
+    def desired(self) -> str:
+        return f"{self.prefix}/{self.device_id}/deployment/desired"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}/{self.device_id}/deployment/events"

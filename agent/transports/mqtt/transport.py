@@ -146,8 +146,10 @@ class MqttTransport:
         health_source: Callable[[], dict[str, Any]] | None = None,
         status_info: InfoSource = None,
         on_fatal: Callable[[TransportError], None] | None = None,
+        on_desired: Callable[[bytes], None] | None = None,
     ) -> None:
         self.config = config
+        self._on_desired = on_desired  # the retained desired network (agent.app.deployment)
         self.device_id = device_id
         self.topics = DeviceTopics(config.topic_prefix, device_id)
         self.client_id = config.client_id or f"katago-edge-{device_id}"
@@ -273,6 +275,15 @@ class MqttTransport:
         out.update(self.dispatcher.stats())
         return out
 
+    def publish_status(self) -> None:
+        """Publish the retained ``online`` status again (its info changed, e.g. a deployment step)."""
+        if self._connected.is_set() and not self._stop.is_set():
+            self._publish(self.topics.status, self._status("online"), retain=True)
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        """One deployment event on ``<p>/<device>/deployment/events`` (QoS 1, not retained)."""
+        self._publish(self.topics.events, {"device": self.device_id, **event})
+
     def publish_health(self) -> None:
         """Publish one health snapshot now (also done every ``health_interval_s``)."""
         snapshot: dict[str, Any] = {}
@@ -312,6 +323,8 @@ class MqttTransport:
         if self.config.fleet_requests:
             shared = self.topics.fleet.shared_fleet_request(self.config.share_group)
             subs.append((shared, SubscribeOptions(qos=1)))
+        if self._on_desired is not None:
+            subs.append((self.topics.desired, SubscribeOptions(qos=1)))
         client.subscribe(subs)
         self._connected.set()
         self._publish(self.topics.status, self._status("online"), retain=True)
@@ -429,6 +442,14 @@ class MqttTransport:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._network_thread = threading.get_ident()
         ack = self._ack_for(msg.mid, msg.qos)
+        if self._on_desired is not None and msg.topic == self.topics.desired:
+            try:
+                self._on_desired(bytes(msg.payload))  # only queues it: the work has its own thread
+            except Exception:  # never let one message kill paho's network thread; the cause is logged
+                logger.exception("MQTT: failed to take the desired deployment state")
+            if ack is not None:
+                ack()
+            return
         try:
             props = msg.properties
             incoming = Incoming(
