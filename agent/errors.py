@@ -20,6 +20,7 @@ family::
     │   └── RulesError              unknown rules preset or bad rules object
     ├── SgfError                    an SGF file that cannot be read
     ├── QueryError                  an analysis query that fails validation (has ``field``)
+    ├── DeploymentError             a desired network refused, or a rollout step failed
     ├── EngineError                 the analysis engine cannot serve (stopped, failed, busy)
     │   ├── EngineBusy              queue full; retry later
     │   └── ThermalLimit            device above its hard thermal limit
@@ -99,6 +100,11 @@ class QueryError(AgentError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class DeploymentError(AgentError):
+    """A desired-state message is refused (no sha256, bad URL), or a deployment step failed
+    (download, size limit, sha256, preparation): the network serving stays."""
 
 
 class EngineError(AgentError):
