@@ -39,7 +39,7 @@ from agent.app.config import AgentConfig, find_config, load_config, split_host_p
 from agent.app.notify import Notifier
 from agent.app.service_switch import ProgressWatch, ServiceSwitch, self_test
 from agent.app.startup import Plan, build_engine, build_service, make_plan
-from agent.errors import AgentError, ConfigError, TransportError
+from agent.errors import AgentError, ConfigError, DeploymentError, TransportError
 from agent.models.serving import NetworkReport
 from agent.progress import ProgressDisplay
 
@@ -137,6 +137,7 @@ class Daemon:
         self._stall_logged = False
         self.health_collector: Any = None
         self.started_at = time.time()
+        self.deployer: Any = None  # agent.app.deployment.Deployer: networks deployed over MQTT
 
     # -- signals ------------------------------------------------------------------------------------
     def install_signal_handlers(self, serving: bool) -> None:
@@ -179,6 +180,11 @@ class Daemon:
 
     def _start(self) -> None:
         self.notifier.status("detecting hardware and choosing a profile")
+        if self.config.mqtt.enabled:
+            from agent.app.deployment import Deployer
+
+            self.deployer = Deployer(self.config.state_dir, self.config.model_store_dir)
+            self.config = self.deployer.effective(self.config)  # a deployed network, if any
         self.plan = make_plan(self.config)
         for reason in self.plan.reasons:
             logger.info("profile: %s", reason)
@@ -188,6 +194,11 @@ class Daemon:
         self.install_signal_handlers(serving=True)  # from the first client on, stops are clean
         self.notifier.status("starting transports")
         self._start_local_transports()
+        if self.deployer is not None:
+            from agent.app.startup import local_network
+
+            source = local_network(self.config, self.plan)
+            self.deployer.start(self.config, source, self.swap_network, self._announce)
         self._start_mqtt()
         self.ready_event.set()
         self.notifier.ready(self._serving_status())
@@ -261,6 +272,8 @@ class Daemon:
     def _close_all(self, timeout: float) -> None:
         """Engine first (its final responses still go out), then MQTT (``stopped``), then local."""
         share = max(0.5, timeout * 0.6)
+        if self.deployer is not None:
+            self.deployer.stop()
         if self.service is not None:
             try:
                 self.service.close(share)
@@ -309,6 +322,7 @@ class Daemon:
             self.switch.handle_query,
             health_source=self.health,
             status_info=self.status_info,
+            on_desired=self.deployer.offer if self.deployer is not None else None,
         )
         try:
             transport.start()
@@ -336,12 +350,53 @@ class Daemon:
             "network": self.config.model,
             "serving": self.network.serving if self.network else None,
             "fallback": bool(self.network and self.network.fell_back),
+            "deployment": self.deployer.report() if self.deployer is not None else None,
         }
 
     def health(self) -> dict[str, Any]:
         from agent.app.daemon_health import snapshot
 
         return snapshot(self)
+
+    # -- deployments (agent.app.deployment) ---------------------------------------------------------
+    def swap_network(self, config: AgentConfig) -> None:
+        """Build and self-test the engine for ``config`` (through the model store), then switch to it:
+        queries running finish on the old engine, new ones go to the new one. Raises
+        ``AgentError`` and keeps the old engine when the new one cannot serve, or serves only a
+        fallback where the old one served its first choice."""
+        plan = make_plan(config)
+        with ProgressDisplay("preparing the deployed network") as prepare:
+            engine, report = build_engine(config, plan, self.notifier.status, prepare)
+        service = build_service(engine)
+        try:
+            self_test(service, SELF_TEST_TIMEOUT)
+            if report is not None and report.fell_back and not (self.network and self.network.fell_back):
+                raise DeploymentError(f"it would serve a fallback: {report.summary()}")
+        except AgentError:
+            engine.close(2.0)
+            raise
+        assert self.switch is not None
+        old_service = self.service
+        self.engine, self.service, self.plan, self.network, self.config = (
+            engine,
+            service,
+            plan,
+            report,
+            config,
+        )
+        self.switch.current = service
+        self.health_collector = None  # the network's name in health follows
+        logger.info("deployment: now serving %s (%s)", config.model, report.summary() if report else "-")
+        threading.Thread(target=old_service.close, args=(config.stop_timeout,), name="old-engine").start()
+
+    def _announce(self, event: dict[str, Any]) -> None:
+        """A deployment step: an event on the deployment topic, then status and health again."""
+        mqtt = self.transports.get("mqtt")
+        if mqtt is None:
+            return
+        mqtt.publish_event(event)
+        mqtt.publish_status()
+        mqtt.publish_health()
 
     # -- SIGHUP ---------------------------------------------------------------------------------------
     def reload(self) -> None:
@@ -350,6 +405,8 @@ class Daemon:
         logger.info("SIGHUP: reloading %s", self.config_path or "the defaults")
         try:
             new = load_config(self.config_path, overrides=self._flags)
+            if self.deployer is not None:
+                new = self.deployer.effective(new)
             plan = make_plan(new)
         except AgentError as exc:
             logger.error("reload failed, keeping the running config: %s", exc)

@@ -53,6 +53,7 @@ def snapshot(daemon: Any) -> dict[str, Any]:
         "network": daemon.network.to_json() if daemon.network is not None else None,
         "local": transports,
         "service": daemon.service.stats() if daemon.service is not None else None,
+        "deployment": daemon.deployer.report() if getattr(daemon, "deployer", None) is not None else None,
         "thermal_guard": {"refused": daemon.switch.refused, "capped": daemon.switch.capped}
         if daemon.switch is not None
         else None,
