@@ -43,6 +43,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import __version__
 from agent.errors import ConfigError, TransportError
+from agent.transports.mqtt.acks import OrderedAcks
 from agent.transports.mqtt.dispatch import HandleQuery, RequestDispatcher
 from agent.transports.mqtt.handlers import Ack, Incoming, ReplyTo, Response, encode, status_payload
 from agent.transports.mqtt.settings import MqttSettings, resolve_password
@@ -184,6 +185,7 @@ class MqttTransport:
             max_backlog_bytes=config.max_backlog_bytes,
         )
         self._client = make_client(config, self.client_id, manual_ack=True)
+        self._acks = OrderedAcks(self._client.ack)  # PUBACKs in arrival order, as MQTT requires
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
@@ -271,6 +273,8 @@ class MqttTransport:
         with self._lock:
             out: dict[str, Any] = dict(self._counts)
             out["unconfirmed"] = len(self._unconfirmed)
+        out["acks_waiting"] = self._acks.waiting()
+        out["acks_reordered"] = self._acks.reordered
         out["connected"] = self.connected
         out.update(self.dispatcher.stats())
         return out
@@ -309,6 +313,7 @@ class MqttTransport:
             self._refused(client, reason)
             return
         set_nodelay(client)
+        self._acks.new_connection()  # the broker redelivers what the last connection left unacknowledged
         with self._lock:
             self._counts["connects"] += 1
             self._counts["auth_failures"] = 0
@@ -471,17 +476,10 @@ class MqttTransport:
             logger.exception("MQTT: failed to handle a message on %r", incoming.topic)
 
     def _ack_for(self, mid: int, qos: int) -> Ack | None:
-        """The PUBACK of one received message, to be sent once (QoS 0 needs none)."""
+        """The PUBACK of one received message, sent once and in arrival order (QoS 0 needs none)."""
         if qos == 0:
             return None
-        sent = threading.Event()
-
-        def ack() -> None:
-            if not sent.is_set():
-                sent.set()
-                self._client.ack(mid, qos)
-
-        return ack
+        return self._acks.ticket(mid, qos)
 
     # -- publishing -------------------------------------------------------------------------------
     def _status(self, state: str) -> dict[str, Any]:
