@@ -110,6 +110,7 @@ class _FairQueue:
 
     def __init__(self) -> None:
         self._by_requester: dict[str, deque[_Job]] = {}  # insertion order = round-robin order
+        self._bytes: dict[str, int] = {}  # payload bytes waiting, per requester
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._by_requester.values())
@@ -121,8 +122,13 @@ class _FairQueue:
         for jobs in list(self._by_requester.values()):
             yield from list(jobs)
 
+    def bytes_of(self, requester: str) -> int:
+        return self._bytes.get(requester, 0)
+
     def append(self, job: _Job) -> None:
-        self._by_requester.setdefault(job.request.reply.topic, deque()).append(job)
+        topic = job.request.reply.topic
+        self._by_requester.setdefault(topic, deque()).append(job)
+        self._bytes[topic] = self._bytes.get(topic, 0) + job.request.size
 
     def popleft(self) -> _Job:
         topic, jobs = next(iter(self._by_requester.items()))
@@ -130,6 +136,7 @@ class _FairQueue:
         del self._by_requester[topic]
         if jobs:
             self._by_requester[topic] = jobs  # to the back of the round
+        self._forget(topic, job)
         return job
 
     def remove(self, job: _Job) -> None:
@@ -138,9 +145,18 @@ class _FairQueue:
         jobs.remove(job)
         if not jobs:
             del self._by_requester[topic]
+        self._forget(topic, job)
+
+    def _forget(self, topic: str, job: _Job) -> None:
+        left = self._bytes.get(topic, 0) - job.request.size
+        if left > 0 and topic in self._by_requester:
+            self._bytes[topic] = left
+        else:
+            self._bytes.pop(topic, None)
 
     def clear(self) -> None:
         self._by_requester.clear()
+        self._bytes.clear()
 
 
 @dataclass
@@ -168,6 +184,7 @@ class RequestDispatcher:
         dedup_ttl_s: float = 600.0,
         reply_check: ReplyCheck | None = None,
         max_backlog_bytes: int = 8 << 20,
+        max_requester_share: float = 0.75,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._handle_query = handle_query
@@ -176,6 +193,7 @@ class RequestDispatcher:
         self._max_queue = max(0, max_queue)
         self._max_payload = max_payload_bytes
         self._max_backlog_bytes = max_backlog_bytes
+        self._max_requester_bytes = int(max_backlog_bytes * max_requester_share)
         self._queued_bytes = 0
         self._timeout = request_timeout_s
         self._clock = clock
@@ -280,6 +298,15 @@ class RequestDispatcher:
                     f"busy: {len(self._running)} requests running and {len(self._queue)} queued "
                     f"({self._queued_bytes} bytes; limits {self._max_concurrent}, {self._max_queue} and "
                     f"{self._max_backlog_bytes} bytes); retry later"
+                )
+            elif (
+                len(self._queue) + len(self._running) >= self.capacity
+                and self._queue.bytes_of(request.reply.topic) + request.size > self._max_requester_bytes
+            ):
+                reason = (
+                    f"busy: this requester has {self._queue.bytes_of(request.reply.topic)} bytes of "
+                    f"requests waiting (limit {self._max_requester_bytes}, max_requester_share of "
+                    "max_backlog_bytes; the rest is kept for other requesters); retry later"
                 )
             else:
                 self._counts["accepted"] += 1

@@ -68,6 +68,12 @@ class MqttSettings(BaseModel):
     max_backlog_bytes: int = Field(
         8 << 20, ge=0, description="payload bytes held beyond max_queue (broker over-delivery) before busy"
     )
+    max_requester_share: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="share of max_backlog_bytes one requester may hold; the rest stays for the others",
+    )
     request_timeout_s: float = Field(600.0, gt=0)
     dedup_ttl_s: float = Field(600.0, ge=0)
 

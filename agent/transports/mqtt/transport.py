@@ -183,6 +183,7 @@ class MqttTransport:
             dedup_ttl_s=config.dedup_ttl_s,
             reply_check=self.topics.fleet.reply_conflict,
             max_backlog_bytes=config.max_backlog_bytes,
+            max_requester_share=config.max_requester_share,
         )
         self._client = make_client(config, self.client_id, manual_ack=True)
         self._acks = OrderedAcks(self._client.ack)  # PUBACKs in arrival order, as MQTT requires

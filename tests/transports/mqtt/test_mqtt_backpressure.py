@@ -203,6 +203,42 @@ def test_backpressure__held_requests_are_served_round_robin_over_requesters():
     assert [x for x in order if x != "b0"] == [f"a{i}" for i in range(50)]
 
 
+def test_backpressure__one_requester_cannot_take_the_whole_backlog():
+    """A flooding requester is refused ``busy`` at its share of the backlog; another requester's
+    request is still taken (and answered) while the flood is held."""
+    replies: dict[str, list[dict]] = {"client/A": [], "client/B": []}
+
+    def handle(query, emit):
+        emit({"id": query["id"], "isDuringSearch": False})
+
+    def publish(reply, response, then=None):
+        replies[reply.topic].append(response)
+        if then is not None:
+            then()
+
+    payload_size = len(json.dumps({"id": "a000"}).encode())
+    d = RequestDispatcher(
+        handle, publish, max_concurrent=1, max_queue=2, max_backlog_bytes=100 * payload_size,
+        max_requester_share=0.5,
+    )  # fmt: skip
+    for i in range(80):  # held (the worker is not started): capacity 3, then A's share of 50 payloads
+        d.on_message(
+            Incoming("k/d/analysis/request", json.dumps({"id": f"a{i:03d}"}).encode(), "client/A", b"%d" % i)
+        )
+    d.on_message(Incoming("k/d/analysis/request", b'{"id": "b0"}', "client/B", b"b"))
+    busy = [r for r in replies["client/A"] if "busy" in r.get("error", "")]
+    assert len(busy) == 30  # 50 held by the share, 30 refused at once
+    assert "this requester" in busy[0]["error"]
+    assert replies["client/B"] == []  # B's request was taken, not refused
+    d.start()
+    try:
+        wait_for(lambda: len(replies["client/B"]) == 1 and len(replies["client/A"]) == 80, 5)
+    finally:
+        d.stop(timeout=2)
+    assert replies["client/B"] == [{"id": "b0", "isDuringSearch": False}]
+    assert d.stats()["busy"] == 30
+
+
 def test_backpressure__two_agents_with_one_client_id_say_so_instead_of_unspecified_error(
     make_agent, settings, caplog
 ):
