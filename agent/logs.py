@@ -1,11 +1,15 @@
 """Logging set-up shared by every command: one format, level from flags or environment.
 
 Log lines are data-safe: a message may carry text from a request (a query id, a topic, a
-payload excerpt), so control characters in it (newline, carriage return, ESC, NUL, the C1 range
-and the Unicode line separators) are written as ``\\n``, ``\\x1b``, ``\\u2028``...: a query id
-cannot forge a log line or send terminal escapes to whoever reads the log. Tracebacks keep their
-lines. When stderr is a regular file (``install.sh --no-systemd`` appends to ``agent.log``), its
-"others" permission bits are removed: the log is not world-readable.
+payload excerpt), so control characters in the record's *arguments* (newline, carriage return,
+ESC, NUL, the C1 range and the Unicode line separators) are written as ``\\n``, ``\\x1b``,
+``\\u2028``...: a query id cannot forge a log line or send terminal escapes to whoever reads the
+log. The message template is the agent's own text: a multi-line report keeps its lines, each
+continuation indented under the record, so no continuation can pass for a record of its own.
+A message that is not a template with arguments (an exception object, a pre-formatted string) is
+escaped whole. Tracebacks keep their lines. When stderr is a regular file (``install.sh
+--no-systemd`` appends to ``agent.log``), its "others" permission bits are removed: the log is not
+world-readable.
 """
 
 from __future__ import annotations
@@ -32,12 +36,33 @@ def escape_controls(text: str) -> str:
     return text.translate(ESCAPES)
 
 
+def _escaped(value: object) -> object:
+    return escape_controls(value) if isinstance(value, str) else escape_controls(str(value))
+
+
 class SafeFormatter(logging.Formatter):
-    """The standard formatter, with control characters in the message escaped."""
+    """The standard formatter, with control characters in payload-derived text escaped."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_controls(record.message)
+        record.message = self._safe_message(record)
         return super().formatMessage(record)
+
+    @staticmethod
+    def _safe_message(record: logging.LogRecord) -> str:
+        template, args = record.msg, record.args
+        if not isinstance(template, str) or not args:
+            return escape_controls(record.message)
+        try:
+            if isinstance(args, dict):
+                text = template % {k: _escaped(v) for k, v in args.items()}
+            else:
+                text = template % tuple(
+                    v if isinstance(v, int | float) and not isinstance(v, bool) else _escaped(v) for v in args
+                )
+        except (TypeError, ValueError, KeyError):  # a template the arguments do not fit
+            return escape_controls(record.message)
+        lines = [escape_controls(line) for line in text.split("\n")]
+        return "\n    ".join(lines)
 
 
 def _not_world_readable(stream: object) -> None:

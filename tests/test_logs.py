@@ -20,7 +20,6 @@ def test_logs__escape_controls__newline_esc_nul_c1_and_line_separators():
 def test_logs__a_query_id_with_a_newline_stays_one_log_line():
     from agent.backends.fake import FakeNet
     from agent.engines.native import NativeEngine
-    from agent.network.model import PostProcessParams
     from agent.protocol.service import AnalysisService
 
     buf = io.StringIO()
@@ -30,7 +29,7 @@ def test_logs__a_query_id_with_a_newline_stays_one_log_line():
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)
-    engine = NativeEngine(FakeNet(), PostProcessParams(model_version=15, policy_channels=2), seed=1)
+    engine = NativeEngine(FakeNet(), seed=1)
     service = AnalysisService(engine)
     try:
         forged = "x\n2026-12-07 12:00:00 ERROR agent.app.daemon: FORGED \x1b[2J\x00"
@@ -46,6 +45,14 @@ def test_logs__a_query_id_with_a_newline_stays_one_log_line():
     assert (
         len(lines) == 1 and "x\\n2026-12-07 12:00:00 ERROR agent.app.daemon: FORGED \\x1b[2J\\x00" in lines[0]
     )
+
+
+def test_logs__own_multi_line_text_keeps_its_lines_arguments_do_not():
+    fmt = SafeFormatter("%(levelname)s: %(message)s")
+    own = logging.LogRecord("x", logging.INFO, __file__, 1, "report:\n  a %s\n  b %d", ("1\n2", 3), None)
+    assert fmt.format(own).splitlines() == ["INFO: report:", "      a 1\\n2", "      b 3"]
+    whole = logging.LogRecord("x", logging.INFO, __file__, 1, "plain\nforged", None, None)
+    assert fmt.format(whole) == "INFO: plain\\nforged"
 
 
 def test_logs__stderr_log_file_loses_world_read(tmp_path: Path):
