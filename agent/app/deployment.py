@@ -249,11 +249,13 @@ class Deployer:
     def _run(self, desired: Desired) -> None:
         self._set(desired, "pending")
         overrides = desired.overrides()
+        local = self._local_copy(desired.sha256)
+        if desired.action == "rollback" and local is not None and desired.runtime is None:
+            overrides = local.get("overrides", {})  # back to the network as it served then
         current = self.state.get("current")
         if current and current["sha256"] == desired.sha256 and current.get("overrides", {}) == overrides:
             self._finish(desired)  # serving it already
             return
-        local = self._local_copy(desired.sha256)
         if local is not None:
             file = Path(local["file"])
             self._set(desired, "verifying")

@@ -60,7 +60,8 @@ COMMANDS: dict[str, CommandSpec] = {
     ),
     "query": CommandSpec("agent.fleet.monitor:command_query", "send one analysis request over MQTT"),
     "fleet": CommandSpec(
-        "agent.fleet.monitor:command_fleet", "live table of every device's status and health"
+        "agent.cli.fleet:command_fleet",
+        "live table of every device's status and health; deploy, deployments, rollback, serve-model",
     ),
     "bench": CommandSpec("agent.cli.bench:command_bench", "measure this device"),
 }
