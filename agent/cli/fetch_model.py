@@ -35,6 +35,21 @@ def agent_model_store(config: Path | None = None) -> tuple[Path, Path | None]:
     return agent_config.model_store_dir, path
 
 
+def hand_to_store_owner(path: Path, store: Path) -> None:
+    """Run as root (``sudo katago-edge fetch-model``): give the fetched file, and the store folder
+    if root just created it, to the owner of the folder above the store (the agent's state folder,
+    owned by the service user after ``install.sh``), so the daemon can manage what it serves."""
+    if os.geteuid() != 0:
+        return
+    owner = store.resolve().parent.stat()
+    if owner.st_uid == 0:
+        return
+    for item in (store, path):
+        info = item.stat()
+        if info.st_uid == 0:
+            os.chown(item, owner.st_uid, owner.st_gid)
+
+
 def configure_fetch_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="PATH, http(s) URL, 'katrain' (PyPI katrain wheel) or a store name")
     parser.add_argument(
@@ -57,6 +72,8 @@ def command_fetch_model(args: argparse.Namespace) -> int:
             raise
         agent_store, config = None, None  # --dest needs no config; only the hint is shorter
     path = fetch_model(args.source, args.dest or agent_store, args.sha256, force=args.force)
+    if agent_store is not None and path.parent.resolve() == agent_store.resolve():
+        hand_to_store_owner(path, agent_store)
     print(path)
     if agent_store is not None and path.parent.resolve() == agent_store.resolve():
         owner = (

@@ -120,6 +120,24 @@ def test_fetch__cli_stores_where_the_installed_agent_looks_and_says_how_to_serve
     )
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the case is `sudo katago-edge fetch-model`")
+def test_fetch__as_root_the_file_belongs_to_the_state_folders_owner(
+    tmp_path: Path, tiny_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "var/lib/katago-edge"
+    state.mkdir(parents=True)
+    os.chown(state, 65534, 65534)  # the service user's state folder
+    config = tmp_path / "agent.toml"
+    config.write_text(f'state_dir = "{state}"\n')
+    monkeypatch.delenv("CONFIGURATION_DIRECTORY", raising=False)
+    assert cli.run(["fetch-model", str(tiny_file), "--config", str(config)]) == 0
+    stored = state / "models" / "tiny-net.bin.gz"
+    assert (stored.stat().st_uid, stored.parent.stat().st_uid) == (65534, 65534)
+    # --dest is the operator's own choice: left as created
+    assert cli.run(["fetch-model", str(tiny_file), "--dest", str(tmp_path / "mine")]) == 0
+    assert (tmp_path / "mine" / "tiny-net.bin.gz").stat().st_uid == 0
+
+
 @pytest.fixture
 def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "www"
