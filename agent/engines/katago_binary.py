@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -164,7 +165,21 @@ def find_katago(
             "no KataGo binary: give its path (--katago PATH / [katago] binary), put katago on PATH, "
             f"or allow fetching it from the katrain {KATRAIN_VERSION} wheel (download = true)"
         )
+    _check_katrain_platform()
     return binary_from_path(ensure_katrain_katago(cache), source="katrain")
+
+
+def _check_katrain_platform(machine: str | None = None) -> None:
+    """The katrain wheel's KataGo is a Linux x86-64 AppImage: say so before a 106 MB download that
+    could only end in "Exec format error" on an ARM board."""
+    machine = machine or platform.machine()
+    if sys.platform != "linux" or machine.lower() not in ("x86_64", "amd64"):
+        raise EngineError(
+            f"the katrain {KATRAIN_VERSION} wheel carries KataGo for Linux x86-64 only, and this machine is "
+            f"{sys.platform}/{machine}: build KataGo from source (Eigen CPU backend; on a Jetson the CUDA "
+            "or TensorRT backend) and give its path (--katago PATH / [katago] binary), or serve the "
+            "network in-process (engine = native)"
+        )
 
 
 def _katrain_binary_path(cache_dir: Path) -> Path:

@@ -97,6 +97,18 @@ def test_find_katago__no_download_names_the_ways_to_get_one(
         find_katago(None, tmp_path / "empty-cache", download=False)
 
 
+def test_find_katago__katrain_download_refused_on_arm_before_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.engines.katago_binary as kb
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no katago on PATH
+    monkeypatch.setattr(kb.platform, "machine", lambda: "aarch64")
+    with pytest.raises(EngineError, match=r"Linux x86-64 only, and this machine is linux/aarch64"):
+        find_katago(None, tmp_path / "cache", download=True)
+    assert not (tmp_path / "cache").exists()  # nothing fetched
+
+
 def test_binary_from_path__appimage_runs_without_fuse(tmp_path: Path) -> None:
     fake = tmp_path / "katago"
     fake.write_bytes(b"\x7fELF\x02\x01\x01\x00AI\x02" + bytes(32))
