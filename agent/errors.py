@@ -20,6 +20,7 @@ family::
     │   └── RulesError              unknown rules preset or bad rules object
     ├── SgfError                    an SGF file that cannot be read
     ├── QueryError                  an analysis query that fails validation (has ``field``)
+    │   └── UndecodableRequest      bytes that are not one bounded JSON value (has ``kind``)
     ├── DeploymentError             a desired network refused, or a rollout step failed
     ├── EngineError                 the analysis engine cannot serve (stopped, failed, busy)
     │   ├── EngineBusy              queue full; retry later
@@ -100,6 +101,16 @@ class QueryError(AgentError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class UndecodableRequest(QueryError):
+    """A request is not one JSON value within the limits: ``kind`` is ``oversize`` (too many
+    bytes), ``utf8`` (``detail`` says where), ``nesting`` or ``json``."""
+
+    def __init__(self, message: str, kind: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.detail = detail
 
 
 class DeploymentError(AgentError):

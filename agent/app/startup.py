@@ -219,7 +219,6 @@ def build_engine(
     params = SearchParams(max_visits=plan.default_visits, num_threads=plan.threads)
     engine = NativeEngine(
         net,
-        net.postprocess_params,
         default_params=params,
         max_batch_size=plan.batch_size,
         cache_size=plan.cache_size,

@@ -54,10 +54,11 @@ def evals_per_second(net: Any, batch: int, seconds: float) -> float:
 
 def visits_per_second(net: Any, post: Any, threads: int, visits: int) -> tuple[float, dict[str, Any]]:
     from agent.protocol.query import parse_query
+    from agent.protocol.replay import build_turns
     from agent.search.evaluator import NNEvaluator
     from agent.search.mcts import Search
     from agent.search.params import SearchParams
-    from agent.search.position import SearchState, build_turns
+    from agent.search.position import SearchState
 
     params = SearchParams(max_visits=visits, num_threads=threads)
     q = {"id": "bench", "moves": OPENING, "rules": "chinese", "komi": 7.5, "boardXSize": 19, "boardYSize": 19}

@@ -76,7 +76,6 @@ def run(
     net, _ = open_network(Path(model), [RuntimeEntry(runtime)], ModelStore(default_store_root()))
     engine = NativeEngine(
         net,
-        net.postprocess_params,
         default_params=SearchParams(num_threads=threads),
         randomize=False,
         seed=seed,

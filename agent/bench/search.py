@@ -105,7 +105,7 @@ def run_search_bench(
 
     params = SearchParams(max_visits=visits, num_threads=threads)
     batch = max(1, threads)
-    engine = NativeEngine(net, post, default_params=params, max_batch_size=batch, seed=1)
+    engine = NativeEngine(net, default_params=params, max_batch_size=batch, seed=1)
     service = AnalysisService(engine)
     finals: list[dict[str, Any]] = []
     finished = threading.Event()

@@ -197,7 +197,6 @@ def build_native_engine(
         print(f"WARNING: serving with a fallback: {report.summary()}", file=sys.stderr)
     return NativeEngine(
         net,
-        net.postprocess_params,
         default_params=settings["params"],
         num_analysis_threads=settings["num_analysis_threads"],
         max_batch_size=settings["max_batch_size"],

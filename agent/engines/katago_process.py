@@ -1,8 +1,9 @@
 """``KataGoEngine``: a supervised ``katago analysis`` child behind the ``Engine`` interface.
 
 Routing lives in ``agent.engines.katago_pending`` (internal ids, one final response per analysed
-turn). KataGo's warnings pass through; ``reports_own_warnings`` tells the ``AnalysisService`` not
-to add its own.
+turn). The child gets the query as the client sent it (``AnalysisQuery.raw``) and answers with its
+own JSON. KataGo's warnings pass through; ``reports_own_warnings`` tells the ``AnalysisService``
+not to add its own.
 
 Supervision (one thread, ``katago-supervisor``):
 
@@ -27,12 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.engines.base import Emit, Engine
+from agent.engines.base import AnalysisQuery, Emit, Engine
 from agent.engines.katago_binary import KataGoBinary, KataGoSettings, binary_from_path, find_katago
 from agent.engines.katago_child import KataGoChild
 from agent.engines.katago_config import prepare_config
 from agent.engines.katago_pending import Delivery, Pending, PendingTable
 from agent.errors import EngineError
+from agent.search.params import SearchParams
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +157,16 @@ class KataGoEngine(Engine):
             self._child = None
 
     # ------------------------------------------------------------------------------ Engine API
-    def submit(self, query: dict[str, Any], emit: Emit) -> None:
+    @property
+    def default_params(self) -> SearchParams:
+        """KataGo applies its own config; the service validates with the plain defaults."""
+        return SearchParams()
+
+    def submit(self, query: AnalysisQuery, emit: Emit) -> None:
+        self.submit_raw(query.raw, emit)
+
+    def submit_raw(self, query: dict[str, Any], emit: Emit) -> None:
+        """Send a query to the child as it is (validated by the caller)."""
         with self._lock:
             if self._draining or self._state not in ("running", "restarting"):
                 error = self._unavailable_message()
@@ -178,10 +189,7 @@ class KataGoEngine(Engine):
                 extra: dict[str, Any] = {} if turn_numbers is None else {"turnNumbers": turn_numbers}
                 self._send_action(child, "terminate", terminateId=p.key, **extra)
 
-    def terminate_all(self) -> None:
-        self.terminate_all_turns(None)
-
-    def terminate_all_turns(self, turn_numbers: list[int] | None) -> None:
+    def terminate_all(self, turn_numbers: list[int] | None = None) -> None:
         _deliver(self._table.drop_waiting(turn_numbers))
         child = self._child
         if child is not None:

@@ -30,16 +30,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.backends.base import NeuralNet
-from agent.engines.base import Emit, Engine
-from agent.errors import AgentError, EngineError, QueryError
+from agent.engines.base import AnalysisQuery, Emit, Engine
+from agent.errors import AgentError, EngineError
 from agent.game.state import GameState
-from agent.network.model import PostProcessParams
 from agent.search.evaluator import NNEvaluator
 from agent.search.mcts import Search
 from agent.search.node import Node
 from agent.search.params import SearchParams
-from agent.search.position import COLOR, SearchState, build_turns
-from agent.search.results import analysis_json
+from agent.search.position import COLOR, SearchState
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +56,7 @@ def _trim_heap() -> None:
 
 @dataclass
 class Task:
-    request: Any  # agent.protocol.query.AnalysisRequest
+    query: AnalysisQuery
     turn: int
     state: GameState
     emit: Emit
@@ -70,16 +68,16 @@ class Task:
 
     @property
     def id(self) -> str:
-        return str(self.request.id)
+        return self.query.id
 
 
 class NativeEngine(Engine):
-    """Our MCTS engine. ``net`` is any ``NeuralNet``; ``post`` its header's post-processing params."""
+    """Our MCTS engine over ``net``, any ``NeuralNet`` (its ``postprocess_params`` feed the
+    shared post-processing)."""
 
     def __init__(
         self,
         net: NeuralNet,
-        post: PostProcessParams,
         *,
         default_params: SearchParams | None = None,
         num_analysis_threads: int = 1,
@@ -92,10 +90,10 @@ class NativeEngine(Engine):
         tree_reuse: bool = True,
     ) -> None:
         self.net = net
-        self.default_params = default_params or SearchParams()
+        self._default_params = default_params or SearchParams()
         self.evaluator = NNEvaluator(
             net,
-            post,
+            net.postprocess_params,
             max_batch_size=max_batch_size,
             cache_size=cache_size,
             randomize=randomize,
@@ -124,26 +122,18 @@ class NativeEngine(Engine):
             t.start()
 
     # ------------------------------------------------------------------ Engine API
-    def submit(self, query: dict[str, Any], emit: Emit) -> None:
-        """Validate and queue a raw query dict (the service normally calls ``submit_request``)."""
-        from agent.protocol.query import parse_query
+    @property
+    def default_params(self) -> SearchParams:
+        return self._default_params
 
-        try:
-            request = parse_query(query, self.default_params)
-            turns, _ = build_turns(request)
-        except QueryError as exc:
-            emit({"id": query.get("id"), "field": exc.field or "", "error": str(exc)})
-            return
-        self.submit_request(request, turns, emit)
-
-    def submit_request(self, request: Any, turns: list[tuple[int, GameState]], emit: Emit) -> None:
+    def submit(self, query: AnalysisQuery, emit: Emit) -> None:
         with self._cv:
             if self._closing:
                 raise EngineError("engine is shutting down")
             self._counters["queries"] += 1
-            for turn, state in turns:
-                prio = int(request.priorities.get(turn, 0))
-                task = Task(request, turn, state, emit, prio)
+            for turn, state in query.turns:
+                prio = int(query.request.priorities.get(turn, 0))
+                task = Task(query, turn, state, emit, prio)
                 self._open.append(task)
                 heapq.heappush(self._heap, (-prio, next(self._seq), task))
                 self._counters["turns"] += 1
@@ -152,11 +142,8 @@ class NativeEngine(Engine):
     def terminate(self, query_id: str, turn_numbers: list[int] | None = None) -> None:
         self._terminate(lambda t: t.id == query_id and (turn_numbers is None or t.turn in turn_numbers))
 
-    def terminate_all(self) -> None:
-        self._terminate(lambda t: True)
-
-    def terminate_all_turns(self, turn_numbers: list[int]) -> None:
-        self._terminate(lambda t: t.turn in turn_numbers)
+    def terminate_all(self, turn_numbers: list[int] | None = None) -> None:
+        self._terminate(lambda t: turn_numbers is None or t.turn in turn_numbers)
 
     def clear_cache(self) -> None:
         """Drop the NN cache and the trees kept for reuse (as KataGo's ``clear_cache`` does), and
@@ -283,26 +270,8 @@ class NativeEngine(Engine):
                     task.search = None  # the tree lives on only in _kept (clear_cache drops it)
                 task = None  # nor this frame while it waits for the next task
 
-    def _response(self, task: Task, search: Search, during: bool) -> dict[str, Any] | None:
-        r = task.request
-        body = analysis_json(
-            search,
-            perspective=search.params.report_analysis_winrates_as,
-            pv_len=r.analysis_pv_len,
-            include_policy=r.include_policy,
-            include_ownership=r.include_ownership,
-            include_ownership_stdev=r.include_ownership_stdev,
-            include_moves_ownership=r.include_moves_ownership,
-            include_moves_ownership_stdev=r.include_moves_ownership_stdev,
-            include_pv_visits=r.include_pv_visits,
-            include_no_result_value=r.include_no_result_value,
-        )
-        if body is None:
-            return None
-        return {"id": task.id, "turnNumber": task.turn, "isDuringSearch": during, **body}
-
     def _make_search(self, task: Task, last: Search | None) -> Search:
-        r = task.request
+        r = task.query.request
         params = r.params
         avoid: dict[int, dict[int, int]] = {}
         root_state = SearchState(task.state)
@@ -332,16 +301,16 @@ class NativeEngine(Engine):
             terminated_early = task.status == TERMINATED
         if terminated_early:
             search.stop_event.set()
-        r = task.request
+        r = task.query.request
 
         def report(s: Search) -> None:
-            resp = self._response(task, s, True)
+            resp = task.query.render(s, task.turn, True)
             if resp is not None:
                 task.emit(resp)
 
         if not terminated_early:
             search.run(report if r.report_every is not None else None, r.report_every, r.first_report_after)
-        final = self._response(task, search, False) if search.root.weight > 0 else None
+        final = task.query.render(search, task.turn, False) if search.root.weight > 0 else None
         with self._cv:
             self._search_seconds += search.elapsed
             self._counters["visits"] += search.playouts

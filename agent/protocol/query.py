@@ -6,7 +6,7 @@ size first, then ``initialStones``, ``moves``, ``initialPlayer``, ``analyzeTurns
 and boolean options, ``priority``, ``avoidMoves``/``allowMoves``; the first failing check
 produces ``{"id", "field", "error"}`` and the query is dropped. Unknown top-level keys give a
 warning each (``{"id", "field", "warning"}``) and the query still runs. Move legality is
-checked afterwards by replaying the moves (``agent.search.position``), which reports
+checked afterwards by replaying the moves (``agent.protocol.replay``), which reports
 ``Illegal move N: LOC`` on field ``moves``.
 
 Messages are KataGo's exact strings where they are interface facts (clients match on
@@ -16,15 +16,14 @@ Messages are KataGo's exact strings where they are interface facts (clients matc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
+from agent.engines.base import XY, AnalysisRequest
 from agent.errors import CoordinateError, QueryError, RulesError
 from agent.game.coords import MAX_SIZE, parse_gtp_xy
 from agent.game.rules import Rules, komi_is_valid, parse_rules
 from agent.search.params import SearchParams, override_query_settings
 
-XY = tuple[int, int]
 MAX_PRIORITY = 0x3FFFFFFFFFFFFFFF
 MOVES_SHAPE = 'Must be an array of pairs of the form: ["b" or "w", GTP board vertex]'
 AVOID_SHAPE = "Must be a list of dicts with subfields 'player', 'moves', 'untilDepth'"
@@ -67,39 +66,6 @@ EXPECTED_KEYS = frozenset(
         "priorities",
     }
 )
-
-
-@dataclass(frozen=True)
-class AnalysisRequest:
-    """A validated query: everything needed to analyse its turns. Colours are "B" / "W"."""
-
-    id: str
-    x_size: int
-    y_size: int
-    initial_stones: tuple[tuple[str, XY], ...]
-    moves: tuple[tuple[str, XY | None], ...]
-    initial_player: str | None
-    rules: Rules
-    analyze_turns: tuple[int, ...]
-    priorities: dict[int, int]
-    params: SearchParams
-    analysis_pv_len: int = 15
-    include_ownership: bool = False
-    include_ownership_stdev: bool = False
-    include_moves_ownership: bool = False
-    include_moves_ownership_stdev: bool = False
-    include_policy: bool = False
-    include_pv_visits: bool = False
-    include_no_result_value: bool = False
-    report_every: float | None = None
-    first_report_after: float | None = None
-    # per colour: {xy or None(pass): untilDepth}; for allowMoves every other point is listed
-    avoid: dict[str, dict[XY | None, int]] = field(default_factory=dict)
-    warnings: tuple[tuple[str, str], ...] = ()  # (field, message)
-
-    @property
-    def perspective(self) -> str:
-        return self.params.report_analysis_winrates_as
 
 
 def finals_expected(query: dict[str, Any]) -> int:

@@ -1,13 +1,9 @@
 """Positions as the search sees them: a thin layer over ``agent.game.GameState``.
 
-* ``build_turns(request)`` replays a validated query like ``katago analysis`` does: initial
-  stones, the initial player (first mover, else White when Black has handicap stones), a move by
-  the player not to move clears the history, moves only need to be *tolerantly* legal (empty
-  point, not single-stone suicide); a failure is ``Illegal move N: LOC`` on field ``moves``.
-  It returns one ``GameState`` snapshot per analysed turn plus rules warnings.
-* ``SearchState`` wraps a ``GameState`` with what the tree needs: policy-index moves
-  (``y * x_size + x``, pass = ``x_size * y_size``), the legal mask, the NN cache key, the V7
-  encoding with the analysis-engine root options, and the final score of a finished game.
+``SearchState`` wraps a ``GameState`` with what the tree needs: policy-index moves
+(``y * x_size + x``, pass = ``x_size * y_size``), the legal mask, the NN cache key, the V7
+encoding with the analysis-engine root options, and the final score of a finished game. (A
+query is replayed into ``GameState`` snapshots by ``agent.protocol.replay``.)
 
 Analysis-engine evaluation options (``../shared/reference/README.md`` §6): with
 ``ignorePreRootHistory`` the root is encoded with no move history and nodes below it only see
@@ -17,63 +13,19 @@ a pass would end the game, and the root's pass child does not end the game.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from agent.errors import IllegalMoveError, QueryError
 from agent.game.area import calculate_area
-from agent.game.board import BLACK, WHITE, Board
+from agent.game.board import BLACK, WHITE
 from agent.game.coords import PASS_LOC
-from agent.game.rules import supported_rules
 from agent.game.state import GameState
 from agent.network.postprocess import RowContext
 from agent.search.params import SearchParams
 
-if TYPE_CHECKING:
-    from agent.protocol.query import AnalysisRequest
-
 COLOR = {"B": BLACK, "W": WHITE}
 COLOR_NAME = {BLACK: "B", WHITE: "W"}
-
-
-def _num_handicap_on_board(board: Board) -> int:
-    nb = sum(1 for loc in board.geo.all_locs() if board.color[loc] == BLACK)
-    nw = sum(1 for loc in board.geo.all_locs() if board.color[loc] == WHITE)
-    return 0 if nw or nb <= 1 else nb
-
-
-def build_turns(request: AnalysisRequest) -> tuple[list[tuple[int, GameState]], list[tuple[str, str]]]:
-    """Replay the query; ``[(turn, state)]`` for the analysed turns, and rules warnings."""
-    rules, msgs = supported_rules(request.rules)
-    warnings = [("rules", m) for m in msgs]
-    board = Board(request.x_size, request.y_size)
-    geo = board.geo
-    for color, stone in request.initial_stones:
-        if stone is not None:
-            board.color[geo.loc(*stone)] = COLOR[color]
-    board.rebuild()
-    if request.initial_player is not None:
-        pla = COLOR[request.initial_player]
-    elif request.moves:
-        pla = COLOR[request.moves[0][0]]
-    else:
-        pla = WHITE if _num_handicap_on_board(board) > 0 else BLACK
-    state = GameState(board, pla, rules)
-    wanted = set(request.analyze_turns)
-    out: list[tuple[int, GameState]] = []
-    for turn in range(len(request.moves) + 1):
-        if turn in wanted:
-            out.append((turn, state.copy()))
-        if turn >= len(request.moves):
-            break
-        color, xy = request.moves[turn]
-        loc = PASS_LOC if xy is None else geo.loc(*xy)
-        try:
-            state.play_move(loc, COLOR[color], move_index=turn)
-        except IllegalMoveError as exc:
-            raise QueryError(f"Illegal move {turn}: {geo.to_gtp(loc)}", "moves") from exc
-    return out, warnings
 
 
 class SearchState:

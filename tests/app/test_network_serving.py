@@ -17,6 +17,7 @@ from edge_fixtures import model_file
 
 from agent.app.config import load_config
 from agent.app.startup import build_engine, make_plan
+from agent.protocol.service import analysis_query
 
 pytestmark = [pytest.mark.needs_models, pytest.mark.slow]
 
@@ -160,7 +161,7 @@ def test_serve__each_entry_forced_by_the_config_serves_its_own_artifact(
             assert Path(serving["file"]).parent == model_store.root / runtime
             assert serving["verify"]["status"] == "passed" and serving["verify"]["positions"] >= 16
         responses: list[dict[str, Any]] = []
-        engine.submit({**QUERY, "maxVisits": 3}, responses.append)
+        engine.submit(analysis_query({**QUERY, "maxVisits": 3}, engine.default_params), responses.append)
         deadline = time.monotonic() + 120
         while not any(r.get("isDuringSearch") is False for r in responses):
             assert time.monotonic() < deadline, responses

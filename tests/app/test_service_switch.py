@@ -15,7 +15,6 @@ from agent.app.thermal import ThermalGuard
 from agent.backends.fake import FakeNet
 from agent.engines.native import NativeEngine
 from agent.errors import EngineError
-from agent.network.model import PostProcessParams
 from agent.profiles import ThermalSettings
 from agent.protocol.service import AnalysisService
 from agent.search.params import SearchParams
@@ -42,7 +41,6 @@ class Finals:
 def service() -> Any:
     engine = NativeEngine(
         FakeNet(),
-        PostProcessParams(model_version=15, policy_channels=2),
         default_params=SearchParams(max_visits=40),
         randomize=False,
         seed=3,

@@ -7,7 +7,6 @@ from typing import Any
 
 from agent.backends.fake import FakeNet
 from agent.engines.native import NativeEngine
-from agent.network.model import PostProcessParams
 from agent.search.params import SearchParams
 
 
@@ -34,7 +33,6 @@ class Collector:
 def make_engine(max_visits: int = 20, **kw: Any) -> NativeEngine:
     return NativeEngine(
         FakeNet(),
-        PostProcessParams(model_version=15, policy_channels=2),
         default_params=SearchParams(max_visits=max_visits),
         randomize=False,
         seed=7,

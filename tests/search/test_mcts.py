@@ -14,12 +14,13 @@ from agent.backends.fake import FakeNet
 from agent.engines.native import NativeEngine
 from agent.network.model import PostProcessParams
 from agent.protocol.query import parse_query
-from agent.protocol.service import AnalysisService
+from agent.protocol.replay import build_turns
+from agent.protocol.response import analysis_json
+from agent.protocol.service import AnalysisService, analysis_query
 from agent.search.evaluator import NNEvaluator
 from agent.search.mcts import Search
 from agent.search.params import SearchParams
-from agent.search.position import SearchState, build_turns
-from agent.search.results import analysis_json
+from agent.search.position import SearchState
 
 POST = PostProcessParams(model_version=15, policy_channels=2)
 
@@ -57,7 +58,7 @@ class Sink:
 
 def engine(**kw: Any) -> NativeEngine:
     params = kw.pop("params", SearchParams(max_visits=30))
-    return NativeEngine(FakeNet(), POST, default_params=params, randomize=False, seed=5, **kw)
+    return NativeEngine(FakeNet(), default_params=params, randomize=False, seed=5, **kw)
 
 
 def test_mcts__visits_reach_limit_and_edges_add_up() -> None:
@@ -132,7 +133,7 @@ def test_mcts__allow_moves_restricts_the_root() -> None:
 
 def test_mcts__report_during_search_then_one_final() -> None:
     net = FakeNet(delay=0.002)
-    eng = NativeEngine(net, POST, default_params=SearchParams(max_visits=150), randomize=False)
+    eng = NativeEngine(net, default_params=SearchParams(max_visits=150), randomize=False)
     svc = AnalysisService(eng)
     sink = Sink()
     svc.handle_line(json.dumps(query(reportDuringSearchEvery=0.05)), sink)
@@ -170,7 +171,7 @@ def test_mcts__conservative_pass_keeps_the_root_pass_child_alive() -> None:
 
 def test_mcts__priorities_run_higher_first() -> None:
     net = FakeNet(delay=0.003)
-    eng = NativeEngine(net, POST, default_params=SearchParams(max_visits=20), randomize=False)
+    eng = NativeEngine(net, default_params=SearchParams(max_visits=20), randomize=False)
     svc = AnalysisService(eng)
     order: list[str] = []
 
@@ -430,7 +431,6 @@ def test_mcts__concurrent_one_thread_searches_still_batch_through_the_evaluator(
     params = SearchParams(max_visits=60)
     eng = NativeEngine(
         FakeNet(delay=0.01),
-        POST,
         default_params=params,
         randomize=False,
         seed=5,
@@ -440,7 +440,12 @@ def test_mcts__concurrent_one_thread_searches_still_batch_through_the_evaluator(
     sink = Sink()
     try:
         for qid, extra in (("a", "D4"), ("b", "F6")):
-            eng.submit(query(id=qid, moves=[["B", "E5"], ["W", "C3"], ["B", extra]], maxVisits=60), sink)
+            eng.submit(
+                analysis_query(
+                    query(id=qid, moves=[["B", "E5"], ["W", "C3"], ["B", extra]], maxVisits=60), params
+                ),
+                sink,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len([r for r in sink.items if not r.get("isDuringSearch")]) < 2:
             time.sleep(0.05)

@@ -30,9 +30,7 @@ pytestmark = [pytest.mark.needs_models, pytest.mark.slow]
 def b10_engine(models_dir: Path, model_store: Any) -> Iterator[NativeEngine]:
     pytest.importorskip("onnxruntime")
     net = open_model(model_file(models_dir, "b10c384"), model_store)
-    eng = NativeEngine(
-        net, net.postprocess_params, default_params=SearchParams(max_visits=1), randomize=False, seed=3
-    )
+    eng = NativeEngine(net, default_params=SearchParams(max_visits=1), randomize=False, seed=3)
     yield eng
     eng.close()
 

@@ -8,7 +8,6 @@ import tracemalloc
 
 from agent.backends.fake import FakeNet
 from agent.engines.native import NativeEngine
-from agent.network.model import PostProcessParams
 from agent.protocol.service import AnalysisService
 from agent.search.params import SearchParams
 
@@ -21,7 +20,6 @@ QUERY = (
 def test_search_memory__bytes_per_visit_measured_and_clear_cache_releases_the_kept_tree():
     engine = NativeEngine(
         FakeNet(),
-        PostProcessParams(model_version=15, policy_channels=2),
         default_params=SearchParams(max_visits=600),
         randomize=False,
         seed=1,

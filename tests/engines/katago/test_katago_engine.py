@@ -98,8 +98,8 @@ def test_service__katago_warnings_pass_through_once(shared_engine: KataGoEngine)
 
 def test_engine__same_client_id_from_two_clients_routed_apart(shared_engine: KataGoEngine) -> None:
     a, b = Collector(), Collector()
-    shared_engine.submit(query_9x9("same", [("B", "C3")], visits=2), a)
-    shared_engine.submit(query_9x9("same", [("B", "G7"), ("W", "C3")], visits=2), b)
+    shared_engine.submit_raw(query_9x9("same", [("B", "C3")], visits=2), a)
+    shared_engine.submit_raw(query_9x9("same", [("B", "G7"), ("W", "C3")], visits=2), b)
     assert a.wait_finals(["same"], 60) and b.wait_finals(["same"], 60)
     assert len(a.finals()) == 1 and len(b.finals()) == 1
     assert a.finals()[0]["rootInfo"]["currentPlayer"] == "W"
@@ -109,7 +109,7 @@ def test_engine__same_client_id_from_two_clients_routed_apart(shared_engine: Kat
 def test_engine__analyze_turns_each_get_one_final(shared_engine: KataGoEngine) -> None:
     out = Collector()
     moves = [("B", "E5"), ("W", "C3"), ("B", "G3")]
-    shared_engine.submit(query_9x9("turns", moves, visits=2, analyzeTurns=[0, 2, 3]), out)
+    shared_engine.submit_raw(query_9x9("turns", moves, visits=2, analyzeTurns=[0, 2, 3]), out)
     assert out.wait(lambda: len(out.finals()) >= 3, 60)
     assert sorted(r["turnNumber"] for r in out.finals()) == [0, 2, 3]
     assert shared_engine.stats()["pending"] == 0
@@ -137,7 +137,7 @@ def test_engine_from_settings__daemon_entry_point(
     try:
         assert engine.describe()["config"].startswith(str(tmp_path / "configs"))
         out = Collector()
-        engine.submit(query_9x9("d", [("B", "E5")], visits=2), out)
+        engine.submit_raw(query_9x9("d", [("B", "E5")], visits=2), out)
         assert out.wait_finals(["d"], 60)
         assert "moveInfos" in out.finals("d")[0]
     finally:

@@ -83,7 +83,7 @@ def test_bad_model__clear_error_with_katago_stderr(katago_binary: KataGoBinary, 
     assert "KataGo v1.18.1" in message  # the stderr tail itself
     assert engine.stats()["state"] == "failed"
     out = Collector()
-    engine.submit(query_9x9("x", []), out)
+    engine.submit_raw(query_9x9("x", []), out)
     assert out.responses == [{"id": "x", "error": "KataGo engine failed: " + message}]
 
 
@@ -104,7 +104,7 @@ def test_crash_loop__restart_budget_stops_it(
     engine = KataGoEngine(katago_binary, model, settings).start()
     try:
         out = Collector()
-        engine.submit(query_9x9("doomed", [("B", "E5")], visits=1_000_000), out)
+        engine.submit_raw(query_9x9("doomed", [("B", "E5")], visits=1_000_000), out)
         model.unlink()  # every restart now exits at start
         os.kill(engine.stats()["pid"], signal.SIGKILL)
         assert out.wait_finals(["doomed"], 60)
@@ -114,7 +114,7 @@ def test_crash_loop__restart_budget_stops_it(
         stats = engine.stats()
         assert stats["state"] == "failed" and stats["restarts"] == 3 and stats["pid"] is None
         later = Collector()
-        engine.submit(query_9x9("later", []), later)
+        engine.submit_raw(query_9x9("later", []), later)
         assert "KataGo engine failed" in later.responses[0]["error"]
     finally:
         engine.close()
@@ -130,7 +130,7 @@ def test_hang__quiet_search_pinged_stopped_child_killed(
         # a healthy search with no partial reports is silent for longer than the limit; pings
         # (query_version, answered at once by KataGo's input thread) keep it alive
         start = time.monotonic()
-        engine.submit(
+        engine.submit_raw(
             query_9x9("quiet", [("B", "E5")], visits=1_000_000, overrideSettings={"maxTime": 3.5}), out
         )
         assert out.wait_finals(["quiet"], 60)
@@ -138,11 +138,11 @@ def test_hang__quiet_search_pinged_stopped_child_killed(
         assert engine.stats()["restarts"] == 0
         # a stopped child answers nothing: killed after hang_timeout_s, the query re-sent
         pid = engine.stats()["pid"]
-        engine.submit(query_9x9("stuck", [("B", "C3")], visits=16), out)
+        engine.submit_raw(query_9x9("stuck", [("B", "C3")], visits=16), out)
         os.kill(pid, signal.SIGSTOP)
         # more than a pipe buffer for a child that reads nothing: submit must not block
         start = time.monotonic()
-        engine.submit(query_9x9("big", [("B", "D4")], visits=2, padding="x" * 300_000), out)
+        engine.submit_raw(query_9x9("big", [("B", "D4")], visits=2, padding="x" * 300_000), out)
         assert time.monotonic() - start < 0.5
         assert out.wait_finals(["stuck", "big"], 60)
         assert [r["field"] for r in out.responses if r.get("id") == "big" and "warning" in r] == ["padding"]
@@ -159,8 +159,8 @@ def test_close__in_flight_query_gets_its_final_response(
 ) -> None:
     engine = KataGoEngine(katago_binary, b6_model, fast_settings(tmp_path)).start()
     out = Collector()
-    engine.submit(query_9x9("open", [("B", "E5")], visits=1_000_000, reportDuringSearchEvery=0.1), out)
-    engine.submit(query_9x9("short", [("B", "C3")], visits=8), out)
+    engine.submit_raw(query_9x9("open", [("B", "E5")], visits=1_000_000, reportDuringSearchEvery=0.1), out)
+    engine.submit_raw(query_9x9("short", [("B", "C3")], visits=8), out)
     assert out.wait(lambda: len(out.responses) >= 1, 60)
     pid = engine.stats()["pid"]
     start = time.monotonic()
@@ -173,7 +173,7 @@ def test_close__in_flight_query_gets_its_final_response(
     assert engine.stats()["state"] == "stopped"
     assert _wait(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 5.0)
     after = Collector()
-    engine.submit(query_9x9("late", []), after)
+    engine.submit_raw(query_9x9("late", []), after)
     assert after.responses == [{"id": "late", "error": "KataGo engine is stopped"}]
 
 
@@ -191,7 +191,7 @@ def test_query_timeout__old_query_terminated_with_its_result(
     try:
         out = Collector()
         start = time.monotonic()
-        engine.submit(query_9x9("endless", [("B", "E5")], visits=1_000_000), out)
+        engine.submit_raw(query_9x9("endless", [("B", "E5")], visits=1_000_000), out)
         assert out.wait_finals(["endless"], 30)
         assert 1.0 <= time.monotonic() - start < 10.0
         (final,) = out.finals("endless")

@@ -67,13 +67,11 @@ def instant(query: dict[str, Any], emit: Any) -> None:
 def native_service() -> Any:
     from agent.backends.fake import FakeNet
     from agent.engines.native import NativeEngine
-    from agent.network.model import PostProcessParams
     from agent.protocol.service import AnalysisService
     from agent.search.params import SearchParams
 
     engine = NativeEngine(
         FakeNet(),
-        PostProcessParams(model_version=15, policy_channels=2),
         default_params=SearchParams(max_visits=1),
     )
     return AnalysisService(engine)

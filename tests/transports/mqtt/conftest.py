@@ -78,7 +78,6 @@ def make_service() -> Iterator[Callable[..., Any]]:
     """D's AnalysisService over the native engine and the deterministic fake network."""
     from agent.backends.fake import FakeNet
     from agent.engines.native import NativeEngine
-    from agent.network.model import PostProcessParams
     from agent.protocol.service import AnalysisService
     from agent.search.params import SearchParams
 
@@ -87,7 +86,6 @@ def make_service() -> Iterator[Callable[..., Any]]:
     def make(delay: float = 0.002, max_visits: int = 20, name: str = "fake") -> AnalysisService:
         engine = NativeEngine(
             FakeNet(delay=delay, name=name),
-            PostProcessParams(model_version=15, policy_channels=2),
             default_params=SearchParams(max_visits=max_visits),
             randomize=False,
             seed=7,
