@@ -13,6 +13,8 @@ profile  status ``profile``; engine = status ``engine`` / ``runtime``
 serving  the network runtime/precision that serves (status ``serving`` / health ``network``);
          ``FALLBACK`` when it is not the profile's first choice (health ``network.fallbacks``
          has each reason)
+network  the network's file name and sha256 (status ``deployment.current``), its verify result
+deploy   the last deployment and its state (``fleet deploy``: pending ... active, failed)
 temp     hottest thermal zone (health ``temperatures``), else the thermal guard's reading
 throttle Raspberry Pi throttling conditions active now (health ``throttling.now``)
 cpu/mem  health ``cpu.percent`` and ``memory.used_percent``
@@ -123,6 +125,7 @@ def summarize(view: DeviceView, now: float, stale_after_s: float) -> dict[str, A
         "engine": status.get("engine") or status.get("runtime") or _first(health, "agent.engine"),
         "serving": _serving(status, health),
         "fallbacks": _fallbacks(health),
+        **_network(status, health),
         "temperature_c": temperature,
         "throttled": throttled,
         "cpu_percent": _num(_first(health, "cpu.percent", "device.cpu.percent", "cpu_percent")),
@@ -143,6 +146,24 @@ def _serving(status: dict[str, Any], health: dict[str, Any]) -> str | None:
         return None
     via = f" via {serving['provider']}" if serving.get("provider") else ""
     return f"{serving['runtime']}/{serving.get('precision')}{via}"
+
+
+def _network(status: dict[str, Any], health: dict[str, Any]) -> dict[str, Any]:
+    """Network name and sha256, verify result and deployment state (``agent.app.deployment``)."""
+    deployment = status.get("deployment") or health.get("deployment") or {}
+    current = deployment.get("current") or {}
+    serving = status.get("serving") or _first(health, "network.serving") or {}
+    verify = serving.get("verify") if isinstance(serving, dict) else None
+    state = f"{deployment.get('id')} {deployment.get('state')}" if deployment.get("id") else None
+    if state and deployment.get("state") == "downloading" and deployment.get("progress") is not None:
+        state += f" {100 * deployment['progress']:.0f}%"
+    return {
+        "network": current.get("network") or (str(status.get("network") or "").rsplit("/", 1)[-1] or None),
+        "network_sha256": current.get("sha256"),
+        "verify": verify.get("status") if isinstance(verify, dict) else None,
+        "deployment": state,
+        "deployment_error": deployment.get("error"),
+    }
 
 
 def _fallbacks(health: dict[str, Any]) -> list[dict[str, Any]]:

@@ -44,6 +44,8 @@ def render_table(rows: list[dict[str, Any]], warn_temp: float = 70.0, hot_temp: 
         "profile",
         "engine",
         "serving",
+        "network",
+        "deploy",
         "temp",
         "throttle",
         "cpu",
@@ -81,6 +83,8 @@ def render_table(rows: list[dict[str, Any]], warn_temp: float = 70.0, hot_temp: 
             _fmt(r["profile"]),
             _fmt(r["engine"]),
             _serving_cell(r),
+            _network_cell(r),
+            _deploy_cell(r),
             f"[{temp_style}]{_fmt(temp, '.1f', ' °C')}[/]" if temp_style else _fmt(temp, ".1f", " °C"),
             f"[red]{throttle_text}[/]" if throttle_text != "-" else throttle_text,
             _fmt(r["cpu_percent"], ".0f", "%"),
@@ -103,10 +107,25 @@ def _serving_cell(row: dict[str, Any]) -> str:
     return text
 
 
+def _network_cell(row: dict[str, Any]) -> str:
+    name, sha = row.get("network"), row.get("network_sha256")
+    text = _fmt(name) + (f" {sha[:8]}" if sha else "")
+    return f"{text} [red]verify {row['verify']}[/]" if row.get("verify") == "failed" else text
+
+
+def _deploy_cell(row: dict[str, Any]) -> str:
+    state = row.get("deployment")
+    if not state:
+        return "-"
+    if state.endswith(" failed"):
+        return f"[bold red]{state}[/]"
+    return f"[green]{state}[/]" if state.endswith(" active") else f"[cyan]{state}[/]"
+
+
 def wide_console() -> Console:
-    """A console at least 170 columns wide: the 13 columns must not fold on pipes / narrow terminals."""
+    """A console at least 200 columns wide: the 15 columns must not fold on pipes / narrow terminals."""
     console = Console()
-    console.width = max(console.width, 170)
+    console.width = max(console.width, 200)
     return console
 
 

@@ -1,0 +1,157 @@
+"""Fleet rollouts end to end: real Mosquitto, real daemons (``katago-edge serve``) serving b6c96,
+``katago-edge fleet serve-model`` as the local http server, and ``katago-edge fleet deploy |
+deployments | rollback`` as the operator runs them."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from edge_fixtures import model_file
+from fleet_support import QUERY, Device, EventLog, Mosquitto, cli, spawn_cli, wait_until
+
+from agent.transports.mqtt.client import MqttRequester
+from agent.transports.mqtt.settings import MqttSettings
+
+pytestmark = [pytest.mark.needs_models, pytest.mark.needs_mosquitto, pytest.mark.slow]
+
+
+def serve_model(file: Path, log: Path) -> tuple[Any, str, str]:
+    """``katago-edge fleet serve-model FILE`` on a free loopback port: (process, url, sha256)."""
+    proc = spawn_cli("fleet", "serve-model", str(file), "--listen", "127.0.0.1:0", log=log)
+    text = wait_until(lambda: "sha256 " in log.read_text() and log.read_text(), 30, "serve-model started")
+    url = re.search(r"serving \S+: (\S+)", text)
+    sha = re.search(r"sha256 ([0-9a-f]{64})", text)
+    assert url and sha, text
+    return proc, url.group(1), sha.group(1)
+
+
+class QueryLoad:
+    """Analysis requests over MQTT to some devices, one after another per device, until stopped:
+    they run while the devices swap networks. Every request must end with exactly one final."""
+
+    def __init__(self, port: int, devices: list[str]) -> None:
+        self.requester = MqttRequester(MqttSettings(host="127.0.0.1", port=port))
+        self.requester.connect(10)
+        self.devices = devices
+        self.stop = threading.Event()
+        self.sent: list[bytes] = []
+        self.threads = [threading.Thread(target=self._run, args=(d,), daemon=True) for d in devices]
+
+    def start(self) -> QueryLoad:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def _run(self, device: str) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            query = {**QUERY, "id": f"{device}-{n}", "maxVisits": 24, "reportDuringSearchEvery": 0.05}
+            corr = self.requester.send(f"katago/{device}/analysis/request", query, expiry_s=300)
+            self.sent.append(corr)
+            self.requester.wait(corr, 120)
+
+    def finish(self) -> list[list[dict[str, Any]]]:
+        self.stop.set()
+        for t in self.threads:
+            t.join(150)
+        wait_until(lambda: True, 1, "late duplicates")  # a second final would arrive by now
+        out = [self.requester.pending(c).responses for c in self.sent]
+        self.requester.close()
+        return out
+
+
+def broker_args(broker: Mosquitto) -> list[str]:
+    return ["--broker", f"127.0.0.1:{broker.port}"]
+
+
+def test_rollout__canary_then_the_rest__queries_across_the_swap__late_device__deployments__rollback(
+    models_dir: Path, short_tmp: Path, broker: Mosquitto
+) -> None:
+    b6, b7 = model_file(models_dir, "b6c96"), model_file(models_dir, "b7c96-cnorm")
+    server, url, sha = serve_model(b7, short_tmp / "serve-model.log")
+    devices = {d: Device(short_tmp, d, broker, b6) for d in ("d1", "d2", "d3")}
+    events = EventLog(broker.port)
+    try:
+        for d in ("d1", "d2"):
+            devices[d].start()
+        for d in ("d1", "d2"):
+            devices[d].wait_ready()
+        old_name = devices["d1"].model_name()
+        load = QueryLoad(broker.port, ["d1", "d2"]).start()
+        wait_until(lambda: len(load.sent) >= 4, 60, "queries running")
+        deploy = cli(
+            "fleet", "deploy", url, "--sha256", sha, "--device", "d1", "d2", "d3", "--canary", "1",
+            "--id", "dep-b7", "--timeout", "400", *broker_args(broker),
+        )  # fmt: skip
+        answers = load.finish()
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        print(deploy.stdout)
+        assert "canary: d1" in deploy.stdout
+        assert "2 active, 0 failed, 1 offline" in deploy.stdout  # d3 was not started yet
+
+        # the canary went through every step before d2 got anything
+        assert events.states("d1", "dep-b7") == ["pending", "downloading", "verifying", "preparing", "active"]
+        assert events.states("d2", "dep-b7")[-1] == "active"
+        d1_active = max(e["ts"] for e in events.of("d1", "dep-b7") if e["state"] == "active")
+        assert min(e["ts"] for e in events.of("d2", "dep-b7")) > d1_active
+
+        # every query sent across the swap: exactly one final, no error
+        assert len(answers) >= 6
+        for responses in answers:
+            finals = [r for r in responses if r.get("isDuringSearch") is False]
+            assert len(finals) == 1 and not any("error" in r for r in responses), responses
+
+        new_name = devices["d1"].model_name()
+        assert new_name != old_name and devices["d2"].model_name() == new_name
+        for d in ("d1", "d2"):
+            health = devices[d].health_answer()
+            assert health["deployment"]["state"] == "active"
+            assert health["deployment"]["current"] == {
+                "network": b7.name,
+                "sha256": sha,
+                "deployment": "dep-b7",
+            }
+            assert health["deployment"]["previous"]["network"] == b6.name
+            assert health["network"]["serving"]["runtime"] == "onnx"
+            assert devices[d].analyse()["rootInfo"]["visits"] >= 4
+
+        # a device started only after the deploy picks the retained desired state up
+        devices["d3"].start().wait_ready()
+        wait_until(lambda: devices["d3"].deployment().get("state") == "active", 300, "d3 active")
+        assert devices["d3"].model_name() == new_name
+
+        listing = cli("fleet", "deployments", "--json", *broker_args(broker))
+        assert listing.returncode == 0, listing.stderr
+        (record,) = json.loads(listing.stdout)["deployments"]
+        assert record["id"] == "dep-b7" and record["state"] == "done" and record["canary"] == ["d1"]
+        assert {d: s["state"] for d, s in record["devices"].items()} == dict.fromkeys(
+            ("d1", "d2", "d3"), "active"
+        )
+
+        table = cli("fleet", "--json", "--once", *broker_args(broker))
+        rows = {r["device"]: r for r in json.loads(table.stdout)["devices"]}
+        assert rows["d1"]["network"] == b7.name and rows["d1"]["network_sha256"] == sha
+        assert rows["d1"]["deployment"] == "dep-b7 active"
+
+        rollback = cli("fleet", "rollback", "dep-b7", *broker_args(broker), "--timeout", "300")
+        assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+        print(rollback.stdout)
+        assert "3 rolled back, 0 failed" in rollback.stdout
+        for d in ("d1", "d2", "d3"):
+            assert devices[d].model_name() == old_name
+            dep = devices[d].deployment()
+            assert dep["state"] == "rolled_back" and dep["id"] == "dep-b7", dep
+            assert dep["current"]["network"] == b6.name
+        assert "downloading" not in events.states("d1", dep["rolled_back_by"])  # the kept copy served
+    finally:
+        events.close()
+        for device in devices.values():
+            device.stop()
+        server.terminate()
+        server.wait(10)
