@@ -23,6 +23,7 @@ from agent.app.config import AgentConfig, find_config, load_config
 from agent.errors import AgentError, ConfigError
 from agent.hardware import Hardware, probe_hardware
 from agent.hardware.runtimes import probe_runtimes
+from agent.models.fetch import hidden_from_unit
 from agent.profiles import (
     Profile,
     apply_overrides,
@@ -291,6 +292,9 @@ def _check_agent_config(path: Path, profiles: list[Profile]) -> list[str]:
     overrides = dict(getattr(config, "overrides", {}) or {})
     if forced and forced not in by_name:
         problems.append(f"{path}: profile {forced!r} does not exist (have: {', '.join(sorted(by_name))})")
+    hidden = hidden_from_unit(Path(config.model)) if config.model and "/" in config.model else None
+    if hidden:  # fine for `serve` run by hand; the installed service would not find it
+        print(f"WARN {path}: model: {hidden}", file=sys.stderr)
     targets = [by_name[forced]] if forced in by_name else profiles
     if overrides:
         for profile in targets:

@@ -65,6 +65,23 @@ def offline_hint(source: str, target: Path) -> str:
     )
 
 
+# Folders the installed unit cannot see (systemd/katago-edge.service: ProtectHome=yes, PrivateTmp=yes).
+UNIT_HIDDEN = (Path("/home"), Path("/root"), Path("/run/user"), Path("/tmp"), Path("/var/tmp"))
+
+
+def hidden_from_unit(path: Path) -> str | None:
+    """Why the systemd-run agent cannot read ``path`` (None: nothing in the unit hides it)."""
+    absolute = Path(os.path.abspath(path.expanduser()))
+    for folder in UNIT_HIDDEN:
+        if absolute == folder or folder in absolute.parents:
+            how = "ProtectHome=yes" if folder.parts[1] in ("home", "root", "run") else "PrivateTmp=yes"
+            return (
+                f"{absolute} is under {folder}, which the katago-edge service does not see ({how} in its "
+                f"unit): `sudo katago-edge fetch-model {absolute}` copies it into the agent's model store"
+            )
+    return None
+
+
 def fetch_model(
     source: str | Path,
     dest_dir: Path | None = None,
@@ -97,8 +114,10 @@ def fetch_model(
         if cand.is_file():
             _check_sha(cand, expected, str(cand))
             return cand
+    hidden = hidden_from_unit(path) if path.is_absolute() and os.environ.get("INVOCATION_ID") else None
     raise ModelStoreError(
         f"network {text!r} not found: give a path, an http(s) URL, 'katrain', or a name in {dest}"
+        + (f" ({hidden})" if hidden else "")
     )
 
 

@@ -103,6 +103,23 @@ def test_check_config__agent_config_file(capsys: pytest.CaptureFixture[str], tmp
     assert "[overrides] do not fit profile" in capsys.readouterr().err
 
 
+def test_check_config__model_under_home_warns_that_the_service_cannot_see_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('model = "/home/pi/nets/b6c96.bin.gz"\n')
+    assert cli.run(["check-config", str(config)]) == 0  # a warning: `serve` by hand can read it
+    err = capsys.readouterr().err
+    assert (
+        f"WARN {config}: model: /home/pi/nets/b6c96.bin.gz is under /home, which the katago-edge "
+        "service does not see (ProtectHome=yes in its unit): `sudo katago-edge fetch-model "
+        "/home/pi/nets/b6c96.bin.gz` copies it into the agent's model store"
+    ) in err
+    config.write_text('model = "/var/lib/katago-edge/models/b6c96.bin.gz"\n')
+    assert cli.run(["check-config", str(config)]) == 0
+    assert "WARN" not in capsys.readouterr().err
+
+
 def test_detect__runtimes_listed_with_problems(capsys: pytest.CaptureFixture[str]) -> None:
     out = _detect_json(capsys, "--root", str(FIXTURES / "arm64-rock-5b"))
     runtimes = {r["name"]: r for r in out["hardware"]["runtimes"]}

@@ -138,6 +138,21 @@ def test_fetch__as_root_the_file_belongs_to_the_state_folders_owner(
     assert (tmp_path / "mine" / "tiny-net.bin.gz").stat().st_uid == 0
 
 
+def test_fetch__missing_file_under_tmp_under_systemd_says_the_unit_hides_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = Path("/tmp/katago-edge-test-absent/net.bin.gz")
+    monkeypatch.setenv("INVOCATION_ID", "0123")  # what systemd sets for a unit's processes
+    with pytest.raises(
+        ModelStoreError, match=r"under /tmp, which the katago-edge service does not see \(PrivateTmp"
+    ):
+        fetch_model(missing, tmp_path / "store")
+    monkeypatch.delenv("INVOCATION_ID")
+    with pytest.raises(ModelStoreError) as plain:
+        fetch_model(missing, tmp_path / "store")
+    assert "service" not in str(plain.value)
+
+
 @pytest.fixture
 def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "www"
