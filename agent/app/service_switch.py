@@ -9,8 +9,8 @@ error (``{"id", "error"}``) until the device cools; above the soft limit ``maxVi
 at the guard's reduced visit cap. Actions (``terminate``, ``query_version``...) always pass, so a
 client can still stop work on a hot device. The profile's ``max_visits`` holds in every state: a
 larger ``maxVisits`` is clamped with a warning (``{"id", "field": "maxVisits", "warning"}``).
-In the normal state lines without ``"maxVisits"`` pass through untouched (nothing is parsed
-twice).
+A line is decoded once, with the protocol's size and nesting limits in every thermal state
+(``agent.protocol.decode``), and the decoded query goes on to the service.
 
 One action is the daemon's own: ``{"id": ..., "action": "query_health"}`` answers with the
 daemon's health document (``{"id", "action": "query_health", "health": {...}}``), what
@@ -19,20 +19,19 @@ daemon's health document (``{"id", "action": "query_health", "health": {...}}``)
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from agent.errors import EngineError
-from agent.transports.session import Response
+from agent.app.thermal import ThermalGuard
+from agent.engines.base import Emit, Response
+from agent.errors import EngineError, UndecodableRequest
+from agent.protocol.decode import decode
 
 logger = logging.getLogger(__name__)
 
-HEALTH_ACTION = '"query_health"'
-VISITS_KEY = '"maxVisits"'
 SELF_TEST = {
     "id": "katago-edge-self-test",
     "moves": [["B", "D4"]],
@@ -44,11 +43,20 @@ SELF_TEST = {
 }
 
 
+class Service(Protocol):
+    """What the switch delegates to (``agent.protocol.service.AnalysisService``)."""
+
+    def handle_query(self, query: Any, emit: Emit) -> None: ...
+
+
 class ServiceSwitch:
     """Delegates to ``current`` (an ``AnalysisService``); applies the thermal guard if set."""
 
     def __init__(
-        self, service: Any, guard: Any = None, health: Callable[[], dict[str, Any]] | None = None
+        self,
+        service: Service,
+        guard: ThermalGuard | None = None,
+        health: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.current = service
         self.guard = guard
@@ -61,31 +69,18 @@ class ServiceSwitch:
             return "normal"
         return str(self.guard.status.state)
 
-    def handle_line(self, line: str, emit: Any) -> None:
-        if self.health is not None and HEALTH_ACTION in line and self._health(line, emit):
-            return
-        if self._state() in ("normal", "unknown") and (self.guard is None or VISITS_KEY not in line):
-            self.current.handle_line(line, emit)  # no visit count asked: the profile's default holds
+    def handle_line(self, line: str | bytes, emit: Emit) -> None:
+        """One line: decoded once (limits hold in every state), then ``handle_query``."""
+        if not line.strip():
             return
         try:
-            query = json.loads(line)
-        except (ValueError, RecursionError):
-            self.current.handle_line(line, emit)  # the service answers with KataGo's error
+            query = decode(line)
+        except UndecodableRequest as exc:
+            emit({"error": str(exc)})
             return
         self.handle_query(query, emit)
 
-    def _health(self, line: str, emit: Any) -> bool:
-        """Answer a ``query_health`` action; False when the line is something else."""
-        try:
-            query = json.loads(line)
-        except (ValueError, RecursionError):
-            return False
-        if not isinstance(query, dict) or query.get("action") != "query_health" or self.health is None:
-            return False
-        emit({"id": query.get("id"), "action": "query_health", "health": self.health()})
-        return True
-
-    def handle_query(self, query: Any, emit: Any) -> None:
+    def handle_query(self, query: Any, emit: Emit) -> None:
         if self.health is not None and isinstance(query, dict) and query.get("action") == "query_health":
             emit({"id": query.get("id"), "action": "query_health", "health": self.health()})
             return
@@ -100,7 +95,7 @@ class ServiceSwitch:
             return
         self.current.handle_query(self._cap(query, emit, hot), emit)
 
-    def _cap(self, query: dict[str, Any], emit: Any, hot: bool) -> dict[str, Any]:
+    def _cap(self, query: dict[str, Any], emit: Emit, hot: bool) -> dict[str, Any]:
         """The profile's ``max_visits`` always holds (the guard's reduced cap while hot): a larger
         ``maxVisits`` (top level or in ``overrideSettings``) is clamped, with a KataGo-style
         warning ``{"id", "field": "maxVisits", "warning"}``; the query still runs."""
@@ -131,13 +126,13 @@ class ProgressWatch:
 
     def __init__(self, stall_s: float) -> None:
         self.stall_s = stall_s
-        self._rows: Any = None
+        self._rows: int | None = None
         self._since = 0.0
 
     def alive(self, stats: dict[str, Any], now: float) -> bool:
         rows, running = stats.get("nn_rows"), stats.get("running")
         if not isinstance(rows, int) or not running:
-            self._rows, self._since = rows, now
+            self._rows, self._since = rows if isinstance(rows, int) else None, now
             return True
         if rows != self._rows:
             self._rows, self._since = rows, now
@@ -145,7 +140,7 @@ class ProgressWatch:
         return now - self._since < self.stall_s
 
 
-def self_test(service: Any, timeout: float) -> float:
+def self_test(service: Service, timeout: float) -> float:
     """Send one tiny query; return the seconds it took. ``EngineError`` unless it is answered."""
     done = threading.Event()
     result: dict[str, Any] = {}

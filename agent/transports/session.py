@@ -1,7 +1,8 @@
 """What the local transports (Unix socket, WebSocket) share: a client session and a loop thread.
 
-A :class:`ClientSession` is one connected client. It feeds the client's lines to the
-``AnalysisService`` and sends every response back as one JSON text. Two clients may both use the
+A :class:`ClientSession` is one connected client. It decodes each of the client's lines once
+(``agent.protocol.decode``: size, UTF-8 and nesting bounded), hands the decoded query to the
+``AnalysisService`` (``handle_query``) and sends every response back as one JSON text. Two clients may both use the
 id ``QUERY:1`` (KaTrain numbers its queries from 1 for every engine it starts), while the engine
 sees one id space. So the session gives each query an internal id (a tag unique to the connection,
 a sequence number, the client's id) and maps it back in the responses.
@@ -16,7 +17,7 @@ Scope: ``terminate`` and ``terminate_all`` reach only the client's own queries (
 from one KaTrain window must not stop another's). When a client goes away, its queries are
 terminated, so a closed KaTrain window does not keep a Pi busy.
 
-Input must be UTF-8: an undecodable line gets KataGo's parse error and is not analysed.
+Input must be UTF-8 JSON: an undecodable line gets KataGo's parse error and is not analysed.
 
 A :class:`LoopThread` runs one asyncio event loop in a named thread. Engines emit responses from
 their own threads, and ``call_soon_threadsafe`` hands each response to the loop.
@@ -34,28 +35,34 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from agent.engines.base import Emit, Response
+from agent.errors import UndecodableRequest
+from agent.protocol.decode import decode
 from agent.protocol.query import finals_expected
 from agent.protocol.service import TURNS_ERROR
 
 logger = logging.getLogger(__name__)
 
-Response = dict[str, Any]
 SHUTTING_DOWN = "katago-edge is shutting down; not taking new queries"
 MAX_INFLIGHT = 4
 MAX_QUERIES = 1000
 
 
-class LineService(Protocol):
-    """The part of ``agent.protocol.service.AnalysisService`` the transports use."""
+class QueryService(Protocol):
+    """The part of ``agent.protocol.service.AnalysisService`` the local transports use: a query
+    the session decoded once goes to ``handle_query``; a line the session cannot route (not
+    JSON, not an object, no string id) goes to ``handle_line``, which writes KataGo's error."""
 
-    def handle_line(self, line: str, emit: Callable[[Response], None]) -> None: ...
+    def handle_query(self, query: Any, emit: Emit) -> None: ...
+
+    def handle_line(self, line: str, emit: Emit) -> None: ...
 
 
 @dataclass
 class _Query:
     client_id: str
     remaining: int  # final responses still to come
-    line: str  # as handed to the service (internal id)
+    query: dict[str, Any]  # as handed to the service (internal id)
     submitted: bool = False
 
 
@@ -68,7 +75,7 @@ class ClientSession:
 
     def __init__(
         self,
-        service: LineService,
+        service: QueryService,
         send: Callable[[str], None],
         name: str,
         *,
@@ -97,28 +104,22 @@ class ClientSession:
 
     def feed_raw(self, raw: bytes) -> None:
         """One line as bytes: invalid UTF-8 gets KataGo's parse error, never a replaced text."""
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            shown = raw[:200].decode("utf-8", "backslashreplace").strip()
-            message = (
-                f"[json.exception.parse_error] invalid UTF-8 ({exc.reason} at byte {exc.start})"
-                f" - could not parse input line as json request: {shown}"
-            )
-            self._deliver(json.dumps({"error": message}))
-            return
-        self.feed_line(line)
+        self.feed_line(raw)
 
-    def feed_line(self, line: str) -> None:
+    def feed_line(self, line: str | bytes) -> None:
         """Handle one protocol line from the client (blank lines are ignored, like KataGo)."""
         if not line.strip():
             return
         try:
-            query = json.loads(line)
-        except (ValueError, RecursionError):
+            query = decode(line)
+        except UndecodableRequest as exc:
+            if exc.kind == "utf8":  # never a replaced text, not even in the error path
+                self._deliver(json.dumps({"error": str(exc)}))
+                return
             query = None
         if not isinstance(query, dict) or not isinstance(query.get("id"), str):
-            self._service.handle_line(line, self._emit)  # the service writes KataGo's error
+            text = line.decode("utf-8") if isinstance(line, bytes) else line
+            self._service.handle_line(text, self._emit)  # the service writes KataGo's error
             return
         if not self.accepting:
             self._deliver(json.dumps({"id": query["id"], "error": SHUTTING_DOWN}))
@@ -133,14 +134,14 @@ class ClientSession:
         query["id"] = internal
         finals = finals_expected(query)
         if "action" in query or finals == 0:  # "analyzeTurns": [] is answered by nothing, as KataGo
-            self._service.handle_line(json.dumps(query), self._emit)
+            self._service.handle_query(query, self._emit)
             return
         with self._lock:
             if len(self._queries) >= self._max_queries:
                 refused = True
             else:
                 refused = False
-                self._queries[internal] = _Query(client_id, finals, json.dumps(query))
+                self._queries[internal] = _Query(client_id, finals, query)
                 self._held.append(internal)
         if refused:
             self._deliver(
@@ -167,8 +168,8 @@ class ClientSession:
                     continue
                 query.submitted = True
                 self._inflight += 1
-                line = query.line
-            self._service.handle_line(line, self._emit)
+                held = query.query
+            self._service.handle_query(held, self._emit)
 
     def _terminate(self, query: dict[str, Any]) -> None:
         """``terminate`` / ``terminate_all`` of this client's own queries only; KataGo's echo."""
@@ -183,22 +184,22 @@ class ClientSession:
             return
         with self._lock:
             own = [i for i, q in self._queries.items() if target is None or q.client_id == target]
-            late: list[str] = []  # held ones enter the engine to be terminated there (exact turns)
+            late: list[dict[str, Any]] = []  # held ones enter the engine, to end there (exact turns)
             for internal in own:
                 entry = self._queries[internal]
                 if not entry.submitted:
                     entry.submitted = True
                     self._inflight += 1
-                    late.append(entry.line)
+                    late.append(entry.query)
             if late:
                 gone = set(own)
                 self._held = deque(i for i in self._held if i not in gone)
-        for line in late:
-            self._service.handle_line(line, self._emit)
+        for held in late:
+            self._service.handle_query(held, self._emit)
         turns = {"turnNumbers": query["turnNumbers"]} if "turnNumbers" in query else {}
         for internal in own:
             stop = {"id": self.tag + "terminate", "action": "terminate", "terminateId": internal, **turns}
-            self._service.handle_line(json.dumps(stop), lambda _response: None)
+            self._service.handle_query(stop, lambda _response: None)
         self._deliver(json.dumps(query, separators=(",", ":")))
 
     def _emit(self, response: Response | str | bytes) -> None:
@@ -253,7 +254,7 @@ class ClientSession:
             self._inflight = 0
         for internal in running:
             terminate = {"id": self.tag + "closed", "action": "terminate", "terminateId": internal}
-            self._service.handle_line(json.dumps(terminate), lambda _response: None)
+            self._service.handle_query(terminate, lambda _response: None)
         if running or dropped:
             logger.info(
                 "%s closed; terminated %d running queries, dropped %d waiting",

@@ -1,7 +1,7 @@
 """The local transports against a small line service: id namespacing, terminate on close, origin check.
 
-The service here is the transport's own interface (``handle_line(line, emit)``) answering from a
-worker thread like an engine does; the daemon tests run the same transports over the real engine.
+The service here is the transport's own interface (``handle_query(query, emit)``: the session
+decodes each line once) answering from a worker thread like an engine does; the daemon tests run the same transports over the real engine.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class ThreadedEchoService:
         except ValueError:
             emit({"error": "Could not parse json"})
             return
+        self.handle_query(query, emit)
+
+    def handle_query(self, query: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
         self.seen.append(query)
         if query.get("action") == "terminate":
             self.terminated.append(query["terminateId"])
@@ -188,7 +191,10 @@ def test_session__pending_counts_one_final_per_analysed_turn() -> None:
             self.lines: list[dict[str, Any]] = []
 
         def handle_line(self, line: str, emit: Callable[[dict[str, Any]], None]) -> None:
-            self.lines.append(json.loads(line))
+            self.handle_query(json.loads(line), emit)
+
+        def handle_query(self, query: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
+            self.lines.append(dict(query))
             emits.append(emit)
 
     service = Holding()
@@ -251,7 +257,9 @@ class HoldingService:
         self.lock = threading.Lock()
 
     def handle_line(self, line: str, emit: Callable[[dict[str, Any]], None]) -> None:
-        query = json.loads(line)
+        self.handle_query(json.loads(line), emit)
+
+    def handle_query(self, query: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
         if query.get("action") == "terminate":
             with self.lock:
                 self.terminated.append(query["terminateId"])

@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 
 from agent.errors import TransportError
-from agent.transports.session import ClientSession, LineService, LoopThread
+from agent.transports.session import ClientSession, LoopThread, QueryService
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def _remove_stale(path: Path) -> None:
 class UnixSocketTransport:
     """Serves ``service`` on a Unix stream socket from its own event-loop thread."""
 
-    def __init__(self, service: LineService, path: Path, mode: int = 0o660) -> None:
+    def __init__(self, service: QueryService, path: Path, mode: int = 0o660) -> None:
         self._service = service
         self.path = path
         self._mode = mode

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from agent.errors import TransportError
-from agent.transports.session import ClientSession, LineService, LoopThread
+from agent.transports.session import ClientSession, LoopThread, QueryService
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class WebSocketTransport:
 
     def __init__(
         self,
-        service: LineService,
+        service: QueryService,
         host: str,
         port: int,
         max_message_bytes: int = 1 << 20,

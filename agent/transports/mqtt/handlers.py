@@ -2,7 +2,8 @@
 
 A request arrives as an :class:`Incoming` (what paho gave us, copied into plain types) and is
 decoded by :func:`decode_request` into either a :class:`Request` (a KataGo query plus where to
-reply) or a :class:`Rejection` (a KataGo-shaped error and, when one exists, where to send it).
+reply) or a :class:`Rejection` (a KataGo-shaped error and, when one exists, where to send it). The
+payload is decoded once, by the protocol's ``decode`` (size, UTF-8, nesting bounded).
 
 Where replies go:
 
@@ -27,6 +28,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.engines.base import Response
+from agent.errors import UndecodableRequest
+from agent.protocol.decode import decode, not_an_object
 from agent.protocol.query import finals_expected
 from agent.transports.mqtt.topics import check_publish_topic
 
@@ -52,7 +56,6 @@ __all__ = [
 REPLY_TOPIC_KEY = "replyTopic"
 """Payload key naming the reply topic for MQTT 3.1.1 clients (no Response Topic property)."""
 
-Response = dict[str, Any]
 Ack = Callable[[], None]
 """Acknowledges one received QoS 1 request to the broker (MQTT PUBACK); called exactly once."""
 
@@ -147,31 +150,15 @@ def decode_request(
     health and request topics)."""
     reply = _reply_target(msg, reply_check)
     size = len(msg.payload)
-    if size > max_payload_bytes:
-        err = error_response(f"payload too large: {size} bytes, limit {max_payload_bytes}")
-        return Rejection(err, reply, "oversize")
     try:
-        text = msg.payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return Rejection(
-            error_response(f"payload is not valid UTF-8: {exc.reason} at byte {exc.start}"),
-            reply,
-            "malformed",
-        )
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        err = error_response(
-            f"[json.exception.parse_error] {exc} - could not parse input line as json request: {text[:200]}"
-        )
-        return Rejection(err, reply, "malformed")
+        obj = decode(msg.payload, max_payload_bytes)
+    except UndecodableRequest as exc:
+        if exc.kind == "oversize":
+            return Rejection(error_response(str(exc)), reply, "oversize")
+        message = f"payload is not valid UTF-8: {exc.detail}" if exc.kind == "utf8" else str(exc)
+        return Rejection(error_response(message), reply, "malformed")
     if not isinstance(obj, dict):
-        shown = json.dumps(obj)[:200]
-        return Rejection(
-            error_response("Request line was valid json but was not an object, ignoring: " + shown),
-            reply,
-            "malformed",
-        )
+        return Rejection(error_response(not_an_object(obj)), reply, "malformed")
     if REPLY_TOPIC_KEY in obj:
         fallback = obj.pop(REPLY_TOPIC_KEY)
         if reply is None:
@@ -189,10 +176,6 @@ def decode_request(
         return Rejection(error_response("no reply topic", qid), None, "no_reply_topic")
     deadline = None if msg.expiry_s is None else msg.received + msg.expiry_s
     return Request(obj, reply, msg.received, deadline, size)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def is_terminal(query: dict[str, Any], response: Response) -> bool | None:
