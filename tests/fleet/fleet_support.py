@@ -63,14 +63,14 @@ def cli(
 
 
 def spawn_cli(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    out = log.open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent.cli.main", *args],
-        env=base_env(),
-        cwd=REPO,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent.cli.main", *args],
+            env=base_env(),
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 class Device:
