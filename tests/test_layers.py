@@ -27,10 +27,7 @@ FLOOR = {
 SIDEWAYS = {("hardware", "game"), ("game", "hardware"), ("profiles", "network"), ("fleet", "bench"),
             ("bench", "fleet")}  # fmt: skip
 KNOWN_UPWARD: set[tuple[str, str]] = set()
-KNOWN_CYCLES = {
-    "agent.fleet.monitor -> agent.fleet.view -> agent.fleet.monitor",
-    "agent.search.mcts -> agent.search.speculate -> agent.search.mcts",
-}
+KNOWN_CYCLES: set[str] = set()
 
 
 def _imports(path: Path, *, top_level_only: bool = False) -> list[tuple[int, str]]:

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
@@ -22,8 +22,13 @@ from rich.table import Table
 from agent.errors import QueryError, TransportError
 from agent.transports.mqtt.settings import MqttSettings
 
-if TYPE_CHECKING:
-    from agent.fleet.monitor import FleetMonitor
+
+class FleetRows(Protocol):
+    """What the live table reads of ``agent.fleet.monitor.FleetMonitor`` (which imports this
+    module for its commands, so this one does not import it back)."""
+
+    def rows(self, stale_after_s: float = 90.0) -> list[dict[str, Any]]: ...
+
 
 EXIT_TIMEOUT = 3
 _STATE_STYLE = {"online": "green", "stale": "yellow", "offline": "red", "stopped": "dim", "unknown": "dim"}
@@ -129,7 +134,7 @@ def wide_console() -> Console:
     return console
 
 
-def run_live(monitor: FleetMonitor, args: argparse.Namespace) -> None:
+def run_live(monitor: FleetRows, args: argparse.Namespace) -> None:
     from rich.live import Live
 
     table = render_table(monitor.rows(args.stale_after), args.warn_temp, args.hot_temp)

@@ -58,19 +58,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from agent.backends.base import Cancel, NNInputs, NNOutputs
 from agent.game.symmetry import apply_symmetry
 from agent.network.postprocess import RowContext
-
-if TYPE_CHECKING:
-    from agent.search.evaluator import Pending
-    from agent.search.mcts import Search
-    from agent.search.node import Node
-    from agent.search.position import SearchState
+from agent.search.evaluator import NNEvaluator, Pending
+from agent.search.node import Node
+from agent.search.params import SearchParams
+from agent.search.position import SearchState
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +80,7 @@ SAMPLES = 8  # prediction times kept; their median decides (one cold first leaf 
 REMEASURE_EVERY = 16  # while idle for that reason, still predict once in this many evaluations
 
 
-Walk = tuple[list[tuple["Node", int]], list[tuple["Node", int]], frozenset[int]]
+Walk = tuple[list[tuple[Node, int]], list[tuple[Node, int]], frozenset[int]]
 
 
 @dataclass(frozen=True)
@@ -94,6 +92,31 @@ class Prepared:
     spatial: np.ndarray
     global_: np.ndarray
     ctx: RowContext
+
+
+class SpeculatedSearch(Protocol):
+    """What the speculator uses of its ``agent.search.mcts.Search``: declared here, so that the
+    search imports the speculator and not the other way round."""
+
+    @property
+    def evaluator(self) -> NNEvaluator: ...
+
+    @property
+    def params(self) -> SearchParams: ...
+
+    @property
+    def lock(self) -> threading.Lock: ...
+
+    @property
+    def inflight_path(self) -> list[tuple[Node, int]]: ...
+
+    def expand_deferred(self) -> None: ...
+
+    def peek_leaf(self, path: list[tuple[Node, int]] | None = None) -> Node | None: ...
+
+    def peek_leaf_neutral(self, path: list[tuple[Node, int]]) -> Node | None: ...
+
+    def prepare(self, state: SearchState) -> Prepared: ...
 
 
 class _Job:
@@ -124,7 +147,7 @@ class Speculator:
     """The helper of one ``Search`` (started with ``start``, ended with ``stop``); the search
     passes ``on_wait`` and ``runner`` to each leaf's ``NNEvaluator.evaluate``."""
 
-    def __init__(self, search: Search) -> None:
+    def __init__(self, search: SpeculatedSearch) -> None:
         self.search = search
         self.net = search.evaluator.net
         self.pipelined = self.net.make_cancel() is not None
