@@ -317,7 +317,9 @@ def _busy_percent(before: Any, after: Any) -> float:
     total_delta = total(after) - total(before)
     if total_delta <= 0:
         return 0.0
-    idle = (after.idle - before.idle) + (getattr(after, "iowait", 0.0) - getattr(before, "iowait", 0.0))
+    idle = float(after.idle - before.idle) + float(
+        getattr(after, "iowait", 0.0) - getattr(before, "iowait", 0.0)
+    )
     return round(max(0.0, min(100.0, 100.0 * (1.0 - idle / total_delta))), 1)
 
 
