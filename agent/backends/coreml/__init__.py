@@ -1,0 +1,1 @@
+"""Core ML export (``.mlpackage``): builder, structural check, prediction seam (coremltools)."""
