@@ -12,8 +12,10 @@
    reason (``NetworkReport``: health, ``katago-edge status``, the fleet table). ``fake`` (or
    ``fake:delay=SECONDS``) selects the deterministic fake network of ``agent.backends.fake``: no
    file, for tests and dry runs.
-3. **Engine.** The native engine runs our search over the loaded net; ``katago`` supervises a
-   KataGo binary. The engine is wrapped in the ``AnalysisService`` every transport shares.
+3. **Engine.** ``assemble_engine``, the one place an engine is built (for the daemon, for
+   ``katago-edge analysis`` and for the benchmarks): the native engine runs our search over the
+   net the model store prepared; ``katago`` supervises a KataGo binary. The engine is wrapped in
+   the ``AnalysisService`` every transport shares.
 
 Each step that can fail raises an ``AgentError`` whose message says what to do, because the
 daemon prints exactly that one line and exits.
@@ -32,6 +34,7 @@ from agent.backends.base import NeuralNet
 from agent.backends.fake import FakeNet
 from agent.backends.registry import runtime_for_file
 from agent.engines.base import Engine
+from agent.engines.katago_binary import KataGoSettings
 from agent.engines.katago_process import engine_from_settings
 from agent.engines.native import NativeEngine
 from agent.errors import ConfigError, ModelStoreError
@@ -39,7 +42,7 @@ from agent.hardware import Hardware, probe_hardware
 from agent.hardware.runtimes import probe_runtimes
 from agent.models.fetch import fetch_model
 from agent.models.serving import NetworkReport, RuntimeEntry, open_network
-from agent.models.store import ModelStore
+from agent.models.store import ModelStore, default_store_root
 from agent.profiles import Profile
 from agent.progress import NO_PROGRESS, ProgressFactory
 from agent.protocol.service import AnalysisService
@@ -187,17 +190,95 @@ def model_store(config: AgentConfig) -> ModelStore:
     return ModelStore(config.artifact_store_dir)
 
 
-def load_net(
-    config: AgentConfig, plan: Plan, progress: Progress, prepare: ProgressFactory = NO_PROGRESS
-) -> tuple[NeuralNet, NetworkReport | None]:
-    """Load the network with the first runtime of the plan that can serve it, and say which."""
-    fake = parse_fake(config.model or "")
-    if fake is not None:
-        return FakeNet(seed=int(fake.get("seed", 1)), delay=fake.get("delay", 0.0)), None
-    source = fetch_network(config, progress, plan)
-    progress(f"preparing the network ({', '.join(e.label for e in plan.runtimes)})")
-    return open_network(
-        source, plan.runtimes, model_store(config), progress=prepare, thresholds=dict(plan.verify)
+def _quiet(_text: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class EngineRecipe:
+    """How to build an engine, whoever asks: the daemon (from its plan), ``katago-edge analysis``
+    (from a KataGo ``.cfg``) or a benchmark. ``runtimes`` are tried in order by the model store;
+    the ``katago*`` fields only matter to ``kind="katago"``."""
+
+    kind: str = "native"  # "native" | "katago"
+    runtimes: tuple[RuntimeEntry, ...] = (RuntimeEntry("onnx", "fp32"), RuntimeEntry("numpy", "fp32"))
+    thresholds: tuple[tuple[str, tuple[tuple[str, str, float], ...]], ...] = ()  # verify overrides
+    params: SearchParams = field(default_factory=SearchParams)
+    num_analysis_threads: int = 1
+    max_batch_size: int = 8
+    cache_size: int = 1 << 16
+    randomize: bool = True
+    seed: int | None = None
+    model_name: str | None = None
+    katago: KataGoSettings = field(default_factory=KataGoSettings)
+    katago_config: Path | None = None
+    katago_overrides: tuple[tuple[str, str], ...] = ()
+
+
+def assemble_engine(
+    network: Path | NeuralNet,
+    recipe: EngineRecipe,
+    store: ModelStore | None = None,
+    *,
+    progress: Progress = _quiet,
+    prepare: ProgressFactory = NO_PROGRESS,
+    cache_dir: Path | None = None,
+) -> tuple[Engine, NetworkReport | None]:
+    """The one engine assembly: ``network`` (a network file, or a net already loaded: the fake
+    one, a benchmark's) and ``recipe`` -> the engine, and the report of what serves (None for a
+    net handed in). A file goes through ``store`` (built, verified, cached once; default: the
+    user's model store). ``cache_dir``: where a KataGo engine keeps its binary and config."""
+    if recipe.kind == "katago":
+        if not isinstance(network, Path):
+            raise ConfigError("the KataGo engine needs a network file, not a loaded net")
+        progress("starting the KataGo binary")
+        katago = engine_from_settings(
+            recipe.katago,
+            network,
+            cache_dir=cache_dir,
+            config_path=recipe.katago_config,
+            override_config=dict(recipe.katago_overrides),
+        )
+        report = NetworkReport(
+            RuntimeEntry("katago", ""),
+            {"runtime": "katago", "precision": None, "provider": None, "file": str(network)},
+        )
+        return katago, report
+    served: NetworkReport | None = None
+    if isinstance(network, NeuralNet):
+        net = network
+    else:
+        progress(f"preparing the network ({', '.join(e.label for e in recipe.runtimes)})")
+        net, served = open_network(
+            network,
+            list(recipe.runtimes),
+            store or ModelStore(default_store_root()),
+            progress=prepare,
+            thresholds=dict(recipe.thresholds),
+        )
+    engine = NativeEngine(
+        net,
+        default_params=recipe.params,
+        num_analysis_threads=recipe.num_analysis_threads,
+        max_batch_size=recipe.max_batch_size,
+        cache_size=recipe.cache_size,
+        randomize=recipe.randomize,
+        seed=recipe.seed,
+        model_name=recipe.model_name,
+    )
+    return engine, served
+
+
+def recipe_for(config: AgentConfig, plan: Plan) -> EngineRecipe:
+    """The daemon's recipe: the plan's engine, runtimes, threads and caps."""
+    return EngineRecipe(
+        kind=plan.engine,
+        runtimes=plan.runtimes,
+        thresholds=plan.verify,
+        params=SearchParams(max_visits=plan.default_visits, num_threads=plan.threads),
+        max_batch_size=plan.batch_size,
+        cache_size=plan.cache_size,
+        katago=config.katago,
     )
 
 
@@ -206,24 +287,20 @@ def build_engine(
 ) -> tuple[Engine, NetworkReport | None]:
     """The engine the plan asks for (native search over the net, or a supervised KataGo), and the
     report of what serves."""
-    if plan.engine == "katago":
-        source = fetch_network(config, progress, plan)
-        progress("starting the KataGo binary")
-        katago: Engine = engine_from_settings(config.katago, source, cache_dir=config.cache_dir / "katago")
-        report = NetworkReport(
-            RuntimeEntry("katago", ""),
-            {"runtime": "katago", "precision": None, "provider": None, "file": str(source)},
-        )
-        return katago, report
-    net, served = load_net(config, plan, progress, prepare)
-    params = SearchParams(max_visits=plan.default_visits, num_threads=plan.threads)
-    engine = NativeEngine(
-        net,
-        default_params=params,
-        max_batch_size=plan.batch_size,
-        cache_size=plan.cache_size,
+    fake = parse_fake(config.model or "")
+    network: Path | NeuralNet
+    if fake is not None and plan.engine != "katago":
+        network = FakeNet(seed=int(fake.get("seed", 1)), delay=fake.get("delay", 0.0))
+    else:
+        network = fetch_network(config, progress, plan)
+    return assemble_engine(
+        network,
+        recipe_for(config, plan),
+        model_store(config),
+        progress=progress,
+        prepare=prepare,
+        cache_dir=config.cache_dir / "katago",
     )
-    return engine, served
 
 
 def build_service(engine: Engine) -> AnalysisService:

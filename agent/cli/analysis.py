@@ -28,11 +28,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.app.startup import EngineRecipe, assemble_engine
 from agent.backends.registry import RUNTIME_NAMES
-from agent.engines.native import NativeEngine
+from agent.engines.base import Engine
+from agent.engines.katago_binary import KataGoSettings
 from agent.errors import ConfigError, ModelStoreError
-from agent.models.serving import RuntimeEntry, open_network
-from agent.models.store import ModelStore, default_store_root
+from agent.models.serving import RuntimeEntry
+from agent.models.store import ModelStore
 from agent.progress import ProgressDisplay
 from agent.search.params import ENGINE_KEYS, SearchParams, cfg_keys, with_overrides
 
@@ -185,19 +187,15 @@ def runtime_entries(runtime: str | None, precision: str) -> list[RuntimeEntry]:
 
 def build_native_engine(
     model: str, entries: list[RuntimeEntry], settings: dict[str, Any], store: ModelStore | None = None
-) -> NativeEngine:
+) -> Engine:
     """Our search over ``model``: a KataGo network prepared through the model store (built and
     verified once), or a converted file (``.onnx``, ``.tflite``, ``.engine``) served as it is."""
     path = Path(model).expanduser()
     if not path.is_file():
         raise ModelStoreError(f"{model}: no such network file")
-    with ProgressDisplay(f"preparing {path.name}") as prepare:
-        net, report = open_network(path, entries, store or ModelStore(default_store_root()), progress=prepare)
-    if report.fell_back:
-        print(f"WARNING: serving with a fallback: {report.summary()}", file=sys.stderr)
-    return NativeEngine(
-        net,
-        default_params=settings["params"],
+    recipe = EngineRecipe(
+        runtimes=tuple(entries),
+        params=settings["params"],
         num_analysis_threads=settings["num_analysis_threads"],
         max_batch_size=settings["max_batch_size"],
         cache_size=settings["cache_size"],
@@ -205,12 +203,27 @@ def build_native_engine(
         seed=settings["seed"],
         model_name=path.name,
     )
+    with ProgressDisplay(f"preparing {path.name}") as prepare:
+        engine, report = assemble_engine(path, recipe, store, prepare=prepare)
+    if report is not None and report.fell_back:
+        print(f"WARNING: serving with a fallback: {report.summary()}", file=sys.stderr)
+    return engine
 
 
-def build_katago_engine(args: argparse.Namespace) -> Any:
-    from agent.engines.katago_process import KataGoEngine
-
-    return KataGoEngine.from_command_line(args)
+def build_katago_engine(args: argparse.Namespace) -> Engine:
+    """``--engine katago [--katago PATH]``: the real binary over ``-model``, with ``-config`` and
+    ``-override-config`` (``-analysis-threads`` as ``numAnalysisThreads``) handed to KataGo."""
+    overrides = parse_overrides(args.override_config or [])
+    if args.analysis_threads:
+        overrides["numAnalysisThreads"] = str(args.analysis_threads)
+    recipe = EngineRecipe(
+        kind="katago",
+        katago=KataGoSettings(binary=Path(args.katago) if args.katago else None),
+        katago_config=Path(args.config) if args.config else None,
+        katago_overrides=tuple(overrides.items()),
+    )
+    engine, _ = assemble_engine(Path(args.model), recipe)
+    return engine
 
 
 def command_analysis(args: argparse.Namespace) -> int:

@@ -20,7 +20,6 @@ Supervision (one thread, ``katago-supervisor``):
 
 from __future__ import annotations
 
-import argparse
 import collections
 import logging
 import threading
@@ -80,25 +79,6 @@ class KataGoEngine(Engine):
         self._last_exit = ""
 
     # ------------------------------------------------------------------------------ lifecycle
-    @classmethod
-    def from_command_line(cls, args: argparse.Namespace) -> KataGoEngine:
-        """``katago-edge analysis --engine katago [--katago PATH] -model M [-config C] ...``, started."""
-        settings = KataGoSettings()
-        overrides: dict[str, str] = {}
-        for item in getattr(args, "override_config", None) or []:
-            for part in str(item).split(","):
-                if part.strip():
-                    key, sep, value = part.partition("=")
-                    if not sep:
-                        raise EngineError(f"-override-config: expected k=v, got {part.strip()!r}")
-                    overrides[key.strip()] = value.strip()
-        if getattr(args, "analysis_threads", None):
-            overrides["numAnalysisThreads"] = str(args.analysis_threads)
-        katago = getattr(args, "katago", None)
-        binary = find_katago(Path(katago) if katago else None, download=settings.download)
-        config = Path(args.config) if getattr(args, "config", None) else None
-        return cls(binary, Path(args.model), settings, config, overrides).start()
-
     def start(self) -> KataGoEngine:
         """Write the config, start the child, read version and models; raises ``EngineError``."""
         with self._lock:
@@ -406,16 +386,22 @@ class KataGoEngine(Engine):
 
 
 def engine_from_settings(
-    settings: KataGoSettings, model: Path | str, cache_dir: Path | None = None
+    settings: KataGoSettings,
+    model: Path | str,
+    cache_dir: Path | None = None,
+    config_path: Path | None = None,
+    override_config: dict[str, str] | None = None,
 ) -> KataGoEngine:
-    """The daemon's way in: find the binary as ``settings`` say, then build and start the engine.
+    """The one way in (``agent.app.startup.assemble_engine``, for the daemon and ``analysis``):
+    find the binary as ``settings`` say, then build and start the engine. ``config_path``: the
+    user's own KataGo ``.cfg``; ``override_config``: ``-override-config`` keys on top.
 
     ``cache_dir`` (the agent's cache folder) is used when ``settings.cache_dir`` is unset.
     """
     if settings.cache_dir is None and cache_dir is not None:
         settings = settings.model_copy(update={"cache_dir": cache_dir})
     binary = find_katago(settings.binary, settings.resolved_cache_dir(), download=settings.download)
-    return KataGoEngine(binary, Path(model), settings).start()
+    return KataGoEngine(binary, Path(model), settings, config_path, override_config).start()
 
 
 def _cause(tail: list[str]) -> str:
