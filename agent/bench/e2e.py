@@ -40,8 +40,8 @@ def _timed(send: Callable[[dict[str, Any]], None], query: dict[str, Any]) -> flo
 
 
 def run_e2e(model: Path, *, broker: str | None = None, queries: int = QUERIES) -> dict[str, Any]:
+    from agent.app.startup import EngineRecipe, assemble_engine
     from agent.backends.registry import load_net
-    from agent.engines.native import NativeEngine
     from agent.protocol.service import AnalysisService
     from agent.search.params import SearchParams
     from agent.transports.local.unix_socket import UnixSocketTransport
@@ -50,7 +50,7 @@ def run_e2e(model: Path, *, broker: str | None = None, queries: int = QUERIES) -
         net = load_net(model, runtime="onnx")
     except RuntimeUnavailable:
         net = load_net(model, runtime="numpy")
-    engine = NativeEngine(net, default_params=SearchParams(max_visits=1), seed=1)
+    engine, _ = assemble_engine(net, EngineRecipe(params=SearchParams(max_visits=1), seed=1))
     service = AnalysisService(engine)
     positions = bench_positions()
     batch = [dict(positions[i % len(positions)].query(f"e2e-{i}", 1)) for i in range(queries)]

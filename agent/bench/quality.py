@@ -66,20 +66,19 @@ def _symmetric_moves(query: dict[str, Any], move: str) -> set[str]:
 def run(
     model: str, reference: str, runtime: str, visits: int | None, threads: int, seed: int = 11
 ) -> dict[str, Any]:
-    from agent.engines.native import NativeEngine
-    from agent.models.serving import RuntimeEntry, open_network
-    from agent.models.store import ModelStore, default_store_root
+    from agent.app.startup import EngineRecipe, assemble_engine
+    from agent.models.serving import RuntimeEntry
     from agent.protocol.service import AnalysisService
     from agent.search.params import SearchParams
 
     records = [json.loads(line) for line in Path(reference).read_text().splitlines() if line.strip()]
-    net, _ = open_network(Path(model), [RuntimeEntry(runtime)], ModelStore(default_store_root()))
-    engine = NativeEngine(
-        net,
-        default_params=SearchParams(num_threads=threads),
+    recipe = EngineRecipe(
+        runtimes=(RuntimeEntry(runtime),),
+        params=SearchParams(num_threads=threads),
         randomize=False,
         seed=seed,
     )
+    engine, _ = assemble_engine(Path(model), recipe)
     service = AnalysisService(engine)
     finals: dict[str, dict[str, Any]] = {}
 
