@@ -270,7 +270,12 @@ class Deployer:
             update={"model": str(file), "overrides": {**self._config.overrides, **overrides}}
         )
         assert self.swap is not None
-        self.swap(config)  # raises (AgentError) and keeps the old engine unless the new one answers
+        try:
+            self.swap(config)  # raises (AgentError) and keeps the old engine unless the new one answers
+        except AgentError:
+            if local is None:  # a file that cannot serve is not kept (a kept copy served before)
+                file.unlink(missing_ok=True)
+            raise
         with self._lock:
             if not (current and current["sha256"] == desired.sha256):
                 self.state["previous"] = current

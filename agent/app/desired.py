@@ -69,6 +69,10 @@ def check_url(url: str) -> str:
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in URL_SCHEMES or (parsed.scheme != "file" and not parsed.netloc):
         raise DeploymentError(f"url {url!r}: expected http://, https:// or file://")
+    if parsed.scheme == "file" and (
+        parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/")
+    ):
+        raise DeploymentError(f"url {url!r}: a file:// URL names an absolute path (file:///path)")
     return url
 
 

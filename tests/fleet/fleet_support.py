@@ -7,6 +7,7 @@ put on the path here)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -38,6 +39,13 @@ __all__ = [
 QUERY = {"rules": "tromp-taylor", "komi": 7.5, "boardXSize": 9, "boardYSize": 9, "moves": [["B", "E5"]]}
 
 
+def run_store() -> dict[str, str]:
+    """The test run's model store (tests/conftest.py), for daemons and CLI processes: each network
+    is converted and verified once per run, never taken from a developer's cache."""
+    store = os.environ.get("KATAGO_EDGE_ARTIFACT_STORE")
+    return {"KATAGO_EDGE_ARTIFACT_STORE": store} if store else {}
+
+
 def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -54,7 +62,7 @@ def cli(
     """``katago-edge ARGS`` as a process (the real entry point)."""
     return subprocess.run(
         [sys.executable, "-m", "agent.cli.main", *args],
-        env=env or base_env(),
+        env=env or base_env(**run_store()),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -66,7 +74,7 @@ def spawn_cli(*args: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "agent.cli.main", *args],
-            env=base_env(),
+            env=base_env(**run_store()),
             cwd=REPO,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -107,9 +115,13 @@ class Device:
                 "none",
             ],
             base_env(
-                KATAGO_EDGE_STATE_DIR=str(self.dir / "state"),
-                KATAGO_EDGE_MQTT__HEALTH_INTERVAL_S="1",
-                **env,
+                **{
+                    "KATAGO_EDGE_STATE_DIR": str(self.dir / "state"),
+                    "KATAGO_EDGE_CACHE_DIR": str(self.dir / "cache"),
+                    "KATAGO_EDGE_MQTT__HEALTH_INTERVAL_S": "1",
+                    **run_store(),
+                    **env,
+                }
             ),
             self.dir / f"serve-{self.runs}.log",
         )

@@ -78,10 +78,8 @@ def test_rollout__canary_then_the_rest__queries_across_the_swap__late_device__de
     devices = {d: Device(short_tmp, d, broker, b6) for d in ("d1", "d2", "d3")}
     events = EventLog(broker.port)
     try:
-        for d in ("d1", "d2"):
-            devices[d].start()
-        for d in ("d1", "d2"):
-            devices[d].wait_ready()
+        for d in ("d1", "d2"):  # one after the other: the second start loads the first's conversion
+            devices[d].start().wait_ready()
         old_name = devices["d1"].model_name()
         load = QueryLoad(broker.port, ["d1", "d2"]).start()
         wait_until(lambda: len(load.sent) >= 4, 60, "queries running")
@@ -149,6 +147,68 @@ def test_rollout__canary_then_the_rest__queries_across_the_swap__late_device__de
             assert dep["state"] == "rolled_back" and dep["id"] == "dep-b7", dep
             assert dep["current"]["network"] == b6.name
         assert "downloading" not in events.states("d1", dep["rolled_back_by"])  # the kept copy served
+    finally:
+        events.close()
+        for device in devices.values():
+            device.stop()
+        server.terminate()
+        server.wait(10)
+
+
+def test_rollout__corrupt_file_and_wrong_sha256_fail_on_the_canary__halt__others_never_get_it(
+    models_dir: Path, short_tmp: Path, broker: Mosquitto
+) -> None:
+    b6, b7 = model_file(models_dir, "b6c96"), model_file(models_dir, "b7c96-cnorm")
+    corrupt = short_tmp / "corrupt-b7c96.bin.gz"
+    corrupt.write_bytes(b7.read_bytes()[: b7.stat().st_size // 2])  # a truncated network
+    server, url, good_sha = serve_model(b7, short_tmp / "serve-model.log")
+    devices = {d: Device(short_tmp, d, broker, b6) for d in ("c1", "c2")}
+    events = EventLog(broker.port)
+    try:
+        for device in devices.values():
+            device.start().wait_ready()
+        old_name = devices["c1"].model_name()
+
+        # a corrupt file (its sha256 is right: deploy serves the local file and hashes it itself)
+        bad = cli(
+            "fleet", "deploy", str(corrupt), "--listen", "127.0.0.1:0", "--device", "c1", "c2",
+            "--canary", "1", "--id", "dep-corrupt", "--timeout", "300", *broker_args(broker),
+        )  # fmt: skip
+        print(bad.stdout)
+        assert bad.returncode == 1, bad.stdout + bad.stderr
+        assert "HALTED after 1 failure(s); no other device received it" in bad.stdout
+        assert events.states("c1", "dep-corrupt") == [
+            "pending",
+            "downloading",
+            "verifying",
+            "preparing",
+            "failed",
+        ]
+        failed = devices["c1"].deployment()
+        assert failed["state"] == "failed" and failed["id"] == "dep-corrupt", failed
+        assert failed["current"]["network"] == b6.name  # the old one serves
+
+        # the right file announced with another sha256: refused before anything reads it
+        wrong_sha = "0" * 64
+        mismatch = cli(
+            "fleet", "deploy", url, "--sha256", wrong_sha, "--device", "c1", "c2", "--canary", "1",
+            "--id", "dep-mismatch", "--timeout", "300", *broker_args(broker),
+        )  # fmt: skip
+        print(mismatch.stdout)
+        assert mismatch.returncode == 1
+        assert events.states("c1", "dep-mismatch") == ["pending", "downloading", "verifying", "failed"]
+        error = devices["c1"].deployment()["error"]
+        assert error == f"sha256 mismatch: the file has {good_sha}, the deployment says {wrong_sha}"
+        assert not list((devices["c1"].dir / "state" / "models").glob("*b7c96*"))  # deleted, never loaded
+
+        assert events.of("c2") == []  # neither rollout reached c2
+        for device in devices.values():
+            assert device.model_name() == old_name
+            assert device.analyse()["rootInfo"]["visits"] >= 4
+        listing = json.loads(cli("fleet", "deployments", "--json", *broker_args(broker)).stdout)
+        states = {r["id"]: (r["state"], r["devices"]["c2"]["state"]) for r in listing["deployments"]}
+        assert states == {"dep-corrupt": ("halted", "unknown"), "dep-mismatch": ("halted", "unknown")}
+        assert "c1: failed" in cli("fleet", "deployments", *broker_args(broker)).stdout
     finally:
         events.close()
         for device in devices.values():

@@ -1,0 +1,80 @@
+"""A daemon killed (SIGKILL) while it prepares a deployed network comes back serving the old one,
+then resumes the deployment from the retained desired state; a desired state without sha256 is
+ignored. Real Mosquitto, real daemons, real networks; the operator is ``katago-edge fleet``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from edge_fixtures import model_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))
+from fleet_support import Device, EventLog, Mosquitto, cli, publish_raw, wait_until
+
+from agent.fsutil import sha256_file
+from agent.models.manifest import read_manifest
+
+pytestmark = [pytest.mark.needs_models, pytest.mark.needs_mosquitto, pytest.mark.slow]
+
+NUMPY_ONLY = 'overrides = {runtimes = [{runtime = "numpy", precision = "fp32"}]}\n'
+
+
+def test_deployment__sigkill_while_preparing__back_on_the_old_network__resumed__no_sha256_ignored(
+    models_dir: Path, short_tmp: Path, broker: Mosquitto
+) -> None:
+    b6, b7 = model_file(models_dir, "b6c96"), model_file(models_dir, "b7c96-cnorm").resolve()
+    # the device serves b6c96 with numpy; the deployment asks for ONNX, converted in a store of its
+    # own, so that preparing takes long enough to be killed in the middle
+    device = Device(short_tmp, "k1", broker, b6, config=NUMPY_ONLY)
+    store = short_tmp / "store"
+    events = EventLog(broker.port)
+    try:
+        device.start(KATAGO_EDGE_ARTIFACT_STORE=str(store)).wait_ready()
+        old_name = device.model_name()
+        assert device.health_answer()["network"]["serving"]["runtime"] == "numpy"
+
+        # no sha256: refused by the daemon, which keeps serving
+        plain = {"id": "dep-nosha", "url": f"file://{b7}", "network": b7.name}
+        assert publish_raw(broker.port, "katago/k1/deployment/desired", json.dumps(plain).encode()) == 0
+        wait_until(lambda: device.deployment().get("refused") == 1, 30, "the message refused")
+        assert "ignoring a desired-state message: deployment dep-nosha: no sha256" in device.log()
+        assert events.of("k1") == [] and device.model_name() == old_name
+
+        deploy = cli(
+            "fleet", "deploy", f"file://{b7}", "--sha256", sha256_file(b7), "--device", "k1",
+            "--runtime", "onnx", "--precision", "fp32", "--id", "dep-kill", "--timeout", "2",
+            "--broker", f"127.0.0.1:{broker.port}",
+        )  # fmt: skip
+        assert "deployment dep-kill" in deploy.stdout, deploy.stderr
+        wait_until(lambda: "preparing" in events.states("k1", "dep-kill"), 120, "preparing")
+        time.sleep(0.5)
+        device.kill()
+        saved = json.loads((device.dir / "state" / "deployment.json").read_text())
+        assert saved["deployment"]["state"] == "preparing", saved  # killed in the middle
+        assert saved["current"]["network"] == b6.name
+
+        started = time.monotonic()
+        device.start(KATAGO_EDGE_ARTIFACT_STORE=str(store)).wait_ready()
+        first = device.health_answer()  # right after the restart: the old network serves
+        assert first["network"]["serving"]["runtime"] == "numpy"
+        assert first["deployment"]["current"]["network"] == b6.name
+        assert "dep-kill was interrupted while preparing" in device.log()
+
+        wait_until(lambda: device.deployment().get("state") == "active", 300, "resumed and active")
+        print(f"resumed to active {time.monotonic() - started:.1f} s after the restart")
+        health = device.health_answer()
+        serving = health["network"]["serving"]
+        assert (serving["runtime"], health["deployment"]["current"]["network"]) == ("onnx", b7.name)
+        manifest = read_manifest(Path(serving["file"]))  # a whole, verified artifact: nothing half-written
+        assert manifest is not None and manifest.sha256 == sha256_file(Path(serving["file"]))
+        assert device.model_name() != old_name
+        assert device.analyse()["rootInfo"]["visits"] >= 4
+        assert events.states("k1", "dep-kill")[-2:] == ["preparing", "active"]
+    finally:
+        events.close()
+        device.stop()
+        print(device.log()[-3000:])  # shown when the test fails
