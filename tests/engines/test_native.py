@@ -1,0 +1,118 @@
+"""The native engine (``agent.engines.native``) behind the service: root restrictions, reports, priorities, tree reuse, shared batching."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from search_support import Sink, engine, query
+
+from agent.backends.fake import FakeNet
+from agent.engines.native import NativeEngine
+from agent.protocol.service import AnalysisService, analysis_query
+from agent.search.params import SearchParams
+
+
+def test_mcts__avoid_moves_are_never_searched_at_the_root() -> None:
+    eng = engine()
+    svc = AnalysisService(eng)
+    sink = Sink()
+    avoid = ["D4", "D5", "D6", "E4", "E6", "F4", "F5", "F6", "G7", "C7", "G3"]
+    svc.handle_line(json.dumps(query(avoidMoves=[{"player": "B", "moves": avoid, "untilDepth": 1}])), sink)
+    svc.close()
+    final = next(r for r in sink.items if r.get("isDuringSearch") is False)
+    assert not {m["move"] for m in final["moveInfos"]} & set(avoid)
+
+
+def test_mcts__allow_moves_restricts_the_root() -> None:
+    eng = engine()
+    svc = AnalysisService(eng)
+    sink = Sink()
+    svc.handle_line(
+        json.dumps(query(allowMoves=[{"player": "B", "moves": ["A1", "J9"], "untilDepth": 1}])), sink
+    )
+    svc.close()
+    final = next(r for r in sink.items if r.get("isDuringSearch") is False)
+    assert {m["move"] for m in final["moveInfos"]} <= {"A1", "J9"}
+    assert final["rootInfo"]["visits"] == 30
+
+
+def test_mcts__report_during_search_then_one_final() -> None:
+    net = FakeNet(delay=0.002)
+    eng = NativeEngine(net, default_params=SearchParams(max_visits=150), randomize=False)
+    svc = AnalysisService(eng)
+    sink = Sink()
+    svc.handle_line(json.dumps(query(reportDuringSearchEvery=0.05)), sink)
+    svc.close()
+    during = [r for r in sink.items if r.get("isDuringSearch") is True]
+    finals = [r for r in sink.items if r.get("isDuringSearch") is False]
+    assert len(finals) == 1 and finals[0] is sink.items[-1]
+    assert during and all(r["rootInfo"]["visits"] <= finals[0]["rootInfo"]["visits"] for r in during)
+
+
+def test_mcts__priorities_run_higher_first() -> None:
+    net = FakeNet(delay=0.003)
+    eng = NativeEngine(net, default_params=SearchParams(max_visits=20), randomize=False)
+    svc = AnalysisService(eng)
+    order: list[str] = []
+
+    def sink(r: dict[str, Any]) -> None:
+        if r.get("isDuringSearch") is False:
+            order.append(r["id"])
+
+    svc.handle_line(json.dumps(query(id="first")), sink)
+    time.sleep(0.05)
+    svc.handle_line(json.dumps(query(id="low", priority=-5)), sink)
+    svc.handle_line(json.dumps(query(id="high", priority=10)), sink)
+    svc.handle_line(json.dumps(query(id="mid")), sink)
+    svc.close()
+    assert order == ["first", "high", "mid", "low"]
+
+
+def test_mcts__tree_reuse_when_the_next_query_extends_the_last() -> None:
+    eng = engine(params=SearchParams(max_visits=80))
+    svc = AnalysisService(eng)
+    sink = Sink()
+    svc.handle_line(json.dumps(query(id="a")), sink)
+    while not [r for r in sink.items if r.get("id") == "a"]:
+        time.sleep(0.01)
+    best = sink.items[0]["moveInfos"][0]["move"]
+    svc.handle_line(json.dumps(query(id="b", moves=[["B", "E5"], ["W", "C3"], ["B", best]])), sink)
+    svc.close()
+    stats = eng.stats()
+    assert stats["finished"] == 2
+    assert stats["visits"] < 160  # the second search started from the first one's subtree
+
+
+def test_mcts__concurrent_one_thread_searches_still_batch_through_the_evaluator() -> None:
+    """Network-mode speculation is for a lone search: with two analysis threads (one search
+    thread each) the searches' leaves share batches in the evaluator instead of each search
+    running its own network thread."""
+    params = SearchParams(max_visits=60)
+    eng = NativeEngine(
+        FakeNet(delay=0.01),
+        default_params=params,
+        randomize=False,
+        seed=5,
+        num_analysis_threads=2,
+        max_batch_size=2,
+    )
+    sink = Sink()
+    try:
+        for qid, extra in (("a", "D4"), ("b", "F6")):
+            eng.submit(
+                analysis_query(
+                    query(id=qid, moves=[["B", "E5"], ["W", "C3"], ["B", extra]], maxVisits=60), params
+                ),
+                sink,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len([r for r in sink.items if not r.get("isDuringSearch")]) < 2:
+            time.sleep(0.05)
+        stats = eng.evaluator.stats()
+    finally:
+        eng.close()
+    finals = {r["id"]: r for r in sink.items if not r.get("isDuringSearch")}
+    assert set(finals) == {"a", "b"} and all(r["rootInfo"]["visits"] >= 60 for r in finals.values())
+    assert stats["nn_avg_batch"] > 1.3  # most of the two searches' leaves were evaluated in pairs

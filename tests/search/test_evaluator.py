@@ -1,0 +1,84 @@
+"""The NN evaluator (``agent.search.evaluator``): symmetries, batching across searches, the cache."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+from search_support import POST, make_search, query
+
+from agent.backends.fake import FakeNet
+from agent.protocol.query import parse_query
+from agent.protocol.replay import build_turns
+from agent.search.evaluator import NNEvaluator
+from agent.search.mcts import Search
+from agent.search.params import SearchParams
+from agent.search.position import SearchState
+
+
+def test_evaluator__a_peeked_symmetry_is_the_next_draw_and_leaves_the_stream_unchanged() -> None:
+    a = NNEvaluator(FakeNet(), POST, randomize=True, seed=5)
+    b = NNEvaluator(FakeNet(), POST, randomize=True, seed=5)
+    plain = [a.random_symmetry() for _ in range(6)] + a.sample_symmetries(3) + [a.random_symmetry()]
+    peeked = [b.peek_symmetry(), b.peek_symmetry()]
+    assert peeked[0] == peeked[1] == plain[0]
+    got = [b.random_symmetry() for _ in range(6)]
+    b.peek_symmetry()  # a peek undone by a multi-symmetry draw
+    got += [*b.sample_symmetries(3), b.random_symmetry()]
+    assert got == plain
+
+
+def test_evaluator__server_thread_batches_concurrent_requests_and_ends_on_close() -> None:
+    """Several submitters go through the server thread: each gets its own row's evaluation
+    (equal to a direct evaluation of the same position), batches form, and close() ends it."""
+    net = FakeNet(delay=0.01)
+    ev = NNEvaluator(net, POST, randomize=False, max_batch_size=4)
+    states = []
+    for extra in (["D4"], ["E6"], ["C7"], ["G3"]):
+        req = parse_query(query(moves=[["B", "E5"], ["W", "C3"], ["B", extra[0]]]), SearchParams())
+        turns, _ = build_turns(req)
+        states.append(SearchState(turns[-1][1]))
+    params = SearchParams()
+    direct = {}
+    solo = NNEvaluator(FakeNet(), POST, randomize=False)
+    for i, st in enumerate(states):
+        search = Search(solo, params, st, seed=1)
+        direct[i] = search._evaluate(st, False)
+    results: dict[int, Any] = {}
+    ev.add_submitters(len(states))
+    barrier = threading.Barrier(len(states))
+
+    def worker(i: int) -> None:
+        search = Search(ev, params, states[i], seed=1)
+        barrier.wait()
+        results[i] = search._evaluate(states[i], False)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(states))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    ev.add_submitters(-len(states))
+    assert sorted(results) == [0, 1, 2, 3]
+    for i in results:
+        assert np.array_equal(results[i].policy, direct[i].policy)
+        assert results[i].white_win == direct[i].white_win
+        assert np.array_equal(results[i].white_ownership, direct[i].white_ownership)
+    stats = ev.stats()
+    assert stats["nn_rows"] == 4 and stats["nn_batches"] < 4  # at least one batch of several rows
+    server = ev._server
+    assert server is not None and server.is_alive()
+    ev.close()
+    server.join(5)
+    assert not server.is_alive()
+
+
+def test_mcts__nn_cache_hits_and_clear() -> None:
+    ev = NNEvaluator(FakeNet(), POST, randomize=False)
+    make_search(SearchParams(max_visits=1), ev).run()
+    make_search(SearchParams(max_visits=1), ev).run()
+    assert ev.cache_hits == 1
+    ev.clear_cache()
+    make_search(SearchParams(max_visits=1), ev).run()
+    assert ev.cache_hits == 1 and ev.cache_misses == 2
