@@ -30,8 +30,10 @@ __all__ = [
     "REPO",
     "Device",
     "Mosquitto",
+    "base_env",
     "cli",
     "free_port",
+    "run_store",
     "socket_request",
     "wait_until",
 ]
