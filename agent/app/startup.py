@@ -194,6 +194,10 @@ def _quiet(_text: str) -> None:
     return None
 
 
+# EngineRecipe fields that are NativeEngine keyword arguments of the same name
+NATIVE_OPTIONS = ("num_analysis_threads", "max_batch_size", "cache_size", "randomize", "seed", "model_name")
+
+
 @dataclass(frozen=True)
 class EngineRecipe:
     """How to build an engine, whoever asks: the daemon (from its plan), ``katago-edge analysis``
@@ -256,17 +260,8 @@ def assemble_engine(
             progress=prepare,
             thresholds=dict(recipe.thresholds),
         )
-    engine = NativeEngine(
-        net,
-        default_params=recipe.params,
-        num_analysis_threads=recipe.num_analysis_threads,
-        max_batch_size=recipe.max_batch_size,
-        cache_size=recipe.cache_size,
-        randomize=recipe.randomize,
-        seed=recipe.seed,
-        model_name=recipe.model_name,
-    )
-    return engine, served
+    options = {name: value for name, value in vars(recipe).items() if name in NATIVE_OPTIONS}
+    return NativeEngine(net, default_params=recipe.params, **options), served
 
 
 def recipe_for(config: AgentConfig, plan: Plan) -> EngineRecipe:

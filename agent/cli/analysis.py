@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.app.startup import EngineRecipe, assemble_engine
+from agent.app.startup import NATIVE_OPTIONS, EngineRecipe, assemble_engine
 from agent.backends.registry import RUNTIME_NAMES
 from agent.engines.base import Engine
 from agent.engines.katago_binary import KataGoSettings
@@ -193,16 +193,8 @@ def build_native_engine(
     path = Path(model).expanduser()
     if not path.is_file():
         raise ModelStoreError(f"{model}: no such network file")
-    recipe = EngineRecipe(
-        runtimes=tuple(entries),
-        params=settings["params"],
-        num_analysis_threads=settings["num_analysis_threads"],
-        max_batch_size=settings["max_batch_size"],
-        cache_size=settings["cache_size"],
-        randomize=settings["randomize"],
-        seed=settings["seed"],
-        model_name=path.name,
-    )
+    native = {key: settings[key] for key in ("params", *NATIVE_OPTIONS) if key in settings}
+    recipe = EngineRecipe(runtimes=tuple(entries), model_name=path.name, **native)
     with ProgressDisplay(f"preparing {path.name}") as prepare:
         engine, report = assemble_engine(path, recipe, store, prepare=prepare)
     if report is not None and report.fell_back:

@@ -220,17 +220,9 @@ def analysis_json(
 
 def analysis_response(request: AnalysisRequest, search: Search, turn: int, during: bool) -> Response | None:
     """The response for one analysed turn of ``request`` (None before the root was evaluated)."""
+    flags = {name: value for name, value in vars(request).items() if name.startswith("include_")}
     body = analysis_json(
-        search,
-        perspective=search.params.report_analysis_winrates_as,
-        pv_len=request.analysis_pv_len,
-        include_policy=request.include_policy,
-        include_ownership=request.include_ownership,
-        include_ownership_stdev=request.include_ownership_stdev,
-        include_moves_ownership=request.include_moves_ownership,
-        include_moves_ownership_stdev=request.include_moves_ownership_stdev,
-        include_pv_visits=request.include_pv_visits,
-        include_no_result_value=request.include_no_result_value,
+        search, perspective=search.params.report_analysis_winrates_as, pv_len=request.analysis_pv_len, **flags
     )
     if body is None:
         return None

@@ -83,13 +83,7 @@ class AnalysisService:
         self.max_line_bytes = max_line_bytes
         self.version = version
         self._lock = threading.Lock()
-        self._counters = {
-            "lines": 0,
-            "queries": 0,
-            "actions": 0,
-            "errors": 0,
-            "warnings": 0,
-        }
+        self._counters = dict.fromkeys(("lines", "queries", "actions", "errors", "warnings"), 0)
         self._started = time.monotonic()
 
     # ----------------------------------------------------------------------- entry points
