@@ -19,7 +19,7 @@ deps:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[onnx,tflite,convert,dev]'
+	$(PY) -m pip install -q -e '.[onnx,tflite,convert,coreml,dev]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -120,7 +120,7 @@ def test_layers__starting_the_daemon_imports_no_heavy_package() -> None:
     import subprocess
     import sys
 
-    heavy = ("onnx", "onnxruntime", "tensorflow", "ai_edge_litert", "flatbuffers", "ml_dtypes")
+    heavy = ("onnx", "onnxruntime", "tensorflow", "ai_edge_litert", "flatbuffers", "ml_dtypes", "coremltools")
     code = (
         "import sys, agent.cli.main, agent.app.daemon, agent.cli.analysis, agent.cli.detect; "
         f"print(sorted(m for m in {heavy!r} if m in sys.modules))"

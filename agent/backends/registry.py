@@ -43,7 +43,7 @@ RUNTIMES: dict[str, type[NeuralNet]] = {
 RUNTIME_NAMES: tuple[str, ...] = tuple(RUNTIMES)
 
 # The file suffix of each runtime's artifact, and the runtime a converted file's suffix names.
-ARTIFACT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tensorrt": ".engine"}
+ARTIFACT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tensorrt": ".engine", "coreml": ".mlpackage"}
 SUFFIX_RUNTIME = {".onnx": "onnx", ".tflite": "tflite", ".engine": "tensorrt", ".plan": "tensorrt"}
 KATAGO_SUFFIXES = (".bin.gz", ".txt.gz", ".bin", ".txt")
 

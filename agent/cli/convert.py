@@ -1,6 +1,6 @@
 """``katago-edge convert`` and ``katago-edge verify``.
 
-``convert MODEL --to onnx|tflite|tensorrt --precision fp32|fp16|int8 [-o OUT]`` builds the
+``convert MODEL --to onnx|tflite|tensorrt|coreml --precision fp32|fp16|int8 [-o OUT]`` builds the
 converted network in memory (or a temp file), verifies it against the FP32 reference
 (:mod:`agent.models.verify`) on positions that were not used for calibration, and only then
 writes it with its manifest (:mod:`agent.models.manifest`). A network that misses its
@@ -36,8 +36,9 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "onnx": ("fp32", "fp16", "int8"),
     "tflite": ("fp32", "fp16", "int8", "int8-full"),
     "tensorrt": ("fp32", "fp16", "int8"),
+    "coreml": ("fp32", "fp16", "int8"),
 }
-SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tensorrt": ".engine"}
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tensorrt": ".engine", "coreml": ".mlpackage"}
 ProgressFn = Callable[[int, int], None]
 
 
@@ -243,7 +244,9 @@ def command_convert(args: argparse.Namespace) -> int:
         )
         return 1
     if artifact.manifest is not None and artifact.manifest.verification:
-        _print_report(VerifyReport.from_json(artifact.manifest.verification), args)
+        from agent.models.coreml import report_from_json
+
+        _print_report(report_from_json(artifact.manifest.verification), args)
     entry = artifact.manifest.extra.get("int8_sensitivity") if artifact.manifest is not None else None
     if entry and not args.json:  # which layers the sensitivity pass kept in float, and why
         from agent.models.sensitivity import summary_of
@@ -258,6 +261,48 @@ def command_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_coreml(args: argparse.Namespace) -> int:
+    """``verify X.mlpackage``: the structural check against the ONNX graph of ``--reference``,
+    and on macOS the numerical verification too (agent.models.coreml)."""
+    from agent.backends.coreml.runtime import can_predict
+    from agent.models.coreml import check_package, numerical_verifier
+    from agent.models.manifest import read_manifest
+    from agent.models.pipeline import ConvertJob
+    from agent.network.reader import read_network
+
+    if not args.converted.is_dir():
+        raise ConversionError(f"{args.converted}: no such Core ML package")
+    manifest = read_manifest(args.converted)
+    precision = args.precision or (manifest.precision if manifest else "fp16")
+    board = int(manifest.extra.get("board", 19)) if manifest else 19
+    network = read_network(args.reference)
+    numerical = None
+    if can_predict():
+        from agent.backends.onnx.builder import OnnxBuildOptions, build_onnx
+        from agent.backends.onnx.runtime import OnnxNet
+
+        job = ConvertJob(
+            model=args.reference,
+            target="coreml",
+            precision=precision,
+            output=args.converted,
+            verify_source=args.positions,
+            verify_positions=args.verify_positions,
+            thresholds=_thresholds(args, precision),
+            board=board,
+        )
+        fp32 = build_onnx(network, OnnxBuildOptions(board_x=board, board_y=board))
+        numerical = numerical_verifier(job, network, OnnxNet(fp32.SerializeToString()), progress_reporter)
+    else:
+        print(
+            "Core ML cannot run models on this machine (macOS/iOS only): structural check only",
+            file=sys.stderr,
+        )
+    report = check_package(args.converted, network, precision, board=board, numerical=numerical)
+    _print_report(report, args)
+    return 0 if report.passed else 1
+
+
 def command_verify(args: argparse.Namespace) -> int:
     if args.games:
         return strength_command.run_match(args, progress_reporter)
@@ -265,6 +310,8 @@ def command_verify(args: argparse.Namespace) -> int:
     from agent.models.pipeline import open_converted, verification_positions, verify_with_progress
     from agent.models.store import ModelStore, Recipe, default_store_root
 
+    if args.converted.suffix == ".mlpackage":
+        return _verify_coreml(args)
     if not args.converted.is_file():
         raise ConversionError(f"{args.converted}: no such file")
     manifest = read_manifest(args.converted)

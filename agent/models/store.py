@@ -59,6 +59,7 @@ PRECISIONS: dict[str, tuple[str, ...]] = {
     "onnx": ("fp32", "fp16", "int8"),
     "tflite": ("fp32", "fp16", "int8", "int8-full"),
     "tensorrt": ("fp32", "fp16", "int8"),
+    "coreml": ("fp32", "fp16", "int8"),  # an .mlpackage directory (agent.models.coreml)
 }
 
 
@@ -258,10 +259,10 @@ class ModelStore:
         if recipe.runtime == "numpy":
             return self._reference(source)
         path = self.artifact_path(source, recipe)
-        manifest = read_manifest(path) if path.is_file() else None
+        manifest = read_manifest(path) if path.exists() else None
         if manifest is None:
             return None
-        if manifest.sha256 and manifest.sha256 != sha256_file(path):
+        if manifest.sha256 and manifest.sha256 != _artifact_sha256(path):
             logger.warning("%s does not match its manifest's sha256: rebuilding it", path)
             return None
         return Artifact(path, recipe.runtime, recipe.precision, recipe.provider, manifest.sha256, manifest)
@@ -345,7 +346,12 @@ class ModelStore:
             "recipe": recipe.describe(),
             "provider": recipe.provider,
         }
-        report, written = run_conversion(job, progress, manifest_extra=extra)
+        if recipe.runtime == "coreml":  # a package directory, checked structurally off macOS
+            from agent.models.coreml import run_coreml_conversion
+
+            report, written = run_coreml_conversion(job, progress, manifest_extra=extra)
+        else:
+            report, written = run_conversion(job, progress, manifest_extra=extra)
         refused = target.with_name(target.name + REFUSED_SUFFIX)
         if written is None:
             reason = "; ".join(report.failures) or "verification failed"
@@ -372,7 +378,7 @@ class ModelStore:
             recipe.runtime,
             recipe.precision,
             recipe.provider,
-            manifest.sha256 if manifest else sha256_file(written),
+            manifest.sha256 if manifest else _artifact_sha256(written),
             manifest,
             built_now=True,
         )
@@ -495,10 +501,28 @@ def default_store_root() -> Path:
 def copy_artifact(artifact: Artifact, output: Path) -> Path:
     """Copy an artifact and its manifest to ``output`` (atomically, the manifest last)."""
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    shutil.copyfile(artifact.path, tmp)
-    tmp.replace(output)
+    if artifact.path.is_dir():  # a Core ML package: copied whole, then renamed over the old one
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(artifact.path, tmp)
+        old = output.with_name(f".{output.name}.{os.getpid()}.old")
+        if output.exists():
+            output.rename(old)
+        tmp.rename(output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        shutil.copyfile(artifact.path, tmp)
+        tmp.replace(output)
     if artifact.manifest is not None:
         data = artifact.manifest.to_json()
         data["file"] = output.name
         atomic_write_text(manifest_path(output), json.dumps(data, indent=2) + "\n")
     return output
+
+
+def _artifact_sha256(path: Path) -> str:
+    """A file's sha256, or a package directory's (Core ML ``.mlpackage``: its tree's)."""
+    if path.is_dir():
+        from agent.models.coreml import tree_sha256
+
+        return tree_sha256(path)
+    return sha256_file(path)

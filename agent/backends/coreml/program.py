@@ -14,7 +14,8 @@ ONNX op → MIL op (:data:`MIL_OP`); the differences that matter:
 * ``MatMul`` with a constant ``[in, out]`` weight stays ``matmul`` (not ``linear``, whose weight is
   ``[out, in]``), so weights compare without a transpose;
 * ``Reshape``'s ``0`` (copy the batch dimension) → ``-1`` (MIL has no copy marker);
-* ``Reciprocal`` → ``inverse`` with ``epsilon=0`` (MIL's default adds 1e-4).
+* ``Reciprocal`` → ``inverse`` with ``epsilon=0`` (MIL's default adds 1e-4);
+* SiLU, ``Mul(x, Sigmoid(x))`` in ONNX, is one MIL ``silu`` named as the ``Mul``.
 
 Names: ``.``, ``/``, ``,`` and ``-`` become ``_`` (Core ML's own sanitizer would do the same on
 save); two ONNX names that collapse to one MIL name are an error.
@@ -32,6 +33,7 @@ import numpy.typing as npt
 from agent.backends.onnx.builder import OUTPUT_NAMES, _Builder
 from agent.backends.onnx.graph import GraphBuilder
 from agent.errors import ConversionError
+from agent.network.model import Activation
 
 if TYPE_CHECKING:
     from agent.network.model import Network
@@ -141,13 +143,24 @@ class MilGraphBuilder(GraphBuilder):
             self.vars[out] = var
         return outs
 
+    def activation(self, x: str, kind: Activation, name: str) -> str:
+        """As the ONNX builder's, except SiLU: one MIL ``silu`` named as the ONNX ``Mul`` (the
+        ``Sigmoid`` name is reserved so that later names keep the ONNX numbering). Core ML's
+        backend would fuse ``mul(x, sigmoid(x))`` into ``silu`` anyway, on some ops only."""
+        if kind != Activation.SILU:
+            return super().activation(x, kind, name)
+        self.unique(f"{name}/Sigmoid")
+        node_name = self.unique(f"{name}/Mul")
+        self.vars[node_name] = self.mb.silu(x=self.tensor(x), name=self._claim(node_name))
+        return node_name
+
     def output(self, tensor: str, name: str) -> Any:
         """The graph output ``name`` (the ONNX builder's ``output/<name>`` Identity)."""
         var = self.mb.identity(x=self.tensor(tensor), name=self._claim(f"output/{name}", name))
         self.vars[name] = var
         return var
 
-    def emit(self, op_type: str, inputs: list[str], name: str, attrs: dict[str, Any]) -> Any:  # noqa: C901, PLR0911, PLR0912
+    def emit(self, op_type: str, inputs: list[str], name: str, attrs: dict[str, Any]) -> Any:
         mb = self.mb
         x = self.tensor(inputs[0])
         if op_type in _BINARY:
@@ -157,7 +170,6 @@ class MilGraphBuilder(GraphBuilder):
         if op_type == "Reciprocal":
             return mb.inverse(x=x, epsilon=0.0, name=name)
         if op_type == "Conv":
-            ky, kx = attrs["kernel_shape"]
             top, left, bottom, right = attrs["pads"]
             bias = self.tensor(inputs[2]) if len(inputs) > 2 else None
             return mb.conv(

@@ -178,7 +178,7 @@ def _mil_shape(var: Any) -> list[int | None]:
     return [int(d) if isinstance(d, int | np.integer) else None for d in var.shape]
 
 
-def check_structure(program: Any, onnx_model: Any, precision: str) -> StructureReport:  # noqa: C901, PLR0912
+def check_structure(program: Any, onnx_model: Any, precision: str) -> StructureReport:
     """Compare the MIL ``program`` with ``onnx_model`` op by op (see the module docstring)."""
     from onnx import numpy_helper
 
@@ -202,9 +202,11 @@ def check_structure(program: Any, onnx_model: Any, precision: str) -> StructureR
         producers[inp.name] = (mil_name(inp.name), 0)
     shapes = _onnx_shapes(onnx_model)
     live = _live_nodes(onnx_model)
+    silu = _silu_pairs(onnx_model)
     seen: set[str] = set()
     for node in onnx_model.graph.node:
-        if node.name not in live:  # unused (mask tensors a conv net never reads): optional
+        if node.name not in live or node.name in silu.values():
+            # unused (mask tensors a conv net never reads): optional; a SiLU's Sigmoid: in the silu
             seen.add(_op_key(node))
             continue
         key = _op_key(node)
@@ -214,10 +216,12 @@ def check_structure(program: Any, onnx_model: Any, precision: str) -> StructureR
             report.mismatches.append(f"{node.name}: no MIL op {key}")
             continue
         report.ops_checked += 1
-        expected = MIL_OP.get(node.op_type)
+        expected = "silu" if node.name in silu else MIL_OP.get(node.op_type)
         if op.op_type != expected:
             report.mismatches.append(f"{node.name}: MIL op {op.op_type}, expected {expected}")
             continue
+        if node.name in silu:  # silu(x): x is the Mul's input that is not the Sigmoid
+            node = _silu_node(node, silu[node.name])
         report.mismatches += _check_inputs(node, op, inits, producers, report)
         report.mismatches += _check_attributes(node, op)
         for i, out in enumerate(node.output):
@@ -233,6 +237,25 @@ def check_structure(program: Any, onnx_model: Any, precision: str) -> StructureR
         if key not in seen:
             report.mismatches.append(f"{op.name}: MIL op {op.op_type} has no ONNX node")
     return report
+
+
+def _silu_pairs(model: Any) -> dict[str, str]:
+    """``Mul`` node name -> ``Sigmoid`` node name for each ONNX SiLU ``x * Sigmoid(x)``."""
+    sigmoids = {n.output[0]: n for n in model.graph.node if n.op_type == "Sigmoid"}
+    pairs = {}
+    for n in model.graph.node:
+        if n.op_type == "Mul" and len(n.input) == 2 and n.input[1] in sigmoids:
+            sig = sigmoids[n.input[1]]
+            if sig.input[0] == n.input[0]:
+                pairs[n.name] = sig.name
+    return pairs
+
+
+def _silu_node(node: Any, sigmoid: str) -> Any:
+    """The SiLU ``Mul`` seen as a one-input ``Silu`` node (for the input comparison)."""
+    from onnx import helper
+
+    return helper.make_node("Silu", [node.input[0]], list(node.output), name=node.name)
 
 
 def _live_nodes(model: Any) -> set[str]:
@@ -295,7 +318,9 @@ def _check_inputs(
         if want is not None and np.issubdtype(want.dtype, np.floating):
             report.weights_checked += 1
             if got.array is None:
-                problems.append(f"{node.name}: input {name} is computed by {got.producer}, expected a constant")
+                problems.append(
+                    f"{node.name}: input {name} is computed by {got.producer}, expected a constant"
+                )
                 continue
             diff = _close(got, want)
             if diff:
