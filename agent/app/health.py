@@ -95,34 +95,32 @@ class HealthSnapshot:
         }
 
 
-def read_vcgencmd_throttled() -> ThrottleState | None:
-    """``vcgencmd get_throttled`` on the running Pi (needs /dev/vcio, group video), or None."""
-    exe = shutil.which("vcgencmd")
+def _run_tool(name: str, *args: str) -> subprocess.CompletedProcess[str] | None:
+    """Run a device tool found on PATH (with the probe timeout); None when it is absent or fails."""
+    exe = shutil.which(name)
     if exe is None:
         return None
     try:
-        out = subprocess.run(
-            [exe, "get_throttled"], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, check=False
+        return subprocess.run(
+            [exe, *args], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        logger.debug("vcgencmd failed: %s", exc)
+        logger.debug("%s %s failed: %s", name, " ".join(args), exc)
         return None
-    return parse_throttled(out.stdout) if out.returncode == 0 and "throttled=" in out.stdout else None
+
+
+def read_vcgencmd_throttled() -> ThrottleState | None:
+    """``vcgencmd get_throttled`` on the running Pi (needs /dev/vcio, group video), or None."""
+    out = _run_tool("vcgencmd", "get_throttled")
+    if out is None or out.returncode != 0 or "throttled=" not in out.stdout:
+        return None
+    return parse_throttled(out.stdout)
 
 
 def read_nvpmodel_query() -> str | None:
     """``nvpmodel -q`` on the running Jetson, when its status files cannot be read."""
-    exe = shutil.which("nvpmodel")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, "-q"], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        logger.debug("nvpmodel -q failed: %s", exc)
-        return None
-    return parse_nvpmodel_query(out.stdout)
+    out = _run_tool("nvpmodel", "-q")
+    return None if out is None else parse_nvpmodel_query(out.stdout)
 
 
 class HealthCollector:

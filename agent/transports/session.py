@@ -264,6 +264,20 @@ class ClientSession:
             )
 
 
+class SessionCounts:
+    """``clients`` and ``pending`` for health, over a local transport's open sessions."""
+
+    _sessions: set[ClientSession]
+
+    @property
+    def clients(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def pending(self) -> int:
+        return sum(s.pending for s in list(self._sessions))
+
+
 class LoopThread:
     """An asyncio event loop running in its own named daemon thread."""
 

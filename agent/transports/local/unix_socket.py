@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 
 from agent.errors import TransportError
-from agent.transports.session import ClientSession, LoopThread, QueryService
+from agent.transports.session import ClientSession, LoopThread, QueryService, SessionCounts
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _remove_stale(path: Path) -> None:
     raise TransportError(f"another agent is already serving on {path}; stop it or set socket.path")
 
 
-class UnixSocketTransport:
+class UnixSocketTransport(SessionCounts):
     """Serves ``service`` on a Unix stream socket from its own event-loop thread."""
 
     def __init__(self, service: QueryService, path: Path, mode: int = 0o660) -> None:
@@ -58,14 +58,6 @@ class UnixSocketTransport:
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[ClientSession] = set()
         self._outputs: dict[asyncio.StreamWriter, tuple[asyncio.Queue[str | None], asyncio.Task[None]]] = {}
-
-    @property
-    def clients(self) -> int:
-        return len(self._sessions)
-
-    @property
-    def pending(self) -> int:
-        return sum(s.pending for s in list(self._sessions))
 
     def start(self) -> None:
         try:

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from agent.errors import TransportError
-from agent.transports.session import ClientSession, LoopThread, QueryService
+from agent.transports.session import ClientSession, LoopThread, QueryService, SessionCounts
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def token_matches(expected: str, authorization: str | None, path: str | None) ->
     return any(hmac.compare_digest(o.encode(), expected.encode()) for o in offered)
 
 
-class WebSocketTransport:
+class WebSocketTransport(SessionCounts):
     """Serves ``service`` over WebSocket from its own event-loop thread."""
 
     def __init__(
@@ -132,14 +132,6 @@ class WebSocketTransport:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"ws://{host}:{self.port}"
-
-    @property
-    def clients(self) -> int:
-        return len(self._sessions)
-
-    @property
-    def pending(self) -> int:
-        return sum(s.pending for s in list(self._sessions))
 
     def start(self) -> None:
         if self._token_file is not None:
