@@ -254,12 +254,23 @@ set_paths() {
 	UNIT_FILE="/etc/systemd/system/katago-edge.service"
 	DROPIN_DIR="/etc/systemd/system/katago-edge.service.d"
 	BROKER_DROPIN="/etc/mosquitto/conf.d/katago-edge.conf"
+	# the local broker's logins and ACL (docs/mqtt.md): the agent logs in as its device id,
+	# `katago-edge fleet deploy` as fleet-operator; the passwords live beside the config
+	MQTT_PASSWORD="$(dirname "$CONFIG")/mqtt-password"
+	OPERATOR_PASSWORD="$(dirname "$CONFIG")/operator-password"
+	if [[ $NO_SYSTEMD -eq 1 ]]; then
+		BROKER_PASSWD="$(dirname "$CONFIG")/mosquitto.passwd" BROKER_ACL="$(dirname "$CONFIG")/mosquitto.acl"
+	else
+		BROKER_PASSWD="/etc/mosquitto/katago-edge.passwd" BROKER_ACL="/etc/mosquitto/katago-edge.acl"
+	fi
+	LOCAL_BROKER_PORT=${KATAGO_EDGE_INSTALL_BROKER_PORT:-1883}
+	BROKER_CHANGED=0
 	SERVICE_USER="katago-edge"
 	if [[ -z $DEVICE_ID ]]; then
 		DEVICE_ID=$(hostname 2>/dev/null | tr -c 'A-Za-z0-9._\n-' '-' | head -c 64)
 		DEVICE_ID=${DEVICE_ID:-katago-edge}
 	fi
-	BROKER_HOST=127.0.0.1 BROKER_PORT=1883
+	BROKER_HOST=127.0.0.1 BROKER_PORT=$LOCAL_BROKER_PORT
 	if [[ -n $BROKER ]]; then
 		BROKER_PORT=${BROKER##*:}
 		BROKER_HOST=${BROKER%:*}
@@ -465,6 +476,9 @@ token_file = "$WS_TOKEN"
 host = "$BROKER_HOST"
 port = $BROKER_PORT
 EOF
+	if [[ -z $BROKER ]]; then
+		printf 'username = "%s"\npassword_file = "%s"\n' "$DEVICE_ID" "$MQTT_PASSWORD"
+	fi
 }
 
 # The WebSocket's token (clients send it as ?token=...): made once, readable by the service only.
@@ -553,6 +567,105 @@ EOF
 	exit 1
 }
 
+# A random secret in a file, made once; readable by the service (0640 group katago-edge) or only by
+# root (0600: the operator's).
+make_secret() {
+	local path=$1 mode=$2
+	[[ -s $path ]] && return 0
+	if [[ $DRY_RUN -eq 1 ]]; then
+		say "  would write: $path (password)"
+		return 0
+	fi
+	mkdir -p "$(dirname "$path")"
+	(umask 077 && od -An -N18 -tx1 /dev/urandom | tr -d ' \n' >"$path")
+	if [[ $NO_SYSTEMD -eq 0 && $mode == 0640 ]]; then chgrp "$SERVICE_USER" "$path"; fi
+	chmod "$mode" "$path"
+	changed "password $path"
+}
+
+# The local broker's ACL: the fleet broker of docs/mqtt.md for one device. Devices (the agent's
+# login, its device id) write only their own status, health and deployment events and read only
+# their own requests and desired state; only fleet-operator writes desired states and rollout
+# records. Anonymous clients (loopback only: katago-edge query and fleet on this machine) send
+# requests and read replies, status, health and deployment progress, and can never deploy.
+render_broker_acl() {
+	cat <<EOF
+# written by katago-edge install.sh (removed by --uninstall); docs/mqtt.md: who can do what
+# anonymous (127.0.0.1 only): requests, their replies, reading the fleet; never a desired state
+topic write katago/+/analysis/request
+topic write katago/fleet/analysis/request
+topic read katago/+/status
+topic read katago/+/health
+topic read katago/+/deployment/events
+topic read katago/+/deployment/desired
+topic read katago/fleet/rollouts/+
+
+# every login: its own device topics and its own reply topic (%c: anonymous clients by client id)
+pattern read katago/clients/%c/reply
+pattern read katago/clients/%u/reply
+pattern write katago/%u/status
+pattern write katago/%u/health
+pattern read katago/%u/analysis/request
+pattern read katago/%u/deployment/desired
+pattern write katago/%u/deployment/events
+
+# this device: answer requests, serve the fleet topic
+user $DEVICE_ID
+topic write katago/clients/+/reply
+topic read katago/fleet/analysis/request
+
+# the operator: katago-edge fleet deploy / rollback / deployments (password in $OPERATOR_PASSWORD)
+user fleet-operator
+topic readwrite katago/+/deployment/desired
+topic readwrite katago/fleet/rollouts/+
+topic read katago/+/deployment/events
+topic read katago/+/status
+topic read katago/+/health
+topic write katago/+/analysis/request
+EOF
+}
+
+# Logins (the agent's, the operator's) and the ACL of the local broker, when install.sh runs one.
+write_broker_acl() {
+	[[ -n $BROKER ]] && return 0
+	make_secret "$MQTT_PASSWORD" 0640
+	make_secret "$OPERATOR_PASSWORD" 0600
+	local have=0
+	if [[ -f $BROKER_PASSWD ]] && grep -q "^$DEVICE_ID:" "$BROKER_PASSWD" && grep -q '^fleet-operator:' "$BROKER_PASSWD" &&
+		[[ ! $MQTT_PASSWORD -nt $BROKER_PASSWD && ! $OPERATOR_PASSWORD -nt $BROKER_PASSWD ]]; then
+		have=1
+	fi
+	if [[ $have -eq 0 ]]; then
+		if [[ $DRY_RUN -eq 1 ]]; then
+			say "  would write: $BROKER_PASSWD (logins $DEVICE_ID, fleet-operator)"
+		else
+			command -v mosquitto_passwd >/dev/null 2>&1 || die "mosquitto_passwd missing (package mosquitto)"
+			local tmp
+			tmp=$(mktemp)
+			# the passwords go through stdin, never on a command line
+			printf '%s\n%s\n' "$(cat "$MQTT_PASSWORD")" "$(cat "$MQTT_PASSWORD")" | mosquitto_passwd -c "$tmp" "$DEVICE_ID" >/dev/null
+			printf '%s\n%s\n' "$(cat "$OPERATOR_PASSWORD")" "$(cat "$OPERATOR_PASSWORD")" | mosquitto_passwd "$tmp" fleet-operator >/dev/null
+			install -m 0640 "$tmp" "$BROKER_PASSWD"
+			rm -f "$tmp"
+			if getent group mosquitto >/dev/null 2>&1; then chgrp mosquitto "$BROKER_PASSWD"; fi
+			changed "broker logins $BROKER_PASSWD ($DEVICE_ID, fleet-operator)"
+		fi
+		BROKER_CHANGED=1
+	fi
+	if render_broker_acl | write_file "$BROKER_ACL" 0644; then
+		changed "broker ACL $BROKER_ACL (only fleet-operator may deploy)"
+		BROKER_CHANGED=1
+	fi
+	return 0
+}
+
+# The local broker's settings: loopback only, the logins and ACL above, no Nagle, a deep queue.
+render_broker_conf() {
+	printf 'listener %s 127.0.0.1\nallow_anonymous true\npassword_file %s\nacl_file %s\n' \
+		"$LOCAL_BROKER_PORT" "$BROKER_PASSWD" "$BROKER_ACL"
+	printf 'set_tcp_nodelay true\nmax_queued_messages 10000\n'
+}
+
 # Debian's mosquitto service reads /etc/mosquitto/conf.d: turn Nagle's algorithm off there (the
 # default config delays every small MQTT reply by ~40 ms) and let the broker hold a burst of
 # requests the agent has not taken yet (it takes at most max_concurrent + max_queue at a time,
@@ -562,11 +675,11 @@ EOF
 configure_system_broker() {
 	[[ -n $BROKER ]] && return 0
 	[[ -d /etc/mosquitto/conf.d || $DRY_RUN -eq 1 ]] || return 0
-	if printf '# written by katago-edge install.sh (removed by --uninstall)\nset_tcp_nodelay true\nmax_queued_messages 10000\n' |
-		write_file "$BROKER_DROPIN" 0644; then
+	if { printf '# written by katago-edge install.sh (removed by --uninstall)\n' && render_broker_conf; } |
+		write_file "$BROKER_DROPIN" 0644 || [[ $BROKER_CHANGED -eq 1 ]]; then
 		run systemctl enable mosquitto.service || true
 		run systemctl restart mosquitto.service || warn "could not restart mosquitto: check 'journalctl -u mosquitto'"
-		changed "$BROKER_DROPIN (set_tcp_nodelay true)"
+		changed "$BROKER_DROPIN (127.0.0.1:$LOCAL_BROKER_PORT, ACL, set_tcp_nodelay true)"
 	elif ! systemctl is-active --quiet mosquitto.service; then
 		run systemctl start mosquitto.service || warn "could not start mosquitto: check 'journalctl -u mosquitto'"
 	fi
@@ -606,24 +719,30 @@ agent_pid() {
 
 start_local_broker() {
 	[[ -n $BROKER ]] && return 0
-	if (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then return 0; fi # one is listening already
-	command -v mosquitto >/dev/null 2>&1 || die "no MQTT broker on 127.0.0.1:1883 and no mosquitto; pass --broker"
-	# loopback only, anonymous: the agent and local clients (a remote fleet needs --broker)
+	local conf
+	conf="$(dirname "$CONFIG")/mosquitto.conf"
+	# loopback only, with the logins and ACL of write_broker_acl (a remote fleet needs --broker);
 	# set_tcp_nodelay: without it Nagle's algorithm + delayed ACKs add ~40 ms to every small reply
-	printf 'listener 1883 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 10000\n' | write_file "$(dirname "$CONFIG")/mosquitto.conf" 0644 || true
+	if render_broker_conf | write_file "$conf" 0644; then BROKER_CHANGED=1; fi
+	if [[ $BROKER_CHANGED -eq 1 && -f $RUN_DIR/mosquitto.pid ]] && kill -0 "$(cat "$RUN_DIR/mosquitto.pid")" 2>/dev/null; then
+		run kill -TERM "$(cat "$RUN_DIR/mosquitto.pid")" # ours, with old settings: restart it
+		[[ $DRY_RUN -eq 1 ]] || sleep 0.5
+	fi
+	if (exec 3<>"/dev/tcp/127.0.0.1/$LOCAL_BROKER_PORT") 2>/dev/null; then return 0; fi # one is listening already
+	command -v mosquitto >/dev/null 2>&1 || die "no MQTT broker on 127.0.0.1:$LOCAL_BROKER_PORT and no mosquitto; pass --broker"
 	if [[ $DRY_RUN -eq 1 ]]; then
-		say "  would run in the background: mosquitto -c $(dirname "$CONFIG")/mosquitto.conf"
+		say "  would run in the background: mosquitto -c $conf"
 		return 0
 	fi
 	# not -d: as root mosquitto drops to its own user before it could write a pid file here
-	setsid mosquitto -c "$(dirname "$CONFIG")/mosquitto.conf" >>"$(dirname "$LOG_FILE")/mosquitto.log" 2>&1 </dev/null &
+	setsid mosquitto -c "$conf" >>"$(dirname "$LOG_FILE")/mosquitto.log" 2>&1 </dev/null &
 	echo "$!" >"$RUN_DIR/mosquitto.pid"
 	local i
 	for ((i = 0; i < 50; i++)); do
-		if (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then break; fi
+		if (exec 3<>"/dev/tcp/127.0.0.1/$LOCAL_BROKER_PORT") 2>/dev/null; then break; fi
 		sleep 0.1
 	done
-	changed "local Mosquitto on 127.0.0.1:1883 (pid $!)"
+	changed "local Mosquitto on 127.0.0.1:$LOCAL_BROKER_PORT (pid $!)"
 }
 
 stop_background() {
@@ -763,6 +882,8 @@ uninstall() {
 		remove_path "$DROPIN_DIR"
 		if [[ -f $BROKER_DROPIN ]]; then
 			remove_path "$BROKER_DROPIN"
+			remove_path "$BROKER_PASSWD"
+			remove_path "$BROKER_ACL"
 			run systemctl try-restart mosquitto.service || true
 		fi
 		if [[ $DRY_RUN -eq 0 ]]; then systemctl daemon-reload || true; fi
@@ -784,6 +905,8 @@ uninstall() {
 		if [[ $edited -eq 1 && $PURGE -eq 0 ]]; then
 			say "  keeping edited config $CONFIG (--purge removes it)"
 			remove_path "$(dirname "$CONFIG")/mosquitto.conf"
+			remove_path "$BROKER_PASSWD"
+			remove_path "$BROKER_ACL"
 		else
 			remove_path "$(dirname "$CONFIG")"
 		fi
@@ -838,6 +961,7 @@ main() {
 	install_package
 	link_command
 	write_ws_token
+	write_broker_acl
 	write_config
 	prepare_network
 	if [[ $NO_SYSTEMD -eq 1 ]]; then

@@ -30,6 +30,7 @@ __all__ = [
     "REPO",
     "Device",
     "Mosquitto",
+    "ask",
     "base_env",
     "cli",
     "free_port",
@@ -81,6 +82,23 @@ def spawn_cli(*args: str, log: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def ask(sock: Path, query: dict[str, Any]) -> dict[str, Any]:
+    """One action over a daemon's Unix socket (``query_models``, ``query_health``): its one answer."""
+    import socket as socketlib
+
+    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as s:
+        s.settimeout(60)
+        s.connect(str(sock))
+        s.sendall(json.dumps(query).encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                break
+            buf += chunk
+    return dict(json.loads(buf.split(b"\n", 1)[0]))
 
 
 class Device:
@@ -143,19 +161,7 @@ class Device:
         return dict(with_health.get("health") or {})
 
     def _ask(self, query: dict[str, Any]) -> dict[str, Any]:
-        import socket as socketlib
-
-        with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as s:
-            s.settimeout(60)
-            s.connect(str(self.sock))
-            s.sendall(json.dumps(query).encode() + b"\n")
-            buf = b""
-            while b"\n" not in buf:
-                chunk = s.recv(1 << 16)
-                if not chunk:
-                    break
-                buf += chunk
-        return dict(json.loads(buf.split(b"\n", 1)[0]))
+        return ask(self.sock, query)
 
     def model_name(self) -> str:
         """``query_models``' name of the network serving now."""
