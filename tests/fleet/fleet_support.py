@@ -22,7 +22,7 @@ for helper_dir in (TESTS / "app", TESTS / "transports" / "mqtt"):
         sys.path.insert(0, str(helper_dir))
 
 from daemon_support import REPO, ServeProcess, base_env, socket_request  # noqa: E402
-from mqtt_support import MOSQUITTO, NEEDS_MOSQUITTO, Mosquitto, free_port  # noqa: E402
+from mqtt_support import MOSQUITTO, NEEDS_MOSQUITTO, Mosquitto, free_port, read_retained  # noqa: E402
 
 __all__ = [
     "MOSQUITTO",
@@ -148,8 +148,19 @@ class Device:
         return self
 
     def wait_ready(self, timeout: float = 300.0) -> Device:
+        """Serving, and online on the broker (subscribed: a request sent now is not lost)."""
         assert self.proc is not None
+        started = time.time() - 1.0
         self.proc.wait_log("serving (profile", timeout)
+
+        def online() -> bool:
+            msg = read_retained(self.broker.port, [f"katago/{self.id}/status"], timeout=1.0).get(
+                f"katago/{self.id}/status"
+            )
+            status = json.loads(msg.payload) if msg is not None else {}
+            return status.get("state") == "online" and float(status.get("since", 0)) >= started
+
+        wait_until(online, 60, f"{self.id} online")
         return self
 
     def health(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pytest
 from edge_fixtures import model_file
 from fleet_support import QUERY, Device, EventLog, Mosquitto, cli, spawn_cli, wait_until
 
+from agent.errors import TransportError
 from agent.transports.mqtt.client import MqttRequester
 from agent.transports.mqtt.settings import MqttSettings
 
@@ -54,7 +55,10 @@ class QueryLoad:
             query = {**QUERY, "id": f"{device}-{n}", "maxVisits": 24, "reportDuringSearchEvery": 0.05}
             corr = self.requester.send(f"katago/{device}/analysis/request", query, expiry_s=300)
             self.sent.append(corr)
-            self.requester.wait(corr, 120)
+            try:
+                self.requester.wait(corr, 120)
+            except TransportError:  # unanswered: the test's assertion shows it
+                return
 
     def finish(self) -> list[list[dict[str, Any]]]:
         self.stop.set()
