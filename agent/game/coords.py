@@ -114,10 +114,6 @@ def loc_to_gtp(loc: int, x_size: int, y_size: int) -> str:
     return f"{column_name(x)}{y_size - y}"
 
 
-def xy_to_gtp(x: int, y: int, y_size: int) -> str:
-    return f"{column_name(x)}{y_size - y}"
-
-
 def parse_gtp_xy(text: str, x_size: int, y_size: int) -> tuple[int, int] | None:
     """Parse a GTP vertex to ``(x, y)``; ``None`` for pass. Raises ``CoordinateError``."""
     s = text.strip()

@@ -241,13 +241,6 @@ def _captured(
     return r, False
 
 
-def ladder_captured_attacker_first_2libs(board: Board, loc: int) -> tuple[bool, list[int]]:
-    """For a chain with exactly 2 liberties: can the attacker start a working ladder? Returns
-    (captured, the attacker first moves that work)."""
-    r, works, _ = _attacker_first(board, loc, None)
-    return r, works
-
-
 def _attacker_first(board: Board, loc: int, touched: list[int] | None) -> tuple[bool, list[int], bool]:
     defender = board.color[loc]
     attacker = 3 - defender

@@ -37,10 +37,6 @@ def parse_player(text: str) -> int:
     raise GameError(f"Could not parse player: {text}")
 
 
-def player_name(pla: int) -> str:
-    return "B" if pla == BLACK else "W"
-
-
 def parse_moves(moves: MoveList, x_size: int, y_size: int, allow_pass: bool = True) -> list[tuple[int, int]]:
     """``[[player, vertex], ...]`` -> ``[(loc, pla), ...]``; raises ``GameError``/``CoordinateError``."""
     out = []

@@ -274,7 +274,3 @@ def write_sgf(
         parts.append(f"\n;{'B' if col == BLACK else 'W'}[{_sgf_point(loc, g)}]")
     parts.append(")\n")
     return "".join(parts)
-
-
-def state_from_sgf_text(text: str, num_moves: int | None = None) -> GameState:
-    return state_from_sgf(parse_sgf(text), num_moves)

@@ -116,11 +116,6 @@ class CpuInfo:
     def big_little(self) -> bool:
         return len(self.clusters) > 1
 
-    @property
-    def big_cores(self) -> int:
-        """Cores in the fastest cluster (all cores when there is no cpufreq)."""
-        return len(self.clusters[0].cpus) if self.clusters else self.cores
-
 
 def _split_processors(text: str) -> tuple[list[dict[str, str]], dict[str, str]]:
     """Per-processor blocks and the global trailer (Hardware, Revision, Model, Serial)."""

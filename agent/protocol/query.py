@@ -153,7 +153,8 @@ def _moves(q: dict[str, Any], key: str, x: int, y: int, allow_pass: bool) -> lis
     return out
 
 
-def _int_list(v: Any) -> list[int] | None:
+def int_list(v: Any) -> list[int] | None:
+    """``v`` as a list of integers (booleans are not integers), or None."""
     if not isinstance(v, list) or not all(_is_int(e) for e in v):
         return None
     return [int(e) for e in v]
@@ -254,7 +255,7 @@ def parse_query(
         if initial_player is None:
             raise QueryError('Must be "b" or "w"', "initialPlayer")
     if "analyzeTurns" in q:
-        turns = _int_list(q["analyzeTurns"])
+        turns = int_list(q["analyzeTurns"])
         if turns is None:
             raise QueryError("Must specify an array of integers indicating turns to analyze", "analyzeTurns")
         for t in turns:
@@ -266,7 +267,7 @@ def parse_query(
         analyze = (len(moves),)
     priorities: dict[int, int] = {}
     if "priorities" in q:
-        prios = _int_list(q["priorities"])
+        prios = int_list(q["priorities"])
         if prios is None:
             raise QueryError("Must specify an array of integers indicating priorities", "priorities")
         if turns is None:

@@ -33,7 +33,7 @@ from agent import __version__
 from agent.engines.base import AnalysisQuery, Emit, Engine
 from agent.errors import AgentError, QueryError, UndecodableRequest
 from agent.protocol.decode import MAX_REQUEST_BYTES, decode, not_an_object
-from agent.protocol.query import parse_query
+from agent.protocol.query import int_list, parse_query
 from agent.protocol.replay import build_turns
 from agent.protocol.response import analysis_response
 from agent.search.params import SearchParams
@@ -43,12 +43,6 @@ logger = logging.getLogger(__name__)
 ACTION_ERROR = "'action' field must be 'query_version' or 'query_models' or 'clear_cache' or 'terminate' or 'terminate_all'"
 TURNS_ERROR = "If provided, must be an array of integers indicating turns to terminate"
 KATAGO_COMPAT_VERSION = "1.17.2"
-
-
-def _int_list(v: Any) -> list[int] | None:
-    if not isinstance(v, list) or not all(isinstance(e, int) and not isinstance(e, bool) for e in v):
-        return None
-    return [int(e) for e in v]
 
 
 def analysis_query(q: dict[str, Any], defaults: SearchParams, **options: Any) -> AnalysisQuery:
@@ -203,7 +197,7 @@ class AnalysisService:
         elif action in ("terminate", "terminate_all"):
             turns: list[int] | None = None
             if "turnNumbers" in q:
-                turns = _int_list(q["turnNumbers"])
+                turns = int_list(q["turnNumbers"])
                 if turns is None:
                     self._field_error(emit, qid, "turnNumbers", TURNS_ERROR)
                     return

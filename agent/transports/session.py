@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from agent.engines.base import Emit, Response
 from agent.errors import UndecodableRequest
 from agent.protocol.decode import decode
-from agent.protocol.query import finals_expected
+from agent.protocol.query import finals_expected, int_list
 from agent.protocol.service import TURNS_ERROR
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,6 @@ class _Query:
     remaining: int  # final responses still to come
     query: dict[str, Any]  # as handed to the service (internal id)
     submitted: bool = False
-
-
-def _int_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
 class ClientSession:
@@ -179,7 +175,7 @@ class ClientSession:
             message = 'Requests for a terminate action must have a string "terminateId" field'
             self._deliver(json.dumps({"id": query["id"], "field": "terminateId", "error": message}))
             return
-        if "turnNumbers" in query and not _int_list(query["turnNumbers"]):
+        if "turnNumbers" in query and int_list(query["turnNumbers"]) is None:
             self._deliver(json.dumps({"id": query["id"], "field": "turnNumbers", "error": TURNS_ERROR}))
             return
         with self._lock:
