@@ -16,6 +16,7 @@ stone was captured by a single stone that is left with exactly one liberty.
 from __future__ import annotations
 
 import random
+from array import array
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -74,10 +75,12 @@ class Board:
         self.x_size = x_size
         self.y_size = y_size
         self.stride = x_size + 1
-        self.color = [WALL] * self.geo.arr_size
+        # compact per-point arrays (one byte per colour, two per chain id): search trees keep a
+        # board per node, so a list of Python ints (8 bytes a point, twice) would dominate
+        self.color = bytearray([WALL]) * self.geo.arr_size
         for loc in self.geo.all_locs():
             self.color[loc] = EMPTY
-        self.cid = [0] * self.geo.arr_size
+        self.cid = array("H", bytes(2 * self.geo.arr_size))
         self.stones: dict[int, list[int]] = {}
         self.libs: dict[int, set[int]] = {}
         self.ko_loc = NULL_LOC

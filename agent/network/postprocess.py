@@ -184,30 +184,61 @@ def cap_pass_policy(p: F32) -> F32:
     return (q / q.sum(dtype=np.float32)).astype(np.float32)
 
 
-def _policy(
+class _PolicyMaker:
+    """``NetEval.policy_source`` for a network row: the softmax over legal moves, made once; the
+    row's logits (a view that keeps the whole batch's policy output alive) are let go then, so a
+    cached or kept evaluation holds only its policy."""
+
+    __slots__ = ("args", "result")
+
+    def __init__(
+        self,
+        logits: F32,
+        pass_logit: float,
+        legal: BoolArray,
+        gather: npt.NDArray[np.intp],
+        temperature: float,
+        pass_cap: bool,
+    ) -> None:
+        self.args: tuple[F32, float, BoolArray, npt.NDArray[np.intp], float, bool] | None = (
+            logits,
+            pass_logit,
+            legal,
+            gather,
+            temperature,
+            pass_cap,
+        )
+        self.result: F32 | None = None
+
+    def __call__(self) -> F32:
+        if self.result is None:
+            assert self.args is not None
+            self.result = _softmax_policy(*self.args)
+            self.args = None
+        return self.result
+
+
+def _softmax_policy(
     logits: F32,
     pass_logit: float,
     legal: BoolArray,
     gather: npt.NDArray[np.intp],
     temperature: float,
     pass_cap: bool,
-) -> Callable[[], F32]:
-    def make() -> F32:
-        flat = np.empty(len(logits) + 1, dtype=np.float32)
-        flat[:-1] = logits
-        flat[-1] = pass_logit
-        where = np.flatnonzero(legal)
-        zl = flat.take(gather.take(where))
-        if temperature != 1.0:
-            zl *= np.float32(1.0 / temperature)
-        zl -= zl.max()
-        e = np.exp(zl)
-        e /= e.sum(dtype=np.float32)
-        probs = np.zeros(len(legal), dtype=np.float32)
-        probs[where] = e
-        return cap_pass_policy(probs) if pass_cap else probs
-
-    return make
+) -> F32:
+    flat = np.empty(len(logits) + 1, dtype=np.float32)
+    flat[:-1] = logits
+    flat[-1] = pass_logit
+    where = np.flatnonzero(legal)
+    zl = flat.take(gather.take(where))
+    if temperature != 1.0:
+        zl *= np.float32(1.0 / temperature)
+    zl -= zl.max()
+    e = np.exp(zl)
+    e /= e.sum(dtype=np.float32)
+    probs = np.zeros(len(legal), dtype=np.float32)
+    probs[where] = e
+    return cap_pass_policy(probs) if pass_cap else probs
 
 
 def postprocess_row(
@@ -277,7 +308,7 @@ def postprocess_row(
         var_time_left=var_time,
         shortterm_winloss_error=st_wl,
         shortterm_score_error=st_score,
-        policy_source=_policy(logits, pass_logit, legal, gather, policy_temperature, pass_cap),
+        policy_source=_PolicyMaker(logits, pass_logit, legal, gather, policy_temperature, pass_cap),
         ownership_source=_ownership(raw.ownership[row], gather, sign),
     )
 

@@ -35,7 +35,7 @@ import numpy as np
 from agent.network.postprocess import NetEval, legal_mask_from_features
 from agent.search.ending import ending_white_bonus
 from agent.search.evaluator import NNEvaluator, average_evals
-from agent.search.node import LeafValue, Node
+from agent.search.node import PREFIX_LIMIT, LeafValue, Node
 from agent.search.params import SearchParams
 from agent.search.position import SearchState
 from agent.search.speculate import Prepared, Speculator
@@ -287,6 +287,11 @@ class Search:
                 pri = np.power(np.maximum(pri, 1e-30), 1.0 / self.params.root_policy_temperature)
             pri = pri / pri.sum()
         s = pri.sum()
+        if node is not self.root and len(idx) > PREFIX_LIMIT:
+            # below the root only a prefix of the edges is ever looked at (see node.py): its
+            # float64 priors are made from the network's as the prefix grows
+            node.expand(ev, idx, pri, raw, nn_utility, prior_sum=float(s) if s > 0 else 1.0)
+            return
         if s > 0:
             pri = pri / s
         node.expand(ev, idx.astype(np.int64), pri, raw, nn_utility)
@@ -348,12 +353,9 @@ class Search:
         total = float(node.e_weight.sum())
         parent_avg = sign * node.utility if node.weight > 0 else sign * node.nn_utility
         explore = self.explore_scaling(node, total)
-        if n_visited:
-            mask = np.zeros(n, dtype=bool)
-            mask[:m] = visited
-            visited_mass = float(node.raw_priors[mask].sum())
-        else:
-            visited_mass = 0.0
+        # the same selected elements in the same order as a mask over every edge: the same sum
+        mass = node.raw_priors[:m][np.array(visited, dtype=bool)] if n_visited else None
+        visited_mass = 0.0 if mass is None else float(mass.sum())
         avg_w = min(1.0, visited_mass**p.fpu_parent_weight_by_visited_policy_pow)
         parent_u = avg_w * parent_avg + (1.0 - avg_w) * sign * node.nn_utility
         fpu = parent_u - fpu_reduction * math.sqrt(visited_mass)
@@ -570,9 +572,10 @@ class Search:
                         walk = None
                         if spec is not None:
                             spec.mispredicted()
-                node.e_virtual[k] += 1
                 if k >= node.tried:
                     node.tried = k + 1
+                    node.grow(k + 2)  # the next selection looks at one more edge
+                node.e_virtual[k] += 1
                 path.append((node, k))
                 node = self._child(node, k)
         ev: NetEval | None = None
@@ -659,6 +662,7 @@ class Search:
             node.state.x_size * node.state.y_size,
         )
         _, u = self._leaf_value(ev, False)
+        node.make_full()
         raw = ev.policy[node.moves].astype(np.float64)
         pri = raw
         if self.params.root_policy_temperature != 1.0:

@@ -1,10 +1,18 @@
-"""Search-tree nodes: per-node statistics plus per-edge arrays for vectorised PUCT.
+"""Search-tree nodes: per-node statistics plus per-edge arrays for PUCT selection.
 
 All sums are weighted and from **White's perspective** (KataGo stores search values that way
-too); ``sign`` (+1 White to move, -1 Black) turns them into the mover's view. Each node keeps
-numpy arrays over its children (edge visits, edge weight, weighted utility sum, virtual losses)
-so that child selection is a handful of vector operations instead of a Python loop over up
-to 362 moves. ``children[k]`` is created lazily the first time edge ``k`` is selected.
+too); ``sign`` (+1 White to move, -1 Black) turns them into the mover's view. ``children[k]`` is
+created lazily the first time edge ``k`` is selected.
+
+Edges are sorted by decreasing prior (``Search._expand``), and below the root only the children
+tried so far plus the best untried one ever compete, so a node's edge arrays (edge visits,
+weight, utility sum, virtual losses, priors) only cover a **prefix** of its moves: ``grow``
+extends them as ``tried`` advances (to 8, 16, ... 64 edges, then all of them). The moves are kept
+(``int16``) and the priors re-read from the node's network evaluation with their sum, so a
+prior is recomputed bit for bit as the full ``float64`` array held it. The
+prefix sizes are multiples of 8 up to 64 and the arrays are zero past ``tried``: numpy's
+pairwise sums over them (``e_weight.sum()``) add the same numbers in the same order as over the
+full arrays. The root keeps full arrays (wide root noise, symmetry pruning, results).
 
 Ownership sums are only kept where they are reported: the root (tree-averaged ownership) and,
 when ``includeMovesOwnership`` is asked, the root's children.
@@ -34,6 +42,16 @@ class LeafValue:
     ownership: np.ndarray | None
 
 
+_NO_MOVES = np.zeros(0, dtype=np.int16)
+_NO_INTS = np.zeros(0, dtype=np.int64)
+_NO_FLOATS = np.zeros(0, dtype=np.float64)
+for _a in (_NO_MOVES, _NO_INTS, _NO_FLOATS):
+    _a.flags.writeable = False
+del _a
+PREFIX_STEPS = (8, 16, 32, 64)  # edge-array sizes below the root before the full size
+PREFIX_LIMIT = 128  # up to this many moves the arrays are full at once (numpy sums one block)
+
+
 class Node:
     __slots__ = (
         "children",
@@ -46,12 +64,15 @@ class Node:
         "expanded",
         "lead_sum",
         "moves",
+        "n_moves",
         "nn_terminal",
         "nn_utility",
         "nr_sum",
         "own_sq",
         "own_sum",
         "pending",
+        "prefix",
+        "prior_sum",
         "priors",
         "raw_priors",
         "score_sq_sum",
@@ -80,14 +101,17 @@ class Node:
         self.terminal = terminal
         # territory scoring past the normal end: KataGo keeps re-adding the node's own NN value
         self.nn_terminal = False
-        self.moves = np.zeros(0, dtype=np.int64)
-        self.priors = np.zeros(0, dtype=np.float64)
-        self.raw_priors = np.zeros(0, dtype=np.float64)
+        self.moves: np.ndarray = _NO_MOVES
+        self.n_moves = 0
+        self.priors: np.ndarray = _NO_FLOATS
+        self.raw_priors: np.ndarray = _NO_FLOATS
+        self.prefix = False  # edge arrays cover a prefix of the moves (grown by ``grow``)
+        self.prior_sum = 1.0
         self.children: list[Node | None] = []
-        self.e_visits = np.zeros(0, dtype=np.int64)
-        self.e_weight = np.zeros(0, dtype=np.float64)
-        self.e_usum = np.zeros(0, dtype=np.float64)
-        self.e_virtual = np.zeros(0, dtype=np.int64)
+        self.e_visits: np.ndarray = _NO_INTS
+        self.e_weight: np.ndarray = _NO_FLOATS
+        self.e_usum: np.ndarray = _NO_FLOATS
+        self.e_virtual: np.ndarray = _NO_INTS
         self.tried = 0  # 1 + the highest child index ever selected: later edges were never tried
         self.nn_utility = 0.0
         self.visits = 0
@@ -105,22 +129,67 @@ class Node:
         self.own_sq: np.ndarray | None = np.zeros(n, dtype=np.float64) if track_ownership else None
 
     def expand(
-        self, ev: NetEval, moves: np.ndarray, priors: np.ndarray, raw_priors: np.ndarray, nn_utility: float
+        self,
+        ev: NetEval,
+        moves: np.ndarray,
+        priors: np.ndarray,
+        raw_priors: np.ndarray,
+        nn_utility: float,
+        *,
+        prior_sum: float | None = None,
     ) -> None:
+        """Full edge arrays from ``priors``/``raw_priors``; or, with ``prior_sum`` (the moves'
+        raw priors are ``ev.policy[moves]`` and ``priors = raw / prior_sum``), a prefix of them,
+        grown on demand."""
         k = len(moves)
         self.ev = ev
-        self.moves = moves
-        self.priors = priors
-        self.raw_priors = raw_priors
-        self.children = [None] * k
-        self.e_visits = np.zeros(k, dtype=np.int64)
-        self.e_weight = np.zeros(k, dtype=np.float64)
-        self.e_usum = np.zeros(k, dtype=np.float64)
-        self.e_virtual = np.zeros(k, dtype=np.int64)
+        self.moves = moves.astype(np.int16)
+        self.n_moves = k
         self.tried = 0
         self.nn_utility = nn_utility
         self.expanded = True
         self.pending = False
+        if prior_sum is None or k <= PREFIX_LIMIT:
+            self.prefix = False
+            self.priors = priors
+            self.raw_priors = raw_priors
+            self._edges(k)
+        else:
+            self.prefix = True
+            self.prior_sum = prior_sum
+            self.priors = self.raw_priors = _NO_FLOATS
+            self._edges(0)
+            self.grow(1)
+
+    def _edges(self, n: int) -> None:
+        self.children = [None] * n
+        self.e_visits = np.zeros(n, dtype=np.int64)
+        self.e_weight = np.zeros(n, dtype=np.float64)
+        self.e_usum = np.zeros(n, dtype=np.float64)
+        self.e_virtual = np.zeros(n, dtype=np.int64)
+
+    def grow(self, m: int) -> None:
+        """Make the edge arrays cover at least the first ``m`` edges."""
+        have = len(self.e_visits)
+        if m <= have or not self.prefix:
+            return
+        assert self.ev is not None
+        cap = self.n_moves if m > PREFIX_STEPS[-1] else next(c for c in PREFIX_STEPS if c >= m)
+        # the same float32 -> float64 values and division as the full arrays (``Search._expand``)
+        raw = self.ev.policy[self.moves[:cap]].astype(np.float64)
+        self.raw_priors = raw
+        self.priors = raw / self.prior_sum
+        self.children.extend([None] * (cap - have))
+        for name in ("e_visits", "e_weight", "e_usum", "e_virtual"):
+            old = getattr(self, name)
+            new = np.zeros(cap, dtype=old.dtype)
+            new[:have] = old
+            setattr(self, name, new)
+        self.prefix = cap < self.n_moves
+
+    def make_full(self) -> None:
+        """Edge arrays over every move (a node that becomes the root)."""
+        self.grow(self.n_moves + 1)
 
     def add(self, v: LeafValue) -> None:
         w = v.weight
@@ -172,5 +241,7 @@ class Node:
         return self.weight * self.weight / self.weight_sq if self.weight_sq > 0 else 0.0
 
     def child_index(self, move: int) -> int:
+        """The edge of ``move``; -1 where it is not a move here or its edge was never grown
+        (no child can exist there)."""
         hits = np.nonzero(self.moves == move)[0]
-        return int(hits[0]) if len(hits) else -1
+        return int(hits[0]) if len(hits) and hits[0] < len(self.children) else -1
