@@ -90,8 +90,10 @@ def replay_query(
     komi: float | None = None,
     board_x: int = 19,
     board_y: int = 19,
+    every_turn: bool = True,
 ) -> list[GameState]:
-    """States after 0, 1, ..., len(moves) moves of an analysis query."""
+    """States after 0, 1, ..., len(moves) moves of an analysis query (only the last one when not
+    ``every_turn``); see the module docstring for KataGo's replay conventions."""
     r = _resolve_rules(rules, komi)
     board = setup_board(board_x, board_y, initial_stones)
     parsed = parse_moves(moves, board_x, board_y)
@@ -102,37 +104,17 @@ def replay_query(
     else:
         first = WHITE if _handicap_stones_on_board(board) > 0 else BLACK
     state = GameState(board, first, r)
-    out = [state.copy()]
+    out = [state.copy()] if every_turn else []
     for i, (loc, pla) in enumerate(parsed):
         state.play_move(loc, pla, move_index=i)
-        out.append(state.copy())
-    return out
+        if every_turn:
+            out.append(state.copy())
+    return out if every_turn else [state]
 
 
-def position_from_query(
-    moves: MoveList,
-    *,
-    initial_stones: MoveList | None = None,
-    initial_player: str | None = None,
-    rules: str | dict[str, Any] | Rules = "tromp-taylor",
-    komi: float | None = None,
-    board_x: int = 19,
-    board_y: int = 19,
-) -> GameState:
-    """The state after all ``moves`` (see module docstring for KataGo's replay conventions)."""
-    r = _resolve_rules(rules, komi)
-    board = setup_board(board_x, board_y, initial_stones)
-    parsed = parse_moves(moves, board_x, board_y)
-    if initial_player is not None:
-        first = parse_player(initial_player)
-    elif parsed:
-        first = parsed[0][1]
-    else:
-        first = WHITE if _handicap_stones_on_board(board) > 0 else BLACK
-    state = GameState(board, first, r)
-    for i, (loc, pla) in enumerate(parsed):
-        state.play_move(loc, pla, move_index=i)
-    return state
+def position_from_query(moves: MoveList, **setup: Any) -> GameState:
+    """The state after all ``moves``: ``replay_query``'s last state, with the same keywords."""
+    return replay_query(moves, every_turn=False, **setup)[-1]
 
 
 def state_from_ascii(text: str, pla: int, rules: str | dict[str, Any] | Rules = "tromp-taylor") -> GameState:
