@@ -13,13 +13,15 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.hardware._files import read_key_values, read_text, under
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,9 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def probe_nvml() -> list[NvidiaGpu] | None:
-    """GPUs seen by NVML, or None when NVML is not importable or does not initialise."""
+def _with_nvml(per_gpu: Callable[[Any, int, Any], T]) -> list[T] | None:
+    """``per_gpu(nvml, index, handle)`` for every GPU NVML sees, between ``nvmlInit`` and
+    ``nvmlShutdown``; None when NVML is not importable or does not initialise."""
     nvml = _nvml()
     if nvml is None:
         return None
@@ -70,26 +73,31 @@ def probe_nvml() -> list[NvidiaGpu] | None:
         logger.debug("NVML init failed: %s", exc)
         return None
     try:
-        driver = _text(_call(nvml.nvmlSystemGetDriverVersion))
-        gpus = []
+        out = []
         for index in range(_call(nvml.nvmlDeviceGetCount) or 0):
             handle = _call(nvml.nvmlDeviceGetHandleByIndex, index)
-            if handle is None:
-                continue
-            mem = _call(nvml.nvmlDeviceGetMemoryInfo, handle)
-            cap = _call(nvml.nvmlDeviceGetCudaComputeCapability, handle)
-            gpus.append(
-                NvidiaGpu(
-                    index=index,
-                    name=_text(_call(nvml.nvmlDeviceGetName, handle)) or f"GPU {index}",
-                    memory_mb=int(mem.total) // (1 << 20) if mem is not None else None,
-                    cuda_capability=f"{cap[0]}.{cap[1]}" if cap else None,
-                    driver=driver,
-                )
-            )
-        return gpus
+            if handle is not None:
+                out.append(per_gpu(nvml, index, handle))
+        return out
     finally:
         _call(nvml.nvmlShutdown)
+
+
+def probe_nvml() -> list[NvidiaGpu] | None:
+    """GPUs seen by NVML, or None when NVML is not importable or does not initialise."""
+
+    def gpu(nvml: Any, index: int, handle: Any) -> NvidiaGpu:
+        mem = _call(nvml.nvmlDeviceGetMemoryInfo, handle)
+        cap = _call(nvml.nvmlDeviceGetCudaComputeCapability, handle)
+        return NvidiaGpu(
+            index=index,
+            name=_text(_call(nvml.nvmlDeviceGetName, handle)) or f"GPU {index}",
+            memory_mb=int(mem.total) // (1 << 20) if mem is not None else None,
+            cuda_capability=f"{cap[0]}.{cap[1]}" if cap else None,
+            driver=_text(_call(nvml.nvmlSystemGetDriverVersion)),
+        )
+
+    return _with_nvml(gpu)
 
 
 def probe_procfs(root: Path) -> list[NvidiaGpu]:
@@ -124,32 +132,17 @@ def probe_nvidia(root: Path = Path("/")) -> tuple[NvidiaGpu, ...]:
 
 def nvml_stats() -> list[dict[str, Any]] | None:
     """Live use per GPU for health (utilisation %, memory, temperature), or None without NVML."""
-    nvml = _nvml()
-    if nvml is None:
-        return None
-    try:
-        nvml.nvmlInit()
-    except Exception as exc:
-        logger.debug("NVML init failed: %s", exc)
-        return None
-    try:
-        stats = []
-        for index in range(_call(nvml.nvmlDeviceGetCount) or 0):
-            handle = _call(nvml.nvmlDeviceGetHandleByIndex, index)
-            if handle is None:
-                continue
-            util = _call(nvml.nvmlDeviceGetUtilizationRates, handle)
-            mem = _call(nvml.nvmlDeviceGetMemoryInfo, handle)
-            stats.append(
-                {
-                    "index": index,
-                    "name": _text(_call(nvml.nvmlDeviceGetName, handle)),
-                    "utilization_percent": None if util is None else float(util.gpu),
-                    "memory_used_mb": None if mem is None else int(mem.used) // (1 << 20),
-                    "memory_total_mb": None if mem is None else int(mem.total) // (1 << 20),
-                    "temperature_c": _call(nvml.nvmlDeviceGetTemperature, handle, 0),
-                }
-            )
-        return stats
-    finally:
-        _call(nvml.nvmlShutdown)
+
+    def use(nvml: Any, index: int, handle: Any) -> dict[str, Any]:
+        util = _call(nvml.nvmlDeviceGetUtilizationRates, handle)
+        mem = _call(nvml.nvmlDeviceGetMemoryInfo, handle)
+        return {
+            "index": index,
+            "name": _text(_call(nvml.nvmlDeviceGetName, handle)),
+            "utilization_percent": None if util is None else float(util.gpu),
+            "memory_used_mb": None if mem is None else int(mem.used) // (1 << 20),
+            "memory_total_mb": None if mem is None else int(mem.total) // (1 << 20),
+            "temperature_c": _call(nvml.nvmlDeviceGetTemperature, handle, 0),
+        }
+
+    return _with_nvml(use)
