@@ -11,7 +11,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,8 @@ def _onnx_bytes(
     job: ConvertJob, fp32: Any, reference: NeuralNet, progress: ProgressFactory
 ) -> tuple[bytes, PositionSet | None]:
     from agent.backends.onnx import quantize
+    from agent.backends.onnx.builder import OnnxBuildOptions, build_onnx
+    from agent.network.reader import read_network
 
     if job.precision == "fp32":
         return fp32.SerializeToString(), None
@@ -102,17 +104,20 @@ def _onnx_bytes(
     if job.int8_mode == "dynamic":
         return quantize.to_int8_dynamic(fp32).SerializeToString(), None
     cal = _calibration(job, reference, progress)
+    from agent.models import sensitivity  # imports onnx: only when converting
+
+    options = OnnxBuildOptions(board_x=job.board, board_y=job.board)
     if job.smooth_alpha > 0:
-        from agent.backends.onnx.builder import OnnxBuildOptions, build_onnx
         from agent.backends.onnx.smoothing import smoothing_scales
-        from agent.network.reader import read_network
 
         skip = quantize.nodes_in_groups(fp32, job.keep_float or quantize.INT8_FLOAT_GROUPS)
         scales = smoothing_scales(fp32, cal, skip=skip, alpha=job.smooth_alpha)
         options = OnnxBuildOptions(board_x=job.board, board_y=job.board, prescale=scales)
         fp32 = build_onnx(read_network(job.model), options)
-    from agent.models import sensitivity  # imports onnx: only when converting
-
+    if uses_im2col(job, fp32):
+        # the same function with convolutions as im2col + MatMul: quantized ones then run as
+        # int8 GEMMs (docs/conversion.md, "INT8 speed")
+        fp32 = build_onnx(read_network(job.model), replace(options, im2col=True))
     if sensitivity.applies(job):
         return sensitivity.int8_with_sensitivity_pass(job, fp32, cal, reference, progress, VERIFY_SEED), cal
     mode = quantize.int8_mode_options(job.int8_mode)
@@ -127,7 +132,16 @@ def _onnx_bytes(
             weight_rounding=job.weight_rounding,
             progress=prog,
         )
+    quantize.finish_im2col(model)
     return model.SerializeToString(), cal
+
+
+def uses_im2col(job: ConvertJob, fp32: Any) -> bool:
+    """Static INT8 (mode ``static``: float Conv outputs) of a conv net is made from the im2col
+    graph; transformer nets and the qlinear modes keep ``Conv`` nodes."""
+    from agent.models.sensitivity import is_transformer
+
+    return job.precision == "int8" and job.int8_mode == "static" and not is_transformer(fp32)
 
 
 def _tflite_file(

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MARGIN = 0.8
-HELD_OUT_POSITIONS = 100
+HELD_OUT_POSITIONS = 200  # as many as verification: its p99 is the same order statistic
 HELD_OUT_SEED = 4242
 METADATA_KEY = "katago.int8_sensitivity"
 Step = Callable[[int, int], None]
@@ -268,7 +268,7 @@ def held_out_positions(
     job: ConvertJob, calibration: PositionSet, reference: NeuralNet, verify_seed: int
 ) -> PositionSet:
     """Positions for the pass that are neither calibration nor verification positions (as many as
-    verification uses, at most 100): from the job's SGF source minus both samples, else self-play
+    verification uses, at most 200): from the job's SGF source minus both samples, else self-play
     with a seed of its own."""
     from agent.models.positions import positions_from_selfplay, positions_from_sgf
 
@@ -319,6 +319,7 @@ def int8_with_sensitivity_pass(
                 weight_rounding=job.weight_rounding,
                 progress=prog,
             )
+        quantize.finish_im2col(model)
         return model.SerializeToString()
     with progress(f"INT8 calibration ({job.calibration_method}), every layer", len(calibration)) as prog:
         quant = quantize.to_int8_static(
@@ -341,6 +342,7 @@ def int8_with_sensitivity_pass(
             threads=job.threads or None,
             progress=prog,
         )
+    quantize.finish_im2col(graph)
     return graph.SerializeToString()
 
 

@@ -72,6 +72,9 @@ class OnnxBuildOptions:
     board_y: int = MAX_BOARD
     #: layer name -> per-input-channel scale (SmoothQuant, :mod:`agent.backends.onnx.smoothing`)
     prescale: Mapping[str, F32] | None = None
+    #: convolutions as im2col + MatMul on ``[N, S, C]`` (:mod:`agent.backends.onnx.graph`): the
+    #: graph static INT8 is made from, so that quantized convs run as int8 GEMMs with float outputs
+    im2col: bool = False
 
 
 def build_onnx(network: Network, options: OnnxBuildOptions | None = None) -> onnx.ModelProto:
@@ -83,7 +86,7 @@ def build_onnx(network: Network, options: OnnxBuildOptions | None = None) -> onn
         raise UnsupportedNetworkError(
             f"{network.name}: SGF-metadata encoder (human-SL nets) is not supported"
         )
-    b = _Builder(network, GraphBuilder(opts.board_y, opts.board_x, opts.prescale))
+    b = _Builder(network, GraphBuilder(opts.board_y, opts.board_x, opts.prescale, im2col=opts.im2col))
     model = b.build()
     logger.debug("built ONNX graph for %s: %d nodes", network.name, len(model.graph.node))
     return model
@@ -100,6 +103,8 @@ class _Builder:
         self.net = net
         self.g = g
         self.s = g.height * g.width
+        #: the layout of k x k convolutions: ``Conv`` in nchw, or im2col + MatMul in nsc
+        self.conv_layout: Layout = "nsc" if g.im2col else "nchw"
 
     # --- whole graph ------------------------------------------------------------------------
 
@@ -109,14 +114,14 @@ class _Builder:
         g.build_masks(INPUT_SPATIAL)
         trunk = net.trunk
         x = g.conv(
-            Act(INPUT_SPATIAL, "nchw", net.num_input_channels),
+            g.to_layout(Act(INPUT_SPATIAL, "nchw", net.num_input_channels), self.conv_layout),
             trunk.initial_conv.name,
             trunk.initial_conv.weight,
         )
         gb = g.matmul(INPUT_GLOBAL, trunk.initial_matmul.name, trunk.initial_matmul.weight)
         x = g.add_channel_bias(x, gb, trunk.initial_matmul.name)
         x = self.blocks(x, trunk.blocks)
-        x = g.to_layout(x, "nchw")
+        x = g.to_layout(x, self.conv_layout)
         tip = self.trunk_tip(x)
         outputs = self.policy_head(tip) + self.value_head(tip)
         for name, tensor in zip(OUTPUT_NAMES, outputs, strict=True):
@@ -200,11 +205,11 @@ class _Builder:
         if isinstance(block, NestedBottleneckBlock):
             if _is_1x1(block.pre_conv) and block.blocks:
                 return self.preferred(block.blocks[0])
-            return "nchw"
+            return self.conv_layout
         convs = [block.regular_conv, block.final_conv] + (
             [block.gpool_conv] if isinstance(block, GPoolBlock) else []
         )
-        return None if all(_is_1x1(c) for c in convs) else "nchw"
+        return None if all(_is_1x1(c) for c in convs) else self.conv_layout
 
     def blocks(self, x: Act, blocks: tuple[Block, ...]) -> Act:
         for block in blocks:
@@ -242,14 +247,14 @@ class _Builder:
             y = g.conv(r, block.final_conv.name, block.final_conv.weight)
             return g.residual_add(x, y, block.name)
         if isinstance(block, NestedBottleneckBlock):
-            a = x if _is_1x1(block.pre_conv) else g.to_layout(x, "nchw")
+            a = x if _is_1x1(block.pre_conv) else g.to_layout(x, self.conv_layout)
             a = g.affine_act_mask(
                 a, block.pre_bn.name, block.pre_bn.merged_scale, block.pre_bn.merged_bias, block.pre_act.kind
             )
             m = g.conv(a, block.pre_conv.name, block.pre_conv.weight)
             m = self.blocks(m, block.blocks)
             if not _is_1x1(block.post_conv):
-                m = g.to_layout(m, "nchw")
+                m = g.to_layout(m, self.conv_layout)
             p = g.affine_act_mask(
                 m,
                 block.post_bn.name,

@@ -12,6 +12,13 @@ Switching layout costs one ``Transpose``; :meth:`GraphBuilder.to_layout` does it
 so a stack of transformer blocks runs without transposes (onnxruntime then fuses the RMSNorm
 pattern into ``SimplifiedLayerNormalization`` and Conv+bias+ReLU into ``FusedConv``).
 
+With ``im2col=True`` (the graphs that static INT8 is made from, see
+:mod:`agent.backends.onnx.quantize`) a ``k x k`` convolution on an ``nsc`` tensor is an im2col
+``Gather`` of the zero-padded input plus one ``MatMul`` with a ``[k*k*C, C']`` weight (rows in
+``(dy, dx, c)`` order), so a conv trunk runs in ``nsc`` without a transpose and onnxruntime runs
+each quantized convolution as an int8 GEMM with a float output (``MatMulIntegerToFloat``); convs
+reading the same tensor with the same kernel share one im2col.
+
 Board mask conventions (spec §2.1): ``mask`` is spatial channel 0; every norm+activation
 multiplies by it so that off-board cells feeding a convolution or a pooling step are exactly 0.
 Node names start with the KataGo layer name (``model.blocks.3.normactconvp.conv/Conv``), which is
@@ -67,9 +74,13 @@ class Masks:
 class GraphBuilder:
     """Collects ONNX nodes and initializers for one graph over a fixed ``H x W`` buffer."""
 
-    def __init__(self, height: int, width: int, prescale: Mapping[str, F32] | None = None) -> None:
+    def __init__(
+        self, height: int, width: int, prescale: Mapping[str, F32] | None = None, im2col: bool = False
+    ) -> None:
         self.height = height
         self.width = width
+        self.im2col = im2col
+        self._cols: dict[tuple[str, int, int], str] = {}
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
         self._used: set[str] = set()
@@ -219,8 +230,10 @@ class GraphBuilder:
                 x.channels,
             )
             weight_kkio = (weight_kkio * sc[None, None, :, None]).astype(np.float32)
-        if ky == 1 and kx == 1 and x.layout == "nsc":
-            y = self.op("MatMul", [x.name, self.const(f"{name}.w", weight_kkio.reshape(cin, cout))], name)
+        if x.layout == "nsc" and ((ky == 1 and kx == 1) or self.im2col):
+            cols = x.name if ky == 1 and kx == 1 else self.im2col_of(x, ky, kx, name)
+            w = weight_kkio.reshape(ky * kx * cin, cout)
+            y = self.op("MatMul", [cols, self.const(f"{name}.w", w)], name)
             if bias is not None:
                 y = self.op("Add", [y, self.const(f"{name}.b", bias)], name)
             return Act(y, "nsc", cout)
@@ -230,6 +243,38 @@ class GraphBuilder:
             inputs.append(self.const(f"{name}.b", bias))
         pads = [ky // 2, kx // 2, ky // 2, kx // 2]
         return Act(self.op("Conv", inputs, name, kernel_shape=[ky, kx], pads=pads), "nchw", cout)
+
+    def im2col_of(self, x: Act, ky: int, kx: int, name: str) -> str:
+        """``[N, S, ky*kx*C]``: each position's zero-padded ``ky x kx`` neighbourhood of an ``nsc``
+        tensor, rows in ``(dy, dx, c)`` order (one ``Pad`` and one ``Gather``; built once per input
+        and kernel, node names ``<first layer>.im2col/...``)."""
+        key = (x.name, ky, kx)
+        if key in self._cols:
+            return self._cols[key]
+        h, w, py, px = self.height, self.width, ky // 2, kx // 2
+        hp, wp = h + 2 * py, w + 2 * px
+        base = f"{name}.im2col"
+        grid = self.op("Reshape", [x.name, self.ints(f"shape/nhwc{x.channels}", [0, h, w, x.channels])], base)
+        pads = self.ints(f"pads/nhwc{py},{px}", [0, py, px, 0, 0, py, px, 0])
+        padded = self.op("Pad", [grid, pads], base)
+        flat = self.op(
+            "Reshape", [padded, self.ints(f"shape/npc{hp * wp},{x.channels}", [0, hp * wp, x.channels])], base
+        )
+        index = np.array(
+            [
+                (y + dy) * wp + (c + dx)
+                for y in range(h)
+                for c in range(w)
+                for dy in range(ky)
+                for dx in range(kx)
+            ],
+            np.int64,
+        )
+        taps = self.op("Gather", [flat, self.const(f"{base}.index", index, np.int64)], base, axis=1)
+        width = ky * kx * x.channels
+        cols = self.op("Reshape", [taps, self.ints(f"shape/ns{width}", [0, h * w, width])], base)
+        self._cols[key] = cols
+        return cols
 
     def affine_act_mask(self, x: Act, name: str, scale: F32 | None, bias: F32 | None, act: Activation) -> Act:
         """``act(x*scale + bias) * mask`` (KataGo's BNACT); ``scale``/``bias`` None = skip."""

@@ -382,6 +382,7 @@ def to_int8_static(
         quant = onnx.load(dst)
     if quantize_outputs:
         logger.info("INT8 qlinear: %d ReLU-fed output ranges tightened", share_relu_output_ranges(quant))
+    logger.info("INT8: %d input-feature quantizers on 7 bits", seven_bit_input_quantizers(quant))
     if weight_rounding != "nearest":
         replaced = weight_rounding_mod.apply_rounding(quant, model, grid)
         logger.info("INT8 weights: %s rounding of %d layers", weight_rounding, replaced)
@@ -484,3 +485,202 @@ def share_relu_output_ranges(quant: onnx.ModelProto) -> int:
         inits[q1.input[2]].CopyFrom(onnx.numpy_helper.from_array(zero, q1.input[2]))
         changed += 1
     return changed
+
+
+IM2COL_MARK = ".im2col/"
+DATA_MOVEMENT = ("Reshape", "Transpose", "Pad", "Gather", "Slice", "Identity")
+
+
+def seven_bit_input_quantizers(quant: onnx.ModelProto) -> int:
+    """Give the UINT8 quantizers of the network's inputs (``spatial``, ``global``, and tensors only
+    moved from them) a 7-bit grid: the same range over 0..127 instead of 0..255. Returns the count.
+
+    x86 CPUs without VNNI multiply UINT8 x INT8 with ``vpmaddubsw``, which adds two products
+    into a saturating int16: ``255 * 127 * 2`` overflows. Trunk activations are rarely near 255,
+    but the input features are 0/1 planes quantized to exactly 255: b6c96's initial convolution
+    went from a policy logit error of 1.5 (reference kernels) to 10.9 (onnxruntime's fused int8
+    GEMM on an AVX2 machine). On 0..127 two products stay below 2^15; 0/1 features are
+    represented exactly either way.
+    """
+    graph = quant.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    inputs = {i.name for i in graph.input}
+    changed = 0
+    done: set[str] = set()
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear" or len(q.input) < 3 or q.input[1] in done:
+            continue
+        tensor = q.input[0]
+        while tensor in producer and producer[tensor].op_type in DATA_MOVEMENT:
+            tensor = producer[tensor].input[0]
+        if tensor not in inputs or q.input[1] not in inits or q.input[2] not in inits:
+            continue
+        scale = float(onnx.numpy_helper.to_array(inits[q.input[1]]))
+        zero = onnx.numpy_helper.to_array(inits[q.input[2]])
+        if zero.dtype != np.uint8:
+            continue
+        low, high = -float(zero) * scale, (255.0 - float(zero)) * scale
+        new_scale = (high - low) / 127.0
+        new_zero = np.uint8(round(-low / new_scale))
+        scale_dtype = onnx.numpy_helper.to_array(inits[q.input[1]]).dtype
+        inits[q.input[1]].CopyFrom(onnx.numpy_helper.from_array(np.array(new_scale, scale_dtype), q.input[1]))
+        inits[q.input[2]].CopyFrom(onnx.numpy_helper.from_array(np.array(new_zero, np.uint8), q.input[2]))
+        done.add(q.input[1])
+        changed += 1
+    return changed
+
+
+def quantize_before_im2col(quant: onnx.ModelProto) -> int:
+    """Move each activation ``QuantizeLinear`` that reads an im2col (``graph.GraphBuilder.im2col_of``:
+    Reshape, Pad, Reshape, Gather, Reshape) up to the im2col's input, in place.
+
+    The QDQ quantizer puts the quantizer on the MatMul's input, the im2col output, which is k*k
+    times larger than the tensor it was gathered from; quantizing first gathers bytes instead of
+    floats and quantizes k*k times fewer values. Exact: the quantizer is elementwise, and the
+    padding is the zero point (the quantized 0). Run it on the final graph (after
+    :func:`agent.backends.onnx.sensitivity.with_float_nodes`, which rewires float nodes to the
+    quantizer's input); float readers of the im2col keep the float one. Returns the number moved.
+    """
+    graph = quant.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    moved = 0
+    new_nodes: list[onnx.NodeProto] = []
+    for q in list(graph.node):
+        new_nodes.append(q)
+        if q.op_type != "QuantizeLinear" or len(q.input) < 3:
+            continue
+        chain: list[onnx.NodeProto] = []
+        tensor = q.input[0]
+        for op in ("Reshape", "Gather", "Reshape", "Pad", "Reshape"):
+            node = producer.get(tensor)
+            if node is None or node.op_type != op or IM2COL_MARK not in node.name:
+                break
+            chain.append(node)
+            tensor = node.input[0]
+        if len(chain) != 5:
+            continue
+        source_q = f"{q.output[0]}/before_im2col"
+        q.input[0], out = tensor, q.output[0]
+        q.output[0] = source_q
+        current = source_q
+        for node in reversed(chain):
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.name = f"{node.name}/int8"
+            inputs = [current, *node.input[1:]]
+            if node.op_type == "Pad":
+                inputs = [current, node.input[1], q.input[2]]  # pad with the zero point
+            del copy.input[:]
+            copy.input.extend(inputs)
+            copy.output[0] = out if node is chain[0] else f"{node.output[0]}/int8"
+            current = copy.output[0]
+            new_nodes.append(copy)
+        moved += 1
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    _prune_dead(graph)
+    if moved:
+        props = {p.key: p.value for p in quant.metadata_props}
+        props["katago.int8_convs"] = "im2col"
+        onnx.helper.set_model_props(quant, props)
+    return moved
+
+
+def _prune_dead(graph: onnx.GraphProto) -> None:
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)
+
+
+def float_im2col_as_conv(model: onnx.ModelProto) -> int:
+    """Turn each float MatMul that reads an im2col back into a ``Conv`` (with transposes from and
+    to ``[N, S, C]``), in place; returns the number replaced.
+
+    Layers kept in float by the sensitivity pass run faster as onnxruntime's NCHWc ``Conv`` than as
+    an im2col of floats and a float MatMul (b6c96 FP32: 0.83x / 0.61x the Conv graph's speed at
+    batch 1 / 8 when every conv is im2col); the same function, up to float rounding.
+    """
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    replaced = 0
+    new_nodes: list[onnx.NodeProto] = []
+    helper = onnx.helper
+    for node in list(graph.node):
+        chain = _im2col_chain(producer, inits, node.input[0]) if node.op_type == "MatMul" else None
+        if chain is None or node.input[1] not in inits:
+            new_nodes.append(node)
+            continue
+        source, (height, width, cin), (py, px) = chain
+        w = inits[node.input[1]]
+        ky, kx = 2 * py + 1, 2 * px + 1
+        kernel = w.reshape(ky, kx, cin, w.shape[1]).transpose(3, 2, 0, 1)
+        base = f"{node.name.rsplit('/', 1)[0]}.conv"
+        t = {
+            s: f"{base}/{s}"
+            for s in ("to_ncs", "nchw", "Conv", "ncs", "to_nsc", "w", "shape_in", "shape_out")
+        }
+        graph.initializer.extend(
+            [
+                onnx.numpy_helper.from_array(np.ascontiguousarray(kernel), t["w"]),
+                onnx.numpy_helper.from_array(np.array([0, cin, height, width], np.int64), t["shape_in"]),
+                onnx.numpy_helper.from_array(
+                    np.array([0, w.shape[1], height * width], np.int64), t["shape_out"]
+                ),
+            ]
+        )
+        new_nodes += [
+            helper.make_node("Transpose", [source], [t["to_ncs"]], name=t["to_ncs"], perm=[0, 2, 1]),
+            helper.make_node("Reshape", [t["to_ncs"], t["shape_in"]], [t["nchw"]], name=t["nchw"]),
+            helper.make_node(
+                "Conv",
+                [t["nchw"], t["w"]],
+                [t["Conv"]],
+                name=t["Conv"],
+                kernel_shape=[ky, kx],
+                pads=[py, px, py, px],
+            ),
+            helper.make_node("Reshape", [t["Conv"], t["shape_out"]], [t["ncs"]], name=t["ncs"]),
+            helper.make_node("Transpose", [t["ncs"]], [node.output[0]], name=t["to_nsc"], perm=[0, 2, 1]),
+        ]
+        replaced += 1
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    _prune_dead(graph)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    return replaced
+
+
+def _im2col_chain(
+    producer: dict[str, onnx.NodeProto], inits: dict[str, np.ndarray], tensor: str
+) -> tuple[str, tuple[int, int, int], tuple[int, int]] | None:
+    """For the output of an im2col (``GraphBuilder.im2col_of``): its ``[N, S, C]`` input, the
+    ``(H, W, C)`` it was reshaped to and the padding ``(py, px)``; None for any other tensor."""
+    nodes = []
+    for op in ("Reshape", "Gather", "Reshape", "Pad", "Reshape"):
+        node = producer.get(tensor)
+        if node is None or node.op_type != op or IM2COL_MARK not in node.name:
+            return None
+        nodes.append(node)
+        tensor = node.input[0]
+    grid, pad = nodes[4], nodes[3]
+    if grid.input[1] not in inits or pad.input[1] not in inits:
+        return None
+    _, h, w, c = (int(v) for v in inits[grid.input[1]])
+    pads = [int(v) for v in inits[pad.input[1]]]
+    return tensor, (h, w, c), (pads[1], pads[2])
+
+
+def finish_im2col(model: onnx.ModelProto) -> tuple[int, int]:
+    """The last step of static INT8 made from the im2col graph, after the float layers are chosen:
+    quantizers before the im2col (:func:`quantize_before_im2col`) and float convs back to ``Conv``
+    (:func:`float_im2col_as_conv`). Returns both counts."""
+    return quantize_before_im2col(model), float_im2col_as_conv(model)
