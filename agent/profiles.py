@@ -113,6 +113,9 @@ class NetworkSettings(_Strict):
 
 class SearchSettings(_Strict):
     threads: int = Field(ge=1, le=256)
+    runtime_threads: int = Field(
+        default=0, ge=0, le=256, description="network runtime CPU threads (0: the runtime's default)"
+    )
     batch_size: int = Field(ge=1, le=1024)
     default_visits: int = Field(ge=1)
     max_visits: int = Field(ge=1)

@@ -63,6 +63,7 @@ class Plan:
     engine: str  # "native" | "katago"
     runtimes: tuple[RuntimeEntry, ...]  # by preference; the first that can serve wins
     threads: int = 2
+    runtime_threads: int = 0  # network runtime CPU threads, 0: the runtime's default
     batch_size: int = 8
     default_visits: int = 500
     cache_size: int = 1 << 16
@@ -105,6 +106,7 @@ def plan_for(config: AgentConfig, hardware: Hardware, profile: Profile, reasons:
         engine=engine,
         runtimes=tuple(runtimes),
         threads=profile.search.threads,
+        runtime_threads=profile.search.runtime_threads,
         batch_size=profile.search.batch_size,
         default_visits=profile.search.default_visits,
         cache_size=max(1024, profile.search.nn_cache_size),
@@ -214,6 +216,7 @@ class EngineRecipe:
     randomize: bool = True
     seed: int | None = None
     model_name: str | None = None
+    runtime_threads: int = 0  # the network runtime's CPU threads (intra-op), 0: its default
     katago: KataGoSettings = field(default_factory=KataGoSettings)
     katago_config: Path | None = None
     katago_overrides: tuple[tuple[str, str], ...] = ()
@@ -257,6 +260,7 @@ def assemble_engine(
             network,
             list(recipe.runtimes),
             store or ModelStore(default_store_root()),
+            threads=recipe.runtime_threads,
             progress=prepare,
             thresholds=dict(recipe.thresholds),
         )
@@ -271,6 +275,7 @@ def recipe_for(config: AgentConfig, plan: Plan) -> EngineRecipe:
         runtimes=plan.runtimes,
         thresholds=plan.verify,
         params=SearchParams(max_visits=plan.default_visits, num_threads=plan.threads),
+        runtime_threads=plan.runtime_threads,
         max_batch_size=plan.batch_size,
         cache_size=plan.cache_size,
         katago=config.katago,

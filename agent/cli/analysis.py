@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -47,7 +48,6 @@ QUIET_PREFIXES = (
     "opencl",
     "metal",
     "numNNServerThreads",
-    "numEigenThreads",
     "gpuToUse",
     "deviceToUse",
     "log",
@@ -84,6 +84,13 @@ def configure_analysis(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision", choices=["fp32", "fp16", "int8"], default="fp32", help="with --runtime (default fp32)"
+    )
+    parser.add_argument(
+        "--runtime-threads",
+        type=int,
+        help="CPU threads of the network runtime (config: numRuntimeThreads, or KataGo's "
+        "numEigenThreadsPerModel); default as KataGo's Eigen build: min(numAnalysisThreads x "
+        "numSearchThreads, CPU cores)",
     )
     parser.add_argument("--engine", choices=["native", "katago"], default="native")
     parser.add_argument("--katago", help="path of the KataGo binary for --engine katago")
@@ -164,9 +171,11 @@ def engine_settings(cfg: dict[str, str]) -> dict[str, Any]:
     for k in unknown:
         print(f"WARNING: config key {k} is not used by katago-edge", file=sys.stderr)
     power = _int(cfg, "nnCacheSizePowerOfTwo", 16, 0, 48)
+    analysis_threads = _int(cfg, "numAnalysisThreads", 1, 1, 1024)
     return {
         "params": params,
-        "num_analysis_threads": _int(cfg, "numAnalysisThreads", 1, 1, 1024),
+        "num_analysis_threads": analysis_threads,
+        "runtime_threads": runtime_threads(cfg, analysis_threads, params.num_threads),
         "max_batch_size": _int(cfg, "nnMaxBatchSize", 8, 1, 4096),
         "cache_size": 1 << min(power, MAX_CACHE_POWER),
         "randomize": _bool(cfg, "nnRandomize", True),
@@ -175,6 +184,17 @@ def engine_settings(cfg: dict[str, str]) -> dict[str, Any]:
         "warn_unused_fields": _bool(cfg, "warnUnusedFields", True),
         "unknown_keys": unknown,
     }
+
+
+def runtime_threads(cfg: dict[str, str], analysis_threads: int, search_threads: int) -> int:
+    """The network runtime's CPU threads: ``numRuntimeThreads`` (or KataGo's
+    ``numEigenThreadsPerModel``, the same thing for its CPU build), else KataGo's Eigen default,
+    one per search thread of every analysis thread up to the CPU count. An unbounded runtime
+    (ONNX Runtime takes every core) would compete with the search threads for the same cores."""
+    for key in ("numRuntimeThreads", "numEigenThreadsPerModel"):
+        if key in cfg:
+            return _int(cfg, key, 0, 1, 1024)
+    return max(1, min(analysis_threads * search_threads, os.cpu_count() or 1))
 
 
 def runtime_entries(runtime: str | None, precision: str) -> list[RuntimeEntry]:
@@ -193,7 +213,7 @@ def build_native_engine(
     path = Path(model).expanduser()
     if not path.is_file():
         raise ModelStoreError(f"{model}: no such network file")
-    native = {key: settings[key] for key in ("params", *NATIVE_OPTIONS) if key in settings}
+    native = {key: settings[key] for key in ("params", "runtime_threads", *NATIVE_OPTIONS) if key in settings}
     recipe = EngineRecipe(runtimes=tuple(entries), model_name=path.name, **native)
     with ProgressDisplay(f"preparing {path.name}") as prepare:
         engine, report = assemble_engine(path, recipe, store, prepare=prepare)
@@ -208,6 +228,8 @@ def build_katago_engine(args: argparse.Namespace) -> Engine:
     overrides = parse_overrides(args.override_config or [])
     if args.analysis_threads:
         overrides["numAnalysisThreads"] = str(args.analysis_threads)
+    if args.runtime_threads:
+        overrides["numEigenThreadsPerModel"] = str(args.runtime_threads)
     recipe = EngineRecipe(
         kind="katago",
         katago=KataGoSettings(binary=Path(args.katago) if args.katago else None),
@@ -245,9 +267,20 @@ def _serve_analysis(args: argparse.Namespace) -> int:
         if "numAnalysisThreads" in cfg:
             raise ConfigError("numAnalysisThreads is set in the config; do not also pass -analysis-threads")
         settings["num_analysis_threads"] = max(1, args.analysis_threads)
+        if not {"numRuntimeThreads", "numEigenThreadsPerModel"} & cfg.keys():
+            settings["runtime_threads"] = runtime_threads(
+                cfg, settings["num_analysis_threads"], settings["params"].num_threads
+            )
+    if args.runtime_threads is not None:
+        settings["runtime_threads"] = max(1, args.runtime_threads)
     if args.engine == "katago":
         engine = build_katago_engine(args)
     else:
+        print(
+            f"threads: {settings['num_analysis_threads']} analysis x {settings['params'].num_threads} "
+            f"search, {settings['runtime_threads']} network runtime",
+            file=sys.stderr,
+        )
         engine = build_native_engine(args.model, runtime_entries(args.runtime, args.precision), settings)
     try:
         service = AnalysisService(

@@ -94,6 +94,8 @@ ALIASES = {"numSearchThreadsPerAnalysisThread": "numSearchThreads"}
 ENGINE_KEYS = frozenset(
     {
         "numAnalysisThreads",
+        "numRuntimeThreads",
+        "numEigenThreadsPerModel",
         "nnMaxBatchSize",
         "nnCacheSizePowerOfTwo",
         "nnMutexPoolSizePowerOfTwo",

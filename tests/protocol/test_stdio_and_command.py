@@ -16,6 +16,7 @@ from agent.cli.analysis import (
     parse_cfg_text,
     parse_overrides,
     runtime_entries,
+    runtime_threads,
 )
 from agent.errors import ConfigError
 from agent.models.serving import RuntimeEntry
@@ -91,6 +92,33 @@ def test_command__katago_cfg_and_overrides(tmp_path: Path, capsys: pytest.Captur
     assert settings["cache_size"] == 1 << 17 and settings["randomize"] is True
     assert settings["unknown_keys"] == ["mysteryKey"]
     assert "mysteryKey" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("cfg", "analysis", "search", "cores", "expected"),
+    [
+        ({}, 1, 1, 8, 1),  # KataGo's Eigen default: one runtime thread per search thread
+        ({}, 2, 3, 4, 4),  # ... up to the CPU count
+        ({"numRuntimeThreads": "3"}, 1, 1, 8, 3),
+        ({"numEigenThreadsPerModel": "2"}, 4, 4, 8, 2),  # KataGo's key for the same thing
+    ],
+)
+def test_command__runtime_threads(
+    monkeypatch: pytest.MonkeyPatch,
+    cfg: dict[str, str],
+    analysis: int,
+    search: int,
+    cores: int,
+    expected: int,
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert runtime_threads(cfg, analysis, search) == expected
+
+
+def test_command__search_and_runtime_threads_from_override_config() -> None:
+    settings = engine_settings(load_config(None, ["numSearchThreads=2,numRuntimeThreads=1"]))
+    assert settings["params"].num_threads == 2 and settings["runtime_threads"] == 1
+    assert settings["unknown_keys"] == []
 
 
 @pytest.mark.parametrize(
