@@ -71,12 +71,13 @@ def test_install__local_broker_gets_the_fleet_acl__only_the_operator_deploys(
         b6 = model_file(models_dir, "b6c96").resolve()
         deploy = cli(
             "fleet", "deploy", f"file://{b6}", "--sha256", sha256_file(b6), "--device", "acl-dev",
-            "--runtime", "numpy", "--id", "dep-op", "--timeout", "240", "--broker", f"127.0.0.1:{port}",
+            "--runtime", "numpy", "--id", "dep-op", "--timeout", "240", "--broker", f"127.0.0.1:{port}", "--watch",
             "--username", "fleet-operator", "--password-file", str(etc / "operator-password"),
             env=base_env(**run_store()),
         )  # fmt: skip
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         assert "1 active, 0 failed" in deploy.stdout
+        assert "deployment dep-op" in deploy.stdout and "│ acl-dev │ active │ 100%" in deploy.stdout  # --watch
         sock = prefix / "run/katago-edge/agent.sock"
         models = ask(sock, {"id": "m", "action": "query_models"})["models"]
         assert models[0]["name"] != "fake"

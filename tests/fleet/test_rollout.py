@@ -104,6 +104,7 @@ def test_rollout__canary_then_the_rest__queries_across_the_swap__late_device__de
         assert min(e["ts"] for e in events.of("d2", "dep-b7")) > d1_active
 
         # every query sent across the swap: exactly one final, no error
+        print(f"{len(answers)} queries sent across the swap")
         assert len(answers) >= 6
         for responses in answers:
             finals = [r for r in responses if r.get("isDuringSearch") is False]
