@@ -146,22 +146,20 @@ def _from_url(url: str, dest: Path, expected: str | None, force: bool) -> Path:
     if target.is_file() and not force and (expected is None or sha256_file(target) == expected):
         logger.info("%s is already in the store", target)
         return target
-    digest = hashlib.sha256()
     try:
         with (
             urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp,
             _atomic_target(target) as (tmp, out),
         ):
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with _progress(f"downloading {name}", total) as advance:
-                while chunk := resp.read(CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    advance(len(chunk))
-            if expected and digest.hexdigest() != expected:
-                raise ModelStoreError(
-                    f"{url}: sha256 {digest.hexdigest()} does not match the expected {expected}"
-                )
+            _copy_checked(
+                resp,
+                out,
+                f"downloading {name}",
+                total,
+                expected,
+                lambda got: f"{url}: sha256 {got} does not match the expected {expected}",
+            )
             _finish(out, tmp, name)
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise ModelStoreError(f"downloading {url} failed: {exc}; {offline_hint(url, target)}") from exc
@@ -201,16 +199,14 @@ def _from_katrain(spec: str, dest: Path, expected: str | None, force: bool, pip_
                 wheel.open(KATRAIN_MEMBER) as src,
                 _atomic_target(target) as (tmp_path, out),
             ):
-                digest = hashlib.sha256()
-                with _progress(f"extracting {target.name}", wheel.getinfo(KATRAIN_MEMBER).file_size) as adv:
-                    while chunk := src.read(CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        adv(len(chunk))
-                if expected and digest.hexdigest() != expected:
-                    raise ModelStoreError(
-                        f"{wheels[-1].name}: {KATRAIN_MEMBER} has sha256 {digest.hexdigest()}, expected {expected}"
-                    )
+                _copy_checked(
+                    src,
+                    out,
+                    f"extracting {target.name}",
+                    wheel.getinfo(KATRAIN_MEMBER).file_size,
+                    expected,
+                    lambda got: f"{wheels[-1].name}: {KATRAIN_MEMBER} has sha256 {got}, expected {expected}",
+                )
                 _finish(out, tmp_path, target.name)
         except KeyError as exc:
             raise ModelStoreError(f"{wheels[-1].name} does not contain {KATRAIN_MEMBER}") from exc
@@ -240,6 +236,26 @@ def _atomic_target(target: Path) -> Iterator[tuple[Path, IO[bytes]]]:
             os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _copy_checked(
+    src: IO[bytes],
+    out: IO[bytes],
+    label: str,
+    total: int | None,
+    expected: str | None,
+    mismatch: Callable[[str], str],
+) -> None:
+    """Copy ``src`` into ``out`` in chunks with a progress bar; with ``expected`` set, a different
+    sha256 is a ``ModelStoreError(mismatch(sha256))``."""
+    digest = hashlib.sha256()
+    with _progress(label, total) as advance:
+        while chunk := src.read(CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+            advance(len(chunk))
+    if expected and digest.hexdigest() != expected:
+        raise ModelStoreError(mismatch(digest.hexdigest()))
 
 
 def _finish(out: IO[bytes], tmp: Path, name: str) -> None:
