@@ -76,23 +76,8 @@ class HealthSnapshot:
     absent: dict[str, str] = field(default_factory=dict)  # source -> why it is missing
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "timestamp": self.timestamp,
-            "cpu": self.cpu,
-            "load": self.load,
-            "memory": self.memory,
-            "disk": self.disk,
-            "temperatures": self.temperatures,
-            "throttling": self.throttling,
-            "jetson": self.jetson,
-            "nvidia_gpus": self.nvidia_gpus,
-            "uptime_s": self.uptime_s,
-            "agent": self.agent,
-            "versions": self.versions,
-            "engine": self.engine,
-            "thermal": self.thermal,
-            "absent": dict(self.absent),
-        }
+        """Every field under its own name (the health document's top level), in field order."""
+        return {**vars(self), "absent": dict(self.absent)}
 
 
 def _run_tool(name: str, *args: str) -> subprocess.CompletedProcess[str] | None:
