@@ -43,6 +43,7 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.engines.base import Emit
 from agent.errors import AgentError, EngineBusy, QueryError
 from agent.transports.mqtt.handlers import (
     Ack,
@@ -61,7 +62,6 @@ from agent.transports.mqtt.handlers import (
 
 logger = logging.getLogger(__name__)
 
-Emit = Callable[[Response], None]
 HandleQuery = Callable[[dict[str, Any], Emit], None]
 PublishReply = Callable[[ReplyTo, Response, "Ack | None"], None]
 """``(reply, response, then)``: publish one response; call ``then`` once the broker has it.
