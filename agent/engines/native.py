@@ -3,7 +3,10 @@
 Like ``katago analysis``: validated queries become one task per analysed turn, kept in a
 priority queue (higher ``priority`` first, ties to the earlier task); ``numAnalysisThreads``
 workers each run one search at a time with ``numSearchThreads`` threads; all searches share one
-``NNEvaluator`` (batching across threads and searches, one NN cache).
+``NNEvaluator`` (batching across threads and searches, one NN cache). A query arrives as an
+``AnalysisQuery``: the protocol has parsed it and replayed its moves once, so a task searches the
+state the protocol replayed and answers through the query's ``render`` (the protocol's response
+JSON; the engine itself writes only ``noResults`` and error objects).
 
 Task life cycle and the "exactly one final response" promise:
 
