@@ -83,30 +83,48 @@ class Suggestion:
         }
 
 
-def suggest(nn_results: list[dict[str, Any]], verify: dict[str, bool], cores: int) -> Suggestion | None:
-    """Fastest variant whose conversion verified; batch = the smallest within 10% of the best.
+PRECISION_PREFERENCE = ("fp32", "fp16", "int8")  # among figures within the margin: the most exact
+SUGGEST_MARGIN = 0.05  # at least; each figure's own spread widens it
 
-    ``verify`` maps ``"runtime/precision"`` to whether its verification passed; fp32 variants are
-    exact and always allowed. Search threads default to the core count.
-    """
-    allowed = [
-        r
-        for r in nn_results
-        if r["precision"] == "fp32" or verify.get(f"{r['runtime']}/{r['precision']}", False)
-    ]
+
+def suggest(nn_results: list[dict[str, Any]], verify: dict[str, bool], cores: int) -> Suggestion | None:
+    """The variant to serve with: only variants whose conversion passed the model store's
+    verification (``verify`` maps ``"runtime/precision"`` to that; a variant missing there is not
+    verified, fp32 included), fastest first but **stable**: every verified figure within the
+    margin of the fastest (5 %, or the fastest figure's own run-to-run spread when larger) counts
+    as a tie, and ties go to the most exact precision, then the runtime listed first, then fewer
+    threads, so two runs on a noisy machine pick the same variant. Batch: the smallest within
+    10 % of the chosen variant's best."""
+    allowed = [r for r in nn_results if verify.get(f"{r['runtime']}/{r['precision']}", False)]
     if not allowed:
         return None
-    best = max(allowed, key=lambda r: r["evals_per_s"])
+    fastest = max(allowed, key=lambda r: r["evals_per_s"])
+    margin = max(SUGGEST_MARGIN, float(fastest.get("latency", {}).get("spread", 0.0)))
+    runtimes = list(dict.fromkeys(r["runtime"] for r in nn_results))
+
+    def preference(r: dict[str, Any]) -> tuple[int, int, int]:
+        p = r["precision"]
+        rank = PRECISION_PREFERENCE.index(p) if p in PRECISION_PREFERENCE else len(PRECISION_PREFERENCE)
+        return rank, runtimes.index(r["runtime"]), r["threads"] or cores
+
+    ties = [r for r in allowed if r["evals_per_s"] >= (1.0 - margin) * fastest["evals_per_s"]]
+    pick = min(ties, key=preference)
     same = [
         r
         for r in allowed
         if (r["runtime"], r["precision"], r["threads"])
-        == (best["runtime"], best["precision"], best["threads"])
+        == (pick["runtime"], pick["precision"], pick["threads"])
     ]
-    batch = min((r for r in same if r["evals_per_s"] >= 0.9 * best["evals_per_s"]), key=lambda r: r["batch"])
+    top = max(same, key=lambda r: r["evals_per_s"])
+    batch = min((r for r in same if r["evals_per_s"] >= 0.9 * top["evals_per_s"]), key=lambda r: r["batch"])
     reasons = [
-        f"{best['runtime']}/{best['precision']} was fastest: {best['evals_per_s']:.1f} evals/s "
-        f"at batch {best['batch']}"
+        f"{top['runtime']}/{top['precision']}: {top['evals_per_s']:.1f} evals/s at batch {top['batch']}"
+        + (
+            f", within {margin:.0%} of the fastest ({fastest['runtime']}/{fastest['precision']} "
+            f"{fastest['evals_per_s']:.1f}) and preferred"
+            if top is not fastest
+            else " (fastest)"
+        )
     ]
     skipped = sorted(
         {f"{r['runtime']}/{r['precision']}" for r in nn_results}
@@ -114,12 +132,10 @@ def suggest(nn_results: list[dict[str, Any]], verify: dict[str, bool], cores: in
     )
     if skipped:
         reasons.append("not considered (verification missing or failed): " + ", ".join(skipped))
-    if batch["batch"] != best["batch"]:
-        reasons.append(f"batch {batch['batch']} is within 10% of batch {best['batch']} with lower latency")
-    threads = best["threads"] or cores
-    return Suggestion(
-        best["runtime"], best["precision"], threads, batch["batch"], best["evals_per_s"], reasons
-    )
+    if batch["batch"] != top["batch"]:
+        reasons.append(f"batch {batch['batch']} is within 10% of batch {top['batch']} with lower latency")
+    threads = top["threads"] or cores
+    return Suggestion(top["runtime"], top["precision"], threads, batch["batch"], top["evals_per_s"], reasons)
 
 
 _TABLE_HEADER = re.compile(r"^\s*\[")

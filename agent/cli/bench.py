@@ -54,8 +54,21 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-search", action="store_true", help="skip the search benchmark")
     parser.add_argument("--no-e2e", action="store_true", help="skip end-to-end latency")
     parser.add_argument("--broker", help="HOST:PORT of an MQTT broker for the MQTT round trip")
-    parser.add_argument("--katago", type=Path, help="a KataGo binary: run its benchmark for ratios")
-    parser.add_argument("--katago-visits", type=int, default=100, help="visits for KataGo's benchmark")
+    parser.add_argument(
+        "--katago",
+        type=Path,
+        help="a KataGo binary (e.g. its Eigen build): the same queries through its `analysis`, "
+        "interleaved with ours, for every variant and search-thread count",
+    )
+    parser.add_argument(
+        "--katago-visits", type=int, default=100, help="visits per query in the KataGo comparison"
+    )
+    parser.add_argument("--katago-rounds", type=int, default=2, help="rounds over the positions (default 2)")
+    parser.add_argument(
+        "--cores",
+        type=int,
+        help="pin this run (and the KataGo child) to the first N CPUs, as `taskset -c 0-(N-1)` would",
+    )
     parser.add_argument("--cache-dir", type=Path, help="where converted networks are kept")
     parser.add_argument("--quick", action="store_true", help="about a minute: fewer variants and repetitions")
     parser.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write every figure as JSON")
@@ -108,6 +121,9 @@ def command_bench(args: argparse.Namespace) -> int:
     from agent.bench.positions import bench_positions
     from agent.bench.report import apply_suggestion, machine_description, suggest
 
+    if args.cores:
+        # before any runtime starts its thread pool: threads inherit the calling thread's CPU set
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
     model, config_path = _resolve_model(args)
     preset = QUICK if args.quick else FULL
     cores = os.cpu_count() or 1
@@ -138,6 +154,8 @@ def command_bench(args: argparse.Namespace) -> int:
         "model": model.name,
         "machine": machine_description(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpus_allowed": sorted(os.sched_getaffinity(0)),
+        "load_avg_start": [round(x, 2) for x in os.getloadavg()],
         "settings": {
             "batches": batches,
             "threads": threads,
@@ -166,7 +184,8 @@ def command_bench(args: argparse.Namespace) -> int:
         if not args.no_e2e:
             report["e2e"] = _e2e(model, args.broker, step)
         if args.katago:
-            report["katago"] = _katago(args, model, positions, search_threads, step)
+            report["versus_katago"] = _versus(args, model, nn, store, positions, search_threads, step)
+    report["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     report["peak_rss_mb"] = round(nnbench.peak_rss_mb(), 1)
     suggestion = suggest(report["nn"]["results"], nn.verified(), cores)
     report["suggestion"] = suggestion.to_dict() if suggestion else None
@@ -238,51 +257,68 @@ def _e2e(model: Path, broker: str | None, step: Callable[[str], None]) -> dict[s
         return {"error": str(exc)}
 
 
-def _katago(
+def _versus(
     args: argparse.Namespace,
     model: Path,
+    nn: Any,
+    store: ModelStore,
     positions: list[Any],
     thread_counts: list[int],
     step: Callable[[str], None],
 ) -> dict[str, Any]:
-    from agent.bench.katago import run_katago_benchmark
-    from agent.game.sgf import write_sgf
+    """The same queries through our engine (every built variant) and KataGo's ``analysis``."""
+    from agent.bench.versus import run_versus
 
-    step("KataGo benchmark")
-    last = positions[-1].state
-    sgf = write_sgf(last.board.x_size, last.board.y_size, list(last.moves), komi=7.5, rules="tromp-taylor")
+    verified = nn.verified()
+    nets: dict[str, tuple[Any, bool]] = {}
+    for label, artifact in nn.artifacts.items():
+        if label.startswith("numpy/") and len(nn.artifacts) > 1:
+            continue  # the reference runtime: not what a device serves with when another runs
+
+        def open_net(threads: int, artifact: Any = artifact) -> Any:
+            return store.open(artifact, threads=threads)
+
+        nets[label] = (open_net, bool(verified.get(label)))
     try:
-        lines, _ = run_katago_benchmark(
+        rows = run_versus(
             args.katago,
             model,
-            sgf,
-            threads=thread_counts,
+            nets,
+            positions,
+            thread_counts=thread_counts,
             visits=args.katago_visits,
-            positions=len(positions),
+            rounds=args.katago_rounds,
+            progress=step,
         )
     except AgentError as exc:
         return {"error": str(exc)}
     return {
         "binary": str(args.katago),
         "visits": args.katago_visits,
-        "results": [ln.to_dict() for ln in lines],
+        "rounds": args.katago_rounds,
+        "positions": len(positions),
+        "rows": [r.to_dict() for r in rows],
     }
 
 
 def _add_ratios(report: dict[str, Any]) -> None:
-    """Our figures divided by KataGo's at the same thread count (and its evals/s for the net)."""
-    kg = {r["threads"]: r for r in report.get("katago", {}).get("results", [])}
-    if not kg:
+    """Ours / KataGo per verified variant and thread count (``versus_katago``), and the best
+    verified variant per thread count. Variants that failed verification get no ratio."""
+    rows = report.get("versus_katago", {}).get("rows", [])
+    if not rows:
         return
     ratios: dict[str, Any] = {}
-    for r in report.get("search", {}).get("results", []):
-        k = kg.get(r["threads"])
-        if k:
-            ratios[f"visits_per_s@{r['threads']}t"] = round(r["visits_per_s"] / k["visits_per_s"], 3)
-    best = max(report["nn"]["results"], key=lambda r: r["evals_per_s"], default=None)
-    k1 = kg.get(1)
-    if best and k1:
-        ratios["best_evals_per_s_vs_katago_1t"] = round(best["evals_per_s"] / k1["nn_evals_per_s"], 3)
+    best: dict[int, tuple[float, str]] = {}
+    for r in rows:
+        x = r["visits_per_s_ratio"]
+        if x is None:
+            continue
+        t = r["search_threads"]
+        ratios[f"{r['variant']}@{t}t"] = x
+        if x > best.get(t, (0.0, ""))[0]:
+            best[t] = (x, r["variant"])
+    for t, (x, label) in sorted(best.items()):
+        ratios[f"best_verified@{t}t"] = {"variant": label, "visits_per_s_ratio": x}
     report["ratios_vs_katago"] = ratios
 
 
@@ -320,8 +356,24 @@ def _print_table(report: dict[str, Any]) -> None:
             f"(avg batch {r['avg_batch']:.2f}), visits/evals {r['visits_over_evals']:.2f} "
             f"(during search {r.get('visits_over_evals_during_search', 0.0):.2f})"
         )
+    versus = report.get("versus_katago", {})
+    if versus.get("rows"):
+        from agent.bench.versus import VERSUS_COLUMNS, versus_table
+
+        vt = Table(
+            title=f"same queries vs KataGo {versus['binary']} ({versus['positions']} positions x "
+            f"{versus['visits']} visits x {versus['rounds']} rounds, interleaved; CPUs "
+            f"{report.get('cpus_allowed')}, load {report.get('load_avg_start')} -> {report.get('load_avg_end')})"
+        )
+        for col in VERSUS_COLUMNS:
+            vt.add_column(col, justify="left" if col == "variant" else "right")
+        for cells in versus_table(versus["rows"]):
+            vt.add_row(*cells)
+        console.print(vt)
+    elif versus.get("error"):
+        console.print(f"KataGo comparison failed: {versus['error']}")
     if report.get("ratios_vs_katago"):
-        console.print(f"ratios to KataGo: {report['ratios_vs_katago']}")
+        console.print(f"ratios to KataGo (verified variants only): {report['ratios_vs_katago']}")
     console.print(f"peak RSS {report['peak_rss_mb']} MB")
     if report.get("suggestion"):
         s = report["suggestion"]
