@@ -100,7 +100,15 @@ class FleetClient:
         """Publish (QoS 1) and wait for the broker's answer; ``TransportError`` if it refused."""
         data = json.dumps(payload).encode() if payload is not None else b""
         info = self._client.publish(topic, data, qos=1, retain=retain)
-        info.wait_for_publish(10.0)
+        try:
+            info.wait_for_publish(10.0)
+        except (RuntimeError, ValueError) as exc:  # paho: not connected (any more), or a bad topic
+            raise TransportError(
+                f"publish to {topic} failed: {exc} (with use_username_as_clientid a login serves one "
+                "connection at a time: is this user name logged in elsewhere?)"
+            ) from exc
+        if not info.is_published():
+            raise TransportError(f"publish to {topic}: no answer from the broker within 10 s")
         with self._lock:
             refused = self._refused_mids.pop(info.mid, None)
         if refused is not None:
