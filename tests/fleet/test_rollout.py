@@ -52,7 +52,7 @@ class QueryLoad:
         n = 0
         while not self.stop.is_set():
             n += 1
-            query = {**QUERY, "id": f"{device}-{n}", "maxVisits": 24, "reportDuringSearchEvery": 0.05}
+            query = {**QUERY, "id": f"{device}-{n}", "maxVisits": 12, "reportDuringSearchEvery": 0.05}
             corr = self.requester.send(f"katago/{device}/analysis/request", query, expiry_s=300)
             self.sent.append(corr)
             try:
@@ -141,6 +141,9 @@ def test_rollout__canary_then_the_rest__queries_across_the_swap__late_device__de
         rows = {r["device"]: r for r in json.loads(table.stdout)["devices"]}
         assert rows["d1"]["network"] == b7.name and rows["d1"]["network_sha256"] == sha
         assert rows["d1"]["deployment"] == "dep-b7 active"
+        assert (rows["d1"]["serving"], rows["d1"]["verify"]) == ("onnx/fp32", "passed")
+        human = cli("fleet", "--once", *broker_args(broker)).stdout
+        assert f"{b7.name} {sha[:8]}" in human and "dep-b7 active" in human, human
 
         rollback = cli("fleet", "rollback", "dep-b7", *broker_args(broker), "--timeout", "300")
         assert rollback.returncode == 0, rollback.stdout + rollback.stderr
