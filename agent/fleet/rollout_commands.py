@@ -201,7 +201,7 @@ def _deploy(args: argparse.Namespace, settings: Any, client: FleetClient, desire
                 if why is not None:
                     failures[d] = why
             if len(failures) >= args.max_failures:
-                return _halt(client, record, rollout_topic, failures, [], view)
+                return _halt(client, record, rollout_topic, failures, [], view, reached_others=False)
         rest = [d for d in targets if d not in canaries]
         record["state"] = "rolling"
         client.publish(rollout_topic, record)
@@ -217,7 +217,7 @@ def _deploy(args: argparse.Namespace, settings: Any, client: FleetClient, desire
         failures.update({d: str(s.get("error")) for d, s in states.items() if s.get("state") == "failed"})
         if len(failures) >= args.max_failures:
             unstarted = [d for d in rest if state_of(d) is None and d not in failures]
-            return _halt(client, record, rollout_topic, failures, unstarted, view)
+            return _halt(client, record, rollout_topic, failures, unstarted, view, reached_others=True)
     finally:
         view.close()
     offline = [d for d in targets if d not in canaries and d not in waiting]
@@ -238,6 +238,7 @@ def _halt(
     failures: dict[str, str],
     unstarted: list[str],
     view: RolloutView,
+    reached_others: bool,
 ) -> int:
     """Stop the rollout: withdraw the desired state from devices that have not started on it."""
     for d in unstarted:
@@ -248,7 +249,10 @@ def _halt(
     for device, why in failures.items():
         print(f"{device}: failed: {why}")
     print(f"deployment {record['id']}: HALTED after {len(failures)} failure(s)", end="")
-    print(f"; withdrawn from {', '.join(unstarted)}" if unstarted else "; no other device received it")
+    if unstarted:
+        print(f"; withdrawn from {', '.join(unstarted)} (not started yet)")
+    else:
+        print("; every target had started on it" if reached_others else "; no other device received it")
     return 1
 
 

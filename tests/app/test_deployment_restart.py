@@ -74,6 +74,16 @@ def test_deployment__sigkill_while_preparing__back_on_the_old_network__resumed__
         assert device.model_name() != old_name
         assert device.analyse()["rootInfo"]["visits"] >= 4
         assert events.states("k1", "dep-kill")[-2:] == ["preparing", "active"]
+
+        # once per deployment id: a clean restart gets the retained message again and ignores it,
+        # starting directly on the deployed network
+        before = len(events.of("k1"))
+        assert device.stop() == 0
+        device.start(KATAGO_EDGE_ARTIFACT_STORE=str(store)).wait_ready()
+        time.sleep(2.0)
+        assert len(events.of("k1")) == before
+        assert device.deployment()["state"] == "active" and device.model_name() != old_name
+        assert device.health_answer()["network"]["serving"]["runtime"] == "onnx"
     finally:
         events.close()
         device.stop()

@@ -15,6 +15,7 @@ from edge_fixtures import model_file
 from fleet_support import QUERY, Device, EventLog, Mosquitto, cli, spawn_cli, wait_until
 
 from agent.errors import TransportError
+from agent.fsutil import sha256_file
 from agent.transports.mqtt.client import MqttRequester
 from agent.transports.mqtt.settings import MqttSettings
 
@@ -223,3 +224,61 @@ def test_rollout__corrupt_file_and_wrong_sha256_fail_on_the_canary__halt__others
             device.stop()
         server.terminate()
         server.wait(10)
+
+
+def test_rollout__without_canary_k_failures_halt__rollback_to_an_earlier_deployment(
+    models_dir: Path, short_tmp: Path, broker: Mosquitto
+) -> None:
+    """numpy-only devices (nothing to convert): a deployment of the network they already serve is
+    active at once; a corrupt one without canary fails everywhere and halts; ``rollback --to``
+    returns to the first deployment's network from the devices' kept copies."""
+    b6, b7 = model_file(models_dir, "b6c96").resolve(), model_file(models_dir, "b7c96-cnorm").resolve()
+    corrupt = short_tmp / "corrupt.bin.gz"
+    corrupt.write_bytes(b7.read_bytes()[:100_000])
+    numpy_only = 'overrides = {runtimes = [{runtime = "numpy", precision = "fp32"}]}\n'
+    devices = {d: Device(short_tmp, d, broker, b6, config=numpy_only) for d in ("n1", "n2")}
+    events = EventLog(broker.port)
+
+    def deploy(source: Path, dep_id: str) -> Any:
+        result = cli(
+            "fleet", "deploy", f"file://{source}", "--sha256", sha256_file(source), "--all",
+            "--id", dep_id, "--timeout", "300", *broker_args(broker),
+        )  # fmt: skip
+        print(result.stdout)
+        return result
+
+    try:
+        for device in devices.values():
+            device.start().wait_ready()
+        old_name = devices["n1"].model_name()
+        assert deploy(b6, "dep-base").returncode == 0
+        assert events.states("n1", "dep-base") == ["pending", "active"]  # served already: no download
+        assert deploy(b7, "dep-new").returncode == 0
+        new_name = devices["n1"].model_name()
+        assert new_name != old_name
+
+        bad = deploy(corrupt, "dep-bad")
+        assert (
+            bad.returncode == 1 and "HALTED after 2 failure(s); every target had started on it" in bad.stdout
+        )
+        for d, device in devices.items():
+            assert device.model_name() == new_name  # still the last good network
+            assert events.states(d, "dep-bad")[-1] == "failed"
+
+        back = cli("fleet", "rollback", "dep-new", "--to", "dep-base", *broker_args(broker))
+        assert back.returncode == 0 and "2 rolled back, 0 failed" in back.stdout, back.stdout + back.stderr
+        for d, device in devices.items():
+            assert device.model_name() == old_name
+            dep = device.deployment()
+            assert (dep["id"], dep["state"], dep["current"]["network"]) == ("dep-new", "rolled_back", b6.name)
+            assert "downloading" not in events.states(d, dep["rolled_back_by"])  # its kept copy
+        listing = json.loads(cli("fleet", "deployments", "--json", *broker_args(broker)).stdout)
+        assert {r["id"]: r["state"] for r in listing["deployments"]} == {
+            "dep-base": "done",
+            "dep-new": "rolled_back",
+            "dep-bad": "halted",
+        }
+    finally:
+        events.close()
+        for device in devices.values():
+            device.stop()
