@@ -239,7 +239,7 @@ def command_convert(args: argparse.Namespace) -> int:
         _print_report(exc.report, args)
         print(
             f"katago-edge convert: {target} {precision} network refused (verification failed); "
-            "nothing written. Try the next steps above, or --force to write it anyway.",
+            f"nothing written. Try the next steps above, or --force to write it anyway. {peak_memory_text()}",
             file=sys.stderr,
         )
         return 1
@@ -256,9 +256,22 @@ def command_convert(args: argparse.Namespace) -> int:
         print(f"already in the model store: {artifact.path}", file=sys.stderr)
     copy_artifact(artifact, output)
     print(
-        f"wrote {output} (manifest {output.name}.manifest.json; stored as {artifact.path})", file=sys.stderr
+        f"wrote {output} (manifest {output.name}.manifest.json; stored as {artifact.path}); "
+        f"{peak_memory_text()}",
+        file=sys.stderr,
     )
     return 0
+
+
+def peak_memory_text() -> str:
+    """Peak resident memory of this process (and of children it waited for), for issue #21's
+    "conversion under 1.5 GB" check: a Pi serving while it converts must not run out of memory."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    text = f"peak memory {own:.0f} MB"
+    return text + (f" (a child process {children:.0f} MB)" if children > 0 else "")
 
 
 def _verify_coreml(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,8 @@ def test_convert__fp16_writes_network_and_manifest_then_verify_passes(
     assert manifest["verification"]["positions"] == 40 and manifest["verification"]["passed"] is True
     assert {"onnx", "onnxruntime", "numpy"} <= set(manifest["tools"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b6.fp16.onnx", "b6.fp16.onnx.manifest.json"]
-    capsys.readouterr()
+    peak = re.search(r"peak memory (\d+) MB", capsys.readouterr().err)  # issue #21: shown by convert
+    assert peak is not None and 50 < int(peak.group(1)) < 100_000
     code = run(
         [
             "verify",
