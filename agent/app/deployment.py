@@ -84,6 +84,7 @@ class Deployer:
         self._next: Desired | None = None
         self._thread: threading.Thread | None = None
         self._last_progress = 0.0
+        self._base: AgentConfig | None = None
         self.state: dict[str, Any] = self._load()
 
     # -- persisted state ----------------------------------------------------------------------------
@@ -104,7 +105,11 @@ class Deployer:
         atomic_write_text(self.path, json.dumps(self.state, indent=1) + "\n", mode=0o640)
 
     def effective(self, config: AgentConfig) -> AgentConfig:
-        """``config`` with the network a deployment made current (if its file is still there)."""
+        """``config`` with the network a deployment made current (if its file is still there).
+
+        ``config`` (the file's, at start-up and on each reload) is also the base each later
+        deployment's network and runtime override are applied to."""
+        self._base = config
         current = self.state.get("current")
         if not current:
             return config
@@ -118,7 +123,9 @@ class Deployer:
     def start(self, config: AgentConfig, source: Path | None, swap: Swap, announce: Announce) -> None:
         """Record what serves now (``source``: the network file of the configured model, on a first
         start) and start the worker."""
-        self.swap, self.announce, self._config = swap, announce, config
+        self.swap, self.announce = swap, announce
+        if self._base is None:
+            self._base = config
         if not self.state.get("current") and source is not None and source.is_file():
             self.state["current"] = _installed(source.name, source, sha256_file(source), None, {})
             self._save()
@@ -266,8 +273,9 @@ class Deployer:
         else:
             file = self._fetch(desired)
         self._set(desired, "preparing")
-        config = self._config.model_copy(
-            update={"model": str(file), "overrides": {**self._config.overrides, **overrides}}
+        assert self._base is not None
+        config = self._base.model_copy(
+            update={"model": str(file), "overrides": {**self._base.overrides, **overrides}}
         )
         assert self.swap is not None
         try:
