@@ -53,6 +53,11 @@ from agent.progress import NO_PROGRESS, ProgressFactory
 
 logger = logging.getLogger(__name__)
 
+#: How ONNX INT8 graphs are built, part of their key: a store built before a change rebuilds its
+#: INT8 artifacts instead of serving the old graph (2026-12-07: conv nets quantized from the im2col
+#: graph, int8 GEMMs; docs/conversion.md).
+ONNX_INT8_GRAPH = "im2col-1"
+
 REFUSED_SUFFIX = ".refused.json"
 PRECISIONS: dict[str, tuple[str, ...]] = {
     "numpy": ("fp32",),
@@ -117,6 +122,8 @@ class Recipe:
         out["thresholds"] = {
             k: list(v) for k, v in thresholds_for(self.precision.split("-")[0], self.threshold_map()).items()
         }
+        if self.runtime == "onnx" and self.precision == "int8":
+            out["onnx_int8_graph"] = ONNX_INT8_GRAPH
         return out
 
 

@@ -14,7 +14,7 @@ from edge_fixtures import model_file
 from agent.cli.main import run
 from agent.models.manifest import read_manifest
 from agent.models.pipeline import open_converted
-from agent.models.store import ModelStore, Recipe, VerificationRefused
+from agent.models.store import ONNX_INT8_GRAPH, ModelStore, Recipe, VerificationRefused
 
 pytestmark = pytest.mark.needs_models
 
@@ -128,3 +128,11 @@ def test_store__converted_files_given_directly_carry_their_post_processing(
     net = open_converted(given, threads=1)
     assert net.postprocess_params == bare.postprocess_params
     assert net.info.name == "g170-b6c96-s175395328-d26788732"
+
+
+def test_recipe__onnx_int8_key_names_how_the_graph_is_built() -> None:
+    """A store built before the im2col INT8 graph rebuilds its ONNX INT8 artifacts (new key);
+    other recipes keep their keys."""
+    assert Recipe("onnx", "int8").describe()["onnx_int8_graph"] == ONNX_INT8_GRAPH == "im2col-1"
+    for recipe in (Recipe("onnx", "fp32"), Recipe("onnx", "fp16"), Recipe("tflite", "int8")):
+        assert "onnx_int8_graph" not in recipe.describe()
