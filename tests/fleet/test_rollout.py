@@ -258,12 +258,12 @@ def test_rollout__without_canary_k_failures_halt__rollback_to_an_earlier_deploym
         assert new_name != old_name
 
         bad = deploy(corrupt, "dep-bad")
-        assert (
-            bad.returncode == 1 and "HALTED after 2 failure(s); every target had started on it" in bad.stdout
-        )
+        # both got it at once (no canary); the first failure halts (the second may come just after)
+        assert bad.returncode == 1
+        assert re.search(r"HALTED after [12] failure\(s\); every target had started on it", bad.stdout)
         for d, device in devices.items():
+            wait_until(lambda d=d: events.states(d, "dep-bad")[-1:] == ["failed"], 120, f"{d} failed")
             assert device.model_name() == new_name  # still the last good network
-            assert events.states(d, "dep-bad")[-1] == "failed"
 
         back = cli("fleet", "rollback", "dep-new", "--to", "dep-base", *broker_args(broker))
         assert back.returncode == 0 and "2 rolled back, 0 failed" in back.stdout, back.stdout + back.stderr
