@@ -33,7 +33,16 @@ from agent.fsutil import atomic_write_bytes, sha256_file
 logger = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".manifest.json"
-_TOOLS = ("katago-edge", "onnx", "onnxruntime", "numpy", "ai-edge-litert", "tensorflow-cpu", "tensorrt")
+_TOOLS = (
+    "katago-edge",
+    "onnx",
+    "onnxruntime",
+    "numpy",
+    "ai-edge-litert",
+    "tensorflow-cpu",
+    "tensorrt",
+    "coremltools",
+)
 
 
 def manifest_path(network_file: Path) -> Path:

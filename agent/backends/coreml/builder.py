@@ -34,15 +34,19 @@ and ``katago.input_layout`` (``NCHW``).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from agent.backends.coreml.program import INPUT_GLOBAL, INPUT_SPATIAL, build_program
 from agent.backends.onnx.builder import OUTPUT_NAMES
@@ -104,14 +108,20 @@ def build_coreml(network: Network, precision: str = "fp16", board: int = 19) -> 
     ]
 
     def convert(prog: Any, compute: Any = ct.precision.FLOAT32, passes: tuple[str, ...] = ()) -> Any:
-        return ct.convert(
-            prog,
-            convert_to="mlprogram",
-            inputs=inputs,
-            compute_precision=compute,
-            minimum_deployment_target=ct.target.iOS16,
-            pass_pipeline=ct.PassPipeline(pass_names=list(passes)),
-        )
+        # coremltools drops a TemporaryDirectory of weights unclosed in each conversion; its
+        # ResourceWarning ("Implicitly cleaning up") comes at the next garbage collection
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Implicitly cleaning up", ResourceWarning)
+            model = ct.convert(
+                prog,
+                convert_to="mlprogram",
+                inputs=inputs,
+                compute_precision=compute,
+                minimum_deployment_target=ct.target.iOS16,
+                pass_pipeline=ct.PassPipeline(pass_names=list(passes)),
+            )
+            gc.collect()
+        return model
 
     try:
         model = convert(program, compute, FP16_PASSES if precision != "fp32" else ())
@@ -175,9 +185,12 @@ def _quantize_weights(
         names[weight.name] = config
         quantized.append(node)
     try:
-        linear_quantize_weights(
-            config=cto.OptimizationConfig(global_config=None, op_name_configs=names)
-        ).apply(program)
+        # an all-zero output channel (b7c96-cnorm has some) gets scale 0: coremltools divides by
+        # it (a warning), the dequantized channel is 0 as it should be (the structural check)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            linear_quantize_weights(
+                config=cto.OptimizationConfig(global_config=None, op_name_configs=names)
+            ).apply(program)
         return convert(program), sorted(quantized)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ConversionError(f"Core ML INT8 weight quantization failed: {exc}") from exc
