@@ -163,10 +163,6 @@ class Device:
         wait_until(online, 60, f"{self.id} online")
         return self
 
-    def health(self) -> dict[str, Any]:
-        answer = socket_request(self.sock, {"id": "h", "action": "query_health"}, timeout=30)
-        return dict(answer[-1]["health"]) if answer and "health" in answer[-1] else {}
-
     def health_answer(self) -> dict[str, Any]:
         with_health = self._ask({"id": "h", "action": "query_health"})
         return dict(with_health.get("health") or {})
