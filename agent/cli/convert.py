@@ -153,7 +153,9 @@ def configure_convert(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_verify(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("converted", type=Path, help="converted network (.onnx, .tflite, .engine)")
+    parser.add_argument(
+        "converted", type=Path, help="converted network (.onnx, .tflite, .engine, .mlpackage)"
+    )
     parser.add_argument("--reference", required=True, type=Path, help="the FP32 KataGo network it came from")
     parser.add_argument("--precision", help="thresholds to apply (default: from the file / manifest)")
     _add_common(parser)

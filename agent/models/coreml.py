@@ -207,7 +207,8 @@ def run_coreml_conversion(
         reference = OnnxNet(fp32.SerializeToString(), intra_op_threads=job.threads or None)
         numerical = numerical_verifier(job, network, reference, progress, predict)
     job.output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{job.output.name}.check.", dir=job.output.parent))
+    # ".tmp" in the name: the store's listing skips it while the build runs
+    staging = Path(tempfile.mkdtemp(prefix=f".{job.output.name}.tmp.", dir=job.output.parent))
     try:
         staged = save_package(build.model, staging / job.output.name)
         clock = time.monotonic()

@@ -417,6 +417,7 @@ class ModelStore:
 
     def _entry(self, runtime: str, path: Path) -> StoreEntry:
         stat = path.stat()
+        size = _artifact_size(path)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stat.st_mtime))
         if path.name.endswith(REFUSED_SUFFIX):
             try:
@@ -439,7 +440,7 @@ class ModelStore:
         except ConversionError:
             manifest = None
         if manifest is None:
-            return StoreEntry(path, "incomplete", runtime, "?", "?", stat.st_size, created)
+            return StoreEntry(path, "incomplete", runtime, "?", "?", size, created)
         artifact = Artifact(
             path, runtime, manifest.precision, manifest.extra.get("provider"), manifest.sha256, manifest
         )
@@ -449,7 +450,7 @@ class ModelStore:
             runtime,
             manifest.precision,
             str(manifest.source.get("name", "?")),
-            stat.st_size,
+            size,
             manifest.created,
             {"verify": artifact.verify, "sha256": manifest.sha256},
         )
@@ -469,7 +470,10 @@ class ModelStore:
 
     def remove(self, entry: StoreEntry) -> list[Path]:
         removed = [entry.path]
-        entry.path.unlink(missing_ok=True)
+        if entry.path.is_dir():  # a Core ML package
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            entry.path.unlink(missing_ok=True)
         if entry.kind == "artifact":
             mpath = manifest_path(entry.path)
             mpath.unlink(missing_ok=True)
@@ -524,6 +528,13 @@ def copy_artifact(artifact: Artifact, output: Path) -> Path:
         data["file"] = output.name
         atomic_write_text(manifest_path(output), json.dumps(data, indent=2) + "\n")
     return output
+
+
+def _artifact_size(path: Path) -> int:
+    """Bytes of a file, or of every file in a package directory."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def _artifact_sha256(path: Path) -> str:

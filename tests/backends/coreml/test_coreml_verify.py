@@ -144,3 +144,12 @@ def test_coreml_cli__convert_stores_and_verify_checks_structure(
     printed = capsys.readouterr()
     assert "Core ML cannot run models on this machine" in printed.err
     assert "-> PASSED" in printed.out
+    # the store lists the package with its size and removes it whole
+    from agent.models.store import ModelStore
+
+    model_store = ModelStore(store)
+    (entry,) = model_store.entries()
+    assert (entry.kind, entry.runtime, entry.precision) == ("artifact", "coreml", "int8")
+    assert entry.size == data["size_bytes"]
+    model_store.remove(entry)
+    assert list((store / "coreml").iterdir()) == []
