@@ -260,10 +260,25 @@ class ClientSession:
             )
 
 
-class SessionCounts:
-    """``clients`` and ``pending`` for health, over a local transport's open sessions."""
+class LocalSessions:
+    """What the local transports (Unix socket, WebSocket) share: their open sessions, a new one per
+    client, and ``clients`` / ``pending`` for health."""
 
+    _service: QueryService
     _sessions: set[ClientSession]
+
+    def _open_session(self, name: str) -> tuple[ClientSession, asyncio.Queue[str | None]]:
+        """A session for a client that just connected (call on the loop), and the queue of its
+        responses: engines answer from their own threads, and the loop sends them in order."""
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def send(text: str) -> None:
+            loop.call_soon_threadsafe(out.put_nowait, text)
+
+        session = ClientSession(self._service, send, name)
+        self._sessions.add(session)
+        return session, out
 
     @property
     def clients(self) -> int:

@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 
 from agent.errors import TransportError
-from agent.transports.session import ClientSession, LoopThread, QueryService, SessionCounts
+from agent.transports.session import ClientSession, LocalSessions, LoopThread, QueryService
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _remove_stale(path: Path) -> None:
     raise TransportError(f"another agent is already serving on {path}; stop it or set socket.path")
 
 
-class UnixSocketTransport(SessionCounts):
+class UnixSocketTransport(LocalSessions):
     """Serves ``service`` on a Unix stream socket from its own event-loop thread."""
 
     def __init__(self, service: QueryService, path: Path, mode: int = 0o660) -> None:
@@ -84,13 +84,7 @@ class UnixSocketTransport(SessionCounts):
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
-        out: asyncio.Queue[str | None] = asyncio.Queue()
-
-        def send(text: str) -> None:
-            loop.call_soon_threadsafe(out.put_nowait, text)
-
-        session = ClientSession(self._service, send, "unix")
-        self._sessions.add(session)
+        session, out = self._open_session("unix")
         pump = asyncio.create_task(self._pump(out, writer))
         self._outputs[writer] = (out, pump)
         try:
@@ -98,7 +92,7 @@ class UnixSocketTransport(SessionCounts):
                 try:
                     raw = await reader.readline()
                 except ValueError:  # line over the limit: KataGo-style error, then drop the client
-                    send('{"error":"query line too long"}')
+                    out.put_nowait('{"error":"query line too long"}')  # on the loop already
                     break
                 if not raw:
                     # End of input. The client may only have closed its writing side (``echo ... |

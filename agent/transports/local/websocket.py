@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from agent.errors import TransportError
-from agent.transports.session import ClientSession, LoopThread, QueryService, SessionCounts
+from agent.transports.session import ClientSession, LocalSessions, LoopThread, QueryService
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def token_matches(expected: str, authorization: str | None, path: str | None) ->
     return any(hmac.compare_digest(o.encode(), expected.encode()) for o in offered)
 
 
-class WebSocketTransport(SessionCounts):
+class WebSocketTransport(LocalSessions):
     """Serves ``service`` over WebSocket from its own event-loop thread."""
 
     def __init__(
@@ -188,13 +188,7 @@ class WebSocketTransport(SessionCounts):
         from websockets.exceptions import ConnectionClosed
 
         loop = asyncio.get_running_loop()
-        out: asyncio.Queue[str | None] = asyncio.Queue()
-
-        def send(text: str) -> None:
-            loop.call_soon_threadsafe(out.put_nowait, text)
-
-        session = ClientSession(self._service, send, "ws")
-        self._sessions.add(session)
+        session, out = self._open_session("ws")
         pump = asyncio.create_task(self._pump(out, connection))
         try:
             async for message in connection:
