@@ -139,9 +139,10 @@ def _onnx_bytes(
 def uses_im2col(job: ConvertJob, fp32: Any) -> bool:
     """Static INT8 (mode ``static``: float Conv outputs) of a conv net is made from the im2col
     graph; transformer nets and the qlinear modes keep ``Conv`` nodes."""
-    from agent.models.sensitivity import is_transformer
+    from agent.backends.onnx.sensitivity import KINDS, quantization_units
 
-    return job.precision == "int8" and job.int8_mode == "static" and not is_transformer(fp32)
+    transformer = any(kind in quantization_units(fp32) for kind in KINDS)
+    return job.precision == "int8" and job.int8_mode == "static" and not transformer
 
 
 def _tflite_file(
