@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from agent.game.coords import parse_gtp_xy
+from agent.search.symmetry import map_index
 
 
 def _symmetric_moves(query: dict[str, Any], move: str) -> set[str]:
@@ -48,13 +49,7 @@ def _symmetric_moves(query: dict[str, Any], move: str) -> set[str]:
             continue
 
         def f(p: tuple[int, int], s: int = s) -> tuple[int, int]:
-            a, b = p
-            if s & 1:
-                b = y - 1 - b
-            if s & 2:
-                a = x - 1 - a
-            if s & 4:
-                a, b = b, a
+            b, a = divmod(map_index(p[1] * x + p[0], s, x, y), x)
             return a, b
 
         if {f(p): c for p, c in stones.items()} == stones:
