@@ -311,32 +311,53 @@ def run_versus(
     """``nets``: variant label -> (``open(threads) -> NeuralNet``, verified). Every variant and
     thread count against one KataGo process per thread count, interleaved (module docstring)."""
     rows: list[VersusRow] = []
-    for t in thread_counts:
-        katago = KataGoAnalysis(binary, model, t)
-        try:
-            warm = positions[0].query("warmup", min(visits, 8))
-            katago.query(warm, timeout_s)  # loads the network, first allocations
-            for label, (open_net, verified) in nets.items():
-                if progress is not None:
-                    progress(f"versus KataGo: {label}, {t} thread(s)")
-                net = open_net(t)
-                ours = OurAnalysis(net, t, visits)
-                row = VersusRow(label, verified, t, t, Tally(), Tally())
-                try:
-                    ours.query(warm, timeout_s)
-                    for r in range(rounds):
-                        for i, pos in enumerate(positions):
-                            q = pos.query(f"p{i}", visits)
-                            order = ((ours, row.ours, "ours"), (katago, row.katago, "katago"))
-                            for engine, tally, who in order if (r + i) % 2 == 0 else order[::-1]:
-                                resp, wall, cpu = engine.query(q, timeout_s)
-                                tally.add(r, _visits(resp, who), wall, cpu)
-                finally:
-                    ours.close()
-                    net.close()
-                rows.append(row)
-        finally:
-            katago.close()
+    with tempfile.TemporaryDirectory(prefix="katago-edge-versus-") as tmp:
+        for t in thread_counts:
+            rows += _versus_threads(
+                binary, model, nets, positions, t, visits, rounds, timeout_s, progress, Path(tmp)
+            )
+    return rows
+
+
+def _versus_threads(
+    binary: Path,
+    model: Path,
+    nets: dict[str, tuple[Any, bool]],
+    positions: list[BenchPosition],
+    t: int,
+    visits: int,
+    rounds: int,
+    timeout_s: float,
+    progress: Any,
+    workdir: Path,
+) -> list[VersusRow]:
+    """One KataGo process with ``t`` threads against every variant with ``t`` threads."""
+    rows: list[VersusRow] = []
+    katago = KataGoAnalysis(binary, model, t, workdir / f"{t}t")
+    try:
+        warm = positions[0].query("warmup", min(visits, 8))
+        katago.query(warm, timeout_s)  # loads the network, first allocations
+        for label, (open_net, verified) in nets.items():
+            if progress is not None:
+                progress(f"versus KataGo: {label}, {t} thread(s)")
+            net = open_net(t)
+            ours = OurAnalysis(net, t, visits)
+            row = VersusRow(label, verified, t, t, Tally(), Tally())
+            try:
+                ours.query(warm, timeout_s)
+                for r in range(rounds):
+                    for i, pos in enumerate(positions):
+                        q = pos.query(f"p{i}", visits)
+                        order = ((ours, row.ours, "ours"), (katago, row.katago, "katago"))
+                        for engine, tally, who in order if (r + i) % 2 == 0 else order[::-1]:
+                            resp, wall, cpu = engine.query(q, timeout_s)
+                            tally.add(r, _visits(resp, who), wall, cpu)
+            finally:
+                ours.close()
+                net.close()
+            rows.append(row)
+    finally:
+        katago.close()
     return rows
 
 
