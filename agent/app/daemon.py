@@ -32,7 +32,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.app.config import AgentConfig, find_config, load_config, split_host_port
@@ -42,6 +42,10 @@ from agent.app.startup import Plan, build_engine, build_service, make_plan
 from agent.errors import AgentError, ConfigError, DeploymentError, TransportError
 from agent.models.serving import NetworkReport
 from agent.progress import ProgressDisplay
+from agent.transports.session import LocalTransport
+
+if TYPE_CHECKING:
+    from agent.transports.mqtt.transport import MqttTransport
 
 logger = logging.getLogger(__name__)
 
@@ -75,28 +79,25 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.profile:
         out["profile"] = args.profile
     if args.broker:
-        if args.broker == "none":
-            out["mqtt"] = {"enabled": False}
-        else:
-            try:
-                host, port = split_host_port(args.broker, 1883)
-            except ValueError as exc:
-                raise ConfigError(f"--broker: {exc}") from exc
-            out["mqtt"] = {"enabled": True, "host": host, "port": port}
+        out["mqtt"] = _endpoint("--broker", args.broker, 1883)
     if args.socket:
         out["socket"] = (
             {"enabled": False} if str(args.socket) == "none" else {"enabled": True, "path": args.socket}
         )
     if args.websocket:
-        if args.websocket == "none":
-            out["websocket"] = {"enabled": False}
-        else:
-            try:
-                host, port = split_host_port(args.websocket, 6470)
-            except ValueError as exc:
-                raise ConfigError(f"--websocket: {exc}") from exc
-            out["websocket"] = {"enabled": True, "host": host, "port": port}
+        out["websocket"] = _endpoint("--websocket", args.websocket, 6470)
     return out
+
+
+def _endpoint(flag: str, value: str, default_port: int) -> dict[str, Any]:
+    """``HOST[:PORT]`` (or ``none``) of ``flag`` as the override of its config table."""
+    if value == "none":
+        return {"enabled": False}
+    try:
+        host, port = split_host_port(value, default_port)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from exc
+    return {"enabled": True, "host": host, "port": port}
 
 
 def command_serve(args: argparse.Namespace) -> int:
@@ -131,7 +132,8 @@ class Daemon:
         self.engine: Any = None
         self.service: Any = None
         self.switch: ServiceSwitch | None = None
-        self.transports: dict[str, Any] = {}
+        self.local: dict[str, LocalTransport] = {}  # "unix", "websocket"
+        self.mqtt: MqttTransport | None = None
         self.thermal: Any = None
         self.progress = ProgressWatch(ENGINE_STALL_S)
         self._stall_logged = False
@@ -257,9 +259,8 @@ class Daemon:
         self.notifier.stopping("stopping: finishing in-flight queries")
         logger.info("stopping: no new work; finishing in-flight queries")
         deadline = time.monotonic() + self.config.stop_timeout
-        for name in ("unix", "websocket"):
-            if name in self.transports:
-                self.transports[name].stop_accepting()
+        for transport in self.local.values():
+            transport.stop_accepting()
         # A search may have millions of visits to go: cut running ones short (each still sends its
         # final response with what it found) and answer queued ones with noResults.
         try:
@@ -279,12 +280,12 @@ class Daemon:
                 self.service.close(share)
             except AgentError as exc:
                 logger.warning("engine did not close cleanly: %s", exc)
-        mqtt = self.transports.pop("mqtt", None)
+        mqtt, self.mqtt = self.mqtt, None
         if mqtt is not None:
             mqtt.stop(clean=True, timeout=max(0.5, timeout * 0.2))
-        for transport in self.transports.values():
+        for transport in self.local.values():
             transport.close(timeout=max(0.5, timeout * 0.2))
-        self.transports.clear()
+        self.local.clear()
         if self.thermal is not None:
             self.thermal.stop()
 
@@ -297,7 +298,7 @@ class Daemon:
 
     def _start_transport(self, name: str) -> None:
         assert self.switch is not None
-        transport: Any
+        transport: LocalTransport
         if name == "unix":
             from agent.transports.local.unix_socket import UnixSocketTransport
 
@@ -308,7 +309,7 @@ class Daemon:
             ws = self.config.websocket
             transport = WebSocketTransport(self.switch, ws.host, ws.port, ws.max_message_bytes, ws.token_file)
         transport.start()
-        self.transports[name] = transport
+        self.local[name] = transport
 
     def _start_mqtt(self) -> None:
         if not self.config.mqtt.enabled:
@@ -328,16 +329,23 @@ class Daemon:
             transport.start()
         except TransportError as exc:  # a broker that is down must not stop local serving
             logger.warning("MQTT unavailable, serving locally only: %s", exc)
-        self.transports["mqtt"] = transport
+        self.mqtt = transport
 
     def websocket_url(self) -> str | None:
-        ws = self.transports.get("websocket")
-        return ws.url if ws is not None else None
+        from agent.transports.local.websocket import WebSocketTransport
+
+        ws = self.local.get("websocket")
+        return ws.url if isinstance(ws, WebSocketTransport) else None
 
     # -- reporting ------------------------------------------------------------------------------------
+    def local_counts(self) -> dict[str, dict[str, int]]:
+        """Connected clients and queries in flight of each local transport (health, status)."""
+        return {name: {"clients": t.clients, "pending": t.pending} for name, t in list(self.local.items())}
+
     def _serving_status(self) -> str:
-        clients = sum(getattr(t, "clients", 0) for t in self.transports.values())
-        pending = sum(getattr(t, "pending", 0) for t in self.transports.values())
+        counts = self.local_counts().values()
+        clients = sum(c["clients"] for c in counts)
+        pending = sum(c["pending"] for c in counts)
         return f"serving: {clients} local clients, {pending} queries in flight"
 
     def status_info(self) -> dict[str, Any]:
@@ -391,7 +399,7 @@ class Daemon:
 
     def _announce(self, event: dict[str, Any]) -> None:
         """A deployment step: an event on the deployment topic, then status and health again."""
-        mqtt = self.transports.get("mqtt")
+        mqtt = self.mqtt
         if mqtt is None:
             return
         mqtt.publish_event(event)
@@ -420,8 +428,8 @@ class Daemon:
         self.notifier.ready(self._serving_status())
 
     def _apply(self, old: AgentConfig, new: AgentConfig, plan: Plan) -> None:
-        engine_keys = ("model", "engine", "katago", "root", "overrides", "profile")
-        if plan != self.plan or any(getattr(old, k) != getattr(new, k) for k in engine_keys):
+        engine_keys = {"model", "engine", "katago", "root", "overrides", "profile"}
+        if plan != self.plan or old.model_dump(include=engine_keys) != new.model_dump(include=engine_keys):
             logger.info("reload: new engine (profile %s)", plan.profile)
             engine, service = self._new_engine(plan)
             old_service, self.service, self.engine, self.plan = self.service, service, engine, plan
@@ -432,14 +440,17 @@ class Daemon:
                 self.thermal.stop()
             self.thermal = self.switch.guard = self._start_thermal_guard(plan)
             self.health_collector = None  # versions and thermal source follow the new plan
-        for name, key in (("unix", "socket"), ("websocket", "websocket")):
-            if getattr(old, key) != getattr(new, key):
-                if name in self.transports:
-                    self.transports.pop(name).close()
-                if getattr(new, key).enabled:
+        for name, before, after in (
+            ("unix", old.socket, new.socket),
+            ("websocket", old.websocket, new.websocket),
+        ):
+            if before != after:
+                if name in self.local:
+                    self.local.pop(name).close()
+                if after.enabled:
                     self._start_transport(name)
         if old.mqtt != new.mqtt or old.device_id != new.device_id:
-            mqtt = self.transports.pop("mqtt", None)
+            mqtt, self.mqtt = self.mqtt, None
             if mqtt is not None:
                 mqtt.stop(clean=True)
             self._start_mqtt()

@@ -35,11 +35,6 @@ def _device_snapshot(daemon: Any) -> dict[str, Any]:
 
 def snapshot(daemon: Any) -> dict[str, Any]:
     plan = daemon.plan
-    transports = {
-        name: {"clients": getattr(t, "clients", None), "pending": getattr(t, "pending", None)}
-        for name, t in list(daemon.transports.items())
-        if name != "mqtt"
-    }
     out: dict[str, Any] = {
         "time": time.time(),
         "agent": {
@@ -51,9 +46,9 @@ def snapshot(daemon: Any) -> dict[str, Any]:
             "model": daemon.config.model,
         },
         "network": daemon.network.to_json() if daemon.network is not None else None,
-        "local": transports,
+        "local": daemon.local_counts(),
         "service": daemon.service.stats() if daemon.service is not None else None,
-        "deployment": daemon.deployer.report() if getattr(daemon, "deployer", None) is not None else None,
+        "deployment": daemon.deployer.report() if daemon.deployer is not None else None,
         "thermal_guard": {"refused": daemon.switch.refused, "capped": daemon.switch.capped}
         if daemon.switch is not None
         else None,

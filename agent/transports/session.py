@@ -30,6 +30,7 @@ import json
 import logging
 import secrets
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -260,9 +261,10 @@ class ClientSession:
             )
 
 
-class LocalSessions:
-    """What the local transports (Unix socket, WebSocket) share: their open sessions, a new one per
-    client, and ``clients`` / ``pending`` for health."""
+class LocalTransport(ABC):
+    """A local transport (Unix socket, WebSocket) as the daemon drives it: ``start``, then
+    ``stop_accepting`` and ``close`` at shutdown, ``clients`` / ``pending`` for status and health.
+    What they share is here too: their open sessions, a new one per client."""
 
     _service: QueryService
     _sessions: set[ClientSession]
@@ -280,12 +282,26 @@ class LocalSessions:
         self._sessions.add(session)
         return session, out
 
+    @abstractmethod
+    def start(self) -> None:
+        """Listen; raises ``TransportError`` when the endpoint cannot be opened."""
+
+    @abstractmethod
+    def stop_accepting(self) -> None:
+        """No new connections or queries; responses to running queries still go out."""
+
+    @abstractmethod
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, send what is queued (within ``timeout``) and close every connection."""
+
     @property
     def clients(self) -> int:
+        """Connected clients."""
         return len(self._sessions)
 
     @property
     def pending(self) -> int:
+        """Queries of those clients not answered yet."""
         return sum(s.pending for s in list(self._sessions))
 
 

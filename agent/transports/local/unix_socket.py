@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 
 from agent.errors import TransportError
-from agent.transports.session import ClientSession, LocalSessions, LoopThread, QueryService
+from agent.transports.session import ClientSession, LocalTransport, LoopThread, QueryService
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _remove_stale(path: Path) -> None:
     raise TransportError(f"another agent is already serving on {path}; stop it or set socket.path")
 
 
-class UnixSocketTransport(LocalSessions):
+class UnixSocketTransport(LocalTransport):
     """Serves ``service`` on a Unix stream socket from its own event-loop thread."""
 
     def __init__(self, service: QueryService, path: Path, mode: int = 0o660) -> None:

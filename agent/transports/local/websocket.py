@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from agent.errors import TransportError
-from agent.transports.session import ClientSession, LocalSessions, LoopThread, QueryService
+from agent.transports.session import ClientSession, LocalTransport, LoopThread, QueryService
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def token_matches(expected: str, authorization: str | None, path: str | None) ->
     return any(hmac.compare_digest(o.encode(), expected.encode()) for o in offered)
 
 
-class WebSocketTransport(LocalSessions):
+class WebSocketTransport(LocalTransport):
     """Serves ``service`` over WebSocket from its own event-loop thread."""
 
     def __init__(
