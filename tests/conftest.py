@@ -19,6 +19,8 @@ from edge_fixtures import HOW_TO_GET
 
 REPO = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["mqtt_fixtures"]  # the MQTT broker, agent and requester fixtures, for every folder
+
 
 def _models_dir() -> Path | None:
     env = os.environ.get("KATAGO_EDGE_MODELS")

@@ -6,17 +6,13 @@ other jobs this made the reference tests 5-7x slower. One thread is fast and pre
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
-
-from agent.backends.numpy.runtime import set_blas_threads
+from network_refdata import one_blas_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_blas_thread() -> Iterator[None]:
-    changed = set_blas_threads(1)
-    yield
-    if changed:
-        set_blas_threads(os.cpu_count() or 1)
+    with one_blas_thread():
+        yield

@@ -8,6 +8,9 @@ The judge is ``../shared/reference`` (README there): ``inputs-v7.npz`` holds the
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,19 @@ import numpy as np
 from edge_fixtures import row_context
 
 from agent.backends.base import NeuralNet, NNInputs
+from agent.backends.numpy.runtime import set_blas_threads
 from agent.network.model import PostProcessParams
 from agent.network.postprocess import postprocess_row
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """numpy with one OpenBLAS thread, restored afterwards (tests/network/conftest.py says why)."""
+    changed = set_blas_threads(1)
+    yield
+    if changed:
+        set_blas_threads(os.cpu_count() or 1)
+
 
 REFERENCE_FILES = {
     "b6c96": "rawnn-g170-b6c96.jsonl",

@@ -1,16 +1,24 @@
-"""Fixtures for the MQTT tests: a real mosquitto per test, agents and requesters bound to it."""
+"""Fixtures for the MQTT tests (tests/transports/mqtt, tests/fleet): a real mosquitto per test,
+agents and requesters bound to it. A pytest plugin (``pytest_plugins`` in tests/conftest.py), so
+every folder may use them; a folder's own ``broker`` fixture (tests/fleet) takes precedence."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mqtt_support import MOSQUITTO, NEEDS_MOSQUITTO, Mosquitto, StubService
 
-from agent.transports.mqtt.client import MqttRequester
-from agent.transports.mqtt.transport import MqttSettings, MqttTransport
+_MQTT_HELPERS = Path(__file__).resolve().parent / "transports" / "mqtt"
+if str(_MQTT_HELPERS) not in sys.path:
+    sys.path.insert(0, str(_MQTT_HELPERS))
+
+from mqtt_support import MOSQUITTO, NEEDS_MOSQUITTO, Mosquitto, StubService  # noqa: E402
+
+from agent.transports.mqtt.client import MqttRequester  # noqa: E402
+from agent.transports.mqtt.transport import MqttSettings, MqttTransport  # noqa: E402
 
 
 def fake_health() -> dict[str, Any]:

@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from edge_fixtures import model_file
-from network_refdata import REFERENCE_FILES, Errors, compare_fields
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "network"))
+from network_refdata import REFERENCE_FILES, Errors, compare_fields, one_blas_thread
 
 from agent.backends.numpy.runtime import NumpyNet
 from agent.cli import main as cli
 from agent.cli.rawnn import run_rawnn
 from agent.network.reader import read_network
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_blas_thread() -> Iterator[None]:
+    with one_blas_thread():
+        yield
 
 
 def _records(reference_dir: Path, key: str) -> list[dict[str, Any]]:
