@@ -39,6 +39,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "coreml": ("fp32", "fp16", "int8"),
 }
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tensorrt": ".engine", "coreml": ".mlpackage"}
+DEFAULT_PRECISION = {"coreml": "fp16"}  # Core ML's FP16 compute precision; every other target: fp32
 ProgressFn = Callable[[int, int], None]
 
 
@@ -103,7 +104,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def configure_convert(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="KataGo network (.bin.gz, .bin, .txt.gz, .txt)")
     parser.add_argument("--to", required=True, choices=sorted(TARGETS), help="target format")
-    parser.add_argument("--precision", default="fp32", help="fp32, fp16, int8 (tflite also: int8-full)")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help="fp32, fp16, int8 (tflite also: int8-full); default fp32, coreml fp16",
+    )
     parser.add_argument("-o", "--output", type=Path, help="output file (default: beside MODEL or in .)")
     parser.add_argument(
         "--calibration", type=Path, metavar="SGF", help="SGF file/folder for INT8 calibration"
@@ -202,7 +207,8 @@ def command_convert(args: argparse.Namespace) -> int:
     from agent.models.store import ModelStore, Recipe, VerificationRefused, copy_artifact, default_store_root
     from agent.progress import ProgressDisplay
 
-    target, precision = args.to, args.precision
+    target = args.to
+    precision = args.precision or DEFAULT_PRECISION.get(target, "fp32")
     if precision not in TARGETS[target]:
         raise ConversionError(
             f"precision {precision!r} is not supported for {target} (supported: {', '.join(TARGETS[target])})"

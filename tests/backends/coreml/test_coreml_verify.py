@@ -144,12 +144,19 @@ def test_coreml_cli__convert_stores_and_verify_checks_structure(
     printed = capsys.readouterr()
     assert "Core ML cannot run models on this machine" in printed.err
     assert "-> PASSED" in printed.out
-    # the store lists the package with its size and removes it whole
+    # without --precision, Core ML is FP16
+    default = tmp_path / "b6.default.mlpackage"
+    assert run(["convert", str(path), "--to", "coreml", "--store", str(store), "-o", str(default)]) == 0
+    default_manifest = read_manifest(default)
+    assert default_manifest is not None and default_manifest.precision == "fp16"
+    capsys.readouterr()
+    # the store lists the packages with their size and removes them whole
     from agent.models.store import ModelStore
 
     model_store = ModelStore(store)
-    (entry,) = model_store.entries()
+    entry = next(e for e in model_store.entries() if e.precision == "int8")
     assert (entry.kind, entry.runtime, entry.precision) == ("artifact", "coreml", "int8")
     assert entry.size == data["size_bytes"]
     model_store.remove(entry)
-    assert list((store / "coreml").iterdir()) == []
+    assert [e.precision for e in model_store.entries()] == ["fp16"]
+    assert len(list((store / "coreml").iterdir())) == 2  # the FP16 package and its manifest
