@@ -31,20 +31,16 @@ import argparse
 import json
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.errors import TransportError
+from agent.transports.mqtt.client import CommandClient
 from agent.transports.mqtt.settings import MqttSettings
 from agent.transports.mqtt.topics import FleetTopics
-from agent.transports.mqtt.transport import AUTH_REFUSED, make_client
 
 logger = logging.getLogger(__name__)
 
@@ -171,43 +167,13 @@ def _fallbacks(health: dict[str, Any]) -> list[dict[str, Any]]:
     return [f for f in found if isinstance(f, dict)] if isinstance(found, list) else []
 
 
-class FleetMonitor:
+class FleetMonitor(CommandClient):
     """Collects the retained status and health of every device under one topic prefix."""
 
     def __init__(self, settings: MqttSettings, client_id: str | None = None) -> None:
-        self.settings = settings
         self.topics = FleetTopics(settings.topic_prefix)
         self._devices: dict[str, DeviceView] = {}
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self._refused: str | None = None
-        self.last_message_at = time.monotonic()
-        self._client = make_client(settings, client_id or f"katago-edge-fleet-{os.urandom(4).hex()}")
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = lambda *a: self._subscribed.set()
-        self._client.on_message = self._on_message
-
-    def connect(self, timeout: float = 10.0) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 0
-        self._client.connect_async(self.settings.host, self.settings.port, clean_start=True, properties=props)
-        self._client.loop_start()
-        deadline = time.monotonic() + timeout
-        while not self._subscribed.wait(0.05):
-            if self._refused or time.monotonic() > deadline:
-                self.close()
-                why = self._refused or f"no connection within {timeout:.0f} s"
-                raise TransportError(f"MQTT broker {self.settings.host}:{self.settings.port}: {why}")
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def settle(self, quiet_s: float = 0.3, max_s: float = 3.0) -> None:
-        """Wait until retained messages stopped arriving (``quiet_s`` without one), at most ``max_s``."""
-        deadline = time.monotonic() + max_s
-        while time.monotonic() < deadline and time.monotonic() - self.last_message_at < quiet_s:
-            time.sleep(0.05)
+        super().__init__(settings, client_id or f"katago-edge-fleet-{os.urandom(4).hex()}")
 
     def rows(self, stale_after_s: float = 90.0) -> list[dict[str, Any]]:
         now = time.time()
@@ -215,16 +181,8 @@ class FleetMonitor:
             views = sorted(self._devices.values(), key=lambda v: v.device)
             return [summarize(v, now, stale_after_s) for v in views]
 
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
-    ) -> None:
-        if reason.is_failure:
-            self._refused = f"connection refused: {reason}"
-            if reason.value in AUTH_REFUSED:
-                self._refused += " (check user name and password)"
-            client.disconnect()
-            return
-        client.subscribe([(self.topics.status_filter, 1), (self.topics.health_filter, 1)])
+    def _subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
+        return [(f, SubscribeOptions(qos=1)) for f in (self.topics.status_filter, self.topics.health_filter)]
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.last_message_at = time.monotonic()

@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import os
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -32,15 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.app.desired import SHA256_RE, check_url, network_name_from_url
 from agent.errors import ConfigError, TransportError
+from agent.transports.mqtt.client import CommandClient
 from agent.transports.mqtt.settings import MqttSettings
 from agent.transports.mqtt.topics import FleetTopics
-from agent.transports.mqtt.transport import AUTH_REFUSED, make_client
 
 logger = logging.getLogger(__name__)
 
@@ -52,49 +50,24 @@ def new_id(prefix: str = "d") -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.urandom(2).hex()}"
 
 
-class FleetClient:
+class FleetClient(CommandClient):
     """Retained status, desired states and rollout records, live events; publishes as operator."""
 
     def __init__(self, settings: MqttSettings) -> None:
-        self.settings = settings
         self.topics = FleetTopics(settings.topic_prefix)
         self.status: dict[str, dict[str, Any]] = {}
         self.health: dict[str, dict[str, Any]] = {}
         self.desired: dict[str, dict[str, Any]] = {}
         self.rollouts: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self._refused_login: str | None = None
         self._refused_mids: dict[int, str] = {}
-        self.last_message_at = time.monotonic()
-        self._client = make_client(settings, f"katago-edge-rollout-{os.urandom(4).hex()}")
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = lambda *a: self._subscribed.set()
-        self._client.on_message = self._on_message
+        super().__init__(settings, f"katago-edge-rollout-{os.urandom(4).hex()}")
         self._client.on_publish = self._on_publish
 
     def connect(self, timeout: float = 10.0) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 0
-        self._client.connect_async(self.settings.host, self.settings.port, clean_start=True, properties=props)
-        self._client.loop_start()
-        deadline = time.monotonic() + timeout
-        while not self._subscribed.wait(0.05):
-            if self._refused_login or time.monotonic() > deadline:
-                self.close()
-                why = self._refused_login or f"no connection within {timeout:.0f} s"
-                raise TransportError(f"MQTT broker {self.settings.host}:{self.settings.port}: {why}")
+        """Connect, then wait for the retained status, desired states and rollout records."""
+        super().connect(timeout)
         self.settle()
-
-    def settle(self, quiet_s: float = 0.3, max_s: float = 3.0) -> None:
-        deadline = time.monotonic() + max_s
-        while time.monotonic() < deadline and time.monotonic() - self.last_message_at < quiet_s:
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
 
     def publish(self, topic: str, payload: dict[str, Any] | None, retain: bool = True) -> None:
         """Publish (QoS 1) and wait for the broker's answer; ``TransportError`` if it refused."""
@@ -144,18 +117,10 @@ class FleetClient:
         return int(failed) if isinstance(failed, int) else 0
 
     # -- paho callbacks -----------------------------------------------------------------------------
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
-    ) -> None:
-        if reason.is_failure:
-            self._refused_login = f"connection refused: {reason}"
-            if reason.value in AUTH_REFUSED:
-                self._refused_login += " (check user name and password)"
-            client.disconnect()
-            return
+    def _subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
         t = self.topics
         filters = [t.status_filter, t.health_filter, t.events_filter, t.desired_filter, t.rollouts_filter]
-        client.subscribe([(f, 1) for f in filters])
+        return [(f, SubscribeOptions(qos=1)) for f in filters]
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any

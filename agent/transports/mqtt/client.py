@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,26 +55,42 @@ class Pending:
     devices: list[str] = field(default_factory=list)  # the "device" User Property of each reply
 
 
-class MqttRequester:
-    """An MQTT 5 client that sends analysis requests and matches replies by correlation data."""
+def refusal(reason: ReasonCode) -> str:
+    """Why the broker refused a connection, with a hint when it refused the login."""
+    why = f"connection refused: {reason}"
+    if reason.value in AUTH_REFUSED:
+        why += " (check user name and password)"
+    return why
 
-    def __init__(
-        self, settings: MqttSettings, client_id: str | None = None, persistent: bool = False
-    ) -> None:
+
+class CommandClient(ABC):
+    """A command's own MQTT 5 connection (``query``, ``fleet``, ``fleet deploy``, the tests):
+    ``connect`` returns once the broker acknowledged the subscriptions, or raises
+    ``TransportError`` with the reason (login refused, no answer); ``close`` ends it.
+
+    A subclass names its subscriptions and reads its messages (paho's network thread);
+    ``last_message_at`` lets ``settle`` wait for the retained messages. The agent's own long-lived
+    connection is :class:`~agent.transports.mqtt.transport.MqttTransport`."""
+
+    def __init__(self, settings: MqttSettings, client_id: str, persistent: bool = False) -> None:
         self.settings = settings
-        self.client_id = client_id or f"katago-edge-client-{os.urandom(5).hex()}"
-        self.topics = FleetTopics(settings.topic_prefix)
-        self.reply_topic = self.topics.client_reply(settings.username or self.client_id)
-        self._persistent = persistent
-        self._pending: dict[bytes, Pending] = {}
+        self.client_id = client_id
+        self._persistent = persistent  # keep the session (and queued replies) while away
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._refused: str | None = None
-        self.unmatched = 0
-        self._client = make_client(settings, self.client_id)
+        self.last_message_at = time.monotonic()
+        self._client = make_client(settings, client_id)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+
+    @abstractmethod
+    def _subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
+        """The topic filters to subscribe to on every connection."""
+
+    @abstractmethod
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None: ...
 
     def connect(self, timeout: float = 10.0) -> None:
         props = Properties(PacketTypes.CONNECT)
@@ -96,6 +113,41 @@ class MqttRequester:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+    def settle(self, quiet_s: float = 0.3, max_s: float = 3.0) -> None:
+        """Wait until retained messages stopped arriving (``quiet_s`` without one), at most ``max_s``."""
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline and time.monotonic() - self.last_message_at < quiet_s:
+            time.sleep(0.05)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self._refused = refusal(reason)
+            client.disconnect()
+            return
+        set_nodelay(client)
+        client.subscribe(self._subscriptions())
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
+        self._ready.set()
+
+
+class MqttRequester(CommandClient):
+    """An MQTT 5 client that sends analysis requests and matches replies by correlation data."""
+
+    def __init__(
+        self, settings: MqttSettings, client_id: str | None = None, persistent: bool = False
+    ) -> None:
+        client_id = client_id or f"katago-edge-client-{os.urandom(5).hex()}"
+        self.topics = FleetTopics(settings.topic_prefix)
+        self.reply_topic = self.topics.client_reply(settings.username or client_id)
+        self._pending: dict[bytes, Pending] = {}
+        self.unmatched = 0
+        super().__init__(settings, client_id, persistent)
 
     def send(
         self,
@@ -137,17 +189,8 @@ class MqttRequester:
             return self._pending[correlation]
 
     # -- paho callbacks ---------------------------------------------------------------------------
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
-    ) -> None:
-        if reason.is_failure:
-            self._refused = f"connection refused: {reason}"
-            if reason.value in AUTH_REFUSED:
-                self._refused += " (check user name and password)"
-            client.disconnect()
-            return
-        set_nodelay(client)
-        client.subscribe([(self.reply_topic, SubscribeOptions(qos=1))])
+    def _subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
+        return [(self.reply_topic, SubscribeOptions(qos=1))]
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
