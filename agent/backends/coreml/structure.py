@@ -14,7 +14,8 @@ against KataGo's outputs. For every ONNX node:
   half-precision rounding, INT8 to half a quantization step of its channel (plus FP16
   rounding of the weight and of the scale) (and the quantization
   must be symmetric: zero points 0);
-* attributes: Transpose ``perm``, Softmax/Concat/Split ``axis``, Conv ``pads``, reduction axes;
+* attributes: Transpose ``perm``, Softmax/Concat/Split/Gather ``axis``, Conv ``pads``, the axes
+  of reductions and Unsqueeze;
 * the output shape (every dimension but the batch).
 
 MIL ops that match no ONNX node (other than constants, casts and weight dequantization) fail it
@@ -235,7 +236,7 @@ def check_structure(program: Any, onnx_model: Any, precision: str) -> StructureR
         if node.name in silu:  # silu(x): x is the Mul's input that is not the Sigmoid
             node = _silu_node(node, silu[node.name])
         report.mismatches += _check_inputs(node, op, inits, producers, report)
-        report.mismatches += _check_attributes(node, op)
+        report.mismatches += _check_attributes(node, op, inits)
         for i, out in enumerate(node.output):
             want = shapes.get(out)
             if want is None or i >= len(op.outputs):
@@ -346,10 +347,12 @@ def _check_inputs(
     return problems
 
 
-def _check_attributes(node: Any, op: Any) -> list[str]:
+def _check_attributes(node: Any, op: Any, inits: dict[str, npt.NDArray[Any]]) -> list[str]:
     from onnx import helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type in ("ReduceSum", "Unsqueeze") and len(node.input) > 1 and node.input[1] in inits:
+        attrs["axes"] = [int(a) for a in inits[node.input[1]]]
     problems: list[str] = []
 
     def same(param: str, want: Any) -> None:
@@ -370,7 +373,9 @@ def _check_attributes(node: Any, op: Any) -> list[str]:
     elif node.op_type == "Conv":
         top, left, bottom, right = attrs["pads"]
         same("pad", [top, bottom, left, right])
-    elif node.op_type in ("ReduceMean", "ReduceMax"):
+    elif node.op_type in ("ReduceSum", "ReduceMean", "ReduceMax"):
         same("axes", list(attrs["axes"]))
         same("keep_dims", bool(attrs.get("keepdims", 1)))
+    elif node.op_type == "Unsqueeze":
+        same("axes", list(attrs["axes"]))
     return problems
