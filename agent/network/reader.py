@@ -211,10 +211,22 @@ class _Parser:
         w = self.floats(ky * kx * ic * oc, "conv weights").reshape(ky, kx, ic, oc)
         return m.ConvLayer(name, ky, kx, ic, oc, dy, dx, w)
 
-    def bn(self, channels: int | None = None) -> m.BatchNormLayer:
-        name = self.name("batch norm")
+    def channels_header(self, kind: str, channels: int | None) -> tuple[str, int]:
+        """A layer's name and channel count, checked against ``channels`` (what feeds it)."""
+        name = self.name(kind)
         c = self.int_("channels", 1)
         self.expect(c, channels, "channels")
+        return name, c
+
+    def norm_epsilon(self) -> float:
+        """An RMS norm's epsilon, in (0, 1]."""
+        eps = self.float_("epsilon", positive=True)
+        if eps > 1:
+            raise self.fail(f"epsilon {eps} must be in (0, 1]")
+        return eps
+
+    def bn(self, channels: int | None = None) -> m.BatchNormLayer:
+        name, c = self.channels_header("batch norm", channels)
         eps = self.float_("epsilon", positive=True)
         has_scale = self.bool_("hasScale")
         has_bias = self.bool_("hasBias")
@@ -245,18 +257,12 @@ class _Parser:
         return m.MatMulLayer(name, ic, oc, self.floats(ic * oc, "matmul weights").reshape(ic, oc))
 
     def matbias(self, channels: int | None = None) -> m.MatBiasLayer:
-        name = self.name("matbias")
-        c = self.int_("channels", 1)
-        self.expect(c, channels, "channels")
+        name, c = self.channels_header("matbias", channels)
         return m.MatBiasLayer(name, c, self.floats(c, "bias"))
 
     def rmsnorm(self, channels: int) -> m.RMSNormLayer:
-        name = self.name("rmsnorm")
-        c = self.int_("channels", 1)
-        self.expect(c, channels, "channels")
-        eps = self.float_("epsilon", positive=True)
-        if eps > 1:
-            raise self.fail(f"epsilon {eps} must be in (0, 1]")
+        name, c = self.channels_header("rmsnorm", channels)
+        eps = self.norm_epsilon()
         spatial = self.bool_("spatial")
         group = self.int_("cgroupSize", 0)
         if group != 0:
@@ -264,13 +270,8 @@ class _Parser:
         return m.RMSNormLayer(name, c, eps, spatial, group, self.floats(c, "gamma"), self.floats(c, "beta"))
 
     def trmsnorm(self, channels: int) -> m.TransformerRMSNorm:
-        name = self.name("transformer rmsnorm")
-        c = self.int_("channels", 1)
-        self.expect(c, channels, "channels")
-        eps = self.float_("epsilon", positive=True)
-        if eps > 1:
-            raise self.fail(f"epsilon {eps} must be in (0, 1]")
-        return m.TransformerRMSNorm(name, c, eps, self.floats(c, "weight"))
+        name, c = self.channels_header("transformer rmsnorm", channels)
+        return m.TransformerRMSNorm(name, c, self.norm_epsilon(), self.floats(c, "weight"))
 
     def expect(self, got: int, want: int | None, what: str) -> None:
         if want is not None and got != want:

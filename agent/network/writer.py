@@ -76,6 +76,11 @@ class _Writer:
         if self.version >= 11:
             self.tok(a.kind.token)
 
+    def bn_act(self, b: m.BatchNormLayer, a: m.ActivationLayer) -> None:
+        """A batch norm and the activation after it (the pairs of every residual block and head)."""
+        self.bn(b)
+        self.act(a)
+
     def matmul(self, layer: m.MatMulLayer) -> None:
         self.tok(layer.name, layer.in_channels, layer.out_channels)
         self.arr(layer.weight)
@@ -91,32 +96,25 @@ class _Writer:
     def block(self, b: m.Block) -> None:
         self.tok(b.KIND, b.name)
         if isinstance(b, m.OrdinaryBlock):
-            self.bn(b.pre_bn)
-            self.act(b.pre_act)
+            self.bn_act(b.pre_bn, b.pre_act)
             self.conv(b.regular_conv)
-            self.bn(b.mid_bn)
-            self.act(b.mid_act)
+            self.bn_act(b.mid_bn, b.mid_act)
             self.conv(b.final_conv)
         elif isinstance(b, m.GPoolBlock):
-            self.bn(b.pre_bn)
-            self.act(b.pre_act)
+            self.bn_act(b.pre_bn, b.pre_act)
             self.conv(b.regular_conv)
             self.conv(b.gpool_conv)
-            self.bn(b.gpool_bn)
-            self.act(b.gpool_act)
+            self.bn_act(b.gpool_bn, b.gpool_act)
             self.matmul(b.gpool_to_bias_mul)
-            self.bn(b.mid_bn)
-            self.act(b.mid_act)
+            self.bn_act(b.mid_bn, b.mid_act)
             self.conv(b.final_conv)
         elif isinstance(b, m.NestedBottleneckBlock):
             self.tok(len(b.blocks))
-            self.bn(b.pre_bn)
-            self.act(b.pre_act)
+            self.bn_act(b.pre_bn, b.pre_act)
             self.conv(b.pre_conv)
             for inner in b.blocks:
                 self.block(inner)
-            self.bn(b.post_bn)
-            self.act(b.post_act)
+            self.bn_act(b.post_bn, b.post_act)
             self.conv(b.post_conv)
         elif isinstance(b, m.AttentionBlock):
             self.tok(b.num_heads, b.num_kv_heads, b.q_head_dim, b.v_head_dim, b.use_rope, b.learnable_rope)
@@ -174,11 +172,9 @@ class _Writer:
             self.tok(p.out_channels, *p.reserved)
         self.conv(p.p1_conv)
         self.conv(p.g1_conv)
-        self.bn(p.g1_bn)
-        self.act(p.g1_act)
+        self.bn_act(p.g1_bn, p.g1_act)
         self.matmul(p.gpool_to_bias_mul)
-        self.bn(p.p1_bn)
-        self.act(p.p1_act)
+        self.bn_act(p.p1_bn, p.p1_act)
         self.conv(p.p2_conv)
         self.matmul(p.gpool_to_pass_mul)
         if p.gpool_to_pass_bias is not None and p.pass_act is not None and p.gpool_to_pass_mul2 is not None:
@@ -188,8 +184,7 @@ class _Writer:
         v = net.value_head
         self.tok(v.name, *v.reserved)
         self.conv(v.v1_conv)
-        self.bn(v.v1_bn)
-        self.act(v.v1_act)
+        self.bn_act(v.v1_bn, v.v1_act)
         self.matmul(v.v2_mul)
         self.matbias(v.v2_bias)
         self.act(v.v2_act)
