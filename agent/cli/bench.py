@@ -97,7 +97,8 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True)
+    # piped into a file or a log, rich would wrap the tables at 80 columns
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 def _resolve_model(args: argparse.Namespace) -> tuple[Path, Path | None]:
