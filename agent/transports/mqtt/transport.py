@@ -303,12 +303,7 @@ class MqttTransport:
 
     # -- paho callbacks (network thread) ----------------------------------------------------------
     def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: Any,
-        reason: ReasonCode,
-        properties: Properties | None,
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
     ) -> None:
         if reason.is_failure:
             self._refused(client, reason)
@@ -409,12 +404,7 @@ class MqttTransport:
         logger.info("MQTT: cannot reach %s:%s; retrying with backoff", self.config.host, self.config.port)
 
     def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: Any,
-        reason: ReasonCode,
-        properties: Properties | None,
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
