@@ -76,11 +76,6 @@ class _Writer:
         if self.version >= 11:
             self.tok(a.kind.token)
 
-    def bn_act(self, b: m.BatchNormLayer, a: m.ActivationLayer) -> None:
-        """A batch norm and the activation after it (the pairs of every residual block and head)."""
-        self.bn(b)
-        self.act(a)
-
     def matmul(self, layer: m.MatMulLayer) -> None:
         self.tok(layer.name, layer.in_channels, layer.out_channels)
         self.arr(layer.weight)
@@ -89,6 +84,14 @@ class _Writer:
         self.tok(layer.name, layer.channels)
         self.arr(layer.bias)
 
+    def then_act(self, layer: m.BatchNormLayer | m.MatBiasLayer, a: m.ActivationLayer) -> None:
+        """A batch norm (residual blocks, heads) or a bias (dense layers) and the activation after it."""
+        if isinstance(layer, m.BatchNormLayer):
+            self.bn(layer)
+        else:
+            self.matbias(layer)
+        self.act(a)
+
     def trms(self, n: m.TransformerRMSNorm) -> None:
         self.tok(n.name, n.channels, n.epsilon)
         self.arr(n.weight)
@@ -96,25 +99,25 @@ class _Writer:
     def block(self, b: m.Block) -> None:
         self.tok(b.KIND, b.name)
         if isinstance(b, m.OrdinaryBlock):
-            self.bn_act(b.pre_bn, b.pre_act)
+            self.then_act(b.pre_bn, b.pre_act)
             self.conv(b.regular_conv)
-            self.bn_act(b.mid_bn, b.mid_act)
+            self.then_act(b.mid_bn, b.mid_act)
             self.conv(b.final_conv)
         elif isinstance(b, m.GPoolBlock):
-            self.bn_act(b.pre_bn, b.pre_act)
+            self.then_act(b.pre_bn, b.pre_act)
             self.conv(b.regular_conv)
             self.conv(b.gpool_conv)
-            self.bn_act(b.gpool_bn, b.gpool_act)
+            self.then_act(b.gpool_bn, b.gpool_act)
             self.matmul(b.gpool_to_bias_mul)
-            self.bn_act(b.mid_bn, b.mid_act)
+            self.then_act(b.mid_bn, b.mid_act)
             self.conv(b.final_conv)
         elif isinstance(b, m.NestedBottleneckBlock):
             self.tok(len(b.blocks))
-            self.bn_act(b.pre_bn, b.pre_act)
+            self.then_act(b.pre_bn, b.pre_act)
             self.conv(b.pre_conv)
             for inner in b.blocks:
                 self.block(inner)
-            self.bn_act(b.post_bn, b.post_act)
+            self.then_act(b.post_bn, b.post_act)
             self.conv(b.post_conv)
         elif isinstance(b, m.AttentionBlock):
             self.tok(b.num_heads, b.num_kv_heads, b.q_head_dim, b.v_head_dim, b.use_rope, b.learnable_rope)
@@ -150,11 +153,9 @@ class _Writer:
             e = t.metadata_encoder
             self.tok(e.name, e.num_input_channels)
             self.matmul(e.mul1)
-            self.matbias(e.bias1)
-            self.act(e.act1)
+            self.then_act(e.bias1, e.act1)
             self.matmul(e.mul2)
-            self.matbias(e.bias2)
-            self.act(e.act2)
+            self.then_act(e.bias2, e.act2)
             self.matmul(e.mul3)
         for b in t.blocks:
             self.block(b)
@@ -172,22 +173,20 @@ class _Writer:
             self.tok(p.out_channels, *p.reserved)
         self.conv(p.p1_conv)
         self.conv(p.g1_conv)
-        self.bn_act(p.g1_bn, p.g1_act)
+        self.then_act(p.g1_bn, p.g1_act)
         self.matmul(p.gpool_to_bias_mul)
-        self.bn_act(p.p1_bn, p.p1_act)
+        self.then_act(p.p1_bn, p.p1_act)
         self.conv(p.p2_conv)
         self.matmul(p.gpool_to_pass_mul)
         if p.gpool_to_pass_bias is not None and p.pass_act is not None and p.gpool_to_pass_mul2 is not None:
-            self.matbias(p.gpool_to_pass_bias)
-            self.act(p.pass_act)
+            self.then_act(p.gpool_to_pass_bias, p.pass_act)
             self.matmul(p.gpool_to_pass_mul2)
         v = net.value_head
         self.tok(v.name, *v.reserved)
         self.conv(v.v1_conv)
-        self.bn_act(v.v1_bn, v.v1_act)
+        self.then_act(v.v1_bn, v.v1_act)
         self.matmul(v.v2_mul)
-        self.matbias(v.v2_bias)
-        self.act(v.v2_act)
+        self.then_act(v.v2_bias, v.v2_act)
         self.matmul(v.v3_mul)
         self.matbias(v.v3_bias)
         self.matmul(v.sv3_mul)
