@@ -23,6 +23,7 @@ Settings owned by other modules are embedded as sub-tables: ``[mqtt]`` is
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import socket
@@ -252,6 +253,17 @@ def parse_config(
         return AgentConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source, text, from_env)) from exc
+
+
+def add_config_argument(parser: argparse._ActionsContainer, uses: str) -> None:
+    """``--config FILE``, the agent TOML a command reads (``find_config``: the one ``serve`` reads
+    when not given); ``uses`` says what the command takes from it."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"agent TOML: {uses} (default: the one `serve` reads: $CONFIGURATION_DIRECTORY/agent.toml, "
+        f"else {', '.join(map(str, DEFAULT_CONFIG_PATHS))}, else the defaults)",
+    )
 
 
 def find_config(explicit: Path | None) -> Path | None:

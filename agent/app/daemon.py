@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.app.config import AgentConfig, find_config, load_config, split_host_port
+from agent.app.config import AgentConfig, add_config_argument, find_config, load_config, split_host_port
 from agent.app.notify import Notifier
 from agent.app.service_switch import ProgressWatch, ServiceSwitch, self_test
 from agent.app.startup import Plan, build_engine, build_service, make_plan
@@ -55,7 +55,7 @@ ENGINE_STALL_S = 120.0  # no NN evaluation for this long with searches running =
 
 
 def configure_serve(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="agent TOML (default: $CONFIGURATION_DIRECTORY or /etc)")
+    add_config_argument(parser, "what to serve and how")
     parser.add_argument("--model", help="network: path, URL or model-store name ('fake' for tests)")
     parser.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker ('none' = no MQTT)")
     parser.add_argument("--device-id", help="device id (MQTT topic level; default: host name)")

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from agent.app.config import add_config_argument
 from agent.errors import AgentError, ConfigError
 from agent.models.store import ModelStore, Recipe, default_store_root
 
@@ -43,7 +44,7 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", "-model", type=Path, help="KataGo network (.bin.gz); default: the agent config's"
     )
-    parser.add_argument("--config", type=Path, help="agent config (to find the model, and for --apply)")
+    add_config_argument(parser, "its model, and where --apply writes")
     parser.add_argument("--runtimes", default="numpy,onnx,tflite,tensorrt", help="runtimes to try")
     parser.add_argument("--precisions", default="fp32,fp16,int8", help="precisions to try")
     parser.add_argument("--batches", help="batch sizes (default 1,2,4,8,16; --quick 1,8)")

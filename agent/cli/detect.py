@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.app.config import AgentConfig, find_config, load_config
+from agent.app.config import AgentConfig, add_config_argument, find_config, load_config
 from agent.errors import AgentError, ConfigError
 from agent.hardware import Hardware, probe_hardware
 from agent.hardware.runtimes import probe_runtimes
@@ -46,9 +46,7 @@ def configure_detect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=None, help="force this profile (as the agent config can)")
     parser.add_argument("--katago", default=None, help="path of a KataGo binary to consider")
     parser.add_argument("--health", action="store_true", help="also take a health snapshot")
-    parser.add_argument(
-        "--config", type=Path, help="agent TOML (the network and stores it names; default: the installed one)"
-    )
+    add_config_argument(parser, "the network and stores it names")
 
 
 def _runtime_lines(hw: Hardware) -> list[str]:

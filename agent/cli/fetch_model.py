@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from agent.app.config import find_config, load_config
+from agent.app.config import add_config_argument, find_config, load_config
 from agent.errors import ConfigError
 from agent.models.fetch import fetch_model
 
@@ -52,12 +52,7 @@ def hand_to_store_owner(path: Path, store: Path) -> None:
 
 def configure_fetch_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="PATH, http(s) URL, 'katrain' (PyPI katrain wheel) or a store name")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="agent config whose model store to use (default: the one `serve` reads: "
-        "$CONFIGURATION_DIRECTORY/agent.toml, /etc/katago-edge/agent.toml, else the defaults)",
-    )
+    add_config_argument(parser, "its model store")
     parser.add_argument("--dest", type=Path, help="store in this folder instead of the agent's model store")
     parser.add_argument("--sha256", help="expected sha256 of the network file (hex)")
     parser.add_argument("--force", action="store_true", help="download again even if the store has it")

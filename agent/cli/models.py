@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from agent.app.config import find_config, load_config
+from agent.app.config import add_config_argument, find_config, load_config
 from agent.errors import ConfigError
 from agent.models.manifest import read_manifest
 from agent.models.store import ModelStore, StoreEntry
@@ -24,7 +24,7 @@ def configure_models(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["list", "show", "prune"])
     parser.add_argument("ident", nargs="?", help="with show: an entry id (from list) or file name")
     parser.add_argument("--store", type=Path, metavar="DIR", help="model store folder")
-    parser.add_argument("--config", type=Path, help="agent TOML (its cache_dir holds the store)")
+    add_config_argument(parser, "its cache_dir holds the store")
     parser.add_argument("--json", action="store_true", help="JSON output")
     parser.add_argument("--refused", action="store_true", help="prune: also forget cached refusals")
     parser.add_argument("--older-than", type=float, metavar="DAYS", help="prune: artifacts older than this")

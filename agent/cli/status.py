@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.app.config import find_config, load_config
+from agent.app.config import add_config_argument, find_config, load_config
 from agent.errors import AgentError
 
 EXIT_FALLBACK = 3
@@ -25,7 +25,7 @@ EXIT_FALLBACK = 3
 
 def configure_status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", type=Path, help="the daemon's Unix socket (default: from the config)")
-    parser.add_argument("--config", type=Path, help="agent TOML (to find the socket)")
+    add_config_argument(parser, "the socket it names")
     parser.add_argument("--json", action="store_true", help="print the health document as JSON")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
 

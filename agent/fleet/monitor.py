@@ -38,6 +38,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent.app.config import add_config_argument
 from agent.transports.mqtt.client import CommandClient
 from agent.transports.mqtt.settings import MqttSettings
 from agent.transports.mqtt.topics import FleetTopics
@@ -215,7 +216,7 @@ class FleetMonitor(CommandClient):
 # -- CLI --------------------------------------------------------------------------------------------
 def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("broker (defaults: the [mqtt] table of --config, else localhost:1883)")
-    g.add_argument("--config", type=str, help="agent config (TOML) whose [mqtt] table to use")
+    add_config_argument(g, "its [mqtt] table")
     g.add_argument("--broker", metavar="HOST[:PORT]", default=os.environ.get("KATAGO_EDGE_MQTT_BROKER"))
     g.add_argument("--prefix", default=None, help="topic prefix (default katago)")
     g.add_argument("--username")
