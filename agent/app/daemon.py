@@ -45,6 +45,11 @@ from agent.progress import ProgressDisplay
 from agent.transports.session import LocalTransport
 
 if TYPE_CHECKING:
+    from agent.app.deployment import Deployer
+    from agent.app.health import HealthCollector
+    from agent.app.thermal import ThermalGuard
+    from agent.engines.base import Engine
+    from agent.protocol.service import AnalysisService
     from agent.transports.mqtt.transport import MqttTransport
 
 logger = logging.getLogger(__name__)
@@ -110,6 +115,12 @@ def command_serve(args: argparse.Namespace) -> int:
     return daemon.run()
 
 
+def _close_later(service: AnalysisService | None, timeout: float) -> None:
+    """Close a replaced service in a thread of its own: the queries running on it finish there."""
+    if service is not None:
+        threading.Thread(target=service.close, args=(timeout,), name="old-engine").start()
+
+
 class Daemon:
     """One agent: owns the engine, the service and the transports for its lifetime."""
 
@@ -129,17 +140,17 @@ class Daemon:
         self.ready_event = threading.Event()
         self.plan: Plan | None = None
         self.network: NetworkReport | None = None  # what serves, and every fallback with its reason
-        self.engine: Any = None
-        self.service: Any = None
+        self.engine: Engine | None = None
+        self.service: AnalysisService | None = None
         self.switch: ServiceSwitch | None = None
         self.local: dict[str, LocalTransport] = {}  # "unix", "websocket"
         self.mqtt: MqttTransport | None = None
-        self.thermal: Any = None
+        self.thermal: ThermalGuard | None = None
         self.progress = ProgressWatch(ENGINE_STALL_S)
         self._stall_logged = False
-        self.health_collector: Any = None
+        self.health_collector: HealthCollector | None = None
         self.started_at = time.time()
-        self.deployer: Any = None  # agent.app.deployment.Deployer: networks deployed over MQTT
+        self.deployer: Deployer | None = None  # networks deployed over MQTT
 
     # -- signals ------------------------------------------------------------------------------------
     def install_signal_handlers(self, serving: bool) -> None:
@@ -216,7 +227,7 @@ class Daemon:
         guard.start()
         return guard
 
-    def _new_engine(self, plan: Plan) -> tuple[Any, Any]:
+    def _new_engine(self, plan: Plan) -> tuple[Engine, AnalysisService]:
         with ProgressDisplay("preparing the network") as prepare:
             engine, report = build_engine(self.config, plan, self.notifier.status, prepare)
         service = build_service(engine)
@@ -240,7 +251,7 @@ class Daemon:
             if self.notifier.watchdog_due(now):
                 # stats() blocks if the engine is wedged, and a stall means no progress: either
                 # way no ping, and systemd restarts us after WatchdogSec
-                if self.progress.alive(self.engine.stats(), now):
+                if self.engine is None or self.progress.alive(self.engine.stats(), now):
                     self.notifier.ping(now)
                 elif not self._stall_logged:
                     self._stall_logged = True
@@ -264,7 +275,8 @@ class Daemon:
         # A search may have millions of visits to go: cut running ones short (each still sends its
         # final response with what it found) and answer queued ones with noResults.
         try:
-            self.engine.terminate_all()
+            if self.engine is not None:
+                self.engine.terminate_all()
         except AgentError as exc:
             logger.warning("terminating in-flight queries failed: %s", exc)
         self._close_all(timeout=max(1.0, deadline - time.monotonic()))
@@ -395,7 +407,7 @@ class Daemon:
         self.switch.current = service
         self.health_collector = None  # the network's name in health follows
         logger.info("deployment: now serving %s (%s)", config.model, report.summary() if report else "-")
-        threading.Thread(target=old_service.close, args=(config.stop_timeout,), name="old-engine").start()
+        _close_later(old_service, config.stop_timeout)
 
     def _announce(self, event: dict[str, Any]) -> None:
         """A deployment step: an event on the deployment topic, then status and health again."""
@@ -435,7 +447,7 @@ class Daemon:
             old_service, self.service, self.engine, self.plan = self.service, service, engine, plan
             assert self.switch is not None
             self.switch.current = service
-            threading.Thread(target=old_service.close, args=(new.stop_timeout,), name="old-engine").start()
+            _close_later(old_service, new.stop_timeout)
             if self.thermal is not None:
                 self.thermal.stop()
             self.thermal = self.switch.guard = self._start_thermal_guard(plan)

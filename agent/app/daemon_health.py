@@ -10,14 +10,42 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import __version__
+
+if TYPE_CHECKING:
+    from agent.app.config import AgentConfig
+    from agent.app.deployment import Deployer
+    from agent.app.health import HealthCollector
+    from agent.app.service_switch import ServiceSwitch
+    from agent.app.startup import Plan
+    from agent.app.thermal import ThermalGuard
+    from agent.engines.base import Engine
+    from agent.models.serving import NetworkReport
+    from agent.protocol.service import AnalysisService
 
 logger = logging.getLogger(__name__)
 
 
-def _device_snapshot(daemon: Any) -> dict[str, Any]:
+class DaemonState(Protocol):
+    """What the health document reads from the daemon (:class:`agent.app.daemon.Daemon`)."""
+
+    config: AgentConfig
+    plan: Plan | None
+    network: NetworkReport | None
+    engine: Engine | None
+    service: AnalysisService | None
+    switch: ServiceSwitch | None
+    deployer: Deployer | None
+    thermal: ThermalGuard | None
+    health_collector: HealthCollector | None  # made on the first snapshot (CPU use between snapshots)
+    started_at: float
+
+    def local_counts(self) -> dict[str, dict[str, int]]: ...
+
+
+def _device_snapshot(daemon: DaemonState) -> dict[str, Any]:
     """Device health from ``agent.app.health`` (one collector per daemon: CPU use between snapshots)."""
     from agent.app.health import HealthCollector
 
@@ -33,7 +61,7 @@ def _device_snapshot(daemon: Any) -> dict[str, Any]:
     return {"device": daemon.health_collector.snapshot(engine_stats).to_dict()}
 
 
-def snapshot(daemon: Any) -> dict[str, Any]:
+def snapshot(daemon: DaemonState) -> dict[str, Any]:
     plan = daemon.plan
     out: dict[str, Any] = {
         "time": time.time(),
