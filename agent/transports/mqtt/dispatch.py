@@ -386,7 +386,7 @@ class RequestDispatcher:
             else:
                 self._handle_query({**query, "id": job.internal_id}, emit)
         except (QueryError, EngineBusy) as exc:
-            field_name = getattr(exc, "field", None)
+            field_name = exc.field if isinstance(exc, QueryError) else None
             self._emit(job, error_response(str(exc), job.request.query_id, field_name))
         except AgentError as exc:
             self._emit(job, error_response(str(exc), job.request.query_id))
