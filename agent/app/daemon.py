@@ -211,7 +211,9 @@ class Daemon:
             from agent.app.startup import local_network
 
             source = local_network(self.config, self.plan)
-            self.deployer.start(self.config, source, self.swap_network, self._announce)
+            self.deployer.start(
+                self.config, source, self.swap_network, self._announce, link=lambda: self.mqtt
+            )
         self._start_mqtt()
         self.ready_event.set()
         self.notifier.ready(self._serving_status())

@@ -41,6 +41,7 @@ from typing import Any
 from agent.app.config import AgentConfig
 from agent.app.desired import Desired, parse_desired
 from agent.app.download import check_and_place, download, part_path, sha256_of
+from agent.app.mqtt_download import Link, mqtt_download
 from agent.errors import AgentError, DeploymentError
 from agent.fsutil import atomic_write_text, sha256_file
 
@@ -77,6 +78,7 @@ class Deployer:
         self.max_bytes = max_bytes
         self.swap: Swap | None = None
         self.announce: Announce | None = None
+        self.link: Link | None = None  # the daemon's MQTT connection, for mqtt: transfers
         self.refused = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -120,10 +122,17 @@ class Deployer:
         overrides = {**config.overrides, **current.get("overrides", {})}
         return config.model_copy(update={"model": str(file), "overrides": overrides})
 
-    def start(self, config: AgentConfig, source: Path | None, swap: Swap, announce: Announce) -> None:
+    def start(
+        self,
+        config: AgentConfig,
+        source: Path | None,
+        swap: Swap,
+        announce: Announce,
+        link: Link | None = None,
+    ) -> None:
         """Record what serves now (``source``: the network file of the configured model, on a first
-        start) and start the worker."""
-        self.swap, self.announce = swap, announce
+        start) and start the worker; ``link`` gives the MQTT connection for ``mqtt:`` transfers."""
+        self.swap, self.announce, self.link = swap, announce, link
         if self._base is None:
             self._base = config
         if not self.state.get("current") and source is not None and source.is_file():
@@ -305,14 +314,28 @@ class Deployer:
                 self._last_progress = now
                 self._set(desired, "downloading", progress=min(done / total, 0.999))
 
-        part = download(
-            desired.url,
-            target,
-            max_bytes=self.max_bytes,
-            progress=progress,
-            stop=self._stop,
-            size=desired.size,
-        )
+        if desired.url.startswith("mqtt:"):
+            assert self._base is not None
+            part = mqtt_download(
+                desired.url,
+                target,
+                link=self.link or (lambda: None),
+                prefix=self._base.mqtt.topic_prefix,
+                sha256=desired.sha256,
+                max_bytes=self.max_bytes,
+                progress=progress,
+                stop=self._stop,
+                size=desired.size,
+            )
+        else:
+            part = download(
+                desired.url,
+                target,
+                max_bytes=self.max_bytes,
+                progress=progress,
+                stop=self._stop,
+                size=desired.size,
+            )
         self._set(desired, "downloading", progress=1.0)
         self._set(desired, "verifying")
         try:

@@ -9,7 +9,8 @@
      "network": "b7c96h3tfrs-test5-cnorm.bin.gz",
      "sha256": "<64 hex>",                   required: a message without it is refused
      "size": 4915200,                        bytes; the download stops beyond it
-     "url": "http://10.0.0.5:8470/b7c96h3tfrs-test5-cnorm.bin.gz",   http(s):// or file://
+     "url": "http://10.0.0.5:8470/b7c96h3tfrs-test5-cnorm.bin.gz",   http(s)://, file:// or
+                                             mqtt:<p>/fleet/models/<sha256> (agent.app.mqtt_download)
      "runtime": "onnx", "precision": "fp32", optional overrides of the profile's runtime list
      "issued": 1796668200.0}
 
@@ -65,7 +66,14 @@ def network_name_from_url(url: str) -> str:
     return urllib.parse.unquote(urllib.parse.urlparse(url).path.rsplit("/", 1)[-1])
 
 
+MQTT_URL_RE = re.compile(r"mqtt:[^+#\x00]+/fleet/models/([0-9a-f]{64})")
+
+
 def check_url(url: str) -> str:
+    if url.startswith("mqtt:"):
+        if not MQTT_URL_RE.fullmatch(url):
+            raise DeploymentError(f"url {url!r}: an MQTT transfer is mqtt:<prefix>/fleet/models/<sha256>")
+        return url
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in URL_SCHEMES or (parsed.scheme != "file" and not parsed.netloc):
         raise DeploymentError(f"url {url!r}: expected http://, https:// or file://")
@@ -102,9 +110,12 @@ def parse_desired(payload: bytes) -> Desired | None:
         if not isinstance(url, str):
             raise DeploymentError(f"deployment {dep_id}: url must be a string")
         check_url(url)
+        over_mqtt = MQTT_URL_RE.fullmatch(url)
+        if over_mqtt and over_mqtt.group(1) != sha.lower():
+            raise DeploymentError(f"deployment {dep_id}: the MQTT transfer {url} is not keyed by its sha256")
     elif action == "deploy":
         raise DeploymentError(f"deployment {dep_id}: no url to get the network from")
-    network = doc.get("network") or (network_name_from_url(url) if url else None)
+    network = doc.get("network") or (network_name_from_url(url) if url and "://" in url else None)
     if not isinstance(network, str) or not NAME_RE.fullmatch(network) or ".." in network:
         raise DeploymentError(f"deployment {dep_id}: bad network name {network!r}")
     if action == "deploy" and not network.endswith(NETWORK_SUFFIXES):

@@ -12,6 +12,8 @@ Layout (``<p>`` is the configurable prefix, default ``katago``; ``<device>`` the
     <p>/<device>/deployment/desired   retained desired network (``fleet deploy``; operators only)
     <p>/<device>/deployment/events    the device's deployment steps, one JSON event per message
     <p>/fleet/rollouts/<id>           retained record of one rollout (``fleet deploy``)
+    <p>/fleet/models/<sha256>/manifest   retained manifest of a network sent over MQTT
+    <p>/fleet/models/<sha256>/chunk/<n>  retained chunk n of it (``fleet deploy --transfer mqtt``)
 
 ``fleet`` and ``clients`` are therefore reserved and cannot be device ids. Device ids and the prefix
 must not contain the MQTT wildcards ``+`` / ``#`` or start with ``$`` (broker-internal topics); the
@@ -107,6 +109,8 @@ class FleetTopics:
             return "reply topic is a request topic"
         if self.split_deployment_topic(topic) is not None or topic.startswith(f"{head}fleet/rollouts/"):
             return "reply topic is a deployment topic"
+        if self.is_model_topic(topic):
+            return "reply topic is a model transfer topic"
         return None
 
     @property
@@ -126,6 +130,25 @@ class FleetTopics:
 
     def desired(self, device_id: str) -> str:
         return f"{self.prefix}/{check_device_id(device_id)}/deployment/desired"
+
+    def model(self, sha256: str) -> str:
+        """``<p>/fleet/models/<sha256>``: where a network sent over MQTT lies (``mqtt:`` + this)."""
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ConfigError(f"model topic: {sha256!r} is not a sha256 (64 lower-case hex digits)")
+        return f"{self.prefix}/fleet/models/{sha256}"
+
+    def model_manifest(self, sha256: str) -> str:
+        return f"{self.model(sha256)}/manifest"
+
+    def model_chunk(self, sha256: str, index: int) -> str:
+        return f"{self.model(sha256)}/chunk/{index}"
+
+    @property
+    def manifests_filter(self) -> str:
+        return f"{self.prefix}/fleet/models/+/manifest"
+
+    def is_model_topic(self, topic: str) -> bool:
+        return topic.startswith(f"{self.prefix}/fleet/models/")
 
     def split_deployment_topic(self, topic: str) -> tuple[str, str] | None:
         """``<p>/<device>/deployment/<kind>`` -> ``(device, kind)`` (desired, events), else None."""

@@ -151,6 +151,8 @@ class MqttTransport:
     ) -> None:
         self.config = config
         self._on_desired = on_desired  # the retained desired network (agent.app.deployment)
+        # exact topics a caller reads for a while (a network's chunks: agent.app.mqtt_download)
+        self._watched: dict[str, Callable[[bytes], None]] = {}
         self.device_id = device_id
         self.topics = DeviceTopics(config.topic_prefix, device_id)
         self.client_id = config.client_id or f"katago-edge-{device_id}"
@@ -289,6 +291,21 @@ class MqttTransport:
         """One deployment event on ``<p>/<device>/deployment/events`` (QoS 1, not retained)."""
         self._publish(self.topics.events, {"device": self.device_id, **event})
 
+    def watch(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Subscribe (QoS 0) to one exact topic and hand its payloads to ``handler`` (paho's thread:
+        queue only), again after every reconnect, until :meth:`unwatch`. Subscribing delivers the
+        topic's retained message, also when the subscription existed already."""
+        with self._lock:
+            self._watched[topic] = handler
+        if self._connected.is_set():
+            self._client.subscribe(topic, options=SubscribeOptions(qos=0))
+
+    def unwatch(self, topic: str) -> None:
+        with self._lock:
+            known = self._watched.pop(topic, None) is not None
+        if known and self._connected.is_set():
+            self._client.unsubscribe(topic)
+
     def publish_health(self) -> None:
         """Publish one health snapshot now (also done every ``health_interval_s``)."""
         snapshot: dict[str, Any] = {}
@@ -326,6 +343,8 @@ class MqttTransport:
             subs.append((shared, SubscribeOptions(qos=1)))
         if self._on_desired is not None:
             subs.append((self.topics.desired, SubscribeOptions(qos=1)))
+        with self._lock:
+            subs.extend((topic, SubscribeOptions(qos=0)) for topic in self._watched)
         client.subscribe(subs)
         self._connected.set()
         self._publish(self.topics.status, self._status("online"), retain=True)
@@ -443,6 +462,17 @@ class MqttTransport:
                 self._on_desired(bytes(msg.payload))  # only queues it: the work has its own thread
             except Exception:  # never let one message kill paho's network thread; the cause is logged
                 logger.exception("MQTT: failed to take the desired deployment state")
+            if ack is not None:
+                ack()
+            return
+        if self.topics.fleet.is_model_topic(msg.topic):  # a network's chunks: never a request
+            with self._lock:
+                handler = self._watched.get(msg.topic)
+            if handler is not None:
+                try:
+                    handler(bytes(msg.payload))
+                except Exception:  # never let one message kill paho's network thread; the cause is logged
+                    logger.exception("MQTT: failed to take a message on %r", msg.topic)
             if ack is not None:
                 ack()
             return
