@@ -1,10 +1,12 @@
 """Fixtures for the MQTT tests (tests/transports/mqtt, tests/fleet): a real mosquitto per test,
 agents and requesters bound to it. A pytest plugin (``pytest_plugins`` in tests/conftest.py), so
-every folder may use them; a folder's own ``broker`` fixture (tests/fleet) takes precedence."""
+every folder may use them (tests/app and tests/fleet run daemons and the CLI on this broker)."""
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,20 @@ def fake_health() -> dict[str, Any]:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+def short_tmp() -> Iterator[Path]:
+    """A short temp folder: Unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="ke-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def broker(short_tmp: Path) -> Iterator[Mosquitto]:
     if MOSQUITTO is None:
         pytest.skip(NEEDS_MOSQUITTO)
-    b = Mosquitto(tmp_path)
+    workdir = short_tmp / "broker"
+    workdir.mkdir()
+    b = Mosquitto(workdir)
     b.start()
     yield b
     b.stop()
