@@ -22,7 +22,7 @@ for helper_dir in (TESTS / "app", TESTS / "transports" / "mqtt"):
         sys.path.insert(0, str(helper_dir))
 
 from daemon_support import REPO, ServeProcess, base_env, socket_request  # noqa: E402
-from mqtt_support import MOSQUITTO, NEEDS_MOSQUITTO, Mosquitto, free_port, read_retained  # noqa: E402
+from mqtt_support import MOSQUITTO, NEEDS_MOSQUITTO, Mosquitto, free_port, read_retained, wait_for  # noqa: E402
 
 __all__ = [
     "MOSQUITTO",
@@ -50,13 +50,7 @@ def run_store() -> dict[str, str]:
 
 
 def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+    return wait_for(pred, timeout, interval, what)
 
 
 def cli(

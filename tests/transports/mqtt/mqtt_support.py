@@ -142,14 +142,17 @@ class StubService:
         }
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+def wait_for(
+    pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> Any:
+    """``pred()``'s first true value, polled every ``interval`` s; AssertionError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = pred()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+    raise AssertionError(f"{what}: not met within {timeout:g} s")
 
 
 def env_without_proxy() -> dict[str, str]:
