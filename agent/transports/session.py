@@ -282,6 +282,11 @@ class LocalTransport(ABC):
         self._sessions.add(session)
         return session, out
 
+    def _refuse_queries(self) -> None:
+        """Every open session answers new queries with an error (``SHUTTING_DOWN``)."""
+        for session in list(self._sessions):
+            session.accepting = False
+
     @abstractmethod
     def start(self) -> None:
         """Listen; raises ``TransportError`` when the endpoint cannot be opened."""

@@ -216,9 +216,7 @@ class WebSocketTransport(LocalTransport):
                 return
 
     def stop_accepting(self) -> None:
-        """No new connections or queries; responses to running queries still go out."""
-        for session in list(self._sessions):
-            session.accepting = False
+        self._refuse_queries()
         if self._server is not None and self._loop.running:
             self._loop.loop.call_soon_threadsafe(self._server.server.close)  # listener only
 
