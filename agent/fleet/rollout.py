@@ -59,6 +59,7 @@ class FleetClient(CommandClient):
         self.health: dict[str, dict[str, Any]] = {}
         self.desired: dict[str, dict[str, Any]] = {}
         self.rollouts: dict[str, dict[str, Any]] = {}
+        self.models: dict[str, dict[str, Any]] = {}  # sha256 -> manifest of a network sent over MQTT
         self.events: list[dict[str, Any]] = []
         self._refused_mids: dict[int, str] = {}
         super().__init__(settings, f"katago-edge-rollout-{os.urandom(4).hex()}")
@@ -69,9 +70,12 @@ class FleetClient(CommandClient):
         super().connect(timeout)
         self.settle()
 
-    def publish(self, topic: str, payload: dict[str, Any] | None, retain: bool = True) -> None:
+    def publish(self, topic: str, payload: dict[str, Any] | bytes | None, retain: bool = True) -> None:
         """Publish (QoS 1) and wait for the broker's answer; ``TransportError`` if it refused."""
-        data = json.dumps(payload).encode() if payload is not None else b""
+        if isinstance(payload, bytes):
+            data = payload
+        else:
+            data = json.dumps(payload).encode() if payload is not None else b""
         info = self._client.publish(topic, data, qos=1, retain=retain)
         try:
             info.wait_for_publish(10.0)
@@ -120,6 +124,7 @@ class FleetClient(CommandClient):
     def _subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
         t = self.topics
         filters = [t.status_filter, t.health_filter, t.events_filter, t.desired_filter, t.rollouts_filter]
+        filters.append(t.manifests_filter)
         return [(f, SubscribeOptions(qos=1)) for f in filters]
 
     def _on_publish(
@@ -157,6 +162,12 @@ class FleetClient(CommandClient):
                         self.desired.pop(device, None)
                     else:
                         self.desired[device] = doc
+            elif self.topics.is_model_topic(topic) and topic.endswith("/manifest"):
+                sha256 = topic.rsplit("/", 2)[-2]
+                if doc is None:
+                    self.models.pop(sha256, None)
+                else:
+                    self.models[sha256] = doc
             elif topic.startswith(self.topics.rollout("x")[:-1]):
                 dep_id = topic.rsplit("/", 1)[-1]
                 if doc is None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import urllib.parse
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -17,8 +19,10 @@ from rich.live import Live
 from rich.table import Table
 
 from agent.errors import ConfigError
+from agent.fleet.chunks import CHUNK_SIZE, clear_model, publish_model
 from agent.fleet.model_server import ModelServer, command_serve_model, configure_serve_model, parse_listen
 from agent.fleet.rollout import (
+    TERMINAL,
     FleetClient,
     advertised_host,
     new_id,
@@ -118,6 +122,16 @@ def configure_deploy(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--advertise", help="host devices use to reach this machine (default: route to broker)"
     )
+    parser.add_argument(
+        "--transfer",
+        choices=("http", "mqtt"),
+        default="http",
+        help="how a local SOURCE reaches devices: served over HTTP, or sent as retained chunks over "
+        "MQTT (devices that reach only the broker)",
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=CHUNK_SIZE, help="bytes per chunk with --transfer mqtt"
+    )
 
 
 def command_deploy(args: argparse.Namespace) -> int:
@@ -127,6 +141,8 @@ def command_deploy(args: argparse.Namespace) -> int:
         raise ConfigError("--canary must be >= 0 and --max-failures >= 1")
     settings = settings_from_args(args)
     url, file, sha256, size, name = resolve_source(args)
+    if args.transfer == "mqtt":
+        return _deploy_over_mqtt(args, settings, url, file, sha256, name)
     server = None
     if file is not None:
         host, port = parse_listen(args.listen)
@@ -152,6 +168,55 @@ def command_deploy(args: argparse.Namespace) -> int:
         client.close()
         if server is not None:
             server.close()
+
+
+def _deploy_over_mqtt(
+    args: argparse.Namespace, settings: Any, url: str | None, file: Path | None, sha256: str, name: str
+) -> int:
+    """``--transfer mqtt``: the file as retained chunks (``agent.fleet.chunks``), then the rollout;
+    the chunks are cleared when no target still waits for them."""
+    if file is None and url is not None and url.startswith("file://"):
+        file = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+    if file is None or not file.is_file():
+        raise ConfigError("--transfer mqtt sends a file of this machine: give a local file as SOURCE")
+    args.id = args.id or new_id()
+    client = FleetClient(settings)
+    client.connect()
+    try:
+        location = publish_model(client, file, sha256, name, args.chunk_size)
+        count = -(-file.stat().st_size // args.chunk_size)
+        print(f"sent {file} over MQTT as {count} retained chunks at {location}", flush=True)
+        desired = {
+            "action": "deploy",
+            "network": name,
+            "sha256": sha256,
+            "size": file.stat().st_size,
+            "url": location,
+            "runtime": args.runtime,
+            "precision": args.precision,
+        }
+        try:
+            code = _deploy(args, settings, client, {k: v for k, v in desired.items() if v is not None})
+        except ConfigError:  # refused before any desired state went out (no targets, ...)
+            clear_model(client, sha256, count)
+            raise
+        waiting = [
+            d
+            for d, doc in client.desired.items()
+            if doc.get("id") == args.id and (client.state_of(d, args.id) or {}).get("state") not in TERMINAL
+        ]
+        if waiting:
+            print(
+                f"the chunks stay on the broker for {', '.join(sorted(waiting))} (not done yet); "
+                "`katago-edge fleet deployments --clean` removes them",
+                flush=True,
+            )
+        else:
+            clear_model(client, sha256, count)
+            print(f"cleared the {count} chunks from the broker", flush=True)
+        return code
+    finally:
+        client.close()
 
 
 def _deploy(args: argparse.Namespace, settings: Any, client: FleetClient, desired: dict[str, Any]) -> int:
@@ -259,6 +324,12 @@ def _halt(
 # -- deployments ------------------------------------------------------------------------------------
 def configure_deployments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="remove the retained chunks of networks sent over MQTT (fleet deploy --transfer mqtt) "
+        "that no running rollout sends",
+    )
 
 
 def device_states(client: FleetClient, record: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -286,6 +357,8 @@ def command_deployments(args: argparse.Namespace) -> int:
     try:
         records = sorted(client.rollouts.values(), key=lambda r: r.get("created") or 0)
         rows = [{**r, "devices": device_states(client, r)} for r in records]
+        if args.clean:
+            _clean(client, records)
     finally:
         client.close()
     if args.json:
@@ -301,6 +374,18 @@ def command_deployments(args: argparse.Namespace) -> int:
         )
     Console(width=max(Console().width, 150)).print(table)
     return 0
+
+
+def _clean(client: FleetClient, records: list[dict[str, Any]]) -> None:
+    """Clear the chunks of every network sent over MQTT except those a running rollout sends."""
+    running = {r.get("sha256") for r in records if r.get("state") in ("canary", "rolling")}
+    for sha256, manifest in sorted(client.models.items()):
+        if sha256 in running:
+            print(f"kept {manifest.get('network')} ({sha256[:12]}): a rollout is sending it")
+            continue
+        count = manifest.get("count")
+        clear_model(client, sha256, count if isinstance(count, int) else 0)
+        print(f"cleared {manifest.get('network')} ({sha256[:12]}): {count} chunks")
 
 
 # -- rollback ---------------------------------------------------------------------------------------
