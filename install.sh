@@ -609,15 +609,17 @@ pattern read katago/%u/analysis/request
 pattern read katago/%u/deployment/desired
 pattern write katago/%u/deployment/events
 
-# this device: answer requests, serve the fleet topic
+# this device: answer requests, serve the fleet topic, read networks sent over MQTT
 user $DEVICE_ID
 topic write katago/clients/+/reply
 topic read katago/fleet/analysis/request
+topic read katago/fleet/models/#
 
 # the operator: katago-edge fleet deploy / rollback / deployments (password in $OPERATOR_PASSWORD)
 user fleet-operator
 topic readwrite katago/+/deployment/desired
 topic readwrite katago/fleet/rollouts/+
+topic readwrite katago/fleet/models/#
 topic read katago/+/deployment/events
 topic read katago/+/status
 topic read katago/+/health

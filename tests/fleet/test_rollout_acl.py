@@ -121,3 +121,31 @@ def test_rollout_acl__only_operator_credentials_publish_desired_state(
         assert got_a == []
     finally:
         dev_a.stop()
+
+
+def test_rollout_acl__only_the_operator_publishes_network_chunks__devices_read_them(
+    fleet_broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fleet deploy --transfer mqtt``: chunks and manifest under ``katago/fleet/models/#`` are
+    written by the operator alone; a device reads them (``MqttTransport.watch``, as the download does)."""
+    base = f"katago/fleet/models/{SHA}"
+    chunk = bytes(range(256)) * 4
+    for user in ("dev-a", "dev-b", "kat-host", "fleet-monitor"):
+        login = {"username": user, "password": USERS[user]}
+        for topic in (f"{base}/chunk/0", f"{base}/manifest"):
+            assert publish_raw(fleet_broker.port, topic, b"forged", **login) == 135, (user, topic)
+    operator = {"username": "fleet-operator", "password": USERS["fleet-operator"]}
+    assert publish_raw(fleet_broker.port, f"{base}/chunk/0", chunk, **operator) in (
+        0,
+        16,
+    )  # 16: no subscriber
+    got: list[bytes] = []
+    dev_a = device(fleet_broker, "dev-a", [], monkeypatch)
+    try:
+        dev_a.watch(f"{base}/chunk/0", got.append)
+        wait_until(lambda: got, 10, "dev-a received the retained chunk")
+        assert got == [chunk]  # the operator's bytes, not a forged one
+        dev_a.unwatch(f"{base}/chunk/0")
+    finally:
+        dev_a.stop()
+    assert "Denied PUBLISH from dev-a" in fleet_broker.read_log()
