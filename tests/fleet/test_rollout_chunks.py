@@ -86,6 +86,7 @@ def test_rollout_chunks__corrupt_chunk_fails__deploy_over_mqtt_resumes_and_serve
         ]
         kept = re.search(rf"resuming {re.escape(b7.name)} with (\d+) of {count} chunks kept", device.log())
         assert kept and 2 <= int(kept.group(1)) < count, device.log()[-3000:]
+        print(kept.group(0))
         new_name = device.model_name()
         assert new_name != old_name and "b7c96" in new_name
         device.analyse()
