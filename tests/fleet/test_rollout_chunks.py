@@ -16,7 +16,8 @@ from edge_fixtures import model_file
 from fleet_support import Device, EventLog, Mosquitto, cli, publish_raw, wait_until
 from mqtt_support import read_retained
 
-from agent.app.mqtt_download import Manifest, parse_manifest
+from agent.app.desired import parse_desired
+from agent.app.mqtt_download import Manifest, model_topics, parse_manifest
 from agent.errors import DeploymentError
 from agent.fleet.chunks import CHUNK_SIZE, manifest_of, publish_model
 from agent.fleet.rollout import FleetClient
@@ -127,3 +128,61 @@ def test_rollout_chunks__manifest_refused_with_the_reason(
         parse_manifest(json.dumps({**manifest, **change}).encode(), sha, size, 1 << 30)
     with pytest.raises(DeploymentError, match=f"over the limit of {size - 1} bytes"):
         parse_manifest(json.dumps(manifest).encode(), sha, None, size - 1)
+
+
+SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("doc", "why"),
+    [
+        ({"url": "mqtt:katago/fleet/models/" + "cd" * 32, "network": "n.bin.gz"}, "not keyed by its sha256"),
+        ({"url": "mqtt:katago/models/" + SHA, "network": "n.bin.gz"}, "mqtt:<prefix>/fleet/models/<sha256>"),
+        (
+            {"url": "mqtt:kat+/fleet/models/" + SHA, "network": "n.bin.gz"},
+            "mqtt:<prefix>/fleet/models/<sha256>",
+        ),
+        ({"url": "mqtt:katago/fleet/models/" + SHA}, "bad network name None"),
+    ],
+)
+def test_rollout_chunks__desired_mqtt_url_refused_with_the_reason(doc: dict[str, str], why: str) -> None:
+    with pytest.raises(DeploymentError, match=re.escape(why)):
+        parse_desired(json.dumps({"id": "d1", "sha256": SHA, **doc}).encode())
+
+
+def test_rollout_chunks__desired_mqtt_url_accepted__device_reads_only_its_own_prefix() -> None:
+    url = f"mqtt:katago/fleet/models/{SHA}"
+    desired = parse_desired(
+        json.dumps({"id": "d1", "sha256": SHA, "url": url, "network": "n.bin.gz"}).encode()
+    )
+    assert desired is not None and (desired.url, desired.network) == (url, "n.bin.gz")
+    assert model_topics(url, "katago", SHA).model_chunk(SHA, 3) == f"katago/fleet/models/{SHA}/chunk/3"
+    with pytest.raises(DeploymentError, match=f"reads MQTT transfers at mqtt:site/fleet/models/{SHA}"):
+        model_topics(url, "site", SHA)
+
+
+def test_rollout_chunks__deployments_clean_clears_all_but_a_running_rollout(
+    models_dir: Path, short_tmp: Path, broker: Mosquitto
+) -> None:
+    b6, b7 = model_file(models_dir, "b6c96").resolve(), model_file(models_dir, "b7c96-cnorm").resolve()
+    operator = FleetClient(MqttSettings(host="127.0.0.1", port=broker.port))
+    operator.connect()
+    try:
+        sent = {f.name: (sha256_file(f), -(-f.stat().st_size // (64 << 10))) for f in (b6, b7)}
+        for f in (b6, b7):
+            publish_model(operator, f, sent[f.name][0], f.name, 64 << 10)
+        running = {"id": "dep-run", "sha256": sent[b7.name][0], "network": b7.name, "state": "rolling"}
+        operator.publish("katago/fleet/rollouts/dep-run", running)
+    finally:
+        operator.close()
+    clean = cli("fleet", "deployments", "--clean", "--broker", f"127.0.0.1:{broker.port}")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    (b6_sha, b6_count), (b7_sha, _) = sent[b6.name], sent[b7.name]
+    assert f"cleared {b6.name} ({b6_sha[:12]}): {b6_count} chunks" in clean.stdout
+    assert f"kept {b7.name} ({b7_sha[:12]}): a rollout is sending it" in clean.stdout
+    b6_topics = [f"katago/fleet/models/{b6_sha}/manifest"] + [
+        f"katago/fleet/models/{b6_sha}/chunk/{i}" for i in (0, b6_count - 1)
+    ]
+    assert read_retained(broker.port, b6_topics) == {}
+    left = read_retained(broker.port, [f"katago/fleet/models/{b7_sha}/manifest"])
+    assert json.loads(left[f"katago/fleet/models/{b7_sha}/manifest"].payload)["sha256"] == b7_sha
