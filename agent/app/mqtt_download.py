@@ -9,7 +9,8 @@ and QoS 1, under the fleet prefix, keyed by its sha256; the desired state's ``ur
     <p>/fleet/models/<sha256>/chunk/<n>  the raw bytes of chunk n (offset n * chunk_size)
 
 The device reads the manifest (it must name the deployment's sha256 and size, within the size
-limit), keeps the chunks of an earlier ``.part`` whose sha256 still matches (resume), and asks for
+limit), keeps the chunks of an earlier ``<network>.chunks.part`` whose sha256 still matches
+(resume; its own name, because its length says nothing about what http's resume could skip), and asks for
 the missing ones a window at a time: subscribing to a chunk's own topic makes the broker send its
 retained message, and the topic is unsubscribed once the chunk is written. So at most ``WINDOW``
 chunks are in flight whatever the network's size (the broker's per-client queue,
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.app.desired import MQTT_URL_RE, SHA256_RE
-from agent.app.download import Progress, part_path
+from agent.app.download import Progress
 from agent.errors import DeploymentError
 from agent.transports.mqtt.topics import FleetTopics
 
@@ -128,6 +129,10 @@ def model_topics(url: str, prefix: str, sha256: str) -> FleetTopics:
     return topics
 
 
+def chunks_part(target: Path) -> Path:
+    return target.with_name(target.name + ".chunks.part")
+
+
 def _kept_chunks(part: Path, manifest: Manifest, stop: threading.Event) -> set[int]:
     """The chunks an earlier, interrupted transfer left in ``part`` that still match their sha256."""
     if not part.is_file():
@@ -192,7 +197,7 @@ def mqtt_download(
     stall_s: float = STALL_S,
     manifest_timeout_s: float = MANIFEST_TIMEOUT_S,
 ) -> Path:
-    """Bring the chunks of ``url`` to ``<target>.part`` (resuming by chunk); return the part's path."""
+    """Bring the chunks of ``url`` to ``<target>.chunks.part`` (resuming by chunk); return its path."""
     topics = model_topics(url, prefix, sha256)
     limit = min(max_bytes, size) if size else max_bytes
     transfer = _Transfer(link, topics, sha256)
@@ -200,7 +205,7 @@ def mqtt_download(
         transfer.ask(MANIFEST)
         manifest = _wait_manifest(transfer, sha256, size, limit, manifest_timeout_s, stop)
         transfer.drop(MANIFEST)
-        part = part_path(target)
+        part = chunks_part(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         kept = _kept_chunks(part, manifest, stop)
         if kept:
