@@ -276,9 +276,9 @@ def _fetch_chunks(
             if stalls > STALL_RETRIES:
                 raise DeploymentError(
                     f"chunks {sorted(asked)} of {manifest.count} not received within "
-                    f"{stalls * stall_s:.0f} s (did the operator clear the model's topics?)"
+                    f"{stalls * stall_s:g} s (did the operator clear the model's topics?)"
                 ) from None
-            logger.warning("deployment: no chunk for %.0f s; asking again for %s", stall_s, sorted(asked))
+            logger.warning("deployment: no chunk for %g s; asking again for %s", stall_s, sorted(asked))
             for index in asked:
                 transfer.ask(index)
             last = time.monotonic()
