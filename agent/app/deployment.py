@@ -11,7 +11,8 @@ once (the broker re-sends the retained message on every connect), through these 
 
 - **downloading**: to ``<model_store>/<network>.part``, resumed after an interruption, never
   beyond ``max_bytes`` (the desired ``size``, or the agent's limit); skipped when the device
-  already keeps a file with that sha256 (its current or previous network).
+  already keeps a file with that sha256 (its current or previous network). An ``mqtt:`` url is
+  fetched as chunks over the daemon's own MQTT connection (``agent.app.mqtt_download``).
 - **verifying**: the sha256 of the whole file, before anything reads it; a mismatch deletes it.
 - **preparing**: the daemon builds the engine for the device's own profile through the model
   store (conversion + verification, cached by hash), self-tests it with one query, and only then
