@@ -84,18 +84,24 @@ def check_url(url: str) -> str:
     return url
 
 
+def json_object(payload: bytes, what: str) -> dict[str, Any]:
+    """``payload`` decoded as one JSON object; ``DeploymentError`` naming ``what`` otherwise."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise DeploymentError(f"{what} is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise DeploymentError(f"{what} must be a JSON object")
+    return doc
+
+
 def parse_desired(payload: bytes) -> Desired | None:
     """The desired state in ``payload``; None for an empty (cleared) retained message.
 
     Raises ``DeploymentError`` saying why a message is refused (no sha256 above all)."""
     if not payload:
         return None
-    try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError) as exc:
-        raise DeploymentError(f"desired state is not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise DeploymentError("desired state must be a JSON object")
+    doc = json_object(payload, "desired state")
     dep_id = doc.get("id")
     if not isinstance(dep_id, str) or not ID_RE.fullmatch(dep_id):
         raise DeploymentError(f"desired state: bad or missing id {dep_id!r}")

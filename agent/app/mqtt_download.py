@@ -28,7 +28,6 @@ before anything reads it (``download.check_and_place``), as for http.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from agent.app.desired import MQTT_URL_RE, SHA256_RE
+from agent.app.desired import MQTT_URL_RE, SHA256_RE, json_object
 from agent.app.download import Progress
 from agent.errors import DeploymentError
 from agent.transports.mqtt.topics import FleetTopics
@@ -89,12 +88,7 @@ def parse_manifest(payload: bytes, sha256: str, size: int | None, limit: int) ->
     """The manifest in ``payload``, checked against the deployment (``sha256``, ``size``) and ``limit``."""
     if not payload:
         raise DeploymentError("the model's manifest was cleared (the operator ended the transfer)")
-    try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError) as exc:
-        raise DeploymentError(f"the model's manifest is not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise DeploymentError("the model's manifest must be a JSON object")
+    doc = json_object(payload, "the model's manifest")
     if doc.get("sha256") != sha256:
         raise DeploymentError(
             f"the manifest names sha256 {doc.get('sha256')!r}, the deployment says {sha256}"
