@@ -579,7 +579,7 @@ def quantize_before_im2col(quant: onnx.ModelProto) -> int:
         moved += 1
     del graph.node[:]
     graph.node.extend(new_nodes)
-    _prune_dead(graph)
+    prune_graph(graph)
     if moved:
         props = {p.key: p.value for p in quant.metadata_props}
         props["katago.int8_convs"] = "im2col"
@@ -587,15 +587,21 @@ def quantize_before_im2col(quant: onnx.ModelProto) -> int:
     return moved
 
 
-def _prune_dead(graph: onnx.GraphProto) -> None:
+def prune_graph(graph: onnx.GraphProto, *, initializers: bool = False) -> None:
+    """Remove nodes whose outputs nobody reads (repeatedly); with ``initializers``, then the
+    initializers nobody reads."""
     outputs = {o.name for o in graph.output}
     while True:
         used = {i for n in graph.node for i in n.input} | outputs
         dead = [n for n in graph.node if not any(o in used for o in n.output)]
         if not dead:
-            return
+            break
         for n in dead:
             graph.node.remove(n)
+    if initializers:
+        used = {i for n in graph.node for i in n.input}
+        for init in [i for i in graph.initializer if i.name not in used]:
+            graph.initializer.remove(init)
 
 
 def float_im2col_as_conv(model: onnx.ModelProto) -> int:
@@ -652,7 +658,7 @@ def float_im2col_as_conv(model: onnx.ModelProto) -> int:
         replaced += 1
     del graph.node[:]
     graph.node.extend(new_nodes)
-    _prune_dead(graph)
+    prune_graph(graph)
     used = {i for n in graph.node for i in n.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 import onnx
 
-from agent.backends.onnx.quantize import activation_matmuls, layer_groups, nodes_in_groups
+from agent.backends.onnx.quantize import activation_matmuls, layer_groups, nodes_in_groups, prune_graph
 
 PLACES = ("initial", "policy_head", "value_head")
 KINDS = ("bottleneck", "attention_qkv", "attention_out", "ffn_in", "ffn_out")
@@ -102,20 +102,5 @@ def with_float_nodes(quant: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Itera
                     node.input[i] = q.input[0]
     for dq in doomed:
         graph.node.remove(dq)
-    _prune(graph)
+    prune_graph(graph, initializers=True)
     return out
-
-
-def _prune(graph: onnx.GraphProto) -> None:
-    """Remove nodes whose outputs nobody reads, then initializers nobody reads."""
-    outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if not any(o in used for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
