@@ -147,6 +147,11 @@ class KataGoEngine(Engine):
 
     def submit_raw(self, query: dict[str, Any], emit: Emit) -> None:
         """Send a query to the child as it is (validated by the caller)."""
+        if query.get("analyzeTurns") == []:
+            # KataGo analyses nothing and answers nothing: sent, it would wait in the table forever
+            self._table.count("submitted")
+            self._table.count("completed")
+            return
         with self._lock:
             if self._draining or self._state not in ("running", "restarting"):
                 error = self._unavailable_message()

@@ -115,6 +115,21 @@ def test_engine__analyze_turns_each_get_one_final(shared_engine: KataGoEngine) -
     assert shared_engine.stats()["pending"] == 0
 
 
+def test_engine__empty_analyze_turns_answers_nothing_and_leaves_nothing_pending(
+    shared_engine: KataGoEngine,
+) -> None:
+    """KataGo analyses nothing for ``analyzeTurns: []`` and says nothing: no entry may wait for it."""
+    out = Collector()
+    before = shared_engine.stats()["queries_completed"]
+    shared_engine.submit_raw(query_9x9("none", [("B", "E5")], visits=2, analyzeTurns=[]), out)
+    shared_engine.submit_raw(query_9x9("after", [("B", "E5")], visits=2), out)
+    assert out.wait_finals(["after"], 60)
+    assert [r["id"] for r in out.responses if not r.get("isDuringSearch")] == ["after"]
+    stats = shared_engine.stats()
+    assert stats["pending"] == 0
+    assert stats["queries_completed"] == before + 2
+
+
 def test_terminate__long_search_ends_with_one_final(shared_engine: KataGoEngine) -> None:
     service = AnalysisService(shared_engine)
     out = Collector()
