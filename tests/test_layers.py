@@ -15,10 +15,10 @@ from pathlib import Path
 
 AGENT = Path(__file__).resolve().parent.parent / "agent"
 # Each package's floor: a module may import from its own floor and the floors below it.
-# ``errors``, ``fsutil``, ``logs`` and ``progress`` are the ground every floor stands on;
+# ``errors``, ``fsutil``, ``logs``, ``progress`` and ``records`` are the ground every floor stands on;
 # ``hardware`` and ``profiles`` are their own packages beside the query's road.
 FLOOR = {
-    "errors": 0, "fsutil": 0, "logs": 0, "progress": 0, "__version__": 0, "__init__": 0,
+    "errors": 0, "fsutil": 0, "logs": 0, "progress": 0, "records": 0, "__version__": 0, "__init__": 0,
     "hardware": 1, "profiles": 2,
     "game": 1, "network": 2, "backends": 3, "models": 4, "search": 5, "engines": 6,
     "protocol": 7, "transports": 8, "app": 9, "fleet": 10, "bench": 10, "cli": 11,

@@ -43,6 +43,7 @@ from agent.backends.onnx.sensitivity import KINDS, quantization_units, with_floa
 from agent.models.verify import Threshold, check, compare_outputs, evaluate_all, thresholds_for
 from agent.network.model import PostProcessParams
 from agent.network.tensors import PositionSet
+from agent.records import field_dict
 
 if TYPE_CHECKING:
     from agent.backends.base import NeuralNet
@@ -97,16 +98,7 @@ class SensitivityReport:
     margin: float = MARGIN
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "positions": self.positions,
-            "margin": self.margin,
-            "units": self.units,
-            "all_int8": self.all_int8,
-            "alone": self.alone,
-            "steps": self.steps,
-            "float_units": self.float_units,
-            "passed": self.passed,
-        }
+        return field_dict(self)
 
     def summary(self) -> str:
         """One line per float unit with its measured cost (why it stayed float)."""

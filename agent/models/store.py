@@ -37,7 +37,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from agent.models.pipeline import ConvertJob, open_converted, run_conversion
 from agent.models.verify import MIN_POSITIONS, Threshold, VerifyReport, thresholds_for
 from agent.network.model import PostProcessParams
 from agent.progress import NO_PROGRESS, ProgressFactory
+from agent.records import field_dict
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,20 @@ class Recipe:
 
     def threshold_map(self) -> dict[str, Threshold]:
         return {metric: (op, value) for metric, op, value in self.thresholds}
+
+    def job(self, source: Path, output: Path, *, threads: int, force: bool) -> ConvertJob:
+        """The conversion of ``source`` to ``output`` this recipe asks for (the settings both name
+        alike pass through as they are)."""
+        alike = ({f.name for f in fields(ConvertJob)} & {f.name for f in fields(self)}) - {"thresholds"}
+        return ConvertJob(
+            model=source,
+            target=self.runtime,
+            output=output,
+            thresholds=self.threshold_map(),
+            threads=threads,
+            force=force,
+            **{name: getattr(self, name) for name in alike},
+        )
 
     def describe(self) -> dict[str, Any]:
         """The recipe as JSON: what the key covers, with the verify thresholds in force."""
@@ -179,13 +194,8 @@ class StoreEntry:
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.ident,
-            "kind": self.kind,
-            "runtime": self.runtime,
-            "precision": self.precision,
-            "network": self.network,
+            **field_dict(self, skip=("path", "detail")),
             "file": str(self.path),
-            "size": self.size,
-            "created": self.created,
             **self.detail,
         }
 
@@ -327,26 +337,7 @@ class ModelStore:
     ) -> Artifact:
         target = self.artifact_path(source, recipe)
         target.parent.mkdir(parents=True, exist_ok=True)
-        job = ConvertJob(
-            model=source,
-            target=recipe.runtime,
-            precision=recipe.precision,
-            output=target,
-            calibration=recipe.calibration,
-            calibration_positions=recipe.calibration_positions,
-            calibration_method=recipe.calibration_method,
-            int8_mode=recipe.int8_mode,
-            verify_source=recipe.verify_source,
-            verify_positions=recipe.verify_positions,
-            thresholds=recipe.threshold_map(),
-            threads=threads,
-            board=recipe.board,
-            force=force,
-            keep_float=recipe.keep_float,
-            smooth_alpha=recipe.smooth_alpha,
-            tflite_builder=recipe.tflite_builder,
-            weight_rounding=recipe.weight_rounding,
-        )
+        job = recipe.job(source, target, threads=threads, force=force)
         started = time.monotonic()
         extra = {
             "key": target.stem.rsplit("-", 1)[-1],
