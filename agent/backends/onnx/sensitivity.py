@@ -1,15 +1,15 @@
 """Graph pieces of the INT8 sensitivity pass: quantization units, and a QDQ graph with some of
 its layers put back in float.
 
-**Units** (:func:`quantization_units`) group the layers that static INT8 can quantize
+**Units** (:func:`quantization_units`) partition the layers that static INT8 can quantize
 (``Conv``/``MatMul`` with a constant weight, not the attention score/value MatMuls) by the
-builder's ``katago.layer_groups`` metadata, by where they sit and by what they do:
-
-* places: ``initial``, ``policy_head``, ``value_head``, ``block<i>`` (a conv net's units
-  partition its layers: b6c96 has 9);
-* kinds of transformer layer across all blocks: ``bottleneck``, ``attention_qkv``,
-  ``attention_out``, ``ffn_in``, ``ffn_out``. A transformer layer is in its block's unit and in its
-  kind's unit (b10c384: 13 + 5 units, 18 measurements instead of 53 for block x kind).
+builder's ``katago.layer_groups`` metadata, by where they sit: ``initial``, ``policy_head``,
+``value_head``, ``block<i>`` (b6c96: 9 units; the b7c96 transformers: 17, each block there is
+either an attention or an FFN block; b10c384: 13). Until 2026-12-07 a transformer layer was also
+in a unit of its kind across all blocks (``attention_qkv``, ``ffn_out``, ...): those units
+overlapped the blocks, their costs did not add up, and the pass was not run on transformers
+(docs/conversion.md). :func:`is_transformer` still tells the nets apart (conv nets are quantized
+from the im2col graph).
 
 **Float copies** (:func:`with_float_nodes`): onnxruntime's QDQ graph feeds each quantized node
 ``DequantizeLinear`` outputs (weights stored as INT8, activations through ``QuantizeLinear`` /
@@ -44,17 +44,17 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def quantization_units(model: onnx.ModelProto) -> dict[str, list[str]]:
-    """Unit name -> its quantizable node names, in graph order (module docstring); a transformer
-    block's layers are in their ``block<i>`` unit and in their kind's unit."""
+    """Unit name -> its quantizable node names, in graph order (module docstring): a partition
+    of :func:`quantizable_nodes`; nodes in no place or block are the unit ``other``."""
     groups = layer_groups(model)
     quantizable = quantizable_nodes(model)
     units: dict[str, list[str]] = {}
     seen: set[str] = set()
-    for group in [g for g in groups if g in PLACES or g.startswith("block")] + list(KINDS):
+    for group in [g for g in groups if g in PLACES or g.startswith("block")]:
         if not groups.get(group):
             continue
         members = set(nodes_in_groups(model, [group]))
-        nodes = [n for n in quantizable if n in members]
+        nodes = [n for n in quantizable if n in members and n not in seen]
         if nodes:
             units[group] = nodes
             seen.update(nodes)
@@ -62,6 +62,13 @@ def quantization_units(model: onnx.ModelProto) -> dict[str, list[str]]:
     if rest:
         units["other"] = rest
     return units
+
+
+def is_transformer(model: onnx.ModelProto) -> bool:
+    """Whether the graph has quantizable transformer layers (attention, FFN, bottleneck)."""
+    groups = layer_groups(model)
+    kinds = [kind for kind in KINDS if groups.get(kind)]
+    return bool(kinds) and bool(set(nodes_in_groups(model, kinds)) & set(quantizable_nodes(model)))
 
 
 def with_float_nodes(quant: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Iterable[str]) -> onnx.ModelProto:
