@@ -139,10 +139,9 @@ def _onnx_bytes(
 def uses_im2col(job: ConvertJob, fp32: Any) -> bool:
     """Static INT8 (mode ``static``: float Conv outputs) of a conv net is made from the im2col
     graph; transformer nets and the qlinear modes keep ``Conv`` nodes."""
-    from agent.backends.onnx.sensitivity import KINDS, quantization_units
+    from agent.backends.onnx.sensitivity import is_transformer
 
-    transformer = any(kind in quantization_units(fp32) for kind in KINDS)
-    return job.precision == "int8" and job.int8_mode == "static" and not transformer
+    return job.precision == "int8" and job.int8_mode == "static" and not is_transformer(fp32)
 
 
 def _tflite_file(
