@@ -204,13 +204,18 @@ class _Graph:
         cross = self.tf.matmul(xn, self.tf.constant(np.ascontiguousarray(swapped)))
         return direct * cos_full + cross * sin_full
 
+    def normed_sequence(self, x: Any, norm: m.TransformerRMSNorm, mask: Any) -> tuple[Any, Any]:
+        """``x`` ``[N, H, W, C]`` as a sequence ``[N, S, C]`` through the block's RMSNorm, and the
+        sequence mask ``[N, S, 1]``."""
+        s = self.h * self.w
+        seq_mask = self.tf.reshape(mask, [-1, s, 1])
+        return self.rms(self.tf.reshape(x, [-1, s, x.shape[-1]]), norm, seq_mask), seq_mask
+
     def attention(self, x: Any, b: m.AttentionBlock, mask: Any) -> Any:
         tf = self.tf
         s = self.h * self.w
         c = x.shape[-1]
-        seq = tf.reshape(x, [-1, s, c])
-        seq_mask = tf.reshape(mask, [-1, s, 1])
-        xn = self.rms(seq, b.norm, seq_mask)
+        xn, seq_mask = self.normed_sequence(x, b.norm, mask)
         nh, nkv, qd, vd = b.num_heads, b.num_kv_heads, b.q_head_dim, b.v_head_dim
         with tf.name_scope("attention_qkv"):
             if b.use_rope:
@@ -245,11 +250,7 @@ class _Graph:
 
     def ffn(self, x: Any, b: m.FFNBlock, mask: Any) -> Any:
         tf = self.tf
-        s = self.h * self.w
-        c = x.shape[-1]
-        seq = tf.reshape(x, [-1, s, c])
-        seq_mask = tf.reshape(mask, [-1, s, 1])
-        xn = self.rms(seq, b.norm, seq_mask)
+        xn, seq_mask = self.normed_sequence(x, b.norm, mask)
         if b.linear_gate is None:
             raise ConversionError(f"{b.name}: non-SwiGLU FFN blocks are rejected by every KataGo backend")
         with tf.name_scope("ffn_in"):
@@ -259,7 +260,7 @@ class _Graph:
             hdn = a * tf.sigmoid(a) * gate
         with tf.name_scope("ffn_out"):
             y = self.matmul(hdn, b.linear2) * seq_mask
-        return x + tf.reshape(y, [-1, self.h, self.w, c])
+        return x + tf.reshape(y, [-1, self.h, self.w, x.shape[-1]])
 
     # -- whole net ---------------------------------------------------------------------------------
     def forward(self, spatial_nchw: Any, global_in: Any) -> dict[str, Any]:

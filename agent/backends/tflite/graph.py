@@ -5,23 +5,42 @@ of :mod:`agent.backends.numpy.runtime` (spec §2) in NHWC, with the rewrites lis
 docstring (batch norms folded into convolutions, RMSNorm weights and the attention scale folded
 into projections, RoPE without a pair split, grouped-query attention without repeated keys,
 per-batch pooling factors once). With an :class:`~agent.backends.tflite.int8.Int8Plan`, the trunk's
-convolutions and projections are recorded as INT8 sites (first pass) or written in int8 (second).
+convolutions and projections are recorded as INT8 sites (first pass) or written in int8 (second),
+unit by unit: a trunk block is unit ``block<i>``, and inside a nested bottleneck block its two
+convolutions (``block<i>.bottleneck``) and each kind of inner block (``block<i>.attention``,
+``block<i>.ffn``, ``block<i>.conv``) are units of their own.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
 from agent.backends.tflite import int8
-from agent.backends.tflite.flatbuf import BATCH, Tensor
+from agent.backends.tflite.flatbuf import BATCH, Quant, Tensor
 from agent.backends.tflite.ops import Act, BuiltinOp, Ops
 from agent.errors import ConversionError
 from agent.network import model as m
 
 OUTPUT_NAMES = ("policy", "policy_pass", "value", "score_value", "ownership")
+# INT8 units inside a nested bottleneck block: ``block<i>.bottleneck`` (its two convolutions) and
+# one per kind of inner block (b10c384: ``block<i>.attention``, ``block<i>.ffn``)
+_PART: dict[type, str] = {m.AttentionBlock: "attention", m.FFNBlock: "ffn"}
 _F32 = np.float32
+
+
+@dataclass(frozen=True)
+class Linear:
+    """A convolution (``dilation`` given, OHWI ``weight``, stride 1, same padding) or a
+    fully-connected layer (``dilation`` None, ``[out, in]`` ``weight``), with its fused activation."""
+
+    name: str
+    weight: np.ndarray
+    bias: np.ndarray | None
+    act: int
+    dilation: tuple[int, int] | None
 
 
 class Graph:
@@ -33,7 +52,7 @@ class Graph:
         self.net = net
         self.ops = ops
         self.plan = plan
-        self.in_trunk = False  # trunk convolutions and projections are the INT8 sites
+        self.unit: str | None = None  # the INT8 unit being emitted (None outside the trunk)
         self.half_tables = plan is not None or ops.weights == "fp16"
         self.h, self.w = board_y, board_x
         self.s = board_y * board_x
@@ -102,8 +121,7 @@ class Graph:
         scale = bn.merged_scale
         if not np.all(scale == 1):
             x = ops.mul(x, ops.const(bn.name + "/scale", scale))
-        fused = Act.RELU if act.kind is m.Activation.RELU else Act.NONE
-        y = ops.add(x, ops.const(bn.name + "/bias", bn.merged_bias), fused)
+        y = ops.add(x, ops.const(bn.name + "/bias", bn.merged_bias), fused_relu(act.kind))
         return self.act_mask(y, act.kind, relu_fused=True)
 
     def conv(
@@ -117,57 +135,64 @@ class Graph:
         w = layer.weight if scale is None else layer.weight * scale  # [kY, kX, in, out]
         ohwi = np.ascontiguousarray(w.transpose(3, 0, 1, 2), dtype=_F32)
         b = np.zeros(layer.out_channels, _F32) if bias is None else bias
-        dilation = (layer.dilation_y, layer.dilation_x)
-        if self.plan is not None and self.in_trunk and not self.plan.recording:
-            return self.int8_op(x, ohwi, b, layer.name, act, dilation)
-        filt = self.ops.weight(layer.name, ohwi)
-        out = self.ops.conv2d(
-            x, filt, self.ops.const(layer.name + "/bias", b), dilation, act, name=layer.name
-        )
-        if self.plan is not None and self.in_trunk:
-            self.plan.sites.append(int8.Site(layer.name, x.index, out.index))
+        return self.linear(x, Linear(layer.name, ohwi, b, act, (layer.dilation_y, layer.dilation_x)))
+
+    def linear(self, x: Tensor, layer: Linear, float_only: bool = False) -> Tensor:
+        """``layer`` on ``x``; in the trunk (unless ``float_only``) an INT8 site: recorded in the
+        float model, written in int8 unless its unit is kept float."""
+        plan = self.plan if self.unit is not None and not float_only else None
+        unit = self.unit or ""
+        if plan is not None and plan.quantizes(unit):
+            plan.sites.append(int8.Site(layer.name, unit, x.index))
+            return self.int8_op(x, layer, len(plan.sites) - 1)
+        out = self.emit(x, layer, self.ops.weight(layer.name, layer.weight), self.bias(layer))
+        if plan is not None:
+            plan.sites.append(int8.Site(layer.name, unit, x.index, out.index))
         return out
 
-    def int8_op(
-        self,
-        x: Tensor,
-        weight: np.ndarray,
-        bias: np.ndarray | None,
-        name: str,
-        act: int,
-        dilation: tuple[int, int] | None,
+    def bias(self, layer: Linear) -> Tensor | None:
+        """The float bias tensor (a convolution always has one)."""
+        bias = layer.bias
+        if bias is None and layer.dilation is not None:
+            bias = np.zeros(layer.weight.shape[0], _F32)
+        return None if bias is None else self.ops.const(layer.name + "/bias", bias)
+
+    def emit(
+        self, x: Tensor, layer: Linear, filt: Tensor, bias: Tensor | None, out_quant: Quant | None = None
     ) -> Tensor:
-        """``DEQUANTIZE(op_int8(QUANTIZE(x)))`` of a conv (``dilation`` given, OHWI ``weight``) or a
-        fully-connected layer (``[out, in]`` ``weight``), with the ranges calibrated for it."""
+        """The ``CONV_2D`` or ``FULLY_CONNECTED`` op of ``layer`` (int8 with ``out_quant``; a float
+        FC with an int8 filter is hybrid: its input is quantized per row at run time)."""
+        if layer.dilation is not None:
+            return self.ops.conv2d(
+                x, filt, bias, layer.dilation, layer.act, name=layer.name, out_quant=out_quant
+            )
+        hybrid = out_quant is None and filt.dtype == np.int8
+        return self.ops.fully_connected(
+            x, filt, bias, layer.act, name=layer.name, out_quant=out_quant, hybrid=hybrid
+        )
+
+    def int8_op(self, x: Tensor, layer: Linear, index: int) -> Tensor:
+        """``DEQUANTIZE(op_int8(QUANTIZE(x)))`` of ``layer`` with the ranges calibrated for site
+        ``index``; in dynamic mode the int8 weight alone (float input, output and bias)."""
         assert self.plan is not None
         mb = self.ops.mb
+        wq, w_quant = int8.weight_quant(layer.weight)
+        filt = mb.constant(layer.name + "/int8", wq, w_quant)
         if self.plan.dynamic:
-            wq, w_quant = int8.weight_quant(weight)
-            filt = mb.constant(name + "/int8", wq, w_quant)
-            bias_f = None if bias is None else self.ops.const(name + "/bias", bias)
-            if dilation is not None:
-                return self.ops.conv2d(x, filt, bias_f, dilation, act, name=name)
-            return self.ops.fully_connected(x, filt, bias_f, act, name=name, hybrid=True)
-        in_range, out_range = self.plan.next_ranges(name)
+            return self.emit(x, layer, filt, self.bias(layer))
+        in_range, out_range = self.plan.site_ranges(index, layer.name)
         in_q = int8.activation_quant(*in_range)
         xq = self.plan.quantized_input(x, in_q, self.ops)
-        wq, w_quant = int8.weight_quant(weight)
-        b = np.zeros(weight.shape[0], _F32) if bias is None else bias
+        b = np.zeros(layer.weight.shape[0], _F32) if layer.bias is None else layer.bias
         bq, b_quant = int8.bias_int32(b, in_q, w_quant)
-        filt = mb.constant(name + "/int8", wq, w_quant)
-        bias_t = mb.constant(name + "/bias_int32", bq, b_quant)
-        out_q = int8.activation_quant(*out_range)
-        if dilation is not None:
-            yq = self.ops.conv2d(xq, filt, bias_t, dilation, act, name=name, out_quant=out_q)
-        else:
-            yq = self.ops.fully_connected(xq, filt, bias_t, act, name=name, out_quant=out_q)
-        return self.ops.dequantize(yq, name=name + "/dequantize")
+        bias_t = mb.constant(layer.name + "/bias_int32", bq, b_quant)
+        yq = self.emit(xq, layer, filt, bias_t, int8.activation_quant(*out_range))
+        return self.ops.dequantize(yq, name=layer.name + "/dequantize")
 
     def conv_bn_act(
         self, x: Tensor, layer: m.ConvLayer, bn: m.BatchNormLayer, act: m.ActivationLayer
     ) -> Tensor:
-        fused = Act.RELU if act.kind is m.Activation.RELU else Act.NONE
-        y = self.conv(x, layer, bn.merged_scale, bn.merged_bias, fused)
+        y = self.conv(x, layer, bn.merged_scale, bn.merged_bias, fused_relu(act.kind))
         return self.act_mask(y, act.kind, relu_fused=True)
 
     def fc(
@@ -182,15 +207,7 @@ class Graph:
         """``x @ weight (+ bias)`` with ``weight`` ``[in, out]`` (file layout); an INT8 site in the
         trunk unless ``float_only``."""
         oi = np.ascontiguousarray(np.asarray(weight, _F32).T)
-        site = self.plan is not None and self.in_trunk and not float_only
-        if site and self.plan is not None and not self.plan.recording:
-            return self.int8_op(x, oi, bias, name, act, None)
-        w = self.ops.weight(name, oi)
-        b = None if bias is None else self.ops.const(name + "/bias", bias)
-        out = self.ops.fully_connected(x, w, b, act, name=name)
-        if site and self.plan is not None:
-            self.plan.sites.append(int8.Site(name, x.index, out.index))
-        return out
+        return self.linear(x, Linear(name, oi, bias, act, None), float_only)
 
     def as_bias(self, v: Tensor) -> Tensor:
         """``[N, C]`` -> ``[N, 1, 1, C]`` for a broadcast add over the board."""
@@ -224,14 +241,20 @@ class Graph:
             gb = self.fc(
                 self.gpool(g), b.gpool_to_bias_mul.weight * s, name=b.gpool_to_bias_mul.name, float_only=True
             )
-            fused = Act.RELU if b.mid_act.kind is m.Activation.RELU else Act.NONE
-            r = self.act_mask(ops.add(r, self.as_bias(gb), fused), b.mid_act.kind, relu_fused=True)
+            r = ops.add(r, self.as_bias(gb), fused_relu(b.mid_act.kind))
+            r = self.act_mask(r, b.mid_act.kind, relu_fused=True)
             return ops.add(x, self.conv(r, b.final_conv))
         if isinstance(b, m.NestedBottleneckBlock):
+            outer = self.unit
+            self.unit = None if outer is None else f"{outer}.bottleneck"
             inner = self.conv(self.bn_act(x, b.pre_bn, b.pre_act), b.pre_conv)
             for sub in b.blocks:
+                self.unit = None if outer is None else f"{outer}.{_PART.get(type(sub), 'conv')}"
                 inner = self.block(inner, sub)
-            return ops.add(x, self.conv(self.bn_act(inner, b.post_bn, b.post_act), b.post_conv))
+            self.unit = None if outer is None else f"{outer}.bottleneck"
+            out = ops.add(x, self.conv(self.bn_act(inner, b.post_bn, b.post_act), b.post_conv))
+            self.unit = outer
+            return out
         if isinstance(b, m.AttentionBlock):
             return self.attention(x, b)
         if isinstance(b, m.FFNBlock):
@@ -330,9 +353,9 @@ class Graph:
         glob = self.fc(self.global_in, tr.initial_matmul.weight, name=tr.initial_matmul.name)
         x = ops.add(self.conv(self.x_in, tr.initial_conv), self.as_bias(glob))
         for i, b in enumerate(tr.blocks):
-            self.in_trunk = self.plan is not None and i not in self.plan.float_blocks
+            self.unit = None if self.plan is None else f"block{i}"
             x = self.block(x, b)
-        self.in_trunk = False
+        self.unit = None
         t = self.tip(x)
 
         ph = net.policy_head
@@ -340,8 +363,8 @@ class Graph:
         p1 = self.conv(t, ph.p1_conv, s1, ph.p1_bn.merged_bias)
         gp = self.gpool(self.conv_bn_act(t, ph.g1_conv, ph.g1_bn, ph.g1_act))
         gb = self.fc(gp, ph.gpool_to_bias_mul.weight * s1, name=ph.gpool_to_bias_mul.name)
-        fused = Act.RELU if ph.p1_act.kind is m.Activation.RELU else Act.NONE
-        p1 = self.act_mask(ops.add(p1, self.as_bias(gb), fused), ph.p1_act.kind, relu_fused=True)
+        p1 = ops.add(p1, self.as_bias(gb), fused_relu(ph.p1_act.kind))
+        p1 = self.act_mask(p1, ph.p1_act.kind, relu_fused=True)
         policy = self.conv(p1, ph.p2_conv)  # [N, H, W, Cp]
         if ph.gpool_to_pass_mul2 is not None:
             assert ph.gpool_to_pass_bias is not None and ph.pass_act is not None
@@ -367,6 +390,11 @@ class Graph:
         mb = ops.mb
         mb.inputs = [("spatial", self.spatial), ("global_in", self.global_in)]
         mb.outputs = list(zip(OUTPUT_NAMES, (policy, pas, value, score, own), strict=True))
+
+
+def fused_relu(kind: m.Activation) -> int:
+    """The fused activation of the op before an activation ``kind``: ReLU is fused, others not."""
+    return Act.RELU if kind is m.Activation.RELU else Act.NONE
 
 
 def rope_tables(b: m.AttentionBlock, board_y: int, board_x: int, kv: bool) -> tuple[np.ndarray, np.ndarray]:

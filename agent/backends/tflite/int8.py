@@ -47,40 +47,56 @@ Range = tuple[float, float]
 
 @dataclass(frozen=True)
 class Site:
-    """A quantizable op of the float model: its name and its input / output tensor indices."""
+    """A quantizable op of the model: its name, its unit (:meth:`Graph.unit <agent.backends.tflite.graph.Graph>`:
+    ``block<i>`` or ``block<i>.<part>``) and, when recorded in the float model, its input / output
+    tensor indices."""
 
     name: str
+    unit: str
     input: int
-    output: int
+    output: int = -1
 
 
 @dataclass
 class Int8Plan:
-    """Recording sites (``ranges`` None) or writing them with the measured ``ranges`` (site order)."""
+    """Recording sites (``ranges`` None) or writing them with the measured ``ranges`` (one per site
+    of the whole trunk, in graph order, float units included: every pass meets every site)."""
 
     ranges: list[tuple[Range, Range]] | None = None
     dynamic: bool = False  # int8 weights only; activations quantized per row at run time
-    float_blocks: frozenset[int] = frozenset()  # trunk blocks left in float (``--keep-float block<i>``)
-    sites: list[Site] = field(default_factory=list)
-    used: int = 0
+    float_units: frozenset[str] = frozenset()  # units left in float (``block<i>`` covers its parts)
+    sites: list[Site] = field(default_factory=list)  # every site met so far, in graph order
     _inputs: dict[tuple[int, float, int], Tensor] = field(default_factory=dict)
 
     @property
     def recording(self) -> bool:
         return self.ranges is None and not self.dynamic
 
-    def next_ranges(self, name: str) -> tuple[Range, Range]:
+    def quantizes(self, unit: str) -> bool:
+        """Whether this pass writes the sites of ``unit`` in int8."""
+        if self.recording:
+            return False
+        return unit not in self.float_units and unit.partition(".")[0] not in self.float_units
+
+    def site_ranges(self, index: int, name: str) -> tuple[Range, Range]:
         assert self.ranges is not None
-        if self.used >= len(self.ranges):
+        if index >= len(self.ranges):
             raise ConversionError(f"INT8: site {name} was not calibrated (graph changed between passes)")
-        self.used += 1
-        return self.ranges[self.used - 1]
+        return self.ranges[index]
 
     def quantized_input(self, x: Tensor, quant: Quant, ops: Any) -> Tensor:
         key = (x.index, float(quant.scale[0]), int(quant.zero_point[0]))
         if key not in self._inputs:
             self._inputs[key] = ops.quantize(x, quant)
         return self._inputs[key]
+
+
+def units_of(sites: list[Site]) -> dict[str, int]:
+    """Unit -> how many sites it has, in graph order."""
+    units: dict[str, int] = {}
+    for site in sites:
+        units[site.unit] = units.get(site.unit, 0) + 1
+    return units
 
 
 def activation_quant(lo: float, hi: float) -> Quant:
@@ -169,21 +185,27 @@ def calibrate(
 
 
 # Parts the writer always keeps in float (the TensorFlow builder's scope names, accepted by
-# ``keep_float``); ``block<i>`` keeps a whole trunk block float too.
+# ``keep_float``); a unit (``block<i>``, ``block<i>.<part>``) can be kept float too.
 ALWAYS_FLOAT = ("initial", "policy_head", "value_head", "tip", "rmsnorm", "attention_core", "swiglu", "gpool")
 
 
-def float_blocks(keep_float: tuple[str, ...] | None, num_blocks: int) -> frozenset[int]:
-    """The trunk block indices named ``block<i>`` in ``keep_float``; other names must be parts
-    that are float anyway (:data:`ALWAYS_FLOAT`)."""
-    blocks = set()
+def float_units(keep_float: tuple[str, ...] | None, units: dict[str, int]) -> frozenset[str]:
+    """The units named in ``keep_float`` (a trunk block ``block<i>`` covers its parts); other names
+    must be parts that are float anyway (:data:`ALWAYS_FLOAT`)."""
+    blocks = {u.partition(".")[0] for u in units}
+    chosen = set()
     for name in keep_float or ():
-        match = re.fullmatch(r"block(\d+)", name)
-        if match and int(match.group(1)) < num_blocks:
-            blocks.add(int(match.group(1)))
+        if name in units or name in blocks:
+            chosen.add(name)
         elif name not in ALWAYS_FLOAT:
+            known = sorted(set(units) | blocks, key=_natural)
             raise ConversionError(
-                f"TFLite writer: cannot keep {name!r} in float; known: block0..block{num_blocks - 1}, "
+                f"TFLite writer: cannot keep {name!r} in float; known: {', '.join(known)}, "
                 + ", ".join(ALWAYS_FLOAT)
             )
-    return frozenset(blocks)
+    return frozenset(chosen)
+
+
+def _natural(unit: str) -> tuple[int, str]:
+    match = re.match(r"block(\d+)", unit)
+    return (int(match.group(1)) if match else -1, unit)

@@ -190,25 +190,21 @@ class Ops:
 
     # -- shapes -------------------------------------------------------------------------------------
     def reshape(self, x: Tensor, shape: tuple[int, ...], name: str = "reshape") -> Tensor:
-        out = self._out(name, shape)
-        self.mb.op(
-            BuiltinOp.RESHAPE,
-            [x, self.mb.int32("shape", list(shape))],
-            [out],
-            schema.ReshapeOptionsT(),
-            _OPTIONS.ReshapeOptions,
-        )
-        return out
+        return self._with_ints(BuiltinOp.RESHAPE, x, ("shape", shape), shape, name)
 
     def transpose(self, x: Tensor, perm: tuple[int, ...]) -> Tensor:
-        out = self._out("transpose", tuple(x.shape[p] for p in perm))
-        self.mb.op(
-            BuiltinOp.TRANSPOSE,
-            [x, self.mb.int32("perm", list(perm))],
-            [out],
-            schema.TransposeOptionsT(),
-            _OPTIONS.TransposeOptions,
-        )
+        return self._with_ints(BuiltinOp.TRANSPOSE, x, ("perm", perm), tuple(x.shape[p] for p in perm))
+
+    def _with_ints(
+        self, kind: int, x: Tensor, ints: tuple[str, tuple[int, ...]], shape: tuple[int, ...], name: str = ""
+    ) -> Tensor:
+        """``RESHAPE`` / ``TRANSPOSE`` of ``x`` with their int32 operand (``ints``: name, values)."""
+        out = self._out(name or OP_NAMES[kind].lower(), shape)
+        if kind == BuiltinOp.RESHAPE:
+            options, options_type = schema.ReshapeOptionsT(), _OPTIONS.ReshapeOptions
+        else:
+            options, options_type = schema.TransposeOptionsT(), _OPTIONS.TransposeOptions
+        self.mb.op(kind, [x, self.mb.int32(ints[0], list(ints[1]))], [out], options, options_type)
         return out
 
     def reduce(self, kind: int, x: Tensor, axes: tuple[int, ...], keep_dims: bool = False) -> Tensor:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from agent.backends.tflite import flatbuf, int8
 from agent.backends.tflite.flatbuf import ModelBuilder
@@ -50,25 +51,68 @@ __all__ = [
     "METADATA_NAME",
     "OUTPUT_NAMES",
     "PRECISIONS",
+    "WriterOptions",
     "build_tflite",
+    "calibrate_sites",
+    "int8_mode_for",
     "read_postprocess_metadata",
+    "site_units",
     "write_tflite",
 ]
 
 
-def build_tflite(
-    net: m.Network,
-    precision: str = "fp32",
-    *,
-    board: int = 19,
-    calibration: PositionSet | None = None,
-    int8_mode: str = "auto",
-    keep_float: tuple[str, ...] | None = None,
-) -> bytes:
-    """The ``.tflite`` flatbuffer of ``net`` at ``precision`` for a ``board`` x ``board`` buffer.
-    ``int8``: ``int8_mode`` ``static`` needs ``calibration`` positions, ``dynamic`` does not;
-    ``auto`` is dynamic for networks with attention blocks, static otherwise; ``keep_float``
-    names trunk blocks (``block<i>``) left in float."""
+class WriterOptions(TypedDict, total=False):
+    """Options of :func:`build_tflite` / :func:`write_tflite` (all optional)."""
+
+    board: int  # buffer size, 19 unless given
+    calibration: PositionSet | None  # static INT8: calibration positions
+    int8_mode: str  # "static", "dynamic" or "auto" (dynamic for networks with attention blocks)
+    keep_float: tuple[str, ...] | None  # INT8 units (``block<i>``, ``block<i>.<part>``) left in float
+    site_ranges: list[tuple[int8.Range, int8.Range]] | None  # static INT8: :func:`calibrate_sites`'s, reused
+    metadata: tuple[tuple[str, bytes], ...]  # extra model metadata entries
+
+
+def int8_mode_for(net: m.Network, int8_mode: str = "auto") -> str:
+    """``static`` or ``dynamic``: ``auto`` is dynamic for networks with attention blocks."""
+    if int8_mode == "auto":
+        return "dynamic" if net.has_transformer else "static"
+    if int8_mode not in ("static", "dynamic"):
+        raise ConversionError(f"TFLite writer INT8 mode {int8_mode!r}: expected static, dynamic or auto")
+    return int8_mode
+
+
+def _recording(net: m.Network, board: int) -> tuple[ModelBuilder, Graph, int8.Int8Plan]:
+    """The float model with every INT8 site recorded (no file written yet)."""
+    plan = int8.Int8Plan()
+    mb = ModelBuilder("calibration")
+    graph = Graph(net, Ops(mb), board, board, plan)
+    graph.build()
+    return mb, graph, plan
+
+
+def site_units(net: m.Network, board: int = 19) -> dict[str, int]:
+    """The writer's INT8 units of ``net`` (``block<i>``, in nested bottleneck blocks
+    ``block<i>.<part>``) -> how many convolutions / projections each has, in graph order."""
+    return int8.units_of(_recording(net, board)[2].sites)
+
+
+def calibrate_sites(
+    net: m.Network, calibration: PositionSet, board: int = 19
+) -> list[tuple[int8.Range, int8.Range]]:
+    """Input and output ranges of every INT8 site of ``net`` (float units included), measured on
+    ``calibration`` in the float model; :func:`build_tflite` takes them as ``site_ranges``."""
+    mb, graph, plan = _recording(net, board)
+    site_tensors = sorted({i for site in plan.sites for i in (site.input, site.output)})
+    mb.outputs += [(f"site{i}", mb.tensor(i)) for i in site_tensors]  # kept by XNNPACK too
+    inputs = (graph.spatial.index, graph.global_in.index)
+    return int8.calibrate(mb.finish(), plan.sites, inputs, calibration)
+
+
+def build_tflite(net: m.Network, precision: str = "fp32", **options: Unpack[WriterOptions]) -> bytes:
+    """The ``.tflite`` flatbuffer of ``net`` at ``precision`` for a ``board`` x ``board`` buffer
+    (:class:`WriterOptions`). ``int8``: ``int8_mode`` ``static`` needs ``calibration`` positions
+    (or their ``site_ranges``), ``dynamic`` does not; ``keep_float`` names units left in float."""
+    board = options.get("board", 19)
     if precision == "int8-full":
         raise ConversionError(
             "TFLite int8-full (integer inputs and outputs) needs --tflite-builder tensorflow"
@@ -79,46 +123,31 @@ def build_tflite(
         )
     if net.meta_encoder_version or net.trunk.metadata_encoder is not None:
         raise ConversionError(f"{net.name}: human-SL networks with an SGF-metadata encoder are not supported")
+    mode = int8_mode_for(net, options.get("int8_mode", "auto"))
     plan: int8.Int8Plan | None = None
-    if int8_mode == "auto":
-        int8_mode = "dynamic" if net.has_transformer else "static"
-    if int8_mode not in ("static", "dynamic"):
-        raise ConversionError(f"TFLite writer INT8 mode {int8_mode!r}: expected static, dynamic or auto")
-    keep = int8.float_blocks(keep_float, len(net.trunk.blocks))
-    if precision == "int8" and int8_mode == "dynamic":
-        plan = int8.Int8Plan(dynamic=True, float_blocks=keep)
-    elif precision == "int8":
-        if calibration is None:
-            raise ConversionError("INT8 TFLite needs calibration positions")
-        plan = int8.Int8Plan(float_blocks=keep)
-        mb = ModelBuilder("calibration")
-        graph = Graph(net, Ops(mb), board, board, plan)
-        graph.build()
-        site_tensors = sorted({i for site in plan.sites for i in (site.input, site.output)})
-        mb.outputs += [(f"site{i}", mb.tensor(i)) for i in site_tensors]  # kept by XNNPACK too
-        inputs = (graph.spatial.index, graph.global_in.index)
-        ranges = int8.calibrate(mb.finish(), plan.sites, inputs, calibration)
-        plan = int8.Int8Plan(ranges=ranges, float_blocks=keep)
+    if precision == "int8":
+        named = options.get("keep_float")
+        keep = int8.float_units(named, site_units(net, board)) if named else frozenset()
+        ranges = options.get("site_ranges")
+        calibration = options.get("calibration")
+        if mode == "static" and ranges is None:
+            if calibration is None:
+                raise ConversionError("INT8 TFLite needs calibration positions")
+            ranges = calibrate_sites(net, calibration, board)
+        dynamic = mode == "dynamic"
+        plan = int8.Int8Plan(ranges=None if dynamic else ranges, dynamic=dynamic, float_units=keep)
     mb = ModelBuilder(f"katago-edge tflite writer: {net.name} ({precision})")
     Graph(net, Ops(mb, weights="fp16" if precision == "fp16" else "fp32"), board, board, plan).build()
     mb.metadata.append((METADATA_NAME, json.dumps(net.postprocess.to_dict(), sort_keys=True).encode()))
+    mb.metadata.extend(options.get("metadata", ()))
     return mb.finish()
 
 
 def write_tflite(
-    net: m.Network,
-    out_path: Path,
-    precision: str = "fp32",
-    *,
-    board: int = 19,
-    calibration: PositionSet | None = None,
-    int8_mode: str = "auto",
-    keep_float: tuple[str, ...] | None = None,
+    net: m.Network, out_path: Path, precision: str = "fp32", **options: Unpack[WriterOptions]
 ) -> Path:
     """Write ``net`` as a ``.tflite`` file atomically at ``out_path`` (no TensorFlow involved)."""
-    data = build_tflite(
-        net, precision, board=board, calibration=calibration, int8_mode=int8_mode, keep_float=keep_float
-    )
+    data = build_tflite(net, precision, **options)
     atomic_write_bytes(out_path, data)
     logger.info("wrote %s (%s, %.1f MB, direct writer)", out_path, precision, len(data) / 1e6)
     return out_path
