@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from edge_fixtures import model_file
 
 from agent.cli.main import run
-from agent.game.board import BLACK, WHITE
+from agent.game.board import BLACK, EMPTY, WHITE
+from agent.game.coords import PASS_LOC
 from agent.game.sgf import parse_sgf, sgf_rules, state_from_sgf
-from agent.models.openings import openings_from_sgf
+from agent.game.state import GameState
+from agent.models.openings import Opening, openings_from_sgf
 from agent.models.strength import (
     area_white_score,
     elo_estimate,
     elo_from_score,
+    play_match,
     score_from_elo,
     sprt,
     sprt_bounds,
@@ -91,6 +95,52 @@ def test_sprt_stop__a_losing_streak_decides_after_several_games_not_one() -> Non
 def test_sprt_stop__a_short_match_stays_undecided() -> None:
     n, state = sprt_stop([1.0, 0.0, 0.5, 0.5] * 5)
     assert (n, state.verdict) == (20, "undecided")
+
+
+# --- the match stops when the SPRT decides ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Move:
+    loc: int
+    winrate: float = 0.5  # never low enough to resign
+
+
+class _CentreThenPass:
+    """Plays the centre point once, then passes: its one stone owns the whole empty board."""
+
+    def new_game(self) -> None:
+        pass
+
+    def choose(self, state: GameState) -> _Move:
+        board = state.board
+        centre = board.geo.loc(board.x_size // 2, board.y_size // 2)
+        return _Move(centre if board.color[centre] == EMPTY else PASS_LOC)
+
+
+class _Passer:
+    def new_game(self) -> None:
+        pass
+
+    def choose(self, state: GameState) -> _Move:
+        return _Move(PASS_LOC)
+
+
+def test_play_match__stops_after_the_pair_where_the_sprt_decides(tmp_path: Path) -> None:
+    # the converted side wins every game (by area, in either colour): the LLR falls from the
+    # first pair on and leaves [-2.94, 2.94] after the same number of games as sprt_stop's
+    empty = [Opening("empty", 9, 9, ())]
+    expected, decided = sprt_stop([1.0] * 40)
+    assert decided.verdict == "H0" and expected % 2 == 0
+    match = play_match(_CentreThenPass(), _Passer(), empty, 40, sgf_dir=tmp_path)
+    assert match.results == [1.0] * expected and match.ends == {"passes": expected}
+    assert match.sprt().verdict == "H0" and match.sprt().llr == pytest.approx(decided.llr)
+    assert len(match.sgf_files) == expected == len(list(tmp_path.iterdir()))
+    first = parse_sgf((tmp_path / "game-0001.sgf").read_text())
+    assert first.properties["RE"] == ["B+73.5"]  # 81 points minus komi 7.5, converted as Black
+    assert parse_sgf((tmp_path / "game-0002.sgf").read_text()).properties["RE"] == ["W+88.5"]
+    # without early stopping every game is played
+    assert len(play_match(_CentreThenPass(), _Passer(), empty, 40, stop_early=False).results) == 40
 
 
 # --- openings and a real match -------------------------------------------------------------------
