@@ -358,6 +358,8 @@ def _find_subtree(last: Search, state: GameState, params: SearchParams) -> Node 
         return None
     node = last.root
     for loc, _pla in state.moves[n_old:]:
+        if node.deferred:
+            last.expand_deferred_node(node)
         if not node.expanded:
             return None
         st = node.state
@@ -369,6 +371,8 @@ def _find_subtree(last: Search, state: GameState, params: SearchParams) -> Node 
         child = node.children[k]
         assert child is not None
         node = child
+    if node.deferred:
+        last.expand_subtree(node)
     if node is last.root or not node.expanded or node.terminal is not None:
         return None
     if node.state.gs.situation_hash() != state.situation_hash():

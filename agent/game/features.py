@@ -18,15 +18,17 @@ and ``conservative_pass=True`` (history and global 14 suppressed when a pass wou
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.game.area import area_masks, independent_life_area, mask_to_bool
-from agent.game.board import WHITE, Board
+from agent.game.board import EMPTY, WHITE, Board
 from agent.game.coords import PASS_LOC
 from agent.game.ladder import ladder_scan
+from agent.game.rules import Rules
 from agent.game.state import GameState
 from agent.game.symmetry import apply_symmetry
 
@@ -77,6 +79,30 @@ def _area(board: Board, scoring: str, tax: str, suicide: bool) -> npt.NDArray[np
     return area
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where a board's points go in an ``nn_x`` x ``nn_y`` input buffer (per size, cached)."""
+
+    locs: npt.NDArray[np.intp]  # loc of every on-board point, scan order
+    pos: npt.NDArray[np.intp]  # its buffer position
+    table: npt.NDArray[np.intp]  # buffer position of every loc (or -1)
+    scan: npt.NDArray[np.intp]  # scan-order index of every loc (or -1)
+    blank: F32  # [NUM_SPATIAL, nn_y * nn_x] zeros but channel 0 (on board)
+
+
+@lru_cache(maxsize=64)
+def _layout(x_size: int, y_size: int, nn_x: int, nn_y: int) -> _Layout:
+    table, onboard = _pos_table(x_size, y_size, nn_x, nn_y)
+    locs = _onboard_locs(x_size, y_size)
+    scan = np.full(len(table), -1, dtype=np.intp)
+    scan[locs] = np.arange(len(locs))
+    blank = np.zeros((NUM_SPATIAL, nn_y * nn_x), dtype=np.float32)
+    blank[0, onboard] = 1.0
+    for a in (locs, table, scan, blank):
+        a.flags.writeable = False
+    return _Layout(locs, table[locs], table, scan, blank)
+
+
 def encode_v7(
     state: GameState,
     *,
@@ -95,33 +121,70 @@ def encode_v7(
     ``pass_alive_suicide`` is the model header's ``preferPassAliveUnderSuicideRules`` flag.
     ``playout_doubling_advantage`` is from the side to move's view.
     """
+    spatial, glob, _ = encode_v7_legal(
+        state,
+        symmetry=symmetry,
+        nn_x=nn_x,
+        nn_y=nn_y,
+        conservative_pass=conservative_pass,
+        max_history=max_history,
+        enable_passing_hacks=enable_passing_hacks,
+        playout_doubling_advantage=playout_doubling_advantage,
+        draw_equivalent_wins_for_white=draw_equivalent_wins_for_white,
+        pass_alive_suicide=pass_alive_suicide,
+    )
+    return spatial, glob
+
+
+def encode_v7_legal(
+    state: GameState,
+    *,
+    symmetry: int = 0,
+    nn_x: int = 19,
+    nn_y: int = 19,
+    conservative_pass: bool = False,
+    max_history: int = 1000,
+    enable_passing_hacks: bool = False,
+    playout_doubling_advantage: float = 0.0,
+    draw_equivalent_wins_for_white: float = 0.5,
+    pass_alive_suicide: bool = False,
+) -> tuple[F32, F32, npt.NDArray[np.bool_]]:
+    """``encode_v7`` plus the legal moves as the network's post-processing takes them: bool
+    ``[x_size * y_size + 1]`` (row-major board, pass last), the mask
+    ``agent.network.postprocess.legal_mask_from_features`` recovers from these features (an
+    empty point, not ko/superko-banned, next to an empty point, an own chain with two or more
+    liberties (any own chain when suicide is legal) or an opponent chain in atari), made from the
+    board arrays the encoding builds anyway."""
     board = state.board
     rules = state.rules
     pla = state.pla
     opp = 3 - pla
-    if board.x_size > nn_x or board.y_size > nn_y:
-        raise ValueError(f"board {board.x_size}x{board.y_size} does not fit a {nn_x}x{nn_y} buffer")
-    table, onboard = _pos_table(board.x_size, board.y_size, nn_x, nn_y)
-    spatial = np.zeros((NUM_SPATIAL, nn_y * nn_x), dtype=np.float32)
+    x_size, y_size = board.x_size, board.y_size
+    if x_size > nn_x or y_size > nn_y:
+        raise ValueError(f"board {x_size}x{y_size} does not fit a {nn_x}x{nn_y} buffer")
+    lay = _layout(x_size, y_size, nn_x, nn_y)
+    table, pos = lay.table, lay.pos
+    spatial = lay.blank.copy()
     glob = np.zeros(NUM_GLOBAL, dtype=np.float32)
-    spatial[0, onboard] = 1.0
 
-    # stones and liberties
-    locs_np = _onboard_locs(board.x_size, board.y_size)
-    pos_np = table[locs_np]
-    col = np.frombuffer(bytes(board.color), dtype=np.uint8)[locs_np]
-    spatial[1, pos_np] = col == pla
-    spatial[2, pos_np] = col == opp
-    lib_planes: tuple[list[int], list[int], list[int]] = ([], [], [])
-    libs = board.libs
-    stones = board.stones
-    for head, lb in libs.items():
-        n = len(lb)
-        if n <= 3:
-            lib_planes[n - 1].extend(stones[head])
-    for i in range(3):
-        if lib_planes[i]:
-            spatial[3 + i, table[lib_planes[i]]] = 1.0
+    # stones and liberties, as arrays over the on-board points in scan order
+    col = np.frombuffer(board.color, dtype=np.uint8)[lay.locs]
+    own = col == pla
+    theirs = col == opp
+    spatial[1, pos] = own
+    spatial[2, pos] = theirs
+    few = [(h, len(lb)) for h, lb in board.libs.items() if len(lb) <= 3]
+    if few:
+        count = np.zeros(len(table), dtype=np.uint8)
+        heads, counts = zip(*few, strict=True)
+        count[list(heads)] = counts
+        nlibs = count[np.frombuffer(board.cid, dtype=np.uint16)[lay.locs]]
+        nlibs[col == EMPTY] = 0  # an empty point's chain id is stale
+        for i in range(3):
+            spatial[3 + i, pos] = nlibs == i + 1
+        atari = nlibs == 1
+    else:
+        atari = np.zeros(len(col), dtype=np.bool_)
 
     # ko and superko bans (main phase)
     bans = list(state.superko_banned())
@@ -175,41 +238,63 @@ def encode_v7(
 
     # areas
     if area is not None:
-        spatial[18, pos_np] = area == pla
-        spatial[19, pos_np] = area == opp
+        spatial[18, pos] = area == pla
+        spatial[19, pos] = area == opp
 
-    # globals
-    b_area = np.float32(board.x_size * board.y_size)
+    glob[5:] = _globals(self_komi, x_size * y_size, rules, playout_doubling_advantage, state.has_button)
+    if state.pass_would_end_phase(pla) and not suppress:
+        glob[14] = 1.0
+
+    # legal moves (see the docstring)
+    empty = col == EMPTY
+    helps = (empty | (own & (~atari | rules.suicide)) | (theirs & atari)).reshape(y_size, x_size)
+    near = np.zeros_like(helps)
+    near[1:] |= helps[:-1]
+    near[:-1] |= helps[1:]
+    near[:, 1:] |= helps[:, :-1]
+    near[:, :-1] |= helps[:, 1:]
+    legal = np.empty(len(col) + 1, dtype=np.bool_)
+    np.logical_and(empty, near.reshape(-1), out=legal[:-1])
+    if bans:
+        legal[lay.scan[bans]] = False
+    legal[-1] = True
+
+    out = spatial.reshape(NUM_SPATIAL, nn_y, nn_x)
+    if symmetry:
+        out = np.ascontiguousarray(apply_symmetry(out, symmetry))
+    return out, glob, legal
+
+
+@lru_cache(maxsize=256)
+def _globals(self_komi: float, area: int, rules: Rules, pda: float, has_button: bool) -> F32:
+    """Global inputs 5-18 but 14 (pass would end the phase), which depend on no history."""
+    glob = np.zeros(NUM_GLOBAL - 5, dtype=np.float32)
+    b_area = np.float32(area)
     komi32 = np.float32(
         min(
             max(np.float32(self_komi), -b_area - np.float32(KOMI_CLIP_RADIUS)),
             b_area + np.float32(KOMI_CLIP_RADIUS),
         )
     )
-    glob[5] = komi32 / np.float32(20.0)
+    glob[0] = komi32 / np.float32(20.0)
     if rules.ko in ("POSITIONAL", "SPIGHT"):
-        glob[6], glob[7] = 1.0, 0.5
+        glob[1], glob[2] = 1.0, 0.5
     elif rules.ko == "SITUATIONAL":
-        glob[6], glob[7] = 1.0, -0.5
-    glob[8] = 1.0 if rules.suicide else 0.0
-    glob[9] = 1.0 if rules.scoring == "TERRITORY" else 0.0
+        glob[1], glob[2] = 1.0, -0.5
+    glob[3] = 1.0 if rules.suicide else 0.0
+    glob[4] = 1.0 if rules.scoring == "TERRITORY" else 0.0
     if rules.tax == "SEKI":
-        glob[10] = 1.0
+        glob[5] = 1.0
     elif rules.tax == "ALL":
-        glob[10], glob[11] = 1.0, 1.0
-    if state.pass_would_end_phase(pla) and not suppress:
-        glob[14] = 1.0
-    if playout_doubling_advantage != 0.0:
-        glob[15] = 1.0
-        glob[16] = np.float32(0.5 * playout_doubling_advantage)
-    glob[17] = 1.0 if state.has_button else 0.0
+        glob[5], glob[6] = 1.0, 1.0
+    if pda != 0.0:
+        glob[10] = 1.0
+        glob[11] = np.float32(0.5 * pda)
+    glob[12] = 1.0 if has_button else 0.0
     if rules.scoring == "AREA":
-        glob[18] = _komi_wave(komi32, board.x_size * board.y_size)
-
-    out = spatial.reshape(NUM_SPATIAL, nn_y, nn_x)
-    if symmetry:
-        out = np.ascontiguousarray(apply_symmetry(out, symmetry))
-    return out, glob
+        glob[13] = _komi_wave(komi32, area)
+    glob.flags.writeable = False
+    return glob
 
 
 def _komi_wave(k: np.float32, area: int) -> np.float32:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from agent.network.postprocess import NetEval, legal_mask_from_features
+from agent.network.postprocess import NetEval
 from agent.search.ending import ending_white_bonus
 from agent.search.evaluator import NNEvaluator, average_evals
 from agent.search.node import PREFIX_LIMIT, LeafValue, Node
@@ -104,46 +104,43 @@ class Search:
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, state: SearchState, is_root: bool) -> NetEval:
         p = self.params
+        ev = self.evaluator
         spec = self.speculator
         if not is_root:
             ready = spec.take(state) if spec is not None else None
             if ready is None:
                 ready = self.prepare(state)
-            return self.evaluator.evaluate(
+            return ev.evaluate(
                 ready.key,
-                lambda: (ready.spatial, ready.global_),
+                ready.inputs,
                 ready.ctx,
-                symmetry=self.evaluator.random_symmetry(),
+                symmetry=ev.random_symmetry(),
                 optimism=p.policy_optimism,
                 temperature=p.nn_policy_temperature,
                 passing_hacks=p.enable_passing_hacks,
                 on_wait=spec.on_wait if spec is not None else None,
                 runner=spec.runner if spec is not None else None,
             )
-        buffer = self.evaluator.buffer
-        key = state.nn_key(p)
+        root = self.prepare(state)
         evals = [
-            self.evaluator.evaluate(
-                key,
-                lambda: state.encode(p, buffer, self.evaluator.pass_alive_suicide),
-                lambda sp, gl: state.row_context(
-                    legal_mask_from_features(sp, gl, state.x_size, state.y_size), buffer
-                ),
+            ev.evaluate(
+                root.key,
+                root.inputs,
+                root.ctx,
                 symmetry=s,
                 optimism=p.root_policy_optimism,
                 temperature=p.nn_policy_temperature,
                 passing_hacks=p.enable_passing_hacks,
             )
-            for s in self.evaluator.sample_symmetries(p.root_num_symmetries_to_sample)
+            for s in ev.sample_symmetries(p.root_num_symmetries_to_sample)
         ]
         return average_evals(evals)
 
     def prepare(self, state: SearchState) -> Prepared:
-        """A non-root leaf's evaluation inputs (NN key, V7 features, post-processing context)."""
+        """A leaf's evaluation inputs (NN key, V7 features, post-processing context)."""
         p = self.params
         ev = self.evaluator
-        spatial, global_ = state.encode(p, ev.buffer, ev.pass_alive_suicide)
-        legal = legal_mask_from_features(spatial, global_, state.x_size, state.y_size)
+        spatial, global_, legal = state.encode(p, ev.buffer, ev.pass_alive_suicide)
         return Prepared(state, state.nn_key(p), spatial, global_, state.row_context(legal, ev.buffer))
 
     def peek_leaf(self, path: list[tuple[Node, int]] | None = None) -> Node | None:
@@ -158,7 +155,7 @@ class Search:
             if node.terminal is not None:
                 return None
             if node.deferred:
-                self._expand_deferred(node)
+                self.expand_deferred_node(node)
             elif not node.expanded:
                 return None if node.pending else node
             if len(node.moves) == 0:
@@ -306,17 +303,29 @@ class Search:
             pri = pri / s
         node.expand(ev, idx.astype(np.int64), pri, raw, nn_utility)
 
-    def _expand_deferred(self, node: Node) -> None:
+    def expand_deferred_node(self, node: Node) -> None:
+        """Expand ``node``, evaluated and backed up, whose expansion was left for later."""
         assert node.ev is not None
         node.deferred = False
         self._expand(node, node.ev, node.nn_utility)
 
     def expand_deferred(self) -> None:
-        """Expand every node whose expansion was left for later (call under ``lock``)."""
+        """Expand the nodes the speculation helper was to expand (call under ``lock``)."""
         for node in self.deferred:
             if node.deferred:
-                self._expand_deferred(node)
+                self.expand_deferred_node(node)
         self.deferred.clear()
+
+    def expand_subtree(self, top: Node) -> None:
+        """Expand every node of ``top``'s subtree whose expansion was left for later, as this
+        search would have (its avoid rules, depths from its root): before the subtree is handed
+        to another search (tree reuse) or walked by move (call under ``lock``)."""
+        stack = [top]
+        while stack:
+            n = stack.pop()
+            if n.deferred:
+                self.expand_deferred_node(n)
+            stack.extend(c for c in n.children if c is not None)
 
     # ------------------------------------------------------------------- selection
     def _select(self, node: Node, rng: np.random.Generator | None = None) -> int:
@@ -358,18 +367,23 @@ class Search:
         usum = node.e_usum[:m].tolist()
         pri = (node.priors if root_priors is None else root_priors)[:m].tolist()
         sign = node.sign
-        visited = [visits[j] > 0 or virt[j] > 0 for j in range(m)]
+        any_virtual = any(virt)
+        visited = [visits[j] > 0 or virt[j] > 0 for j in range(m)] if any_virtual else [v > 0 for v in visits]
         n_visited = sum(visited)
         total = float(node.e_weight.sum())
         parent_avg = sign * node.utility if node.weight > 0 else sign * node.nn_utility
         explore = self.explore_scaling(node, total)
         # the same selected elements in the same order as a mask over every edge: the same sum
-        mass = node.raw_priors[:m][np.array(visited, dtype=bool)] if n_visited else None
-        visited_mass = 0.0 if mass is None else float(mass.sum())
+        # (usually the visited children are the first ones: a slice holds the same elements)
+        if not n_visited:
+            visited_mass = 0.0
+        elif all(visited[:n_visited]):
+            visited_mass = float(node.raw_priors[:n_visited].sum())
+        else:
+            visited_mass = float(node.raw_priors[:m][np.array(visited, dtype=bool)].sum())
         avg_w = min(1.0, visited_mass**p.fpu_parent_weight_by_visited_policy_pow)
         parent_u = avg_w * parent_avg + (1.0 - avg_w) * sign * node.nn_utility
         fpu = parent_u - fpu_reduction * math.sqrt(visited_mass)
-        any_virtual = any(virt)
         vl = p.virtual_loss_visits
         radius = p.win_loss_utility_factor + p.static_score_utility_factor + p.dynamic_score_utility_factor
         best_new = -1
@@ -555,7 +569,7 @@ class Search:
                 if node.terminal is not None:
                     break
                 if node.deferred:
-                    self._expand_deferred(node)
+                    self.expand_deferred_node(node)
                 elif not node.expanded:
                     if node.pending:
                         self._undo_virtual(path)
@@ -612,26 +626,27 @@ class Search:
                 node.ev = ev
                 node.pending = False
             elif ev is not None and not node.expanded:
+                # expanded (policy softmax, edges sorted by prior) when a playout first walks
+                # through it: most leaves never are. With a speculator its helper expands it
+                # while the network runs the next leaf.
+                node.ev, node.nn_utility, node.deferred, node.pending = ev, u, True, False
                 if self.speculator is not None:
-                    # the speculation helper expands it while the network runs the next leaf
-                    # (or the next playout does, if it walks through this node first)
-                    node.ev, node.nn_utility, node.deferred, node.pending = ev, u, True, False
                     self.deferred.append(node)
-                else:
-                    self._expand(node, ev, u)
             self._backup(path, node, value)
             self.playouts += 1
         return True
 
     def _backup(self, path: list[tuple[Node, int]], leaf: Node, v: LeafValue) -> None:
-        leaf.add(v)
-        w = v.weight
+        sums = v.weighted()
+        leaf.add_weighted(sums, v)
+        w = sums[0]
+        wu = sums[2]
         for n, k in reversed(path):
             n.e_virtual[k] -= 1
             n.e_visits[k] += 1
             n.e_weight[k] += w
-            n.e_usum[k] += w * v.utility
-            n.add(v)
+            n.e_usum[k] += wu
+            n.add_weighted(sums, v)
 
     # ------------------------------------------------------------------------ run
     def prepare_root(self) -> None:
@@ -704,10 +719,17 @@ class Search:
         n_threads = max(1, self.params.num_threads)
         errors: list[BaseException] = []
 
-        def worker() -> None:
+        def worker(report: Callable[[Search], None] | None = None, next_report: float = 0.0) -> None:
+            """Playouts until the search stops; the calling thread's also ``report`` periodically."""
             self.evaluator.add_submitters(1)
             try:
                 while not self.should_stop():
+                    if report is not None and report_every is not None:
+                        now = time.monotonic()
+                        if now >= next_report:
+                            with self.lock:
+                                report(self)
+                            next_report = now + report_every
                     if not self.playout():
                         time.sleep(0)
             except BaseException as exc:
@@ -727,24 +749,10 @@ class Search:
             # b6c96 pinned to one core: 1.5-2 ms of CPU per visit more, about 12 %)
             self.speculator = Speculator(self).start()
         if report is not None and report_every is not None:
-            next_report = self.start_time + (
-                first_report_after if first_report_after is not None else report_every
+            worker(
+                report,
+                self.start_time + (first_report_after if first_report_after is not None else report_every),
             )
-            self.evaluator.add_submitters(1)
-            try:
-                while not self.should_stop():
-                    now = time.monotonic()
-                    if now >= next_report:
-                        with self.lock:
-                            report(self)
-                        next_report = now + report_every
-                    if not self.playout():
-                        time.sleep(0)
-            except BaseException as exc:
-                errors.append(exc)
-                self.stop_event.set()
-            finally:
-                self.evaluator.add_submitters(-1)
         else:
             worker()
         for t in threads:
@@ -755,7 +763,7 @@ class Search:
             self.speculated_runs = (self.speculator.runs_started, self.speculator.runs_used)
             self.speculator = None
         with self.lock:
-            self.expand_deferred()  # a finished tree is fully expanded (results, tree reuse)
+            self.expand_deferred()  # leaves never walked through stay unexpanded (``expand_subtree``)
         self.elapsed = time.monotonic() - self.start_time
         if errors:
             raise errors[0]

@@ -20,7 +20,9 @@ when ``includeMovesOwnership`` is asked, the root's children.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 
@@ -40,6 +42,36 @@ class LeafValue:
     lead: float
     weight: float
     ownership: np.ndarray | None
+
+    def weighted(self) -> tuple[float, float, float, float, float, float, float, float, float]:
+        """What ``Node.add`` adds to a node's sums: weight, weight², and weight times utility,
+        utility², win/loss, no result, score mean, score mean², lead (computed once a playout,
+        the same products ``add`` makes)."""
+        w = self.weight
+        wu = w * self.utility
+        return (
+            w,
+            w * w,
+            wu,
+            wu * self.utility,
+            w * self.win_loss,
+            w * self.no_result,
+            w * self.score_mean,
+            w * self.score_mean_sq,
+            w * self.lead,
+        )
+
+
+class _Mean:
+    """A node's weighted average of one of its sums (``Node.avg``), read as an attribute."""
+
+    __slots__ = ("total",)
+
+    def __init__(self, total: Callable[[Node], float]) -> None:
+        self.total = total
+
+    def __get__(self, node: Node, owner: type[Node] | None = None) -> float:
+        return node.avg(self.total(node))
 
 
 _NO_MOVES = np.zeros(0, dtype=np.int16)
@@ -192,17 +224,23 @@ class Node:
         self.grow(self.n_moves + 1)
 
     def add(self, v: LeafValue) -> None:
-        w = v.weight
+        self.add_weighted(v.weighted(), v)
+
+    def add_weighted(
+        self, sums: tuple[float, float, float, float, float, float, float, float, float], v: LeafValue
+    ) -> None:
+        """One visit of ``v``; ``sums`` is ``v.weighted()``."""
+        w, ww, wu, wuu, wwl, wnr, wsm, wsq, wld = sums
         self.visits += 1
         self.weight += w
-        self.weight_sq += w * w
-        self.u_sum += w * v.utility
-        self.u_sq += w * v.utility * v.utility
-        self.wl_sum += w * v.win_loss
-        self.nr_sum += w * v.no_result
-        self.score_sum += w * v.score_mean
-        self.score_sq_sum += w * v.score_mean_sq
-        self.lead_sum += w * v.lead
+        self.weight_sq += ww
+        self.u_sum += wu
+        self.u_sq += wuu
+        self.wl_sum += wwl
+        self.nr_sum += wnr
+        self.score_sum += wsm
+        self.score_sq_sum += wsq
+        self.lead_sum += wld
         if self.own_sum is not None and self.own_sq is not None and v.ownership is not None:
             self.own_sum += w * v.ownership
             self.own_sq += w * v.ownership * v.ownership
@@ -211,21 +249,10 @@ class Node:
     def avg(self, total: float) -> float:
         return total / self.weight if self.weight > 0 else 0.0
 
-    @property
-    def utility(self) -> float:
-        return self.avg(self.u_sum)
-
-    @property
-    def win_loss(self) -> float:
-        return self.avg(self.wl_sum)
-
-    @property
-    def score_mean(self) -> float:
-        return self.avg(self.score_sum)
-
-    @property
-    def lead(self) -> float:
-        return self.avg(self.lead_sum)
+    utility = _Mean(attrgetter("u_sum"))
+    win_loss = _Mean(attrgetter("wl_sum"))
+    score_mean = _Mean(attrgetter("score_sum"))
+    lead = _Mean(attrgetter("lead_sum"))
 
     @property
     def score_stdev(self) -> float:

@@ -125,8 +125,10 @@ class SearchState:
 
     def encode(
         self, params: SearchParams, buffer: int = 19, pass_alive_suicide: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        from agent.game.features import encode_v7
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """V7 inputs with the search's evaluation options, and the legal moves (board frame,
+        pass last: ``encode_v7_legal``)."""
+        from agent.game.features import encode_v7_legal
 
         pda = params.playout_doubling_advantage
         if (
@@ -135,7 +137,7 @@ class SearchState:
             and params.playout_doubling_advantage_pla != COLOR_NAME[self.pla]
         ):
             pda = -pda
-        spatial, global_ = encode_v7(
+        return encode_v7_legal(
             self.gs,
             nn_x=buffer,
             nn_y=buffer,
@@ -146,4 +148,3 @@ class SearchState:
             draw_equivalent_wins_for_white=params.draw_equivalent_wins_for_white,
             pass_alive_suicide=pass_alive_suicide,
         )
-        return spatial, global_

@@ -93,6 +93,10 @@ class Prepared:
     global_: np.ndarray
     ctx: RowContext
 
+    def inputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``NNEvaluator.evaluate``'s ``encode``: the features made already."""
+        return self.spatial, self.global_
+
 
 class SpeculatedSearch(Protocol):
     """What the speculator uses of its ``agent.search.mcts.Search``: declared here, so that the

@@ -41,7 +41,8 @@ def test_search_state__nn_key_follows_history_settings() -> None:
 
 
 def test_search_state__encode_shapes_and_side_to_move() -> None:
-    spatial, global_ = search_state([["B", "E5"]]).encode(SearchParams(), buffer=9)
+    spatial, global_, legal = search_state([["B", "E5"]]).encode(SearchParams(), buffer=9)
     assert spatial.shape == (22, 9, 9) and global_.shape == (19,)
+    assert legal.shape == (82,) and legal.sum() == 81 and not legal[40]  # every point but E5, and pass
     assert spatial[0].sum() == 81  # the on-board plane
     assert spatial[1].sum() + spatial[2].sum() == 1  # one stone, of the player or the opponent
