@@ -158,6 +158,71 @@ class _Judge:
         return compare_outputs(self.reference, out, self.positions, self.params)
 
 
+def choose_units(
+    units: Mapping[str, int],
+    measure: Callable[[list[str]], dict[str, Any]],
+    positions: int,
+    *,
+    precision_thresholds: Mapping[str, Threshold] | None = None,
+    margin: float = MARGIN,
+    progress: Step | None = None,
+    alone: Callable[[str], dict[str, Any]] | None = None,
+) -> SensitivityReport:
+    """Steps 2 and 3 of the pass (module docstring) for any runtime: ``units`` maps each unit to
+    its layer count (graph order), ``measure(float_units)`` gives the metrics of the INT8 model
+    with those units in float against FP32 on the ``positions`` held-out positions, ``alone(unit)``
+    those with only ``unit`` in INT8 (default: every other unit float). Returns the report, whose
+    ``float_units`` the model should keep in float."""
+    thresholds = thresholds_for("int8", precision_thresholds)
+    target = margin_thresholds(thresholds, margin)
+    only = alone or (lambda unit: measure([u for u in units if u != unit]))
+    total = len(units) + 1
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, max(total, done))
+
+    base = measure([])
+    tick()
+    costs: dict[str, dict[str, float]] = {}
+    for unit in units:
+        m = only(unit)
+        costs[unit] = {**_headline(m), "cost": round(unit_cost(m, thresholds), 4)}
+        tick()
+    order = sorted(units, key=lambda u: costs[u]["cost"], reverse=True)
+    report = SensitivityReport(positions, dict(units), _headline(base), costs)
+    report.margin = margin
+
+    def attempt(float_units: list[str], action: str) -> bool:
+        m = base if not float_units else measure(float_units)
+        ok = not check(m, target)
+        report.steps.append({"action": action, "float": list(float_units), **_headline(m), "passes": ok})
+        logger.info("sensitivity: %s -> float %s: %s", action, float_units, "passes" if ok else "fails")
+        if progress:
+            progress(done, len(units) + 1 + len(report.steps))
+        return ok
+
+    chosen: list[str] = []
+    ok = attempt(chosen, "all INT8")
+    for unit in order:
+        if ok:
+            break
+        chosen.append(unit)
+        ok = attempt(chosen, f"keep {unit} float")
+    if ok:
+        for unit in sorted(chosen, key=lambda u: costs[u]["cost"]):
+            trial = [u for u in chosen if u != unit]
+            if trial != chosen and attempt(trial, f"quantize {unit} again"):
+                chosen = trial
+    report.float_units = [u for u in order if u in chosen]
+    report.passed = ok
+    logger.info("%s", report.summary())
+    return report
+
+
 def choose_float_units(
     quant: onnx.ModelProto,
     fp32: onnx.ModelProto,
@@ -171,8 +236,6 @@ def choose_float_units(
 ) -> tuple[SensitivityReport, onnx.ModelProto]:
     """Run the pass (module docstring) on the all-INT8 static graph ``quant`` made from ``fp32``;
     returns the report and the graph with the chosen units in float."""
-    thresholds = thresholds_for("int8", precision_thresholds)
-    target = margin_thresholds(thresholds, margin)
     units = quantization_units(fp32)
     every = list(dict.fromkeys(n for nodes in units.values() for n in nodes))
     ref_net = OnnxNet(fp32.SerializeToString(), intra_op_threads=threads, warmup=False)
@@ -181,55 +244,19 @@ def choose_float_units(
     finally:
         ref_net.close()
     judge = _Judge(quant, fp32, positions, reference, params, threads)
-    total = len(units) + 1
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(done, max(total, done))
-
-    base = judge.metrics([])
-    tick()
-    alone: dict[str, dict[str, float]] = {}
-    for unit, nodes in units.items():
-        members = set(nodes)
-        m = judge.metrics([n for n in every if n not in members])
-        alone[unit] = {**_headline(m), "cost": round(unit_cost(m, thresholds), 4)}
-        tick()
-    order = sorted(units, key=lambda u: alone[u]["cost"], reverse=True)
-    report = SensitivityReport(len(positions), {u: len(n) for u, n in units.items()}, _headline(base), alone)
-    report.margin = margin
 
     def nodes_of(float_units: list[str]) -> list[str]:
         return list(dict.fromkeys(n for u in float_units for n in units[u]))
 
-    def attempt(float_units: list[str], action: str) -> bool:
-        m = base if not float_units else judge.metrics(nodes_of(float_units))
-        ok = not check(m, target)
-        report.steps.append({"action": action, "float": list(float_units), **_headline(m), "passes": ok})
-        logger.info("sensitivity: %s -> float %s: %s", action, float_units, "passes" if ok else "fails")
-        total_now = len(units) + 1 + len(report.steps)
-        if progress:
-            progress(done, total_now)
-        return ok
-
-    chosen: list[str] = []
-    ok = attempt(chosen, "all INT8")
-    for unit in order:
-        if ok:
-            break
-        chosen.append(unit)
-        ok = attempt(chosen, f"keep {unit} float")
-    if ok:
-        for unit in sorted(chosen, key=lambda u: alone[u]["cost"]):
-            trial = [u for u in chosen if u != unit]
-            if trial != chosen and attempt(trial, f"quantize {unit} again"):
-                chosen = trial
-    report.float_units = [u for u in order if u in chosen]
-    report.passed = ok
-    logger.info("%s", report.summary())
+    report = choose_units(
+        {u: len(n) for u, n in units.items()},
+        lambda float_units: judge.metrics(nodes_of(float_units)),
+        len(positions),
+        precision_thresholds=precision_thresholds,
+        margin=margin,
+        progress=progress,
+        alone=lambda unit: judge.metrics([n for n in every if n not in set(units[unit])]),
+    )
     graph = judge.graph(nodes_of(report.float_units))
     props = {p.key: p.value for p in graph.metadata_props}
     props["katago.int8_float_groups"] = ",".join(report.float_units)
