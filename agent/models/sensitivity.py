@@ -20,18 +20,21 @@ verification positions):
 The result (:class:`SensitivityReport`) lists every unit's measured cost and the steps taken;
 the manifest and the conversion report carry it.
 
-Status: the ``convert`` default on conv nets (b6c96 passes verify with it, self-play or records).
-On b10c384 (a transformer) the units are coarse (a kind of layer across all ten blocks), the
-greedy choice kept 9 of 18 units float and still missed verify on other positions (winrate p99
-0.0305), so transformer nets keep the fixed list until units are finer (block x kind) and costs
-are re-measured after each choice.
+Transformer nets (units per block and kind of layer) start from a list of float units
+(:func:`agent.backends.onnx.sensitivity.start_units`: the fixed ``INT8_FLOAT_GROUPS``, chosen by
+measurement on b10c384) instead of every layer in INT8: greedy from all-INT8 kept 14 of 17 block
+units of b7c96h3tfrs float (the errors of many small layers add up; the SwiGLU output projections
+across all blocks are what matters). Steps 2 and 3 then run only when the start list misses the
+margin, and only on the other units; units measured alone are the only ones quantized again.
+
+Status: the ``convert`` default of ONNX static INT8 on every net (docs/conversion.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +42,8 @@ import onnx
 
 from agent.backends.base import NNOutputs
 from agent.backends.onnx.runtime import OnnxNet
-from agent.backends.onnx.sensitivity import KINDS, quantization_units, with_float_nodes
+from agent.backends.onnx.sensitivity import is_transformer as is_transformer
+from agent.backends.onnx.sensitivity import quantization_units, start_units, with_float_nodes
 from agent.models.verify import Threshold, check, compare_outputs, evaluate_all, thresholds_for
 from agent.network.model import PostProcessParams
 from agent.network.tensors import PositionSet
@@ -96,6 +100,7 @@ class SensitivityReport:
     float_units: list[str] = field(default_factory=list)
     passed: bool = False
     margin: float = MARGIN
+    start: list[str] = field(default_factory=list)  # units float from the start (not measured alone)
 
     def to_json(self) -> dict[str, Any]:
         return field_dict(self)
@@ -109,7 +114,10 @@ class SensitivityReport:
             f"{len(self.units)} units kept in float"
             + ("" if self.passed else " (margin not reached with every unit float)")
         ]
-        for unit in self.float_units:
+        prior = [u for u in self.float_units if u not in self.alone]
+        if prior:
+            lines.append(f"  {len(prior)} units float from the start list: {', '.join(prior)}")
+        for unit in [u for u in self.float_units if u in self.alone]:
             a = self.alone[unit]
             lines.append(
                 f"  {unit}: INT8 alone costs {a['cost']:.3f} (winrate p99 {a['winrate_p99']:.4f}, "
@@ -167,12 +175,14 @@ def choose_units(
     margin: float = MARGIN,
     progress: Step | None = None,
     alone: Callable[[str], dict[str, Any]] | None = None,
+    start: Sequence[str] = (),
 ) -> SensitivityReport:
     """Steps 2 and 3 of the pass (module docstring) for any runtime: ``units`` maps each unit to
     its layer count (graph order), ``measure(float_units)`` gives the metrics of the INT8 model
     with those units in float against FP32 on the ``positions`` held-out positions, ``alone(unit)``
-    those with only ``unit`` in INT8 (default: every other unit float). Returns the report, whose
-    ``float_units`` the model should keep in float."""
+    those with only ``unit`` in INT8 (default: every other unit float); ``start``: units float
+    from the beginning (then only the others are measured alone, and only if needed). Returns the
+    report, whose ``float_units`` the model should keep in float."""
     thresholds = thresholds_for("int8", precision_thresholds)
     target = margin_thresholds(thresholds, margin)
     only = alone or (lambda unit: measure([u for u in units if u != unit]))
@@ -188,13 +198,9 @@ def choose_units(
     base = measure([])
     tick()
     costs: dict[str, dict[str, float]] = {}
-    for unit in units:
-        m = only(unit)
-        costs[unit] = {**_headline(m), "cost": round(unit_cost(m, thresholds), 4)}
-        tick()
-    order = sorted(units, key=lambda u: costs[u]["cost"], reverse=True)
     report = SensitivityReport(positions, dict(units), _headline(base), costs)
     report.margin = margin
+    report.start = [u for u in units if u in set(start)]
 
     def attempt(float_units: list[str], action: str) -> bool:
         m = base if not float_units else measure(float_units)
@@ -205,19 +211,25 @@ def choose_units(
             progress(done, len(units) + 1 + len(report.steps))
         return ok
 
-    chosen: list[str] = []
-    ok = attempt(chosen, "all INT8")
+    chosen = list(report.start)
+    ok = attempt(chosen, "start list float" if chosen else "all INT8")
+    if not ok:
+        for unit in [u for u in units if u not in chosen]:
+            m = only(unit)
+            costs[unit] = {**_headline(m), "cost": round(unit_cost(m, thresholds), 4)}
+            tick()
+    order = sorted(costs, key=lambda u: costs[u]["cost"], reverse=True)
     for unit in order:
         if ok:
             break
         chosen.append(unit)
         ok = attempt(chosen, f"keep {unit} float")
     if ok:
-        for unit in sorted(chosen, key=lambda u: costs[u]["cost"]):
+        for unit in sorted([u for u in chosen if u in costs], key=lambda u: costs[u]["cost"]):
             trial = [u for u in chosen if u != unit]
             if trial != chosen and attempt(trial, f"quantize {unit} again"):
                 chosen = trial
-    report.float_units = [u for u in order if u in chosen]
+    report.float_units = [u for u in report.start if u in chosen] + [u for u in order if u in chosen]
     report.passed = ok
     logger.info("%s", report.summary())
     return report
@@ -233,6 +245,7 @@ def choose_float_units(
     margin: float = MARGIN,
     threads: int | None = None,
     progress: Step | None = None,
+    start: Sequence[str] = (),
 ) -> tuple[SensitivityReport, onnx.ModelProto]:
     """Run the pass (module docstring) on the all-INT8 static graph ``quant`` made from ``fp32``;
     returns the report and the graph with the chosen units in float."""
@@ -256,6 +269,7 @@ def choose_float_units(
         margin=margin,
         progress=progress,
         alone=lambda unit: judge.metrics([n for n in every if n not in set(units[unit])]),
+        start=start,
     )
     graph = judge.graph(nodes_of(report.float_units))
     props = {p.key: p.value for p in graph.metadata_props}
@@ -267,8 +281,8 @@ def choose_float_units(
 
 def applies(job: ConvertJob) -> bool:
     """The pass chooses the float layers of ONNX static INT8 unless ``--keep-float`` names them
-    (or SmoothQuant, which needs them before calibration, is on); for now on conv nets only
-    (:func:`int8_with_sensitivity_pass` keeps :data:`INT8_FLOAT_GROUPS` on transformer nets)."""
+    (or SmoothQuant, which needs them before calibration, is on); transformer nets start from
+    :data:`INT8_FLOAT_GROUPS` (module docstring)."""
     return (
         job.target == "onnx"
         and job.precision == "int8"
@@ -276,11 +290,6 @@ def applies(job: ConvertJob) -> bool:
         and job.keep_float is None
         and job.smooth_alpha <= 0
     )
-
-
-def is_transformer(fp32: onnx.ModelProto) -> bool:
-    """Whether the graph has transformer layers (any of the per-kind units)."""
-    return any(kind in quantization_units(fp32) for kind in KINDS)
 
 
 def held_out_positions(
@@ -322,24 +331,11 @@ def int8_with_sensitivity_pass(
     verify_seed: int,
 ) -> bytes:
     """Static INT8 of ``fp32`` with the float units chosen by the pass (the ``convert`` default
-    for conv nets when no ``--keep-float`` is given); the report goes into the graph's metadata.
-    Transformer nets get the fixed :data:`~agent.backends.onnx.quantize.INT8_FLOAT_GROUPS`."""
+    when no ``--keep-float`` is given; transformer nets start from
+    :data:`~agent.backends.onnx.quantize.INT8_FLOAT_GROUPS` in float); the report goes into the
+    graph's metadata."""
     from agent.backends.onnx import quantize
 
-    if is_transformer(fp32):
-        # measured on b10c384: the pass's choice missed verify (see docs/conversion.md), so
-        # transformer nets keep the fixed list until the pass measures finer units
-        with progress(f"INT8 calibration ({job.calibration_method})", len(calibration)) as prog:
-            model = quantize.to_int8_static(
-                fp32,
-                calibration,
-                method=job.calibration_method,
-                keep_float=quantize.INT8_FLOAT_GROUPS,
-                weight_rounding=job.weight_rounding,
-                progress=prog,
-            )
-        quantize.finish_im2col(model)
-        return model.SerializeToString()
     with progress(f"INT8 calibration ({job.calibration_method}), every layer", len(calibration)) as prog:
         quant = quantize.to_int8_static(
             fp32,
@@ -360,6 +356,7 @@ def int8_with_sensitivity_pass(
             precision_thresholds=job.thresholds,
             threads=job.threads or None,
             progress=prog,
+            start=start_units(fp32),
         )
     quantize.finish_im2col(graph)
     return graph.SerializeToString()

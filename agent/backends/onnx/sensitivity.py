@@ -3,13 +3,17 @@ its layers put back in float.
 
 **Units** (:func:`quantization_units`) partition the layers that static INT8 can quantize
 (``Conv``/``MatMul`` with a constant weight, not the attention score/value MatMuls) by the
-builder's ``katago.layer_groups`` metadata, by where they sit: ``initial``, ``policy_head``,
-``value_head``, ``block<i>`` (b6c96: 9 units; the b7c96 transformers: 17, each block there is
-either an attention or an FFN block; b10c384: 13). Until 2026-12-07 a transformer layer was also
-in a unit of its kind across all blocks (``attention_qkv``, ``ffn_out``, ...): those units
-overlapped the blocks, their costs did not add up, and the pass was not run on transformers
-(docs/conversion.md). :func:`is_transformer` still tells the nets apart (conv nets are quantized
-from the im2col graph).
+builder's ``katago.layer_groups`` metadata: ``initial``, ``policy_head``, ``value_head``, and per
+trunk block ``block<i>`` (conv nets: b6c96 has 9 units) or, in transformer nets, one unit per
+block and kind of layer, ``block<i>.<kind>`` (kinds: ``bottleneck``, ``attention_qkv``,
+``attention_out``, ``ffn_in``, ``ffn_out``; the b7c96 transformers: 31 units, b10c384: 53). Until
+2026-12-07 a transformer layer was in its block's unit and in a unit of its kind across all
+blocks: the units overlapped and their costs did not add up; whole blocks alone are too coarse
+(the SwiGLU output projections, ``ffn_out``, are what matters: docs/conversion.md).
+
+**Start units** (:func:`start_units`): on transformer nets the pass starts from the units of
+:data:`~agent.backends.onnx.quantize.INT8_FLOAT_GROUPS` in float (chosen by measurement on
+b10c384) and only adds to them; on conv nets it starts from every layer in INT8.
 
 **Float copies** (:func:`with_float_nodes`): onnxruntime's QDQ graph feeds each quantized node
 ``DequantizeLinear`` outputs (weights stored as INT8, activations through ``QuantizeLinear`` /
@@ -26,7 +30,13 @@ from collections.abc import Iterable
 
 import onnx
 
-from agent.backends.onnx.quantize import activation_matmuls, layer_groups, nodes_in_groups, prune_graph
+from agent.backends.onnx.quantize import (
+    INT8_FLOAT_GROUPS,
+    activation_matmuls,
+    layer_groups,
+    nodes_in_groups,
+    prune_graph,
+)
 
 PLACES = ("initial", "policy_head", "value_head")
 KINDS = ("bottleneck", "attention_qkv", "attention_out", "ffn_in", "ffn_out")
@@ -48,16 +58,18 @@ def quantization_units(model: onnx.ModelProto) -> dict[str, list[str]]:
     of :func:`quantizable_nodes`; nodes in no place or block are the unit ``other``."""
     groups = layer_groups(model)
     quantizable = quantizable_nodes(model)
+    kind_of = {n: kind for kind in KINDS if groups.get(kind) for n in nodes_in_groups(model, [kind])}
     units: dict[str, list[str]] = {}
     seen: set[str] = set()
     for group in [g for g in groups if g in PLACES or g.startswith("block")]:
         if not groups.get(group):
             continue
         members = set(nodes_in_groups(model, [group]))
-        nodes = [n for n in quantizable if n in members and n not in seen]
-        if nodes:
-            units[group] = nodes
-            seen.update(nodes)
+        for n in quantizable:
+            if n in members and n not in seen:
+                kind = kind_of.get(n) if group.startswith("block") else None
+                units.setdefault(f"{group}.{kind}" if kind else group, []).append(n)
+                seen.add(n)
     rest = [n for n in quantizable if n not in seen]
     if rest:
         units["other"] = rest
@@ -69,6 +81,15 @@ def is_transformer(model: onnx.ModelProto) -> bool:
     groups = layer_groups(model)
     kinds = [kind for kind in KINDS if groups.get(kind)]
     return bool(kinds) and bool(set(nodes_in_groups(model, kinds)) & set(quantizable_nodes(model)))
+
+
+def start_units(model: onnx.ModelProto) -> list[str]:
+    """The units the pass starts from in float (module docstring): on transformer nets those
+    inside :data:`~agent.backends.onnx.quantize.INT8_FLOAT_GROUPS`, else none."""
+    if not is_transformer(model):
+        return []
+    inside = set(nodes_in_groups(model, INT8_FLOAT_GROUPS))
+    return [unit for unit, nodes in quantization_units(model).items() if set(nodes) <= inside]
 
 
 def with_float_nodes(quant: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Iterable[str]) -> onnx.ModelProto:
