@@ -85,8 +85,8 @@ class _Layout:
 
     locs: npt.NDArray[np.intp]  # loc of every on-board point, scan order
     pos: npt.NDArray[np.intp]  # its buffer position
-    table: npt.NDArray[np.intp]  # buffer position of every loc (or -1)
     scan: npt.NDArray[np.intp]  # scan-order index of every loc (or -1)
+    at: tuple[int, ...]  # buffer position of every loc (or -1)
     blank: F32  # [NUM_SPATIAL, nn_y * nn_x] zeros but channel 0 (on board)
 
 
@@ -98,9 +98,9 @@ def _layout(x_size: int, y_size: int, nn_x: int, nn_y: int) -> _Layout:
     scan[locs] = np.arange(len(locs))
     blank = np.zeros((NUM_SPATIAL, nn_y * nn_x), dtype=np.float32)
     blank[0, onboard] = 1.0
-    for a in (locs, table, scan, blank):
+    for a in (locs, scan, blank):
         a.flags.writeable = False
-    return _Layout(locs, table[locs], table, scan, blank)
+    return _Layout(locs, table[locs], scan, tuple(table.tolist()), blank)
 
 
 def encode_v7(
@@ -163,35 +163,37 @@ def encode_v7_legal(
     if x_size > nn_x or y_size > nn_y:
         raise ValueError(f"board {x_size}x{y_size} does not fit a {nn_x}x{nn_y} buffer")
     lay = _layout(x_size, y_size, nn_x, nn_y)
-    table, pos = lay.table, lay.pos
+    pos = lay.pos
     spatial = lay.blank.copy()
     glob = np.zeros(NUM_GLOBAL, dtype=np.float32)
 
-    # stones and liberties, as arrays over the on-board points in scan order
+    # stones and liberties, as arrays over the on-board points in scan order; the points of
+    # the one-point channels (liberties, bans, history, ladders) are collected as flat indices
+    # of ``spatial`` and set at once
+    at = lay.at
+    plane = nn_x * nn_y
     col = np.frombuffer(board.color, dtype=np.uint8)[lay.locs]
     own = col == pla
     theirs = col == opp
     spatial[1, pos] = own
     spatial[2, pos] = theirs
-    few = [(h, len(lb)) for h, lb in board.libs.items() if len(lb) <= 3]
-    if few:
-        count = np.zeros(len(table), dtype=np.uint8)
-        heads, counts = zip(*few, strict=True)
-        count[list(heads)] = counts
-        nlibs = count[np.frombuffer(board.cid, dtype=np.uint16)[lay.locs]]
-        nlibs[col == EMPTY] = 0  # an empty point's chain id is stale
-        for i in range(3):
-            spatial[3 + i, pos] = nlibs == i + 1
-        atari = nlibs == 1
-    else:
-        atari = np.zeros(len(col), dtype=np.bool_)
+    ones: list[int] = []
+    atari: list[int] = []
+    stones = board.stones
+    for h, lb in board.libs.items():
+        n = len(lb)
+        if n <= 3:
+            base = (2 + n) * plane
+            ones.extend([base + at[q] for q in stones[h]])
+            if n == 1:
+                atari.extend(stones[h])
 
     # ko and superko bans (main phase)
     bans = list(state.superko_banned())
     if board.ko_loc != 0:
         bans.append(board.ko_loc)
-    if bans:
-        spatial[6, table[bans]] = 1.0
+    base = 6 * plane
+    ones.extend([base + at[q] for q in bans])
 
     # history
     self_komi = state.self_komi(pla, draw_equivalent_wins_for_white)
@@ -218,23 +220,25 @@ def encode_v7_legal(
         if loc == PASS_LOC:
             glob[k - 1] = 1.0
         else:
-            spatial[8 + k, table[loc]] = 1.0
+            ones.append((8 + k) * plane + at[loc])
 
     # ladders
     recent = state.recent
     scan = ladder_scan(board, recent[1])
-    if scan.laddered:
-        spatial[14, table[scan.laddered]] = 1.0
     prev = board if included < 1 else state.recent[1]
     prev2 = prev if included < 2 else state.recent[2]
     scan1 = ladder_scan(prev, recent[2] if prev is recent[1] else None)
-    if scan1.laddered:
-        spatial[15, table[scan1.laddered]] = 1.0
     scan2 = ladder_scan(prev2)
-    if scan2.laddered:
-        spatial[16, table[scan2.laddered]] = 1.0
-    if scan.working[opp]:
-        spatial[17, table[scan.working[opp]]] = 1.0
+    for ch, points in (
+        (14, scan.laddered),
+        (15, scan1.laddered),
+        (16, scan2.laddered),
+        (17, scan.working[opp]),
+    ):
+        base = ch * plane
+        ones.extend([base + at[q] for q in points])
+    if ones:
+        spatial.reshape(-1)[ones] = 1.0
 
     # areas
     if area is not None:
@@ -247,7 +251,10 @@ def encode_v7_legal(
 
     # legal moves (see the docstring)
     empty = col == EMPTY
-    helps = (empty | (own & (~atari | rules.suicide)) | (theirs & atari)).reshape(y_size, x_size)
+    in_atari = np.zeros(len(col), dtype=np.bool_)
+    if atari:
+        in_atari[lay.scan[atari]] = True
+    helps = (empty | (own & (~in_atari | rules.suicide)) | (theirs & in_atari)).reshape(y_size, x_size)
     near = np.zeros_like(helps)
     near[1:] |= helps[:-1]
     near[:-1] |= helps[1:]

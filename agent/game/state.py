@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from agent.errors import IllegalMoveError
 from agent.game.board import BLACK, EMPTY, WHITE, Board, opp
 from agent.game.coords import NULL_LOC, PASS_LOC
@@ -209,7 +211,6 @@ class GameState:
         pla = self.pla
         color = board.color
         ko = board.ko_loc
-        seen = set(self.ko_hashes)
         salt = PLAYER_HASH[opp(pla)] if rules.ko in ("SITUATIONAL", "SIMPLE") else 0
         suicide = rules.suicide
         was = self.was_played
@@ -218,6 +219,9 @@ class GameState:
         # single liberty of one of the mover's chains.
         cands: set[int] = set()
         m = was
+        if m.bit_count() > 24:  # a long game: the empty points first, with numpy
+            empty = np.frombuffer(color, dtype=np.uint8) == EMPTY
+            m &= int.from_bytes(np.packbits(empty, bitorder="little").tobytes(), "little")
         while m:
             low = m & -m
             loc = low.bit_length() - 1
@@ -228,6 +232,9 @@ class GameState:
             for head, lb in board.libs.items():
                 if len(lb) == 1 and color[head] == pla:
                     cands |= lb
+        if not cands:
+            return frozenset()
+        seen = set(self.ko_hashes)
         banned = []
         for loc in cands:
             if loc == ko or board.is_illegal_suicide(loc, pla, suicide):

@@ -277,6 +277,12 @@ class Search:
                 idx, pri = idx[keep], pri[keep]
         order = np.argsort(-pri, kind="stable")
         idx, pri = idx[order], pri[order]
+        if node is not self.root and len(idx) > PREFIX_LIMIT:
+            # below the root only a prefix of the edges is ever looked at (see node.py): its
+            # float64 priors are made from the network's as the prefix grows
+            s = pri.sum()
+            node.expand(ev, idx, pri, pri, nn_utility, prior_sum=float(s) if s > 0 else 1.0)
+            return
         raw = pri.copy()
         if node is self.root and self.params.root_symmetry_pruning and not table:
             syms = position_symmetries(state)
@@ -294,11 +300,6 @@ class Search:
                 pri = np.power(np.maximum(pri, 1e-30), 1.0 / self.params.root_policy_temperature)
             pri = pri / pri.sum()
         s = pri.sum()
-        if node is not self.root and len(idx) > PREFIX_LIMIT:
-            # below the root only a prefix of the edges is ever looked at (see node.py): its
-            # float64 priors are made from the network's as the prefix grows
-            node.expand(ev, idx, pri, raw, nn_utility, prior_sum=float(s) if s > 0 else 1.0)
-            return
         if s > 0:
             pri = pri / s
         node.expand(ev, idx.astype(np.int64), pri, raw, nn_utility)

@@ -212,11 +212,10 @@ class Node:
         self.raw_priors = raw
         self.priors = raw / self.prior_sum
         self.children.extend([None] * (cap - have))
-        for name in ("e_visits", "e_weight", "e_usum", "e_virtual"):
-            old = getattr(self, name)
-            new = np.zeros(cap, dtype=old.dtype)
-            new[:have] = old
-            setattr(self, name, new)
+        self.e_visits = _grown(self.e_visits, cap)
+        self.e_weight = _grown(self.e_weight, cap)
+        self.e_usum = _grown(self.e_usum, cap)
+        self.e_virtual = _grown(self.e_virtual, cap)
         self.prefix = cap < self.n_moves
 
     def make_full(self) -> None:
@@ -272,3 +271,10 @@ class Node:
         (no child can exist there)."""
         hits = np.nonzero(self.moves == move)[0]
         return int(hits[0]) if len(hits) and hits[0] < len(self.children) else -1
+
+
+def _grown(a: np.ndarray, n: int) -> np.ndarray:
+    """``a`` followed by zeros up to length ``n``."""
+    out = np.zeros(n, dtype=a.dtype)
+    out[: len(a)] = a
+    return out
