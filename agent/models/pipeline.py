@@ -147,14 +147,18 @@ def uses_im2col(job: ConvertJob, fp32: Any) -> bool:
 def _tflite_file(
     job: ConvertJob, net: Any, reference: NeuralNet, tmp: Path, progress: ProgressFactory
 ) -> tuple[Path, PositionSet | None]:
-    cal = _calibration(job, reference, progress) if job.precision.startswith("int8") else None
     out = tmp / f"converted{job.output.suffix or '.tflite'}"
     if job.tflite_builder == "writer":
         from agent.backends.tflite import writer as tflite_writer
 
-        # INT8: dynamic range with --int8-mode dynamic, else the writer's choice (static for conv
-        # nets, dynamic range for transformers, as the TensorFlow builder chooses)
-        mode = "dynamic" if job.int8_mode == "dynamic" else "auto"
+        # INT8: the writer's choice (dynamic range: agent/backends/tflite/int8.py); only static
+        # INT8 (build_tflite(int8_mode="static")) is calibrated
+        mode = tflite_writer.int8_mode_for(net, "dynamic" if job.int8_mode == "dynamic" else "auto")
+        static = job.precision == "int8" and mode == "static"
+        cal = _calibration(job, reference, progress) if static else None
+        if job.precision == "int8" and job.keep_float is None:
+            out.write_bytes(_tflite_int8_sensitivity(job, net, cal, reference, mode, tmp, progress))
+            return out, cal
         tflite_writer.write_tflite(
             net,
             out,
@@ -167,6 +171,7 @@ def _tflite_file(
         return out, cal
     if job.tflite_builder != "tensorflow":
         raise ConversionError(f"unknown TFLite builder {job.tflite_builder!r}: expected writer or tensorflow")
+    cal = _calibration(job, reference, progress) if job.precision.startswith("int8") else None
     from agent.backends.tflite import builder as tflite_builder
 
     def representative() -> Iterator[tuple[Any, Any]]:
@@ -185,6 +190,49 @@ def _tflite_file(
     return out, cal
 
 
+def _tflite_int8_sensitivity(
+    job: ConvertJob,
+    net: Any,
+    cal: PositionSet | None,
+    reference: NeuralNet,
+    mode: str,
+    tmp: Path,
+    progress: ProgressFactory,
+) -> bytes:
+    """The writer's INT8 model with the float units chosen by the sensitivity pass
+    (:mod:`agent.models.sensitivity`, units and variants :mod:`agent.backends.tflite.sensitivity`),
+    each variant judged with LiteRT against the FP32 reference on held-out positions."""
+    from agent.backends.tflite.sensitivity import WriterInt8
+    from agent.models import sensitivity
+    from agent.models.verify import compare_outputs, evaluate_all
+
+    with progress("INT8 calibration (TFLite writer), every site", len(cal) if cal else 0):
+        variants = WriterInt8(net, cal, board=job.board, int8_mode=mode)
+    if cal is None:  # dynamic range: no calibration positions to keep the held-out ones apart from
+        import numpy as np
+
+        b = job.board
+        cal = PositionSet(np.zeros((0, 22, b, b), np.float32), np.zeros((0, 19), np.float32), (), "none")
+    held = sensitivity.held_out_positions(job, cal, reference, VERIFY_SEED)
+    expected = evaluate_all(reference, held)
+    trial_path = tmp / "variant.tflite"
+
+    def measure(float_units: list[str]) -> dict[str, Any]:
+        trial_path.write_bytes(variants.build(float_units))
+        trial = TFLiteNet(trial_path, threads=job.threads, postprocess=net.postprocess)
+        try:
+            return compare_outputs(expected, evaluate_all(trial, held), held, net.postprocess)
+        finally:
+            trial.close()
+
+    with progress(f"INT8 sensitivity pass ({variants.mode}, TFLite writer)", len(variants.units) + 1) as prog:
+        report = sensitivity.choose_units(
+            variants.units, measure, len(held), precision_thresholds=job.thresholds, progress=prog
+        )
+    trial_path.unlink(missing_ok=True)
+    return variants.build(report.float_units, report.to_json())
+
+
 def _tflite_int8(job: ConvertJob, net: Any) -> Any:
     """TFLite INT8 options: ``--int8-mode dynamic`` forces dynamic range, otherwise the builder's
     choice for the architecture (static selective for conv nets, dynamic for transformers)."""
@@ -198,8 +246,30 @@ def _tflite_int8_manifest(job: ConvertJob, net: Any) -> dict[str, Any] | None:
     """What an INT8 TFLite model quantizes and keeps in float, for the manifest."""
     if job.target != "tflite" or job.precision != "int8":
         return None
+    if job.tflite_builder == "writer":
+        from agent.backends.tflite import int8, writer
+
+        mode = writer.int8_mode_for(net, "dynamic" if job.int8_mode == "dynamic" else "auto")
+        kept = list(job.keep_float) if job.keep_float is not None else "chosen by the sensitivity pass"
+        return {
+            "builder": "writer",
+            "mode": mode,
+            "float_always": list(int8.ALWAYS_FLOAT),
+            "keep_float": kept,
+        }
     result: dict[str, Any] = _tflite_int8(job, net).describe()
     return result
+
+
+def _int8_sensitivity_entry(job: ConvertJob, data: bytes) -> dict[str, Any] | None:
+    """The sensitivity pass's report stored in the converted model, or None when it did not run."""
+    from agent.models import sensitivity
+
+    if job.target == "tflite" and job.precision == "int8" and job.tflite_builder == "writer":
+        from agent.backends.tflite.sensitivity import read_report
+
+        return read_report(data)
+    return sensitivity.manifest_entry(data) if sensitivity.applies(job) else None
 
 
 def _tensorrt_file(job: ConvertJob, fp32: Any, tmp: Path) -> Path:
@@ -380,9 +450,7 @@ def run_conversion(
             **(manifest_extra or {}),
         }
     )
-    from agent.models import sensitivity
-
-    entry = sensitivity.manifest_entry(data) if sensitivity.applies(job) else None
+    entry = _int8_sensitivity_entry(job, data)
     if entry is not None:  # the float layers the pass chose, and its measurements
         manifest.extra.update(int8_float_groups=entry["float_units"], int8_sensitivity=entry)
     with progress(f"writing {job.output.name}", 0):

@@ -8,7 +8,7 @@ TensorFlow-built file (:mod:`agent.backends.tflite.builder`): signature ``servin
 inputs ``spatial`` ``[N, 22, H, W]`` and ``global_in`` ``[N, 19]``, outputs ``policy``
 ``[N, Cp, H*W]``, ``policy_pass`` ``[N, Cp]``, ``value`` ``[N, 3]``, ``score_value`` ``[N, S]``,
 ``ownership`` ``[N, H*W]``; the batch axis is dynamic. The graph is :mod:`.graph`, the file
-format :mod:`.flatbuf` and :mod:`.ops`, INT8 (static with our own calibration, or dynamic range)
+format :mod:`.flatbuf` and :mod:`.ops`, INT8 (dynamic range, or static with our own calibration)
 :mod:`.int8`; precisions ``fp32``, ``fp16`` (float16 weights + ``DEQUANTIZE``) and ``int8``.
 
 Rewrites that keep the maths (what TensorFlow's converter would fold, done here once):
@@ -66,16 +66,17 @@ class WriterOptions(TypedDict, total=False):
 
     board: int  # buffer size, 19 unless given
     calibration: PositionSet | None  # static INT8: calibration positions
-    int8_mode: str  # "static", "dynamic" or "auto" (dynamic for networks with attention blocks)
+    int8_mode: str  # "static", "dynamic" or "auto" (dynamic: :mod:`.int8`)
     keep_float: tuple[str, ...] | None  # INT8 units (``block<i>``, ``block<i>.<part>``) left in float
     site_ranges: list[tuple[int8.Range, int8.Range]] | None  # static INT8: :func:`calibrate_sites`'s, reused
     metadata: tuple[tuple[str, bytes], ...]  # extra model metadata entries
 
 
 def int8_mode_for(net: m.Network, int8_mode: str = "auto") -> str:
-    """``static`` or ``dynamic``: ``auto`` is dynamic for networks with attention blocks."""
+    """``static`` or ``dynamic``: ``auto`` is dynamic range for every network (closer to FP32
+    than static on every shared network, as fast, no calibration: :mod:`.int8`)."""
     if int8_mode == "auto":
-        return "dynamic" if net.has_transformer else "static"
+        return "dynamic"
     if int8_mode not in ("static", "dynamic"):
         raise ConversionError(f"TFLite writer INT8 mode {int8_mode!r}: expected static, dynamic or auto")
     return int8_mode

@@ -318,7 +318,7 @@ def test_writer_int8__close_to_katago(
 
     net = read_network(model_file(models_dir, key))
     cal = positions_from_sgf(reference_dir / "sgf", 64, seed=7) if mode == "static" else None
-    path = write_tflite(net, tmp_path / f"{key}.int8.tflite", "int8", calibration=cal)
+    path = write_tflite(net, tmp_path / f"{key}.int8.tflite", "int8", calibration=cal, int8_mode=mode)
     ops = flatbuf.operator_names(path.read_bytes())
     assert set(ops) <= XNNPACK_OPS, sorted(set(ops) - XNNPACK_OPS)
     assert ("QUANTIZE" in ops) == (mode == "static")
@@ -338,7 +338,8 @@ def test_writer_int8__keep_float_blocks(models_dir: Path, reference_dir: Path) -
     cal = positions_from_sgf(reference_dir / "sgf", 8, seed=7)
 
     def int8_convs(keep: tuple[str, ...] | None) -> int:
-        ops = flatbuf.operator_names(build_tflite(net, "int8", calibration=cal, keep_float=keep))
+        data = build_tflite(net, "int8", calibration=cal, keep_float=keep, int8_mode="static")
+        ops = flatbuf.operator_names(data)
         return ops.count("DEQUANTIZE")  # one per int8 convolution
 
     assert int8_convs(None) == 14  # 6 blocks: 2 convolutions each, 3 in the two gpool blocks
@@ -350,7 +351,7 @@ def test_writer_int8__keep_float_blocks(models_dir: Path, reference_dir: Path) -
 def test_writer_int8__static_needs_calibration(models_dir: Path) -> None:
     net = read_network(model_file(models_dir, "b6c96"))
     with pytest.raises(ConversionError, match="calibration positions"):
-        build_tflite(net, "int8")
+        build_tflite(net, "int8", int8_mode="static")
     with pytest.raises(ConversionError, match="INT8 mode 'int4'"):
         build_tflite(net, "int8", int8_mode="int4")
 
