@@ -115,46 +115,20 @@ def encode_v7(
     playout_doubling_advantage: float = 0.0,
     draw_equivalent_wins_for_white: float = 0.5,
     pass_alive_suicide: bool = False,
+    legal_out: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[F32, F32]:
     """V7 inputs of ``state``: ``spatial`` float32 [22, nn_y, nn_x] and ``global`` float32 [19].
 
     ``pass_alive_suicide`` is the model header's ``preferPassAliveUnderSuicideRules`` flag.
     ``playout_doubling_advantage`` is from the side to move's view.
-    """
-    spatial, glob, _ = encode_v7_legal(
-        state,
-        symmetry=symmetry,
-        nn_x=nn_x,
-        nn_y=nn_y,
-        conservative_pass=conservative_pass,
-        max_history=max_history,
-        enable_passing_hacks=enable_passing_hacks,
-        playout_doubling_advantage=playout_doubling_advantage,
-        draw_equivalent_wins_for_white=draw_equivalent_wins_for_white,
-        pass_alive_suicide=pass_alive_suicide,
-    )
-    return spatial, glob
 
-
-def encode_v7_legal(
-    state: GameState,
-    *,
-    symmetry: int = 0,
-    nn_x: int = 19,
-    nn_y: int = 19,
-    conservative_pass: bool = False,
-    max_history: int = 1000,
-    enable_passing_hacks: bool = False,
-    playout_doubling_advantage: float = 0.0,
-    draw_equivalent_wins_for_white: float = 0.5,
-    pass_alive_suicide: bool = False,
-) -> tuple[F32, F32, npt.NDArray[np.bool_]]:
-    """``encode_v7`` plus the legal moves as the network's post-processing takes them: bool
-    ``[x_size * y_size + 1]`` (row-major board, pass last), the mask
+    ``legal_out``, bool ``[x_size * y_size + 1]``, receives the legal moves as the network's
+    post-processing takes them (row-major board, pass last): the mask
     ``agent.network.postprocess.legal_mask_from_features`` recovers from these features (an
     empty point, not ko/superko-banned, next to an empty point, an own chain with two or more
     liberties (any own chain when suicide is legal) or an opponent chain in atari), made from the
-    board arrays the encoding builds anyway."""
+    board arrays the encoding builds anyway (the search's evaluations).
+    """
     board = state.board
     rules = state.rules
     pla = state.pla
@@ -162,6 +136,8 @@ def encode_v7_legal(
     x_size, y_size = board.x_size, board.y_size
     if x_size > nn_x or y_size > nn_y:
         raise ValueError(f"board {x_size}x{y_size} does not fit a {nn_x}x{nn_y} buffer")
+    if legal_out is not None and legal_out.shape != (x_size * y_size + 1,):
+        raise ValueError(f"legal_out: shape {legal_out.shape}, expected ({x_size * y_size + 1},)")
     lay = _layout(x_size, y_size, nn_x, nn_y)
     pos = lay.pos
     spatial = lay.blank.copy()
@@ -249,27 +225,42 @@ def encode_v7_legal(
     if state.pass_would_end_phase(pla) and not suppress:
         glob[14] = 1.0
 
-    # legal moves (see the docstring)
-    empty = col == EMPTY
-    in_atari = np.zeros(len(col), dtype=np.bool_)
+    if legal_out is not None:
+        _legal(legal_out, col == EMPTY, own, theirs, atari, bans, rules.suicide, lay, x_size, y_size)
+
+    out = spatial.reshape(NUM_SPATIAL, nn_y, nn_x)
+    if symmetry:
+        out = np.ascontiguousarray(apply_symmetry(out, symmetry))
+    return out, glob
+
+
+def _legal(
+    out: npt.NDArray[np.bool_],
+    empty: npt.NDArray[np.bool_],
+    own: npt.NDArray[np.bool_],
+    theirs: npt.NDArray[np.bool_],
+    atari: list[int],
+    bans: list[int],
+    suicide: bool,
+    lay: _Layout,
+    x_size: int,
+    y_size: int,
+) -> None:
+    """``encode_v7``'s ``legal_out`` from its board arrays (scan order; ``atari``: the locs of
+    stones in chains with one liberty, ``bans``: ko and superko points)."""
+    in_atari = np.zeros(len(empty), dtype=np.bool_)
     if atari:
         in_atari[lay.scan[atari]] = True
-    helps = (empty | (own & (~in_atari | rules.suicide)) | (theirs & in_atari)).reshape(y_size, x_size)
+    helps = (empty | (own & (~in_atari | suicide)) | (theirs & in_atari)).reshape(y_size, x_size)
     near = np.zeros_like(helps)
     near[1:] |= helps[:-1]
     near[:-1] |= helps[1:]
     near[:, 1:] |= helps[:, :-1]
     near[:, :-1] |= helps[:, 1:]
-    legal = np.empty(len(col) + 1, dtype=np.bool_)
-    np.logical_and(empty, near.reshape(-1), out=legal[:-1])
+    np.logical_and(empty, near.reshape(-1), out=out[:-1])
     if bans:
-        legal[lay.scan[bans]] = False
-    legal[-1] = True
-
-    out = spatial.reshape(NUM_SPATIAL, nn_y, nn_x)
-    if symmetry:
-        out = np.ascontiguousarray(apply_symmetry(out, symmetry))
-    return out, glob, legal
+        out[lay.scan[bans]] = False
+    out[-1] = True
 
 
 @lru_cache(maxsize=256)

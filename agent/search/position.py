@@ -127,8 +127,8 @@ class SearchState:
         self, params: SearchParams, buffer: int = 19, pass_alive_suicide: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """V7 inputs with the search's evaluation options, and the legal moves (board frame,
-        pass last: ``encode_v7_legal``)."""
-        from agent.game.features import encode_v7_legal
+        pass last: ``encode_v7``'s ``legal_out``)."""
+        from agent.game.features import encode_v7
 
         pda = params.playout_doubling_advantage
         if (
@@ -137,7 +137,8 @@ class SearchState:
             and params.playout_doubling_advantage_pla != COLOR_NAME[self.pla]
         ):
             pda = -pda
-        return encode_v7_legal(
+        legal = np.empty(self.pass_index + 1, dtype=np.bool_)
+        spatial, global_ = encode_v7(
             self.gs,
             nn_x=buffer,
             nn_y=buffer,
@@ -147,4 +148,6 @@ class SearchState:
             playout_doubling_advantage=pda,
             draw_equivalent_wins_for_white=params.draw_equivalent_wins_for_white,
             pass_alive_suicide=pass_alive_suicide,
+            legal_out=legal,
         )
+        return spatial, global_, legal

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent.game.board import BLACK
-from agent.game.features import encode_v7, encode_v7_legal, legal_mask
+from agent.game.features import encode_v7, legal_mask
 from agent.game.position import position_from_query, replay_query
 from agent.game.symmetry import apply_symmetry
 from agent.network.postprocess import legal_mask_from_features
@@ -69,16 +69,17 @@ def test_features_reference__board_ko_and_legal_mask(reference: tuple[list[dict[
 def test_features_reference__encoder_legal_mask_is_katagos(
     reference: tuple[list[dict[str, Any]], Any],
 ) -> None:
-    """``encode_v7_legal``'s mask (what the search post-processes with) marks exactly the moves
-    KataGo's raw policy leaves null as illegal, equals the mask recovered from the features, and
-    its features are ``encode_v7``'s, for every reference position (several rule sets)."""
+    """``encode_v7``'s ``legal_out`` (what the search post-processes with) marks exactly the
+    moves KataGo's raw policy leaves null as illegal and equals the mask recovered from the
+    features, which are the same as without it, for every reference position (several rule sets)."""
     recs, _ = reference
     rule_sets = set()
     for r in recs:
         st = _state(r)
         x, y = r["board_x_size"], r["board_y_size"]
-        spatial, glob, legal = encode_v7_legal(st)
-        assert legal.dtype == np.bool_ and legal.shape == (x * y + 1,) and legal[-1]
+        legal = np.zeros(x * y + 1, dtype=np.bool_)
+        spatial, glob = encode_v7(st, legal_out=legal)
+        assert legal[-1]
         illegal_ref = [i for i, p in enumerate(r["rawnn"]["policy"]) if p is None]
         assert np.nonzero(~legal[:-1])[0].tolist() == illegal_ref, r["id"]
         np.testing.assert_array_equal(legal, legal_mask_from_features(spatial, glob, x, y))
@@ -87,6 +88,8 @@ def test_features_reference__encoder_legal_mask_is_katagos(
         np.testing.assert_array_equal(glob, plain_g)
         rule_sets.add(json.dumps(r["rules"], sort_keys=True))
     assert len(rule_sets) > 1
+    with pytest.raises(ValueError, match="legal_out"):
+        encode_v7(_state(recs[0]), legal_out=np.zeros(5, dtype=np.bool_))
 
 
 def test_features_reference__replay_prefix_states_match(reference: tuple[list[dict[str, Any]], Any]) -> None:
