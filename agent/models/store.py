@@ -56,8 +56,9 @@ logger = logging.getLogger(__name__)
 
 #: How ONNX INT8 graphs are built, part of their key: a store built before a change rebuilds its
 #: INT8 artifacts instead of serving the old graph (2026-12-07: conv nets quantized from the im2col
-#: graph, int8 GEMMs; docs/conversion.md).
-ONNX_INT8_GRAPH = "im2col-1"
+#: graph, int8 GEMMs; docs/conversion.md). ``im2col-2``: transformer nets get the sensitivity pass
+#: too (units per block and kind, starting from the fixed float list).
+ONNX_INT8_GRAPH = "im2col-2"
 
 REFUSED_SUFFIX = ".refused.json"
 PRECISIONS: dict[str, tuple[str, ...]] = {
