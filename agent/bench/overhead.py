@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.backends.base import Cancel, NetInfo, NeuralNet, NNInputs, NNOutputs
-from agent.network.model import PostProcessParams
+from agent.backends.base import NNInputs
+from agent.bench.search import CpuTimedNet
 
 OPENING = [["B", "Q16"], ["W", "D4"], ["B", "Q3"], ["W", "D16"], ["B", "C3"], ["W", "D3"], ["B", "C4"]]
 
@@ -57,42 +57,6 @@ def evals_per_second(net: Any, batch: int, seconds: float) -> float:
         net.evaluate(inputs)
         n += batch
     return n / (time.perf_counter() - t0)
-
-
-class CpuTimedNet(NeuralNet):
-    """``net`` with the CPU time its callers' threads spend inside ``evaluate`` counted."""
-
-    def __init__(self, net: NeuralNet) -> None:
-        self.net = net
-        self.cpu_s = 0.0
-
-    @property
-    def info(self) -> NetInfo:
-        return self.net.info
-
-    @property
-    def postprocess_params(self) -> PostProcessParams:
-        return self.net.postprocess_params
-
-    def evaluate(self, inputs: NNInputs) -> NNOutputs:
-        t0 = time.thread_time()
-        try:
-            return self.net.evaluate(inputs)
-        finally:
-            self.cpu_s += time.thread_time() - t0
-
-    def make_cancel(self) -> Cancel | None:
-        return self.net.make_cancel()
-
-    def evaluate_cancellable(self, inputs: NNInputs, cancel: Cancel) -> NNOutputs:
-        t0 = time.thread_time()
-        try:
-            return self.net.evaluate_cancellable(inputs, cancel)
-        finally:
-            self.cpu_s += time.thread_time() - t0
-
-    def close(self) -> None:
-        self.net.close()
 
 
 def visits_per_second(net: Any, post: Any, threads: int, visits: int) -> tuple[float, dict[str, Any]]:

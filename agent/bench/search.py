@@ -16,6 +16,14 @@ The evaluator's own count (rows evaluated / seconds spent inside ``evaluate`` du
 is reported too, as ``nn_evals_per_s`` and ``visits_over_evals_during_search``; it is *not* the
 target's denominator: when the search's Python work competes with the runtime's threads for the
 CPU, the network runs slower during the search and that ratio hides the overhead.
+
+CPU time, which other jobs on a shared machine disturb far less than wall time: the process's CPU
+time during the searches and the CPU time the calling threads spent inside the network
+(``CpuTimedNet``), per visit, as ``cpu_ms_per_visit``, ``network_cpu_ms_per_visit`` and
+``search_cpu_ms_per_visit`` (the rest: the search's own work), and
+``visits_over_evals_cpu = network / total``, what the overhead ratio is on a core of one's own.
+They count the network's CPU only where it runs in the search thread: one search thread and one
+runtime thread (``--search-threads 1 --threads 1``, as at one core).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.backends.base import NeuralNet
+from agent.backends.base import Cancel, NetInfo, NeuralNet, NNInputs, NNOutputs
 from agent.bench.positions import BenchPosition, encode_batch
 from agent.network.model import PostProcessParams
 
@@ -44,6 +52,8 @@ class SearchResult:
     nn_evals_per_s: float
     avg_batch: float
     nn_time_share: float
+    cpu_s: float = 0.0  # process CPU time during the searches
+    network_cpu_s: float = 0.0  # of which inside ``NeuralNet.evaluate`` (calling threads)
 
     @property
     def overhead_ratio(self) -> float:
@@ -55,7 +65,14 @@ class SearchResult:
         """visits/s divided by the evals/s the evaluator saw during the search (flattering)."""
         return self.visits_per_s / self.nn_evals_per_s if self.nn_evals_per_s > 0 else 0.0
 
+    @property
+    def cpu_ratio(self) -> float:
+        """The network's share of the CPU time (one search and one runtime thread: the overhead
+        ratio on a core of its own)."""
+        return self.network_cpu_s / self.cpu_s if self.cpu_s > 0 else 0.0
+
     def to_dict(self) -> dict[str, Any]:
+        total = max(1.0, self.visits_per_s * self.wall_s)  # visits of all the searches
         return {
             "threads": self.threads,
             "visits_per_query": self.visits,
@@ -69,7 +86,47 @@ class SearchResult:
             "nn_time_share": round(self.nn_time_share, 3),
             "visits_over_evals": round(self.overhead_ratio, 3),
             "visits_over_evals_during_search": round(self.during_search_ratio, 3),
+            "cpu_ms_per_visit": round(self.cpu_s / total * 1e3, 3),
+            "network_cpu_ms_per_visit": round(self.network_cpu_s / total * 1e3, 3),
+            "search_cpu_ms_per_visit": round((self.cpu_s - self.network_cpu_s) / total * 1e3, 3),
+            "visits_over_evals_cpu": round(self.cpu_ratio, 3),
         }
+
+
+class CpuTimedNet(NeuralNet):
+    """``net`` with the CPU time its callers' threads spend inside ``evaluate`` counted."""
+
+    def __init__(self, net: NeuralNet) -> None:
+        self.net = net
+        self.cpu_s = 0.0
+
+    @property
+    def info(self) -> NetInfo:
+        return self.net.info
+
+    @property
+    def postprocess_params(self) -> PostProcessParams:
+        return self.net.postprocess_params
+
+    def evaluate(self, inputs: NNInputs) -> NNOutputs:
+        t0 = time.thread_time()
+        try:
+            return self.net.evaluate(inputs)
+        finally:
+            self.cpu_s += time.thread_time() - t0
+
+    def make_cancel(self) -> Cancel | None:
+        return self.net.make_cancel()
+
+    def evaluate_cancellable(self, inputs: NNInputs, cancel: Cancel) -> NNOutputs:
+        t0 = time.thread_time()
+        try:
+            return self.net.evaluate_cancellable(inputs, cancel)
+        finally:
+            self.cpu_s += time.thread_time() - t0
+
+    def close(self) -> None:
+        self.net.close()
 
 
 def standalone_evals_per_s(
@@ -105,7 +162,8 @@ def run_search_bench(
 
     params = SearchParams(max_visits=visits, num_threads=threads)
     batch = max(1, threads)
-    engine = NativeEngine(net, default_params=params, max_batch_size=batch, seed=1)
+    timed = CpuTimedNet(net)
+    engine = NativeEngine(timed, default_params=params, max_batch_size=batch, seed=1)
     service = AnalysisService(engine)
     finals: list[dict[str, Any]] = []
     finished = threading.Event()
@@ -119,6 +177,8 @@ def run_search_bench(
     slice_s = standalone_s / (len(positions) + 1)
     eps: list[float] = []
     wall = 0.0
+    cpu = 0.0
+    net_cpu0 = 0.0
     try:
         # Warm-up (compiles kernels, fills allocator pools); not timed and not counted.
         warm = AnalysisService(engine)
@@ -127,14 +187,17 @@ def run_search_bench(
         warm_done.wait(timeout_s)
         engine.clear_cache()
         before = engine.evaluator.stats()
+        net_cpu0 = timed.cpu_s
         # The network alone is timed between the searches (the load of a shared machine drifts).
         for i, pos in enumerate(positions):
             eps.append(standalone_evals_per_s(net, positions, batch, slice_s))
             finished.clear()
             start = time.perf_counter()
+            cpu0 = time.process_time()
             service.handle_query(pos.query(f"bench-{i}", visits), emit)
             if not finished.wait(timeout_s):
                 raise TimeoutError(f"search benchmark did not finish within {timeout_s:.0f} s")
+            cpu += time.process_time() - cpu0
             wall += time.perf_counter() - start
         eps.append(standalone_evals_per_s(net, positions, batch, slice_s))
         after = engine.evaluator.stats()
@@ -157,6 +220,8 @@ def run_search_bench(
         nn_evals_per_s=rows / nn_s if nn_s > 0 else 0.0,
         avg_batch=rows / batches if batches else 0.0,
         nn_time_share=nn_s / wall if wall > 0 else 0.0,
+        cpu_s=cpu,
+        network_cpu_s=timed.cpu_s - net_cpu0,
     )
 
 
