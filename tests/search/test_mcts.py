@@ -135,3 +135,35 @@ def test_mcts__prefix_selection_matches_vectorised_selection(threads: int) -> No
     assert s.params.wide_root_noise > 0 and s.root_prefix_ok
     assert bonus.root_has_bonus and bonus.root_prefix_ok and bonus_checked > 100
     assert root_checked > 500 and checked > root_checked + 400 and mismatched == 0
+
+
+def _nodes(root: Any) -> list[Any]:
+    out, stack = [], [root]
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(c for c in n.children if c is not None)
+    return out
+
+
+def test_mcts__leaves_are_expanded_when_first_walked_through() -> None:
+    """A leaf's expansion (edges sorted by prior) waits until a playout walks through it: leaves
+    never walked through are left evaluated, backed up and unexpanded, and ``expand_subtree``
+    (before tree reuse) expands them as the search would have. (With speculation, as on several
+    CPUs, its helper expands them while the network runs.)"""
+    s = make_search(SearchParams(max_visits=40, speculate=False))
+    s.run()
+    nodes = _nodes(s.root)
+    waiting = [n for n in nodes if n.deferred]
+    assert waiting and len(waiting) < len(nodes)
+    for n in waiting:
+        assert not n.expanded and n.ev is not None and n.visits >= 1 and len(n.children) == 0
+    for n in nodes:
+        if any(c is not None for c in n.children):
+            assert n.expanded and not n.deferred  # walked through: expanded on the way
+    s.expand_subtree(s.root)
+    assert not any(n.deferred for n in _nodes(s.root))
+    for n in waiting:
+        assert n.expanded and n.n_moves > 0 and n.tried == 0
+        assert np.all(np.diff(n.priors) <= 0) and n.priors[0] > 0  # sorted by prior, as _expand does
+        assert int(n.e_visits.sum()) == 0 and n.visits >= 1
