@@ -25,6 +25,7 @@ from agent.bench.positions import BenchPosition, encode_batch
 from agent.bench.timing import Timing, measure
 from agent.errors import AgentError
 from agent.models.store import Artifact, ModelStore, Recipe, check_runtime
+from agent.records import field_dict
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +56,9 @@ class NNResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "runtime": self.runtime,
-            "precision": self.precision,
-            "batch": self.batch,
-            "threads": self.threads,
-            "evals_per_s": round(self.evals_per_s, 3),
+            **field_dict(self, rounded={"evals_per_s": 3, "load_s": 3}),
             "latency_ms_p50": round(self.latency.median_s * 1e3, 3),
             "latency_ms_p95": round(self.latency.p95_s * 1e3, 3),
-            "latency": self.latency.to_dict(),
-            "load_s": round(self.load_s, 3),
         }
 
 
@@ -82,12 +77,7 @@ class Accuracy:
     passed: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "positions": self.positions,
-            "winrate_abs_error_max": round(self.winrate_abs_error_max, 5),
-            "policy_top1_agreement": round(self.policy_top1_agreement, 4),
-            "passed": self.passed,
-        }
+        return field_dict(self, rounded={"winrate_abs_error_max": 5, "policy_top1_agreement": 4})
 
 
 # (max win-rate error, min top-1 agreement) per precision; fp32 differs by float rounding only.

@@ -18,6 +18,7 @@ from typing import Any
 
 from agent.errors import AgentError, ConfigError
 from agent.fsutil import atomic_write_text
+from agent.records import field_dict
 
 RUNTIME_PACKAGES = (
     "numpy",
@@ -73,14 +74,7 @@ class Suggestion:
     reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "runtime": self.runtime,
-            "precision": self.precision,
-            "threads": self.threads,
-            "batch_size": self.batch_size,
-            "evals_per_s": round(self.evals_per_s, 3),
-            "reasons": self.reasons,
-        }
+        return field_dict(self, rounded={"evals_per_s": 3})
 
 
 PRECISION_PREFERENCE = ("fp32", "fp16", "int8")  # among figures within the margin: the most exact

@@ -40,6 +40,7 @@ from typing import IO, Any
 from agent.backends.base import NeuralNet
 from agent.bench.positions import BenchPosition
 from agent.errors import EngineError
+from agent.records import field_dict
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,12 @@ def spread(values: list[float]) -> float:
     return (max(values) - min(values)) / mid if mid > 0 else 0.0
 
 
+def _per(amounts: list[int] | list[float], seconds: list[float]) -> float:
+    """The summed ``amounts`` per summed ``seconds`` (0 without any seconds)."""
+    total = sum(seconds)
+    return sum(amounts) / total if total > 0 else 0.0
+
+
 @dataclass
 class Tally:
     """One engine's queries: visits, wall and CPU seconds, per round."""
@@ -98,18 +105,15 @@ class Tally:
 
     @property
     def visits_per_s(self) -> float:
-        wall = sum(self.wall_s)
-        return sum(self.visits) / wall if wall > 0 else 0.0
+        return _per(self.visits, self.wall_s)
 
     @property
     def visits_per_cpu_s(self) -> float:
-        cpu = sum(self.cpu_s)
-        return sum(self.visits) / cpu if cpu > 0 else 0.0
+        return _per(self.visits, self.cpu_s)
 
     @property
     def cores_used(self) -> float:
-        wall = sum(self.wall_s)
-        return sum(self.cpu_s) / wall if wall > 0 else 0.0
+        return _per(self.cpu_s, self.wall_s)
 
     @property
     def spread(self) -> float:
@@ -138,12 +142,7 @@ class VersusRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "variant": self.variant,
-            "verified": self.verified,
-            "search_threads": self.search_threads,
-            "runtime_threads": self.runtime_threads,
-            "ours": self.ours.to_dict(),
-            "katago": self.katago.to_dict(),
+            **field_dict(self),
             "visits_per_s_ratio": ratio_if_verified(
                 self.ours.visits_per_s, self.katago.visits_per_s, self.verified
             ),

@@ -127,21 +127,11 @@ class Board:
     # ---------------------------------------------------------------- legality
     def is_suicide(self, loc: int, pla: int) -> bool:
         """Would a ``pla`` stone at empty ``loc`` be captured at once (rules ignored)?"""
-        color = self.color
-        cid = self.cid
-        libs = self.libs
-        for n in (loc - self.stride, loc - 1, loc + 1, loc + self.stride):
-            c = color[n]
-            if c == EMPTY:
-                return False
-            if c == pla:
-                if len(libs[cid[n]]) > 1:
-                    return False
-            elif c != WALL and len(libs[cid[n]]) == 1:
-                return False
-        return True
+        return self.is_illegal_suicide(loc, pla, False)
 
     def is_illegal_suicide(self, loc: int, pla: int, suicide_legal: bool) -> bool:
+        """Is ``loc`` suicide for ``pla``, and illegal as such (``suicide_legal`` allows a
+        multi-stone suicide, never a single stone's)?"""
         color = self.color
         cid = self.cid
         libs = self.libs
@@ -278,18 +268,7 @@ class Board:
         for hd in dead:
             st, lb, c, _ = saved[hd]
             saved[hd] = (st, lb, c, True)
-            for s in st:
-                color[s] = EMPTY
-                h ^= zob[s * 3 + o]
-                for n in (s - stride, s - 1, s + 1, s + stride):
-                    if color[n] == pla:
-                        hh = cid[n]
-                        if hh not in fresh:
-                            if hh not in saved:
-                                saved[hh] = (stones[hh], libs[hh], pla, False)
-                            libs[hh] = set(libs[hh])
-                            fresh.add(hh)
-                        libs[hh].add(s)
+            h = self._lift(st, o, saved, fresh, h)
             del stones[hd]
             del libs[hd]
             ncap += len(st)
@@ -298,18 +277,7 @@ class Board:
         if not nl:  # suicide (legal only as multi-stone suicide)
             st = stones.pop(head)
             del libs[head]
-            for s in st:
-                color[s] = EMPTY
-                h ^= zob[s * 3 + pla]
-                for n in (s - stride, s - 1, s + 1, s + stride):
-                    if color[n] == o:
-                        hh = cid[n]
-                        if hh not in fresh:
-                            if hh not in saved:
-                                saved[hh] = (stones[hh], libs[hh], o, False)
-                            libs[hh] = set(libs[hh])
-                            fresh.add(hh)
-                        libs[hh].add(s)
+            h = self._lift(st, pla, saved, fresh, h)
             self.captured[pla] += len(st)
             self.ko_loc = NULL_LOC
         elif ncap == 1 and len(ns) == 1 and len(nl) == 1:
@@ -318,6 +286,37 @@ class Board:
             self.ko_loc = NULL_LOC
         self.hash = h
         return undo
+
+    def _lift(
+        self,
+        st: list[int],
+        removed: int,
+        saved: dict[int, tuple[list[int], set[int], int, bool]],
+        fresh: set[int],
+        h: int,
+    ) -> int:
+        """Take the stones ``st`` (of colour ``removed``) off the board in :meth:`play`: each becomes
+        a liberty of the adjacent chains of the other colour, whose liberty sets are copied once a
+        move (``fresh``) and kept in ``saved`` for the undo. Returns the hash ``h`` without them."""
+        color = self.color
+        cid = self.cid
+        libs = self.libs
+        zob = self.zob
+        stride = self.stride
+        other = 3 - removed
+        for s in st:
+            color[s] = EMPTY
+            h ^= zob[s * 3 + removed]
+            for n in (s - stride, s - 1, s + 1, s + stride):
+                if color[n] == other:
+                    hh = cid[n]
+                    if hh not in fresh:
+                        if hh not in saved:
+                            saved[hh] = (self.stones[hh], libs[hh], other, False)
+                        libs[hh] = set(libs[hh])
+                        fresh.add(hh)
+                    libs[hh].add(s)
+        return h
 
     def undo(self, u: Undo) -> None:
         self.cache = None

@@ -167,22 +167,7 @@ class _Search:
                 moves.append(own)
             if self.touched is not None:
                 self.touched.extend(moves)
-            last = moves[-1]
-            n_empty = n_caps = cap_size = conn = 0
-            max_conn = 0
-            for n in (last - stride, last - 1, last + 1, last + stride):
-                c = color[n]
-                if c == EMPTY:
-                    n_empty += 1
-                elif c == attacker:
-                    h2 = b.cid[n]
-                    if len(b.libs[h2]) == 1:
-                        n_caps += 1
-                        cap_size += len(b.stones[h2])
-                elif c == defender:
-                    extra = len(b.libs[b.cid[n]]) - 1
-                    conn += extra
-                    max_conn = max(max_conn, extra)
+            n_empty, n_caps, cap_size, conn, max_conn = _extension(b, moves[-1], defender, NULL_LOC)
             if n_caps + max(max_conn, n_empty) >= 3:
                 return False
             if len(moves) == 1 and n_empty + cap_size + conn <= 1:
@@ -271,20 +256,37 @@ def _defender_surely_escapes(board: Board, loc: int, m: int, other: int, defende
     s = board.stride
     if m in (other - s, other - 1, other + 1, other + s):
         return False
+    # the chain itself (liberties m and other) adds 2 - 1 - 1 = 0 there; captures are not counted
+    n_empty, _, _, _, max_conn = _extension(board, other, defender, m)
+    return max(max_conn, n_empty) >= 3
+
+
+def _extension(board: Board, p: int, defender: int, taken: int) -> tuple[int, int, int, int, int]:
+    """What a defender stone at empty ``p`` would join, once the point ``taken`` is no liberty
+    (``NULL_LOC``: none): its empty neighbours; the adjacent attacker chains in atari and their
+    stones (captures); the liberties the adjacent defender chains would add beyond ``p`` itself,
+    summed and the most any one adds. Neighbours only, so a chain met twice counts twice."""
+    s = board.stride
     color = board.color
-    head = board.cid[loc]
-    n_empty = 0
-    best = 0
-    for n in (other - s, other - 1, other + 1, other + s):
+    cid = board.cid
+    libs = board.libs
+    n_empty = n_caps = cap_size = conn = max_conn = 0
+    for n in (p - s, p - 1, p + 1, p + s):
         c = color[n]
         if c == EMPTY:
             n_empty += 1
         elif c == defender:
-            h = board.cid[n]
-            if h != head:
-                lb = board.libs[h]
-                best = max(best, len(lb) - 1 - (1 if m in lb else 0))
-    return max(best, n_empty) >= 3
+            lb = libs[cid[n]]
+            extra = len(lb) - 1 - (taken in lb)
+            conn += extra
+            if extra > max_conn:
+                max_conn = extra
+        elif c != WALL:
+            h = cid[n]
+            if len(libs[h]) == 1:
+                n_caps += 1
+                cap_size += len(board.stones[h])
+    return n_empty, n_caps, cap_size, conn, max_conn
 
 
 @lru_cache(maxsize=64)

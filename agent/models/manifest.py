@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from agent.errors import ConversionError
 from agent.fsutil import atomic_write_bytes, sha256_file
+from agent.records import field_dict
 
 logger = logging.getLogger(__name__)
 
@@ -73,33 +74,11 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "format": self.format,
-            "precision": self.precision,
-            "file": self.file,
-            "sha256": self.sha256,
-            "source": self.source,
-            "calibration": self.calibration,
-            "verification": self.verification,
-            "tools": self.tools,
-            "created": self.created,
-        }
-        data.update(self.extra)
-        return data
+        return {**field_dict(self, skip=("extra",)), **self.extra}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
-        known = {
-            "format",
-            "precision",
-            "file",
-            "sha256",
-            "source",
-            "calibration",
-            "verification",
-            "tools",
-            "created",
-        }
+        known = {f.name for f in fields(cls)} - {"extra"}
         missing = {"format", "precision", "file", "sha256", "source"} - set(data)
         if missing:
             raise ConversionError(f"manifest lacks {sorted(missing)}")

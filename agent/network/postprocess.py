@@ -184,6 +184,10 @@ def cap_pass_policy(p: F32) -> F32:
     return (q / q.sum(dtype=np.float32)).astype(np.float32)
 
 
+# logits, pass logit, legal mask, gather index, temperature, pass cap (see _softmax_policy)
+_PolicyArgs = tuple[F32, float, BoolArray, npt.NDArray[np.intp], float, bool]
+
+
 class _PolicyMaker:
     """``NetEval.policy_source`` for a network row: the softmax over legal moves, made once; the
     row's logits (a view that keeps the whole batch's policy output alive) are let go then, so a
@@ -191,23 +195,9 @@ class _PolicyMaker:
 
     __slots__ = ("args", "result")
 
-    def __init__(
-        self,
-        logits: F32,
-        pass_logit: float,
-        legal: BoolArray,
-        gather: npt.NDArray[np.intp],
-        temperature: float,
-        pass_cap: bool,
-    ) -> None:
-        self.args: tuple[F32, float, BoolArray, npt.NDArray[np.intp], float, bool] | None = (
-            logits,
-            pass_logit,
-            legal,
-            gather,
-            temperature,
-            pass_cap,
-        )
+    def __init__(self, *args: *_PolicyArgs) -> None:
+        """``args``: those of :func:`_softmax_policy`."""
+        self.args: _PolicyArgs | None = args
         self.result: F32 | None = None
 
     def __call__(self) -> F32:

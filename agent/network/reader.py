@@ -304,15 +304,8 @@ class _Parser:
             return m.OrdinaryBlock(name, pre_bn, pre_act, regular, mid_bn, mid_act, final)
         if kind == m.GPoolBlock.KIND:
             pre_bn, pre_act = self.bn(width), self.act()
-            regular = self.conv(width)
-            gconv = self.conv(width)
-            gbn, gact = self.bn(gconv.out_channels), self.act()
-            gmul = self.matmul(3 * gconv.out_channels, regular.out_channels)
-            mid_bn, mid_act = self.bn(regular.out_channels), self.act()
-            final = self.conv(regular.out_channels, width)
-            return m.GPoolBlock(
-                name, pre_bn, pre_act, regular, gconv, gbn, gact, gmul, mid_bn, mid_act, final
-            )
+            pooled = self.global_pooling(width)
+            return m.GPoolBlock(name, pre_bn, pre_act, *pooled, self.conv(pooled[0].out_channels, width))
         if kind == m.NestedBottleneckBlock.KIND:
             self.record = name
             n_inner = self.int_("numInnerBlocks", 1)
@@ -328,6 +321,28 @@ class _Parser:
         if kind == m.AttentionBlock.KIND:
             return self.attention(name, width)
         return self.ffn(name, width)
+
+    def global_pooling(
+        self, in_c: int
+    ) -> tuple[
+        m.ConvLayer,
+        m.ConvLayer,
+        m.BatchNormLayer,
+        m.ActivationLayer,
+        m.MatMulLayer,
+        m.BatchNormLayer,
+        m.ActivationLayer,
+    ]:
+        """What a global-pooling block and the policy head share: a regular and a pooled conv of
+        ``in_c`` channels, the pooled one's norm and activation, a matmul of its 3 pooled features
+        per channel to a bias of the regular channels, and the regular channels' norm and
+        activation."""
+        regular = self.conv(in_c)
+        pooled = self.conv(in_c)
+        pooled_bn, pooled_act = self.bn(pooled.out_channels), self.act()
+        to_bias = self.matmul(3 * pooled.out_channels, regular.out_channels)
+        bn, act = self.bn(regular.out_channels), self.act()
+        return regular, pooled, pooled_bn, pooled_act, to_bias, bn, act
 
     def attention(self, name: str, width: int) -> m.AttentionBlock:
         nh = self.int_("numHeads", 1)
@@ -450,11 +465,7 @@ class _Parser:
             reserved = tuple(self.int_(f"policy reserved {i}", 0, 0) for i in range(3))
         else:
             out_c = 1 if self.version <= 11 else 2 if self.version <= 15 else 4
-        p1 = self.conv(trunk_c)
-        g1 = self.conv(trunk_c)
-        g1_bn, g1_act = self.bn(g1.out_channels), self.act()
-        bias_mul = self.matmul(3 * g1.out_channels, p1.out_channels)
-        p1_bn, p1_act = self.bn(p1.out_channels), self.act()
+        p1, g1, g1_bn, g1_act, bias_mul, p1_bn, p1_act = self.global_pooling(trunk_c)
         p2 = self.conv(p1.out_channels, out_c)
         if self.version >= 15:
             pass_mul = self.matmul(3 * g1.out_channels, p1.out_channels)

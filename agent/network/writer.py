@@ -12,8 +12,10 @@ outputs stay in a sane range.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,58 +86,49 @@ class _Writer:
         self.tok(layer.name, layer.channels)
         self.arr(layer.bias)
 
-    def then_act(self, layer: m.BatchNormLayer | m.MatBiasLayer, a: m.ActivationLayer) -> None:
-        """A batch norm (residual blocks, heads) or a bias (dense layers) and the activation after it."""
-        if isinstance(layer, m.BatchNormLayer):
-            self.bn(layer)
-        else:
-            self.matbias(layer)
-        self.act(a)
-
     def trms(self, n: m.TransformerRMSNorm) -> None:
         self.tok(n.name, n.channels, n.epsilon)
         self.arr(n.weight)
 
+    def rmsnorm(self, r: m.RMSNormLayer) -> None:
+        self.tok(r.name, r.channels, r.epsilon, r.spatial, r.cgroup_size)
+        self.arr(r.gamma)
+        self.arr(r.beta)
+
+    def rope(self, r: m.LearnableRope | m.FixedRope) -> None:
+        if isinstance(r, m.LearnableRope):
+            self.tok(r.name, r.num_kv_heads, r.num_pairs, 2)
+            self.arr(r.freqs)
+        else:
+            self.tok(r.name, r.theta)
+
+    def metadata_encoder(self, e: m.MetadataEncoder) -> None:
+        self.tok(e.name, e.num_input_channels)
+        self.layers(e)
+
+    def layers(self, record: Any) -> None:
+        """The layers of ``record`` (a block, head, trunk or encoder) as the file has them: in the
+        order of its fields, which is the file's (the reader builds each record from what it reads,
+        in that order). Its other fields (name, sizes, flags) are the caller's to write; a layer
+        that is absent (None) has no record in the file."""
+        for f in fields(record):
+            value = getattr(record, f.name)
+            if isinstance(value, tuple):  # the blocks of a trunk or a nested bottleneck (or reserved ints)
+                for inner in value:
+                    if not isinstance(inner, int):
+                        self.block(inner)
+            elif type(value) in _LAYER_WRITERS:
+                _LAYER_WRITERS[type(value)](self, value)
+
     def block(self, b: m.Block) -> None:
         self.tok(b.KIND, b.name)
-        if isinstance(b, m.OrdinaryBlock):
-            self.then_act(b.pre_bn, b.pre_act)
-            self.conv(b.regular_conv)
-            self.then_act(b.mid_bn, b.mid_act)
-            self.conv(b.final_conv)
-        elif isinstance(b, m.GPoolBlock):
-            self.then_act(b.pre_bn, b.pre_act)
-            self.conv(b.regular_conv)
-            self.conv(b.gpool_conv)
-            self.then_act(b.gpool_bn, b.gpool_act)
-            self.matmul(b.gpool_to_bias_mul)
-            self.then_act(b.mid_bn, b.mid_act)
-            self.conv(b.final_conv)
-        elif isinstance(b, m.NestedBottleneckBlock):
+        if isinstance(b, m.NestedBottleneckBlock):
             self.tok(len(b.blocks))
-            self.then_act(b.pre_bn, b.pre_act)
-            self.conv(b.pre_conv)
-            for inner in b.blocks:
-                self.block(inner)
-            self.then_act(b.post_bn, b.post_act)
-            self.conv(b.post_conv)
         elif isinstance(b, m.AttentionBlock):
             self.tok(b.num_heads, b.num_kv_heads, b.q_head_dim, b.v_head_dim, b.use_rope, b.learnable_rope)
-            self.trms(b.norm)
-            for layer in (b.q_proj, b.k_proj, b.v_proj, b.out_proj):
-                self.matmul(layer)
-            if isinstance(b.rope, m.LearnableRope):
-                self.tok(b.rope.name, b.rope.num_kv_heads, b.rope.num_pairs, 2)
-                self.arr(b.rope.freqs)
-            elif isinstance(b.rope, m.FixedRope):
-                self.tok(b.rope.name, b.rope.theta)
-        else:
+        elif isinstance(b, m.FFNBlock):
             self.tok(b.channels, b.ffn_channels, b.use_swiglu)
-            self.trms(b.norm)
-            self.matmul(b.linear1)
-            if b.linear_gate is not None:
-                self.matmul(b.linear_gate)
-            self.matmul(b.linear2)
+        self.layers(b)
 
     def network(self, net: m.Network) -> None:
         self.tok(net.name, net.version, net.num_input_channels, net.num_input_global_channels)
@@ -147,51 +140,30 @@ class _Writer:
         self.tok(t.dilated_channels, t.gpool_channels)
         if t.has_v15_fields:
             self.tok(t.norm_kind, *t.reserved)
-        self.conv(t.initial_conv)
-        self.matmul(t.initial_matmul)
-        if t.metadata_encoder is not None:
-            e = t.metadata_encoder
-            self.tok(e.name, e.num_input_channels)
-            self.matmul(e.mul1)
-            self.then_act(e.bias1, e.act1)
-            self.matmul(e.mul2)
-            self.then_act(e.bias2, e.act2)
-            self.matmul(e.mul3)
-        for b in t.blocks:
-            self.block(b)
-        if isinstance(t.tip_norm, m.RMSNormLayer):
-            r = t.tip_norm
-            self.tok(r.name, r.channels, r.epsilon, r.spatial, r.cgroup_size)
-            self.arr(r.gamma)
-            self.arr(r.beta)
-        else:
-            self.bn(t.tip_norm)
-        self.act(t.tip_act)
+        self.layers(t)
         p = net.policy_head
         self.tok(p.name)
         if net.version >= 17:
             self.tok(p.out_channels, *p.reserved)
-        self.conv(p.p1_conv)
-        self.conv(p.g1_conv)
-        self.then_act(p.g1_bn, p.g1_act)
-        self.matmul(p.gpool_to_bias_mul)
-        self.then_act(p.p1_bn, p.p1_act)
-        self.conv(p.p2_conv)
-        self.matmul(p.gpool_to_pass_mul)
-        if p.gpool_to_pass_bias is not None and p.pass_act is not None and p.gpool_to_pass_mul2 is not None:
-            self.then_act(p.gpool_to_pass_bias, p.pass_act)
-            self.matmul(p.gpool_to_pass_mul2)
+        self.layers(p)
         v = net.value_head
         self.tok(v.name, *v.reserved)
-        self.conv(v.v1_conv)
-        self.then_act(v.v1_bn, v.v1_act)
-        self.matmul(v.v2_mul)
-        self.then_act(v.v2_bias, v.v2_act)
-        self.matmul(v.v3_mul)
-        self.matbias(v.v3_bias)
-        self.matmul(v.sv3_mul)
-        self.matbias(v.sv3_bias)
-        self.conv(v.ownership_conv)
+        self.layers(v)
+
+
+# How each kind of layer record is written.
+_LAYER_WRITERS: dict[type, Callable[[_Writer, Any], None]] = {
+    m.ConvLayer: _Writer.conv,
+    m.BatchNormLayer: _Writer.bn,
+    m.ActivationLayer: _Writer.act,
+    m.MatMulLayer: _Writer.matmul,
+    m.MatBiasLayer: _Writer.matbias,
+    m.TransformerRMSNorm: _Writer.trms,
+    m.RMSNormLayer: _Writer.rmsnorm,
+    m.LearnableRope: _Writer.rope,
+    m.FixedRope: _Writer.rope,
+    m.MetadataEncoder: _Writer.metadata_encoder,
+}
 
 
 # --- tiny random networks --------------------------------------------------------------------------

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from agent.backends.base import Cancel, NetInfo, NeuralNet, NNInputs, NNOutputs
+from agent.backends.optional import import_optional
 from agent.errors import (
     EvaluationCancelled,
     InferenceError,
     NetworkFileError,
-    RuntimeUnavailable,
 )
 from agent.fsutil import default_cache_dir
 from agent.network.model import PostProcessParams
@@ -50,13 +50,10 @@ KATAGO_SUFFIXES = (".bin.gz", ".txt.gz", ".bin", ".txt", ".gz")
 
 
 def _import_ort() -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise RuntimeUnavailable(
-            "onnxruntime is not installed: pip install 'katago-edge[onnx]' (or onnxruntime-gpu on NVIDIA)"
-        ) from exc
-    return ort
+    return import_optional(
+        "onnxruntime",
+        "onnxruntime is not installed: pip install 'katago-edge[onnx]' (or onnxruntime-gpu on NVIDIA)",
+    )
 
 
 def is_katago_file(path: Path) -> bool:

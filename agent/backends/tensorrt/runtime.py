@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from agent.backends.base import NetInfo, NeuralNet, NNInputs, NNOutputs, require_postprocess
+from agent.backends.optional import import_optional
 from agent.backends.tensorrt.builder import BuildSettings, ensure_engine, import_tensorrt
-from agent.errors import InferenceError, RuntimeUnavailable
+from agent.errors import InferenceError
 from agent.network.model import PostProcessParams
 
 logger = logging.getLogger(__name__)
@@ -29,13 +30,9 @@ OUTPUT_NAMES = ("policy", "policy_pass", "value", "score_value", "ownership")
 
 
 def _import_pycuda() -> Any:
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise RuntimeUnavailable(
-            "pycuda is not installed: `pip install pycuda` (CUDA comes with JetPack)"
-        ) from exc
-    return cuda
+    return import_optional(
+        "pycuda.driver", "pycuda is not installed: `pip install pycuda` (CUDA comes with JetPack)"
+    )
 
 
 class TensorRTNet(NeuralNet):

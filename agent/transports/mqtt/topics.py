@@ -23,6 +23,7 @@ device id must be a single topic level (no ``/``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 from agent.errors import ConfigError
 
@@ -65,6 +66,21 @@ def check_publish_topic(topic: str) -> str | None:
     return None
 
 
+class _Topic:
+    """A read-only topic attribute: ``template`` filled in from the topics object's fields
+    (``{prefix}``, ``{device_id}``)."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+
+    @overload
+    def __get__(self, topics: None, owner: type) -> _Topic: ...
+    @overload
+    def __get__(self, topics: object, owner: type | None = None) -> str: ...
+    def __get__(self, topics: object, owner: type | None = None) -> str | _Topic:
+        return self if topics is None else self.template.format_map(vars(topics))
+
+
 @dataclass(frozen=True)
 class FleetTopics:
     """Topics that span every device under one prefix (fleet monitor, requesters)."""
@@ -74,17 +90,13 @@ class FleetTopics:
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
 
-    @property
-    def status_filter(self) -> str:
-        return f"{self.prefix}/+/status"
-
-    @property
-    def health_filter(self) -> str:
-        return f"{self.prefix}/+/health"
-
-    @property
-    def fleet_request(self) -> str:
-        return f"{self.prefix}/fleet/analysis/request"
+    status_filter = _Topic("{prefix}/+/status")
+    health_filter = _Topic("{prefix}/+/health")
+    fleet_request = _Topic("{prefix}/fleet/analysis/request")
+    desired_filter = _Topic("{prefix}/+/deployment/desired")
+    events_filter = _Topic("{prefix}/+/deployment/events")
+    rollouts_filter = _Topic("{prefix}/fleet/rollouts/+")
+    manifests_filter = _Topic("{prefix}/fleet/models/+/manifest")
 
     def shared_fleet_request(self, group: str) -> str:
         if not group or "/" in group or any(c in _FORBIDDEN_CHARS for c in group):
@@ -113,18 +125,6 @@ class FleetTopics:
             return "reply topic is a model transfer topic"
         return None
 
-    @property
-    def desired_filter(self) -> str:
-        return f"{self.prefix}/+/deployment/desired"
-
-    @property
-    def events_filter(self) -> str:
-        return f"{self.prefix}/+/deployment/events"
-
-    @property
-    def rollouts_filter(self) -> str:
-        return f"{self.prefix}/fleet/rollouts/+"
-
     def rollout(self, deployment_id: str) -> str:
         return f"{self.prefix}/fleet/rollouts/{check_device_id(deployment_id)}"
 
@@ -142,10 +142,6 @@ class FleetTopics:
 
     def model_chunk(self, sha256: str, index: int) -> str:
         return f"{self.model(sha256)}/chunk/{index}"
-
-    @property
-    def manifests_filter(self) -> str:
-        return f"{self.prefix}/fleet/models/+/manifest"
 
     def is_model_topic(self, topic: str) -> bool:
         return topic.startswith(f"{self.prefix}/fleet/models/")
@@ -186,22 +182,8 @@ class DeviceTopics:
     def fleet(self) -> FleetTopics:
         return FleetTopics(self.prefix)
 
-    @property
-    def status(self) -> str:
-        return f"{self.prefix}/{self.device_id}/status"
-
-    @property
-    def health(self) -> str:
-        return f"{self.prefix}/{self.device_id}/health"
-
-    @property
-    def request(self) -> str:
-        return f"{self.prefix}/{self.device_id}/analysis/request"
-
-    @property
-    def desired(self) -> str:
-        return f"{self.prefix}/{self.device_id}/deployment/desired"
-
-    @property
-    def events(self) -> str:
-        return f"{self.prefix}/{self.device_id}/deployment/events"
+    status = _Topic("{prefix}/{device_id}/status")
+    health = _Topic("{prefix}/{device_id}/health")
+    request = _Topic("{prefix}/{device_id}/analysis/request")
+    desired = _Topic("{prefix}/{device_id}/deployment/desired")
+    events = _Topic("{prefix}/{device_id}/deployment/events")
