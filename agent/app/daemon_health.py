@@ -71,6 +71,10 @@ def snapshot(daemon: DaemonState) -> dict[str, Any]:
             "profile": plan.profile if plan else None,
             "engine": plan.engine if plan else None,
             "runtimes": [e.label for e in plan.runtimes] if plan else None,
+            # what the profile and config overrides settled on (runtime threads 0: the runtime's default)
+            "search_threads": plan.threads if plan else None,
+            "runtime_threads": plan.runtime_threads if plan else None,
+            "batch_size": plan.batch_size if plan else None,
             "model": daemon.config.model,
         },
         "network": daemon.network.to_json() if daemon.network is not None else None,

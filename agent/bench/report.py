@@ -136,7 +136,10 @@ _TABLE_HEADER = re.compile(r"^\s*\[")
 
 
 def apply_suggestion(config_path: Path, suggestion: Suggestion) -> Path:
-    """Write the suggestion as the config's ``[overrides]`` (runtime, precision, threads, batch).
+    """Write the suggestion as the config's ``[overrides]``: runtime and precision, the network
+    runtime's CPU threads the figure was measured with (``search.runtime_threads``: the bench times
+    the network alone, so it says nothing of search threads, which keep the profile's value) and
+    the batch size.
 
     Other tables and comments are kept: only ``[overrides*]`` tables are replaced. The result is
     validated as TOML before it atomically replaces the file.
@@ -156,7 +159,7 @@ def apply_suggestion(config_path: Path, suggestion: Suggestion) -> Path:
         f'runtimes = [{{ runtime = "{suggestion.runtime}", precision = "{suggestion.precision}" }}]',
         "",
         "[overrides.search]",
-        f"threads = {suggestion.threads}",
+        f"runtime_threads = {suggestion.threads}",
         f"batch_size = {suggestion.batch_size}",
         "",
     ]

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,7 @@ def test_bench_apply__writes_what_check_config_and_serve_accept(
     assert bench.returncode == 0, bench.stderr
     text = config.read_text()
     assert 'runtime = "onnx"' in text and "[overrides]" in text
+    assert tomllib.loads(text)["overrides"]["search"] == {"runtime_threads": 1, "batch_size": 1}
     checked = _cli("check-config", str(config), env=env)
     assert checked.returncode == 0, checked.stderr
     assert f"ok  config {config}" in checked.stdout
@@ -255,6 +257,7 @@ def test_bench_apply__writes_what_check_config_and_serve_accept(
         assert proc.stop() == 0, proc.text()
     assert health["network"]["requested"]["runtime"] == "onnx"
     assert health["network"]["serving"]["runtime"] == "onnx" and not health["network"]["fallbacks"]
+    assert (health["agent"]["runtime_threads"], health["agent"]["batch_size"]) == (1, 1)  # as applied
 
 
 def test_status__says_clearly_when_no_daemon_listens(short_tmp: Path) -> None:

@@ -82,7 +82,7 @@ def test_apply_suggestion__replaces_overrides_keeps_the_rest(tmp_path: Path) -> 
     assert "# my device" in text and data["device_id"] == "pi-kitchen" and data["mqtt"]["host"] == "broker"
     assert data["overrides"] == {
         "runtimes": [{"runtime": "onnx", "precision": "int8"}],
-        "search": {"threads": 4, "batch_size": 2},
+        "search": {"runtime_threads": 4, "batch_size": 2},
     }
     parse_config(text, str(cfg))  # the agent still accepts the file
 
