@@ -226,27 +226,8 @@ class _MilBuilder(_Builder):
     g: MilGraphBuilder
 
     def outputs(self, spatial: str, global_: str) -> list[Any]:
-        g, net = self.g, self.net
-        g.build_masks(spatial)
-        trunk = net.trunk
-        x = g.conv(
-            g.to_layout(_act(spatial, net.num_input_channels), self.conv_layout),
-            trunk.initial_conv.name,
-            trunk.initial_conv.weight,
-        )
-        gb = g.matmul(global_, trunk.initial_matmul.name, trunk.initial_matmul.weight)
-        x = g.add_channel_bias(x, gb, trunk.initial_matmul.name)
-        x = self.blocks(x, trunk.blocks)
-        x = g.to_layout(x, self.conv_layout)
-        tip = self.trunk_tip(x)
-        outs = self.policy_head(tip) + self.value_head(tip)
-        return [g.output(t, n) for n, t in zip(OUTPUT_NAMES, outs, strict=True)]
-
-
-def _act(name: str, channels: int) -> Any:
-    from agent.backends.onnx.graph import Act
-
-    return Act(name, "nchw", channels)
+        outs = self.network(spatial, global_)
+        return [self.g.output(t, n) for n, t in zip(OUTPUT_NAMES, outs, strict=True)]
 
 
 def build_program(network: Network, board: int) -> tuple[Any, dict[str, str], dict[str, list[str]]]:

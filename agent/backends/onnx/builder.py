@@ -111,19 +111,7 @@ class _Builder:
     def build(self) -> onnx.ModelProto:
         g, net = self.g, self.net
         h, w = g.height, g.width
-        g.build_masks(INPUT_SPATIAL)
-        trunk = net.trunk
-        x = g.conv(
-            g.to_layout(Act(INPUT_SPATIAL, "nchw", net.num_input_channels), self.conv_layout),
-            trunk.initial_conv.name,
-            trunk.initial_conv.weight,
-        )
-        gb = g.matmul(INPUT_GLOBAL, trunk.initial_matmul.name, trunk.initial_matmul.weight)
-        x = g.add_channel_bias(x, gb, trunk.initial_matmul.name)
-        x = self.blocks(x, trunk.blocks)
-        x = g.to_layout(x, self.conv_layout)
-        tip = self.trunk_tip(x)
-        outputs = self.policy_head(tip) + self.value_head(tip)
+        outputs = self.network(INPUT_SPATIAL, INPUT_GLOBAL)
         for name, tensor in zip(OUTPUT_NAMES, outputs, strict=True):
             g.nodes.append(helper.make_node("Identity", [tensor], [name], name=f"output/{name}"))
         cp, sv = net.policy_channels, net.score_channels
@@ -153,6 +141,24 @@ class _Builder:
             "katago.layer_groups": json.dumps(self.layer_groups()),
         }
         return g.make_model(net.name, inputs, outs, meta)
+
+    def network(self, spatial: str, global_: str) -> list[str]:
+        """The whole network from the inputs ``spatial`` and ``global_`` to its five outputs (in
+        ``OUTPUT_NAMES`` order): the walk the ONNX graph and the Core ML program both take."""
+        g, net = self.g, self.net
+        g.build_masks(spatial)
+        trunk = net.trunk
+        x = g.conv(
+            g.to_layout(Act(spatial, "nchw", net.num_input_channels), self.conv_layout),
+            trunk.initial_conv.name,
+            trunk.initial_conv.weight,
+        )
+        gb = g.matmul(global_, trunk.initial_matmul.name, trunk.initial_matmul.weight)
+        x = g.add_channel_bias(x, gb, trunk.initial_matmul.name)
+        x = self.blocks(x, trunk.blocks)
+        x = g.to_layout(x, self.conv_layout)
+        tip = self.trunk_tip(x)
+        return self.policy_head(tip) + self.value_head(tip)
 
     def layer_groups(self) -> dict[str, list[str]]:
         """Layer names by role, stored as metadata so that FP16/INT8 passes can pick nodes by role.
