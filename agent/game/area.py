@@ -60,6 +60,7 @@ def _bits(m: int) -> list[int]:
 def _area_for_pla(
     board: Board,
     pla: int,
+    heads: list[int],
     empty: int,
     own: int,
     opp: int,
@@ -68,8 +69,8 @@ def _area_for_pla(
     suicide: bool,
     res: list[int],
 ) -> None:
-    """One colour's Benson pass on bitmasks; ``res[BLACK]``/``res[WHITE]`` are the marks so
-    far, and this colour's marks overwrite the other's (the later pass wins)."""
+    """One colour's Benson pass on bitmasks (``heads``: its chains); ``res[BLACK]``/``res[WHITE]``
+    are the marks so far, and this colour's marks overwrite the other's (the later pass wins)."""
     if not own:
         return  # nothing of ``pla`` can be alive, and a stoneless colour marks no region
     s = board.stride
@@ -98,7 +99,6 @@ def _area_for_pla(
         return m
 
     libs = board.libs
-    heads = [h for h in stones if color[h] == pla]
     vital = dict.fromkeys(heads, 0)
     vital_for: list[list[int]] = []
     for r in regions:
@@ -125,13 +125,12 @@ def _area_for_pla(
         vital_for.append(vf)
     nreg = len(regions)
     borders_killed = [False] * nreg
-    alive = set(heads)
+    # chains with fewer than two vital regions die, round after round (regions next to a dead
+    # chain stop counting as vital)
+    alive = {h for h in heads if vital[h] >= 2}
+    dying = len(alive) < len(heads)
     alive_stones = own
-    while True:
-        dying = [h for h in alive if vital[h] < 2]
-        if not dying:
-            break
-        alive.difference_update(dying)
+    while dying:
         now = 0
         for h in alive:
             for q in stones[h]:
@@ -143,6 +142,9 @@ def _area_for_pla(
                 borders_killed[k] = True
                 for h in vital_for[k]:
                     vital[h] -= 1
+        dead = [h for h in alive if vital[h] < 2]
+        alive.difference_update(dead)
+        dying = bool(dead)
     mark = alive_stones
     weak = 0
     for k in range(nreg):
@@ -162,9 +164,13 @@ def area_masks(
 ) -> tuple[int, int]:
     """``calculate_area`` as bitmasks (bit ``loc``): ``(black, white)``."""
     empty, black, white = _masks(board)
+    heads: tuple[list[int], list[int], list[int]] = ([], [], [])
+    color = board.color
+    for h in board.stones:
+        heads[color[h]].append(h)
     res = [0, 0, 0]
-    _area_for_pla(board, BLACK, empty, black, white, safe_big, unsafe_big, suicide, res)
-    _area_for_pla(board, WHITE, empty, white, black, safe_big, unsafe_big, suicide, res)
+    _area_for_pla(board, BLACK, heads[BLACK], empty, black, white, safe_big, unsafe_big, suicide, res)
+    _area_for_pla(board, WHITE, heads[WHITE], empty, white, black, safe_big, unsafe_big, suicide, res)
     if non_pass_alive_stones:
         free = ~(res[BLACK] | res[WHITE])
         res[BLACK] |= black & free
