@@ -271,12 +271,13 @@ def test_writer__same_outputs_as_the_tensorflow_built_file(
     assert read_postprocess_metadata(tmp_path / "tf.tflite") is None
 
 
-def _int8_quality(
+def int8_quality(
     net: m.Network, got: NNOutputs, inputs: dict[str, np.ndarray], records: dict[str, Any]
 ) -> dict[str, float]:
-    """Against KataGo's records on every position: win-rate error (mean, max), the share of
-    positions where our top move is KataGo's, and where it has >= 0.8 of KataGo's best policy."""
-    win, top, near = [], [], []
+    """Against KataGo's records on every position: win-rate error (mean, p99, max), lead error
+    (p99), the share of positions where our top move is KataGo's, and where it has >= 0.8 of
+    KataGo's best policy."""
+    win, lead, top, near = [], [], [], []
     for row, pid in enumerate(inputs["ids"]):
         rec = records[str(pid)]
         raw, bx, by = rec["rawnn"], rec["board_x_size"], rec["board_y_size"]
@@ -285,11 +286,14 @@ def _int8_quality(
         want = np.array([-1.0 if p is None else p for p in raw["policy"]])
         ours = int(np.argmax(np.nan_to_num(np.asarray(ev.policy[: bx * by], np.float64), nan=-1.0)))
         win.append(abs(ev.white_win - raw["whiteWin"]))
+        lead.append(abs(ev.white_lead - raw["whiteLead"]))
         top.append(ours == int(np.argmax(want)))
         near.append(want[ours] >= 0.8 * want.max())
     return {
         "win_mean": float(np.mean(win)),
+        "win_p99": float(np.percentile(win, 99)),
         "win_max": float(np.max(win)),
+        "lead_p99": float(np.percentile(lead, 99)),
         "top1": float(np.mean(top)),
         "near": float(np.mean(near)),
     }
@@ -324,7 +328,7 @@ def test_writer_int8__close_to_katago(
     assert ("QUANTIZE" in ops) == (mode == "static")
     assert path.stat().st_size < 0.45 * len(build_tflite(net, "fp32")), "int8 weights"
     got = TFLiteNet(path, threads=1).evaluate(NNInputs(inputs["spatial"], inputs["global"]))
-    quality = _int8_quality(net, got, inputs, _records(reference_dir, key))
+    quality = int8_quality(net, got, inputs, _records(reference_dir, key))
     assert quality["win_mean"] < limits["win_mean"], quality
     assert quality["win_max"] < limits["win_max"], quality
     assert quality["top1"] >= limits["top1"], quality
