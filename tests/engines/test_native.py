@@ -85,6 +85,26 @@ def test_mcts__tree_reuse_when_the_next_query_extends_the_last() -> None:
     assert stats["visits"] < 160  # the second search started from the first one's subtree
 
 
+def test_mcts__tree_reuse_of_a_leaf_never_walked_through() -> None:
+    """Without speculation a leaf visited once is left unexpanded (its expansion waits for a
+    playout through it); the next query that plays its move still starts from it."""
+    eng = engine(params=SearchParams(max_visits=80, speculate=False))
+    svc = AnalysisService(eng)
+    sink = Sink()
+    svc.handle_line(json.dumps(query(id="a", includePVVisits=True)), sink)
+    while not [r for r in sink.items if r.get("id") == "a"]:
+        time.sleep(0.01)
+    best = sink.items[0]["moveInfos"][0]
+    assert best["pvVisits"][-1] == 1  # the principal variation ends at a leaf visited once
+    pv = [["B" if i % 2 == 0 else "W", m] for i, m in enumerate(best["pv"])]
+    svc.handle_line(json.dumps(query(id="b", moves=[["B", "E5"], ["W", "C3"], *pv])), sink)
+    svc.close()
+    stats = eng.stats()
+    b = [r for r in sink.items if r.get("id") == "b"][-1]
+    assert stats["finished"] == 2 and b["rootInfo"]["visits"] == 80
+    assert stats["visits"] == 80 + 79  # the second search kept the leaf's one visit
+
+
 def test_mcts__concurrent_one_thread_searches_still_batch_through_the_evaluator() -> None:
     """Network-mode speculation is for a lone search: with two analysis threads (one search
     thread each) the searches' leaves share batches in the evaluator instead of each search
