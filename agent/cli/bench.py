@@ -356,7 +356,10 @@ def _print_table(report: dict[str, Any]) -> None:
             f"search {r['threads']} thread(s): {r['visits_per_s']:.1f} visits/s, network alone "
             f"{r.get('standalone_evals_per_s', 0.0):.1f} evals/s, during search {r['nn_evals_per_s']:.1f} "
             f"(avg batch {r['avg_batch']:.2f}), visits/evals {r['visits_over_evals']:.2f} "
-            f"(during search {r.get('visits_over_evals_during_search', 0.0):.2f})"
+            f"(during search {r.get('visits_over_evals_during_search', 0.0):.2f}); CPU per visit "
+            f"{r.get('cpu_ms_per_visit', 0.0):.2f} ms, of it the search's own "
+            f"{r.get('search_cpu_ms_per_visit', 0.0):.2f} ms, network CPU / all CPU "
+            f"{r.get('visits_over_evals_cpu', 0.0):.2f}"
         )
     versus = report.get("versus_katago", {})
     if versus.get("rows"):
