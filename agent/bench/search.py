@@ -156,6 +156,7 @@ def run_search_bench(
     standalone_s: float = STANDALONE_SECONDS,
 ) -> SearchResult:
     """Analyse every position once with ``visits`` visits and ``threads`` search threads."""
+    from agent.app.startup import EngineRecipe, assemble_engine
     from agent.engines.native import NativeEngine
     from agent.protocol.service import AnalysisService
     from agent.search.params import SearchParams
@@ -163,7 +164,10 @@ def run_search_bench(
     params = SearchParams(max_visits=visits, num_threads=threads)
     batch = max(1, threads)
     timed = CpuTimedNet(net)
-    engine = NativeEngine(timed, default_params=params, max_batch_size=batch, seed=1)
+    # The daemon's own assembly; the search's evaluator counters are the native engine's.
+    engine, _ = assemble_engine(timed, EngineRecipe(params=params, max_batch_size=batch, seed=1))
+    if not isinstance(engine, NativeEngine):
+        raise TypeError(f"the search benchmark needs the native engine, got {type(engine).__name__}")
     service = AnalysisService(engine)
     finals: list[dict[str, Any]] = []
     finished = threading.Event()
