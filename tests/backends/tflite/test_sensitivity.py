@@ -27,12 +27,14 @@ DEFAULT_FLOAT_UNITS: dict[str, tuple[str, ...]] = {
     "b6c96": ("block1", "block3"),
     "b7c96-cnorm": tuple(f"block{i}" for i in (1, 2, 4, 0, 8, 6, 10, 5, 9, 11, 13)),  # 11 of 14
     "b7c96-gqa": ("block2", "block1"),
+    "b10c384": ("block6", "block0", "block4"),
 }
 # The INT8 verify limits, applied against KataGo's own outputs on the 99 reference positions, and
-# every top move within 0.8 of KataGo's best policy ("near"). b6c96's top move is KataGo's in 0.93
-# of them (measured; 7 near-ties, "near" 1.0; TensorFlow's static INT8: 0.89): its floor is 0.92.
+# every top move within 0.8 of KataGo's best policy ("near"). Measured top move = KataGo's: b6c96
+# 0.929 (7 near-ties; TensorFlow's static INT8: 0.89), b10c384 0.949 (5 near-ties), "near" 1.0 for
+# both: their floors are 0.92 and 0.94.
 LIMITS = {"win_p99": 0.03, "lead_p99": 1.0, "top1": 0.95, "near": 1.0}
-TOP1 = {"b6c96": 0.92}
+TOP1 = {"b6c96": 0.92, "b10c384": 0.94}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,9 @@ def inputs(reference_dir: Path) -> dict[str, np.ndarray]:
     return {"ids": z["ids"], "spatial": z["spatial"], "global": z["global"]}
 
 
-@pytest.mark.parametrize("key", ["b6c96", "b7c96-cnorm", "b7c96-gqa"])
+@pytest.mark.parametrize(
+    "key", ["b6c96", "b7c96-cnorm", "b7c96-gqa", pytest.param("b10c384", marks=pytest.mark.slow)]
+)
 def test_writer_int8__default_choice_matches_katago(
     key: str, models_dir: Path, reference_dir: Path, inputs: dict[str, np.ndarray], tmp_path: Path
 ) -> None:
