@@ -247,7 +247,12 @@ def read_model(data: bytes) -> Any:
 
 def read_metadata(path: Path, name: str) -> bytes | None:
     """The bytes of the model metadata entry ``name`` of the ``.tflite`` file at ``path``, or None."""
-    model = read_model(path.read_bytes())
+    return metadata_entry(path.read_bytes(), name)
+
+
+def metadata_entry(data: bytes, name: str) -> bytes | None:
+    """The bytes of the model metadata entry ``name`` of the flatbuffer ``data``, or None."""
+    model = read_model(data)
     for i in range(model.MetadataLength()):
         entry = model.Metadata(i)
         if entry.Name() == name.encode():
