@@ -263,12 +263,12 @@ def _tflite_int8_manifest(job: ConvertJob, net: Any) -> dict[str, Any] | None:
 
 def _int8_sensitivity_entry(job: ConvertJob, data: bytes) -> dict[str, Any] | None:
     """The sensitivity pass's report stored in the converted model, or None when it did not run."""
-    from agent.models import sensitivity
-
     if job.target == "tflite" and job.precision == "int8" and job.tflite_builder == "writer":
         from agent.backends.tflite.sensitivity import read_report
 
         return read_report(data)
+    from agent.models import sensitivity
+
     return sensitivity.manifest_entry(data) if sensitivity.applies(job) else None
 
 
