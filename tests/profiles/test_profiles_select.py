@@ -261,7 +261,7 @@ def test_load_profile__verify_overrides_per_precision(tmp_path: Path) -> None:
 
 
 def test_profiles__no_cpu_runtime_entry_is_int8() -> None:
-    """docs/conversion.md, "CPU profiles and INT8": INT8 passes verify on every shared network and
+    """docs/conversion.md, "CPU profiles and INT8": INT8 passes verify on three of the four shared nets and
     is 1.1-1.3x FP32 on x86-64, but the first start would wait 6 min to over an hour for the
     conversion (b10c384 peaking at 4.1 GB) and ARM is unmeasured: no CPU entry lists it."""
     for profile in load_profiles():
