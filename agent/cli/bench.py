@@ -359,7 +359,8 @@ def _print_table(report: dict[str, Any]) -> None:
             f"(during search {r.get('visits_over_evals_during_search', 0.0):.2f}); CPU per visit "
             f"{r.get('cpu_ms_per_visit', 0.0):.2f} ms, of it the search's own "
             f"{r.get('search_cpu_ms_per_visit', 0.0):.2f} ms, network CPU / all CPU "
-            f"{r.get('visits_over_evals_cpu', 0.0):.2f}"
+            f"{r.get('visits_over_evals_cpu', 0.0):.2f}",
+            soft_wrap=True,  # one line per search, whatever the terminal's width
         )
     versus = report.get("versus_katago", {})
     if versus.get("rows"):

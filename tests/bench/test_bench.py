@@ -137,6 +137,6 @@ def test_bench_command__quick_run_writes_json(
     assert search["threads"] == 1 and search["visits_per_s"] > 0 and search["nn_evals_per_s"] > 0
     assert report["suggestion"]["precision"] == "fp32"
     assert report["peak_rss_mb"] > 0
-    printed = capsys.readouterr().err  # the table (on stderr) carries the CPU split the JSON has
+    printed = " ".join(capsys.readouterr().err.split())  # the table (stderr) has the JSON's CPU split
     assert f"of it the search's own {search['search_cpu_ms_per_visit']:.2f} ms" in printed
     assert f"network CPU / all CPU {search['visits_over_evals_cpu']:.2f}" in printed
