@@ -213,19 +213,41 @@ def test_tflite_runtime__rejects_a_file_that_is_not_tflite(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("builder", ["writer", "tensorflow"])
 def test_tflite_convert_cli__int8_manifest_records_what_stays_float(
-    models_dir: Path, reference_dir: Path, tmp_path: Path
+    builder: str, models_dir: Path, reference_dir: Path, tmp_path: Path
 ) -> None:
     from agent.cli.main import run
 
     out = tmp_path / "b6.int8.tflite"
     sgf = str(reference_dir / "sgf")
     args = ["convert", str(model_file(models_dir, "b6c96")), "--to", "tflite", "--precision", "int8"]
-    args += ["-o", str(out), "--calibration", sgf, "--calibration-positions", "32"]
+    args += [
+        "-o",
+        str(out),
+        "--calibration",
+        sgf,
+        "--calibration-positions",
+        "32",
+        "--tflite-builder",
+        builder,
+    ]
     args += ["--positions", sgf, "--verify-positions", "40", "--force", "--threads", "1"]
     assert run(args) in (0, 1)  # 1: verification failed (lead p99), written with --force
     manifest = json.loads((tmp_path / "b6.int8.tflite.manifest.json").read_text())
     record = manifest["tflite_int8"]
+    if builder == "writer":  # the default: dynamic range, the sensitivity pass chooses the float blocks
+        assert (record["builder"], record["mode"]) == ("writer", "dynamic")
+        assert record["keep_float"] == "chosen by the sensitivity pass"
+        assert {"policy_head", "value_head", "initial", "rmsnorm", "attention_core"} <= set(
+            record["float_always"]
+        )
+        assert manifest["int8_float_groups"] == []  # every block INT8 passes on these positions
+        assert manifest["calibration"] is None  # dynamic range: no activation calibration
+        assert manifest["verification"]["passed"] is True
+        assert manifest["verification"]["policy_top1_agreement"] >= 0.9
+        assert TFLiteNet(out, threads=1).info.board_x == 19
+        return
     assert record["mode"] == "static" and record["quantized_ops"] == ["CONV_2D", "FULLY_CONNECTED"]
     assert {"policy_head", "value_head", "initial", "rmsnorm", "attention_core"} <= set(
         record["float_scopes"]
