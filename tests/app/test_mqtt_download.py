@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,11 +34,19 @@ def network(tmp_path: Path) -> tuple[Path, str]:
     return path, hashlib.sha256(data).hexdigest()
 
 
-def _transport(broker: Mosquitto) -> MqttTransport:
+@pytest.fixture
+def ends(broker: Mosquitto) -> Iterator[tuple[FleetClient, MqttTransport]]:
+    """The operator who publishes the chunks and the device's own transport, both connected."""
+    operator = FleetClient(MqttSettings(host="127.0.0.1", port=broker.port))
+    operator.connect()
     agent = MqttTransport(MqttSettings(host="127.0.0.1", port=broker.port), "dl1", StubService().handle_query)
     agent.start()
-    assert agent.wait_connected(10)
-    return agent
+    try:
+        assert agent.wait_connected(10)
+        yield operator, agent
+    finally:
+        agent.stop()
+        operator.close()
 
 
 def _fetch(agent: MqttTransport, target: Path, sha: str, size: int, **kw: float) -> Path:
@@ -59,58 +68,46 @@ def _fetch(agent: MqttTransport, target: Path, sha: str, size: int, **kw: float)
 
 
 def test_mqtt_download__resumes_good_chunks__refetches_bad_ones__whole_sha256_checked(
-    broker: Mosquitto, network: tuple[Path, str], tmp_path: Path
+    ends: tuple[FleetClient, MqttTransport], network: tuple[Path, str], tmp_path: Path
 ) -> None:
     source, sha = network
     size = source.stat().st_size
-    operator = FleetClient(MqttSettings(host="127.0.0.1", port=broker.port))
-    operator.connect()
-    agent = _transport(broker)
-    try:
-        publish_model(operator, source, sha, source.name, CHUNK)
-        target = tmp_path / "store" / source.name
-        target.parent.mkdir()
-        # an interrupted transfer left chunks 0-3 right and chunk 4 wrong
-        data = source.read_bytes()
-        chunks_part(target).write_bytes(data[: 4 * CHUNK] + b"\0" * CHUNK)
-        part = _fetch(agent, target, sha, size)
-        assert part.read_bytes() == data
-        assert check_and_place(part, target, sha, threading.Event()) == target
-        assert target.read_bytes() == data and not part.exists()
-        assert agent.stats()["received"] == 0  # no chunk was taken for a request
-    finally:
-        agent.stop()
-        operator.close()
+    operator, agent = ends
+    publish_model(operator, source, sha, source.name, CHUNK)
+    target = tmp_path / "store" / source.name
+    target.parent.mkdir()
+    # an interrupted transfer left chunks 0-3 right and chunk 4 wrong
+    data = source.read_bytes()
+    chunks_part(target).write_bytes(data[: 4 * CHUNK] + b"\0" * CHUNK)
+    part = _fetch(agent, target, sha, size)
+    assert part.read_bytes() == data
+    assert check_and_place(part, target, sha, threading.Event()) == target
+    assert target.read_bytes() == data and not part.exists()
+    assert agent.stats()["received"] == 0  # no chunk was taken for a request
 
 
 def test_mqtt_download__missing_chunk__missing_manifest__fail_with_the_reason(
-    broker: Mosquitto, network: tuple[Path, str], tmp_path: Path
+    ends: tuple[FleetClient, MqttTransport], network: tuple[Path, str], tmp_path: Path
 ) -> None:
     source, sha = network
     size = source.stat().st_size
-    operator = FleetClient(MqttSettings(host="127.0.0.1", port=broker.port))
-    operator.connect()
-    agent = _transport(broker)
+    operator, agent = ends
     target = tmp_path / source.name
-    try:
-        with pytest.raises(
-            DeploymentError, match=rf"no manifest on katago/fleet/models/{sha}/manifest within 1 s"
-        ):
-            _fetch(agent, target, sha, size, manifest_timeout_s=1.0)
-        publish_model(operator, source, sha, source.name, CHUNK)
-        # chunk 7 cleared (an empty retained message: a new subscription receives nothing): asked
-        # for again after each stall, then given up
-        operator.publish(f"katago/fleet/models/{sha}/chunk/7", None)
-        with pytest.raises(DeploymentError, match=r"chunks \[7\] of 11 not received within 1.2 s"):
-            _fetch(agent, target, sha, size, stall_s=0.3)
-        # a manifest that does not fit the chunks on the broker: the length is checked first
-        manifest = manifest_of(source, sha, source.name, CHUNK)
-        bigger = dict(manifest, size=size + CHUNK, count=12, chunks=[*manifest["chunks"], "00" * 32])
-        operator.publish(f"katago/fleet/models/{sha}/manifest", bigger)
-        with pytest.raises(DeploymentError, match=r"chunk 10 of 12: 2048 bytes, the manifest says 4096"):
-            _fetch(agent, target, sha, size + CHUNK, stall_s=0.5)
-        kept = chunks_part(target).read_bytes()
-        assert kept[: 7 * CHUNK] == source.read_bytes()[: 7 * CHUNK]  # the good chunks stay
-    finally:
-        agent.stop()
-        operator.close()
+    with pytest.raises(
+        DeploymentError, match=rf"no manifest on katago/fleet/models/{sha}/manifest within 1 s"
+    ):
+        _fetch(agent, target, sha, size, manifest_timeout_s=1.0)
+    publish_model(operator, source, sha, source.name, CHUNK)
+    # chunk 7 cleared (an empty retained message: a new subscription receives nothing): asked
+    # for again after each stall, then given up
+    operator.publish(f"katago/fleet/models/{sha}/chunk/7", None)
+    with pytest.raises(DeploymentError, match=r"chunks \[7\] of 11 not received within 1.2 s"):
+        _fetch(agent, target, sha, size, stall_s=0.3)
+    # a manifest that does not fit the chunks on the broker: the length is checked first
+    manifest = manifest_of(source, sha, source.name, CHUNK)
+    bigger = dict(manifest, size=size + CHUNK, count=12, chunks=[*manifest["chunks"], "00" * 32])
+    operator.publish(f"katago/fleet/models/{sha}/manifest", bigger)
+    with pytest.raises(DeploymentError, match=r"chunk 10 of 12: 2048 bytes, the manifest says 4096"):
+        _fetch(agent, target, sha, size + CHUNK, stall_s=0.5)
+    kept = chunks_part(target).read_bytes()
+    assert kept[: 7 * CHUNK] == source.read_bytes()[: 7 * CHUNK]  # the good chunks stay
