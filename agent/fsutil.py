@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -33,6 +36,27 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = 0o644) -> Pat
 
 def atomic_write_text(path: Path, text: str, mode: int | None = 0o644) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing), held for the ``with`` block.
+
+    Two processes sharing a cache or a model store take turns; the kernel drops the lock when its
+    holder dies, so a killed process never leaves a stale one. ``waiting`` is called once, before
+    blocking, when another process holds the lock (to say so in the log)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def sha256_file(path: Path) -> str:

@@ -24,8 +24,6 @@ when PoCL is the only OpenCL driver and tune otherwise.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import platform
@@ -34,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -42,7 +40,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import EngineError
-from agent.fsutil import default_cache_dir
+from agent.fsutil import default_cache_dir, file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -186,18 +184,6 @@ def _katrain_binary_path(cache_dir: Path) -> Path:
     return cache_dir / KATRAIN_DIR_NAME / "squashfs-root" / "usr" / "bin" / "katago"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` so that two processes never fetch into the same cache at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def ensure_katrain_katago(cache_dir: Path | None = None, wheel: Path | None = None) -> Path:
     """Fetch ``katrain==1.20.0`` once, extract its KataGo AppImage; returns ``.../usr/bin/katago``.
 
@@ -211,7 +197,7 @@ def ensure_katrain_katago(cache_dir: Path | None = None, wheel: Path | None = No
     target = _katrain_binary_path(cache)
     if target.is_file():
         return target
-    with _file_lock(cache / ".katrain.lock"):
+    with file_lock(cache / ".katrain.lock"):
         if target.is_file():
             return target
         with tempfile.TemporaryDirectory(dir=cache, prefix=".katrain-") as tmp_name:

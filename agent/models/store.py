@@ -10,7 +10,9 @@ Artifacts are cached under a key of everything that decides their content: the s
 the recipe, and the versions of the tools that build them (katago-edge, onnx, onnxruntime,
 LiteRT, TensorFlow, TensorRT). A new network, a new recipe or an upgraded tool never reuses an old
 file; the same ones never build twice. Files and manifests are written atomically, the manifest
-last (a file without one is an interrupted build and is rebuilt).
+last (a file without one is an interrupted build and is rebuilt). One build runs at a time per
+store, across processes too (an ``flock`` on ``<root>/.build.lock``; a Pi has memory for one
+conversion): a second ``convert`` or daemon waits, says so in its log, then uses what the first built.
 
 A conversion that verification refuses leaves no artifact but a *refusal* beside where it would
 have been (``<file>.refused.json``, the report and the reason): the next start falls back at once
@@ -44,7 +46,7 @@ from typing import Any
 from agent.backends.base import NeuralNet
 from agent.backends.registry import ARTIFACT_SUFFIX, RUNTIME_NAMES
 from agent.errors import ConversionError, ModelStoreError, RuntimeUnavailable, VerificationFailed
-from agent.fsutil import atomic_write_text, default_cache_dir, sha256_file
+from agent.fsutil import atomic_write_text, default_cache_dir, file_lock, sha256_file
 from agent.models.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, read_manifest, tool_versions
 from agent.models.pipeline import ConvertJob, open_converted, run_conversion
 from agent.models.verify import MIN_POSITIONS, Threshold, VerifyReport, thresholds_for
@@ -61,6 +63,8 @@ logger = logging.getLogger(__name__)
 ONNX_INT8_GRAPH = "im2col-2"
 
 REFUSED_SUFFIX = ".refused.json"
+#: held (``flock``) while building: one conversion at a time per store, across processes
+BUILD_LOCK = ".build.lock"
 PRECISIONS: dict[str, tuple[str, ...]] = {
     "numpy": ("fp32",),
     "onnx": ("fp32", "fp16", "int8"),
@@ -327,8 +331,13 @@ class ModelStore:
                 f"{refused.get('reason', '?')} (cached refusal; `katago-edge models prune --refused` retries)",
                 VerifyReport.from_json(refused.get("verification", {})),
             )
-        with self._lock:
-            found = self.cached(source, recipe)  # another thread may have built it meanwhile
+        lock = self.root / BUILD_LOCK
+
+        def waiting() -> None:
+            logger.info("model store: waiting for another process's build in %s (%s)", self.root, lock.name)
+
+        with self._lock, file_lock(lock, waiting):
+            found = self.cached(source, recipe)  # another thread or process may have built it meanwhile
             if found is not None:
                 return found
             return self._build(source, recipe, progress=progress, threads=threads, force=force)

@@ -15,8 +15,9 @@ from edge_fixtures import model_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))
 from fleet_support import Device, EventLog, Mosquitto, cli, publish_raw, wait_until
 
-from agent.fsutil import sha256_file
+from agent.fsutil import file_lock, sha256_file
 from agent.models.manifest import read_manifest
+from agent.models.store import BUILD_LOCK
 
 pytestmark = [pytest.mark.needs_models, pytest.mark.needs_mosquitto, pytest.mark.slow]
 
@@ -28,7 +29,8 @@ def test_deployment__sigkill_while_preparing__back_on_the_old_network__resumed__
 ) -> None:
     b6, b7 = model_file(models_dir, "b6c96"), model_file(models_dir, "b7c96-cnorm").resolve()
     # the device serves b6c96 with numpy; the deployment asks for ONNX, converted in a store of its
-    # own, so that preparing takes long enough to be killed in the middle
+    # own whose build lock the test holds (as another process's conversion would): preparing waits
+    # there, so the kill lands in the middle of it on any machine
     device = Device(short_tmp, "k1", broker, b6, config=NUMPY_ONLY)
     store = short_tmp / "store"
     events = EventLog(broker.port)
@@ -44,18 +46,20 @@ def test_deployment__sigkill_while_preparing__back_on_the_old_network__resumed__
         assert "ignoring a desired-state message: deployment dep-nosha: no sha256" in device.log()
         assert events.of("k1") == [] and device.model_name() == old_name
 
-        deploy = cli(
-            "fleet", "deploy", f"file://{b7}", "--sha256", sha256_file(b7), "--device", "k1",
-            "--runtime", "onnx", "--precision", "fp32", "--id", "dep-kill", "--timeout", "2",
-            "--broker", f"127.0.0.1:{broker.port}",
-        )  # fmt: skip
-        assert "deployment dep-kill" in deploy.stdout, deploy.stderr
-        wait_until(lambda: "preparing" in events.states("k1", "dep-kill"), 120, "preparing")
-        time.sleep(0.5)
-        device.kill()
+        with file_lock(store / BUILD_LOCK):
+            deploy = cli(
+                "fleet", "deploy", f"file://{b7}", "--sha256", sha256_file(b7), "--device", "k1",
+                "--runtime", "onnx", "--precision", "fp32", "--id", "dep-kill", "--timeout", "2",
+                "--broker", f"127.0.0.1:{broker.port}",
+            )  # fmt: skip
+            assert "deployment dep-kill" in deploy.stdout, deploy.stderr
+            wait_until(lambda: "preparing" in events.states("k1", "dep-kill"), 120, "preparing")
+            wait_until(lambda: "waiting for another process's build" in device.log(), 60, "waiting")
+            device.kill()
         saved = json.loads((device.dir / "state" / "deployment.json").read_text())
         assert saved["deployment"]["state"] == "preparing", saved  # killed in the middle
         assert saved["current"]["network"] == b6.name
+        assert not list(store.glob("onnx/*.onnx")), "nothing built while the lock was held"
 
         started = time.monotonic()
         device.start(KATAGO_EDGE_ARTIFACT_STORE=str(store)).wait_ready()

@@ -4,7 +4,9 @@ cached refusals, converted files given directly, and the `models` command."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -12,9 +14,10 @@ import pytest
 from edge_fixtures import model_file
 
 from agent.cli.main import run
+from agent.fsutil import file_lock
 from agent.models.manifest import read_manifest
 from agent.models.pipeline import open_converted
-from agent.models.store import ONNX_INT8_GRAPH, ModelStore, Recipe, VerificationRefused
+from agent.models.store import BUILD_LOCK, ONNX_INT8_GRAPH, Artifact, ModelStore, Recipe, VerificationRefused
 
 pytestmark = pytest.mark.needs_models
 
@@ -49,6 +52,28 @@ def test_store__builds_once_verifies_and_reuses_by_key(models_dir: Path, tmp_pat
     assert (net.info.runtime, net.info.precision) == ("onnx", "fp16")
     assert net.postprocess_params.model_version == 8
     assert [e.kind for e in store.entries()] == ["artifact"]
+
+
+def test_store__a_build_waits_for_another_process_holding_the_store_lock(
+    models_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = model_file(models_dir, "b6c96")
+    store = ModelStore(tmp_path / "store")
+    built: list[Artifact] = []
+    caplog.set_level(logging.INFO, logger="agent.models.store")
+    with file_lock(store.root / BUILD_LOCK):  # another process (its own open file) is building
+        worker = threading.Thread(target=lambda: built.append(store.prepare(source, Recipe("onnx", "fp32"))))
+        worker.start()
+        deadline = time.monotonic() + 60
+        while "waiting for another process's build" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "waiting for another process's build" in caplog.text
+        time.sleep(0.3)
+        assert worker.is_alive() and not built and not list(store.root.glob("onnx/*.onnx"))
+    worker.join(120)
+    assert len(built) == 1 and built[0].built_now and built[0].path.is_file()
+    again = ModelStore(store.root).prepare(source, Recipe("onnx", "fp32"))  # a later process: no rebuild
+    assert not again.built_now and again.path == built[0].path
 
 
 def test_store__a_file_that_lost_its_manifest_is_rebuilt(models_dir: Path, tmp_path: Path) -> None:
