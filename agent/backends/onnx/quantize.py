@@ -32,6 +32,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from inspect import signature
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+#: Methods whose ranges come from activation histograms (:func:`streamed_histograms`).
+HISTOGRAM_METHODS = ("percentile", "entropy")
 
 #: Layer groups (``katago.layer_groups`` metadata written by the builder) kept FP32 in FP16
 #: graphs, plus node-name prefixes/substrings for the mask bookkeeping, pooling and softmax.
@@ -192,39 +195,166 @@ class _Reader:
         self._it = self._gen()
 
 
-class _Chunk:
-    """At most ``size`` batches of another calibration reader (``get_next`` interface)."""
+#: Positions per inference run in the histogram passes and the GPTQ statistics: every activation
+#: of a run is held at once (b10c384: ~250 MB per position for the 402 calibrated tensors).
+STREAM_BATCH = 1
 
-    def __init__(self, source: _Reader, size: int) -> None:
-        self.source, self.left = source, size
-        self.first = source.get_next()
+#: ``HistogramCollector.histogram_dict`` entry: ``(counts, edges, min, max, threshold)``, or
+#: ``(counts, edges, min, max)`` for histograms of absolute values.
+Histogram = tuple[Any, ...]
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.first is not None:
-            item, self.first = self.first, None
-            self.left -= 1
-            return item
-        if self.left <= 0:
-            return None
-        self.left -= 1
-        return self.source.get_next()
+
+def streamed_histograms(
+    run: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]],
+    names: Sequence[str],
+    positions: PositionSet,
+    num_bins: int,
+    *,
+    absolute: bool = False,
+    batch: int = STREAM_BATCH,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Histogram]:
+    """Histograms of the tensors ``names`` over all ``positions``, in onnxruntime's
+    ``HistogramCollector`` format, holding the activations of one batch at a time.
+
+    ``run(feed)`` returns the tensors ``names`` for one batch. Pass 1 records each tensor's
+    minimum and maximum (and those of ``|x|``); pass 2 adds up ``np.histogram`` counts over that
+    fixed range. The result is what the collector computes from all activations in one piece
+    (``np.histogram(x, num_bins, range=(-t, t))`` with ``t = max|x|``, or with ``absolute`` the
+    histogram of ``|x|`` over ``[min|x|, max|x|]``), so it does not depend on ``batch``;
+    onnxruntime's own collector re-bins whenever a later batch exceeds the range so far.
+    """
+    total = len(positions)
+    lows: dict[str, Any] = {}
+    highs: dict[str, Any] = {}
+    abs_lows: dict[str, Any] = {}
+    abs_highs: dict[str, Any] = {}
+
+    def batches(step: int) -> Iterator[list[np.ndarray]]:
+        for i, b in enumerate(positions.batches(batch)):
+            yield [np.asarray(a) for a in run({"spatial": b.spatial, "global": b.global_})]
+            if progress:
+                progress(min((i + 1) * batch, total), total)
+            logger.debug("histogram pass %d: %d of %d positions", step, min((i + 1) * batch, total), total)
+
+    for outputs in batches(1):
+        for name, arr in zip(names, outputs, strict=True):
+            if arr.size == 0:
+                continue
+            low, high = np.nanmin(arr), np.nanmax(arr)
+            lows[name] = low if name not in lows else min(lows[name], low)
+            highs[name] = high if name not in highs else max(highs[name], high)
+            if absolute:
+                mags = np.absolute(arr)
+                abs_low, abs_high = np.nanmin(mags), np.nanmax(mags)
+                abs_lows[name] = abs_low if name not in abs_lows else min(abs_lows[name], abs_low)
+                abs_highs[name] = abs_high if name not in abs_highs else max(abs_highs[name], abs_high)
+    counts: dict[str, Any] = {}
+    edges: dict[str, Any] = {}
+    dtypes: dict[str, Any] = {}
+    for outputs in batches(2):
+        for name, arr in zip(names, outputs, strict=True):
+            dtypes.setdefault(name, arr.dtype)
+            flat = arr.reshape(-1)
+            if absolute:
+                mags = np.absolute(flat)
+                bounds = (
+                    abs_lows.get(name, np.array(0, arr.dtype)),
+                    abs_highs.get(name, np.array(0, arr.dtype)),
+                )
+                hist, hist_edges = np.histogram(mags, bins=num_bins, range=bounds)
+                hist_edges = hist_edges.astype(arr.dtype)
+            else:
+                threshold = _threshold(lows.get(name), highs.get(name), arr.dtype)
+                hist, hist_edges = np.histogram(flat, num_bins, range=(-threshold, threshold))
+            counts[name] = hist if name not in counts else counts[name] + hist
+            edges.setdefault(name, hist_edges)
+    result: dict[str, Histogram] = {}
+    for name in names:
+        zero = np.array(0, dtypes[name])
+        low, high = lows.get(name, zero), highs.get(name, zero)
+        if absolute:
+            result[name] = (counts[name], edges[name], low, high)
+        else:
+            result[name] = (counts[name], edges[name], low, high, _threshold(low, high, dtypes[name]))
+    return result
+
+
+def _threshold(low: Any, high: Any, dtype: Any) -> Any:
+    """``max(|min|, |max|)`` as onnxruntime's collector computes it (0 for a tensor never seen)."""
+    if low is None or high is None:
+        return np.array(0, dtype=dtype)
+    return np.array(max(abs(low), abs(high)), dtype=dtype)
+
+
+def collect_streamed(
+    calibrator: Any, positions: PositionSet, progress: Callable[[int, int], None] | None
+) -> None:
+    """Give an onnxruntime ``HistogramCalibrater`` (augmented graph and session ready) the finished
+    histograms of its tensors over ``positions`` (:func:`streamed_histograms`), in place of its
+    ``collect_data``, which holds every activation of everything it is given before binning."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    names = sorted(calibrator.tensors_to_calibrate)
+    session = calibrator.infer_session
+
+    def run(feed: dict[str, np.ndarray]) -> Sequence[np.ndarray]:
+        result: Sequence[np.ndarray] = session.run(names, feed)
+        return result
+
+    absolute = calibrator.method == "percentile" and bool(calibrator.symmetric)
+    histograms = streamed_histograms(
+        run, names, positions, calibrator.num_bins, absolute=absolute, progress=progress
+    )
+    collector = HistogramCollector(
+        method=calibrator.method,
+        symmetric=calibrator.symmetric,
+        num_bins=calibrator.num_bins,
+        num_quantized_bins=calibrator.num_quantized_bins,
+        percentile=calibrator.percentile,
+        scenario=calibrator.scenario,
+    )
+    collector.histogram_dict.update(histograms)
+    calibrator.collector = collector
+    logger.info("INT8 calibration: %d tensors histogrammed in two passes", len(names))
+
+
+def histogram_ranges(
+    model_path: Path,
+    positions: PositionSet,
+    method: Any,
+    options: dict[str, Any],
+    work_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """onnxruntime's percentile/entropy ranges (its ``TensorsData``) for the Conv/MatMul tensors of
+    the graph at ``model_path``: its calibrator chooses the tensors, runs its augmented graph and
+    turns the histograms into ranges (``compute_data``) as ``quantize_static`` does; the histograms
+    are :func:`collect_streamed`'s. ``options``: the calibrator's ``extra_options``."""
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    calibrator: Any = create_calibrator(
+        model_path,
+        ["Conv", "MatMul"],
+        augmented_model_path=str(work_dir / "augmented.onnx"),
+        calibrate_method=method,
+        extra_options=options,
+    )
+    collect_streamed(calibrator, positions, progress)
+    return calibrator.compute_data()
 
 
 @contextlib.contextmanager
-def _chunked_histograms(batches: int) -> Iterator[None]:
-    """Make onnxruntime's histogram calibrators (percentile, entropy) consume the positions a few
-    batches at a time, merging histograms, instead of holding every activation of every batch:
-    b10c384 needed ~0.3 GB per position (17 GB for 64). Patches the class while quantizing."""
+def _streamed_collect_data() -> Iterator[None]:
+    """For onnxruntime without ``quantize_static(calibration_cache_path=...)``: its histogram
+    calibrators' ``collect_data`` replaced by :func:`collect_streamed` on the :class:`_Reader`'s
+    positions while quantizing (the class is patched, then restored)."""
     from onnxruntime.quantization.calibrate import HistogramCalibrater
 
     original = HistogramCalibrater.collect_data
 
     def collect(self: HistogramCalibrater, reader: _Reader) -> None:
-        while True:
-            chunk = _Chunk(reader, batches)
-            if chunk.first is None:
-                return
-            original(self, chunk)
+        collect_streamed(self, reader.positions, reader.progress)
 
     HistogramCalibrater.collect_data = collect
     try:
@@ -340,12 +470,15 @@ def to_int8_static(
     grid: dict[str, Any] = {}
     if weight_rounding != "nearest" or bias_correction:
         layers = weight_rounding_mod.quantized_layers(model, exclude)
-        stats = weight_rounding_mod.collect_stats(model, layers, calibration, batch, progress)
+        # one position per run: every layer input of a run is held at once (b10c384, 8 positions:
+        # ~1 GB; the statistics themselves, 77 MB)
+        stats = weight_rounding_mod.collect_stats(model, layers, calibration, STREAM_BATCH, progress)
         grid = weight_rounding_mod.rounded_weights(model, layers, stats, weight_rounding)
         if bias_correction:
             model = weight_rounding_mod.replace_initializers(
                 model, weight_rounding_mod.bias_corrections(model, layers, stats, grid)
             )
+        del stats
     extra: dict[str, Any] = {
         "WeightSymmetric": True,
         "ActivationSymmetric": signed_activations,
@@ -360,12 +493,29 @@ def to_int8_static(
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
         chatter = io.StringIO()  # the percentile/entropy calibrators print() progress to stdout
+        calibrate: dict[str, Any] = {"calibration_data_reader": _Reader(calibration, batch, progress)}
+        streamed: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         try:
-            with contextlib.redirect_stdout(chatter), _chunked_histograms(max(1, 8 // batch)):
+            with contextlib.redirect_stdout(chatter):
+                if (
+                    method in HISTOGRAM_METHODS
+                    and "calibration_cache_path" in signature(quantize_static).parameters
+                ):
+                    from onnxruntime.quantization.calibrate import save_tensors_data
+
+                    options = {"symmetric": extra["CalibTensorRangeSymmetric"], "percentile": percentile}
+                    ranges = histogram_ranges(src, calibration, methods[method], options, Path(tmp), progress)
+                    cache = Path(tmp) / "ranges.json"
+                    save_tensors_data(ranges, cache)
+                    del ranges
+                    calibrate = {"calibration_data_reader": None, "calibration_cache_path": str(cache)}
+                elif method in HISTOGRAM_METHODS:
+                    streamed = _streamed_collect_data()
+            with contextlib.redirect_stdout(chatter), streamed:
                 quantize_static(
                     str(src),
                     str(dst),
-                    _Reader(calibration, batch, progress),
+                    **calibrate,
                     quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=["Conv", "MatMul"],
                     per_channel=True,

@@ -135,10 +135,15 @@ def collect_stats(
     model: onnx.ModelProto,
     layers: Sequence[onnx.NodeProto],
     positions: PositionSet,
-    batch: int = 8,
+    batch: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, LayerStats]:
-    """``H = X^T X`` and the mean input row of each layer over the on-board rows of ``positions``."""
+    """``H = X^T X`` and the mean input row of each layer over the on-board rows of ``positions``.
+
+    Each run of ``batch`` positions returns the inputs of every layer at once, and they dominate
+    the memory: b10c384 peaked ~1 GB above the graph with batches of 8 positions, ~0.26 GB with
+    one (and ran faster), while its statistics take 77 MB (float64). The sums do not depend on
+    ``batch`` beyond float64 rounding."""
     import onnxruntime as ort
 
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
