@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import threading
 import time
 from typing import Any
 
+import pytest
 from search_support import Sink, engine, query
 
+from agent.backends.base import NNInputs, NNOutputs
 from agent.backends.fake import FakeNet
 from agent.engines.native import NativeEngine
 from agent.protocol.service import AnalysisService, analysis_query
@@ -51,8 +55,25 @@ def test_mcts__report_during_search_then_one_final() -> None:
     assert during and all(r["rootInfo"]["visits"] <= finals[0]["rootInfo"]["visits"] for r in during)
 
 
+class _GatedNet(FakeNet):
+    """Holds every evaluation until ``gate`` is set; ``entered`` is set by the first one."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=0.003)
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def evaluate(self, inputs: NNInputs) -> NNOutputs:
+        self.entered.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        return super().evaluate(inputs)
+
+
 def test_mcts__priorities_run_higher_first() -> None:
-    net = FakeNet(delay=0.003)
+    """Queries waiting for the analysis thread run by priority. The first one is held in its
+    root evaluation until the others wait behind it, so that it is surely running (not
+    competing with them) and not done yet, however fast or slow the machine."""
+    net = _GatedNet()
     eng = NativeEngine(net, default_params=SearchParams(max_visits=20), randomize=False)
     svc = AnalysisService(eng)
     order: list[str] = []
@@ -62,10 +83,11 @@ def test_mcts__priorities_run_higher_first() -> None:
             order.append(r["id"])
 
     svc.handle_line(json.dumps(query(id="first")), sink)
-    time.sleep(0.05)
+    assert net.entered.wait(30)  # "first" is running
     svc.handle_line(json.dumps(query(id="low", priority=-5)), sink)
     svc.handle_line(json.dumps(query(id="high", priority=10)), sink)
     svc.handle_line(json.dumps(query(id="mid")), sink)
+    net.gate.set()
     svc.close()
     assert order == ["first", "high", "mid", "low"]
 
@@ -105,10 +127,20 @@ def test_mcts__tree_reuse_of_a_leaf_never_walked_through() -> None:
     assert stats["visits"] == 80 + 79  # the second search kept the leaf's one visit
 
 
-def test_mcts__concurrent_one_thread_searches_still_batch_through_the_evaluator() -> None:
+def test_mcts__concurrent_one_thread_searches_still_batch_through_the_evaluator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Network-mode speculation is for a lone search: with two analysis threads (one search
     thread each) the searches' leaves share batches in the evaluator instead of each search
-    running its own network thread."""
+    running its own network thread.
+
+    Made independent of the machine's speed and load: speculation is on as where it pays (more
+    than one usable CPU, predictions cheap next to the network), both searches register with the
+    evaluator before either plays out (a barrier), and the evaluator waits for the second
+    search's leaf as long as it takes (its own wait, a fraction of a measured evaluation, and its
+    judgement of whether waiting pays are wall-clock heuristics a loaded machine defeats)."""
+    monkeypatch.setattr("agent.search.mcts.usable_cpus", lambda: 2)
+    monkeypatch.setattr("agent.search.speculate.PIPELINED_MAX_SHARE", math.inf)
     params = SearchParams(max_visits=60)
     eng = NativeEngine(
         FakeNet(delay=0.01),
@@ -118,6 +150,18 @@ def test_mcts__concurrent_one_thread_searches_still_batch_through_the_evaluator(
         num_analysis_threads=2,
         max_batch_size=2,
     )
+    ev = eng.evaluator
+    both_searching = threading.Barrier(2, timeout=30)
+    add_submitters = ev.add_submitters
+
+    def add_submitters_together(n: int) -> None:
+        add_submitters(n)
+        if n > 0:
+            both_searching.wait()  # the other search's playouts start too
+
+    monkeypatch.setattr(ev, "add_submitters", add_submitters_together)
+    monkeypatch.setattr(ev, "_batching_pays", lambda size: True)
+    monkeypatch.setattr(ev, "_fill_wait", lambda: 30.0)  # cut short once a search ends
     sink = Sink()
     try:
         for qid, extra in (("a", "D4"), ("b", "F6")):
@@ -127,10 +171,10 @@ def test_mcts__concurrent_one_thread_searches_still_batch_through_the_evaluator(
                 ),
                 sink,
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len([r for r in sink.items if not r.get("isDuringSearch")]) < 2:
             time.sleep(0.05)
-        stats = eng.evaluator.stats()
+        stats = ev.stats()
     finally:
         eng.close()
     finals = {r["id"]: r for r in sink.items if not r.get("isDuringSearch")}

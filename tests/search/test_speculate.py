@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import threading
+
 import numpy as np
 import pytest
 from search_support import POST, query
 
+from agent.backends.base import NNInputs, NNOutputs
 from agent.backends.fake import FakeNet
 from agent.protocol.query import parse_query
 from agent.protocol.replay import build_turns
@@ -13,6 +17,10 @@ from agent.search.evaluator import NNEvaluator
 from agent.search.mcts import Search
 from agent.search.params import SearchParams
 from agent.search.position import SearchState
+from agent.search.speculate import Speculator
+
+# a helper-mode prediction not done within this long after its wake-up is a hang, not slowness
+HELPER_TIMEOUT_S = 30.0
 
 
 def _search_moves(s: Search) -> list[tuple[int, int, float]]:
@@ -25,12 +33,54 @@ def _search_moves(s: Search) -> list[tuple[int, int, float]]:
 
 
 class _UncancellableNet(FakeNet):
-    """A runtime that cannot abandon a run (like TFLite): the speculator only prepares inputs."""
+    """A runtime that cannot abandon a run (like TFLite): the speculator's helper thread only
+    prepares inputs, racing the network run. So that the race is always won, as on a quiet
+    machine (on a loaded one a late prediction is dropped, by design), a run the helper was woken
+    for (``woke``) returns only once the helper's prediction is done (``predicted``)."""
+
+    def __init__(self, *, delay: float) -> None:
+        super().__init__(delay=delay)
+        self.woke = False
+        self.predicted = threading.Event()
 
     def make_cancel(self) -> None:
         return None
 
+    def evaluate(self, inputs: NNInputs) -> NNOutputs:
+        out = super().evaluate(inputs)
+        if self.woke:
+            self.woke = False
+            assert self.predicted.wait(HELPER_TIMEOUT_S), "the speculation helper never finished"
+        return out
 
+
+@pytest.fixture
+def speculation_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Speculation as on a machine where it pays: more than one usable CPU (it is off under
+    ``taskset`` with one) and predictions cheap next to the network (a median above a share of
+    the measured evaluation time idles it: wall-clock times, which a loaded machine inflates).
+    Helper-mode runs wait for the helper (``_UncancellableNet``)."""
+    monkeypatch.setattr("agent.search.mcts.usable_cpus", lambda: 2)
+    monkeypatch.setattr("agent.search.speculate.MAX_SHARE", math.inf)
+    monkeypatch.setattr("agent.search.speculate.PIPELINED_MAX_SHARE", math.inf)
+    release, timed = Speculator._release, Speculator._timed
+
+    def release_helper(self: Speculator) -> None:
+        if isinstance(self.net, _UncancellableNet):
+            self.net.predicted.clear()
+            self.net.woke = True
+        release(self)
+
+    def prediction_done(self: Speculator, t0: float) -> None:
+        timed(self, t0)
+        if isinstance(self.net, _UncancellableNet):
+            self.net.predicted.set()
+
+    monkeypatch.setattr(Speculator, "_release", release_helper)
+    monkeypatch.setattr(Speculator, "_timed", prediction_done)
+
+
+@pytest.mark.usefixtures("speculation_on")
 @pytest.mark.parametrize("mode", ["network", "helper"])
 def test_mcts__speculation_prepares_leaves_without_changing_the_search(mode: str) -> None:
     """With one search thread the next leaf is predicted while the network runs: its inputs are
