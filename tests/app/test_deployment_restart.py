@@ -1,4 +1,4 @@
-"""A daemon killed (SIGKILL) while it prepares a deployed network comes back serving the old one,
+"""A daemon killed (SIGKILL) while it prepares (or downloads over MQTT) a deployed network comes back serving the old one,
 then resumes the deployment from the retained desired state; a desired state without sha256 is
 ignored. Real Mosquitto, real daemons, real networks; the operator is ``katago-edge fleet``."""
 
@@ -15,9 +15,12 @@ from edge_fixtures import model_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))
 from fleet_support import Device, EventLog, Mosquitto, cli, publish_raw, wait_until
 
+from agent.fleet.chunks import manifest_of
+from agent.fleet.rollout import FleetClient
 from agent.fsutil import file_lock, sha256_file
 from agent.models.manifest import read_manifest
 from agent.models.store import BUILD_LOCK
+from agent.transports.mqtt.settings import MqttSettings
 
 pytestmark = [pytest.mark.needs_models, pytest.mark.needs_mosquitto, pytest.mark.slow]
 
@@ -89,6 +92,67 @@ def test_deployment__sigkill_while_preparing__back_on_the_old_network__resumed__
         assert device.deployment()["state"] == "active" and device.model_name() != old_name
         assert device.health_answer()["network"]["serving"]["runtime"] == "onnx"
     finally:
+        events.close()
+        device.stop()
+        print(device.log()[-3000:])  # shown when the test fails
+
+
+def test_deployment__sigkill_while_downloading_over_mqtt__resumes_with_the_chunks_it_kept(
+    models_dir: Path, short_tmp: Path, broker: Mosquitto
+) -> None:
+    """A device loses power in the middle of an MQTT transfer: only the first half of the chunks
+    is on the broker, so the device stalls after writing them (deterministically) and is killed
+    there. Restarted, with the rest of the chunks sent meanwhile, it resumes the deployment from the
+    retained desired state, keeps exactly the chunks it wrote, and ends serving the new network."""
+    b6, b7 = model_file(models_dir, "b6c96").resolve(), model_file(models_dir, "b7c96-cnorm").resolve()
+    sha, size, chunk_size = sha256_file(b7), b7.stat().st_size, 64 << 10
+    manifest = manifest_of(b7, sha, b7.name, chunk_size)
+    count, half = manifest["count"], manifest["count"] // 2
+    device = Device(short_tmp, "m1", broker, b6, config=NUMPY_ONLY)
+    events = EventLog(broker.port)
+    operator = FleetClient(MqttSettings(host="127.0.0.1", port=broker.port))
+    data = b7.read_bytes()
+    try:
+        device.start().wait_ready()
+        old_name = device.model_name()
+        operator.connect()
+        for index in range(half):  # the first half only: the transfer stops there
+            operator.publish(
+                operator.topics.model_chunk(sha, index), data[index * chunk_size : (index + 1) * chunk_size]
+            )
+        operator.publish(operator.topics.model_manifest(sha), manifest)
+        desired = {
+            "id": "dep-dl",
+            "network": b7.name,
+            "sha256": sha,
+            "size": size,
+            "url": f"mqtt:{operator.topics.model(sha)}",
+        }
+        assert publish_raw(broker.port, "katago/m1/deployment/desired", json.dumps(desired).encode()) == 0
+        # every chunk there is written: the device waits for the others, then asks again
+        wait_until(lambda: "no chunk for" in device.log(), 60, "the transfer stalled")
+        device.kill()
+        saved = json.loads((device.dir / "state" / "deployment.json").read_text())
+        assert (saved["deployment"]["id"], saved["deployment"]["state"]) == ("dep-dl", "downloading"), saved
+        assert saved["current"]["network"] == b6.name
+        assert not (device.dir / "state" / "models" / b7.name).exists()  # only the part file
+
+        for index in range(half, count):  # the operator sends the rest while the device is down
+            operator.publish(
+                operator.topics.model_chunk(sha, index), data[index * chunk_size : (index + 1) * chunk_size]
+            )
+        device.start().wait_ready()
+        assert device.model_name() == old_name  # the old network serves at once
+        assert "dep-dl was interrupted while downloading" in device.log()
+        wait_until(lambda: device.deployment().get("state") == "active", 120, "resumed and active")
+        assert f"resuming {b7.name} with {half} of {count} chunks kept" in device.log()
+        assert device.deployment()["current"]["sha256"] == sha
+        assert sha256_file(device.dir / "state" / "models" / b7.name) == sha
+        assert device.model_name() != old_name and "b7c96" in device.model_name()
+        assert device.analyse()["rootInfo"]["visits"] >= 4
+        assert events.states("m1", "dep-dl")[-4:] == ["downloading", "verifying", "preparing", "active"]
+    finally:
+        operator.close()
         events.close()
         device.stop()
         print(device.log()[-3000:])  # shown when the test fails
