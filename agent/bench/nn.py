@@ -24,6 +24,7 @@ from agent.backends.base import NNOutputs
 from agent.bench.positions import BenchPosition, encode_batch
 from agent.bench.timing import Timing, measure
 from agent.errors import AgentError
+from agent.models.manifest import manifest_path
 from agent.models.store import Artifact, ModelStore, Recipe, check_runtime
 from agent.records import field_dict
 
@@ -109,6 +110,22 @@ class NNBench:
         """Per variant: the model store's verification passed (what ``serve`` would serve).
         The quick check on the bench positions (``accuracy``) is reported beside it, not used."""
         return {k: a.verify["status"] in ("passed", "reference") for k, a in self.artifacts.items()}
+
+    def verify_statuses(self) -> dict[str, str]:
+        """Per variant: the model store's verification status (passed, reference, forced, failed,
+        unverified), for the report to say why a variant does not count."""
+        return {k: str(a.verify["status"]) for k, a in self.artifacts.items()}
+
+    def manifests(self) -> dict[str, tuple[dict[str, Any] | None, str | None]]:
+        """Per variant: its manifest's ``extra`` keys (what an INT8 conversion kept in float and
+        the sensitivity pass's figures) and the manifest's path; ``(None, None)`` without one."""
+        out: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
+        for label, artifact in self.artifacts.items():
+            if artifact.manifest is None:
+                out[label] = (None, None)
+            else:
+                out[label] = (artifact.manifest.extra, str(manifest_path(artifact.path)))
+        return out
 
     def best(self, batch: int | None = None) -> NNResult | None:
         pool = [r for r in self.results if batch is None or r.batch == batch]

@@ -12,6 +12,7 @@ import importlib.metadata
 import platform
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,188 @@ def apply_suggestion(config_path: Path, suggestion: Suggestion) -> Path:
 
 def ratio(ours: float, theirs: float | None) -> float | None:
     return round(ours / theirs, 3) if theirs else None
+
+
+INT8_TARGET = 2.0  # issue #17: INT8 at least twice FP32's evals/s, with verification passed
+
+
+def int8_float_record(extra: Mapping[str, Any] | None, manifest: str | None = None) -> dict[str, Any]:
+    """What an INT8 artifact's manifest (its ``extra`` keys) records as kept in float, and what the
+    sensitivity pass measured for each of those units: read, never inferred. A missing record is
+    said as ``"no record"``.
+
+    ``float_units`` / ``float_count`` / ``unit_count`` come from ``int8_sensitivity`` (the pass's
+    units and the ones it kept float), else from ``int8_float_groups`` (a fixed list, no pass: no
+    unit count and no costs). ``costs`` maps each float unit to the pass's figures with only that
+    unit in INT8 (``cost``, ``winrate_p99``, ``lead_p99``, ``top1``, ``policy_kl_mean``), or says
+    why there are none. ``float_always`` lists what the TFLite writer never quantizes
+    (``tflite_int8``); no pass measures those."""
+    if extra is None:
+        return {"manifest": manifest, "float_units": "no record", "costs": "no record"}
+    out: dict[str, Any] = {"manifest": manifest}
+    tflite = extra.get("tflite_int8")
+    mode = tflite.get("mode") if isinstance(tflite, dict) else extra.get("int8_mode")
+    out["int8_mode"] = mode if mode is not None else "no record"
+    sensitivity = extra.get("int8_sensitivity")
+    groups = extra.get("int8_float_groups")
+    if isinstance(sensitivity, dict):
+        units = list(sensitivity.get("units", {}))
+        float_units = [str(u) for u in sensitivity.get("float_units", [])]
+        alone = sensitivity.get("alone", {})
+        start = set(sensitivity.get("start", []))
+        costs: dict[str, Any] = {}
+        for unit in float_units:
+            if unit in alone:
+                costs[unit] = dict(alone[unit])
+            elif unit in start:
+                costs[unit] = "no record (float from the start list, not measured alone)"
+            else:
+                costs[unit] = "no record"
+        out.update(
+            source="int8_sensitivity",
+            float_units=float_units,
+            float_count=len(float_units),
+            unit_count=len(units),
+            costs=costs,
+            all_int8=sensitivity.get("all_int8", "no record"),
+            sensitivity_passed=sensitivity.get("passed"),
+            positions=sensitivity.get("positions"),
+        )
+    elif isinstance(groups, list):
+        out.update(
+            source="int8_float_groups",
+            float_units=[str(g) for g in groups],
+            float_count=len(groups),
+            unit_count="no record",
+            costs={str(g): "no record" for g in groups},
+        )
+    else:
+        out.update(float_units="no record", costs="no record")
+    if isinstance(tflite, dict) and "float_always" in tflite:
+        out["float_always"] = list(tflite["float_always"])
+    return out
+
+
+def int8_vs_fp32(
+    nn_results: list[dict[str, Any]],
+    verified: Mapping[str, bool],
+    manifests: Mapping[str, tuple[Mapping[str, Any] | None, str | None]],
+    *,
+    skipped: Mapping[str, str] | None = None,
+    statuses: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per runtime measured in both FP32 and INT8 at the same batch and threads: the best
+    INT8/FP32 evals/s ratio over those pairs (and which pair), whether INT8 passed verification
+    (a variant that did not is reported, marked, and never counted as reaching the target),
+    whether it reaches :data:`INT8_TARGET`, and what the INT8 artifact's manifest records as kept
+    in float (the table shows it when the target is not reached) (:func:`int8_float_record`; ``manifests`` maps ``"runtime/int8"`` to
+    the manifest's ``extra`` and its path). A runtime whose INT8 variant was skipped (refused by
+    verification, cannot be built) while FP32 ran gets the reason instead of a ratio.
+
+    Ratios are computed from the figures as the report holds them (``evals_per_s`` of the result
+    dicts), so anyone can recompute them from the JSON."""
+    figures = {(r["runtime"], r["precision"], r["batch"], r["threads"]): r for r in nn_results}
+    out: dict[str, dict[str, Any]] = {}
+    for runtime in dict.fromkeys(r["runtime"] for r in nn_results):
+        label, fp32_label = f"{runtime}/int8", f"{runtime}/fp32"
+        pairs = []
+        for (rt, precision, batch, threads), r in figures.items():
+            fp32 = figures.get((rt, "fp32", batch, threads))
+            if rt != runtime or precision != "int8" or fp32 is None or not fp32["evals_per_s"]:
+                continue
+            pairs.append(
+                {
+                    "batch": batch,
+                    "threads": threads,
+                    "int8_evals_per_s": r["evals_per_s"],
+                    "fp32_evals_per_s": fp32["evals_per_s"],
+                    "ratio": round(r["evals_per_s"] / fp32["evals_per_s"], 3),
+                }
+            )
+        if not pairs:
+            has_fp32 = any(k[0] == runtime and k[1] == "fp32" for k in figures)
+            if has_fp32 and skipped and label in skipped:
+                out[runtime] = {"ratio": None, "int8_skipped": skipped[label], "counted": False}
+            continue
+        best = max(pairs, key=lambda p: p["ratio"])
+        int8_ok = bool(verified.get(label, False))
+        fp32_ok = bool(verified.get(fp32_label, False))
+        counted = int8_ok and fp32_ok
+        record: dict[str, Any] = {
+            **best,
+            "pairs": pairs,
+            "int8_verified": int8_ok,
+            "int8_verify_status": (statuses or {}).get(label, "passed" if int8_ok else "not verified"),
+            "fp32_verified": fp32_ok,
+            "counted": counted,
+            "target": INT8_TARGET,
+            "reaches_target": counted and best["ratio"] >= INT8_TARGET,
+        }
+        extra, path = manifests.get(label, (None, None))
+        record["float"] = int8_float_record(extra, path)  # printed only below the target
+        out[runtime] = record
+    return out
+
+
+def _threads_text(threads: int) -> str:
+    return "default threads" if not threads else f"{threads} thread{'s' if threads != 1 else ''}"
+
+
+def _cost_text(unit: str, cost: Any) -> str:
+    if not isinstance(cost, dict):
+        return f"{unit}: {cost}"
+    parts = [f"cost {cost['cost']:.3f}"] if "cost" in cost else []
+    for key, name, fmt in (
+        ("winrate_p99", "winrate p99", ".4f"),
+        ("lead_p99", "lead p99", ".3f"),
+        ("top1", "top-1", ".3f"),
+    ):
+        if key in cost:
+            parts.append(f"{name} {cost[key]:{fmt}}")
+    return f"{unit}: INT8 alone {', '.join(parts)}"
+
+
+def int8_vs_fp32_lines(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The table's "INT8 vs FP32" lines, one per runtime, from :func:`int8_vs_fp32`'s records."""
+    lines = []
+    for runtime, rec in records.items():
+        if rec.get("ratio") is None:
+            lines.append(f"{runtime}: int8 not measured ({rec.get('int8_skipped', 'no figure')})")
+            continue
+        head = (
+            f"{runtime}: int8 {rec['int8_evals_per_s']:.1f} / fp32 {rec['fp32_evals_per_s']:.1f} evals/s "
+            f"= {rec['ratio']:.2f}x (batch {rec['batch']}, {_threads_text(rec['threads'])})"
+        )
+        if rec["counted"]:
+            head += ", verified"
+        elif not rec["int8_verified"]:
+            head += f", INT8 NOT VERIFIED ({rec['int8_verify_status']}): not counted"
+        else:
+            head += ", FP32 not verified: not counted"
+        if rec["reaches_target"]:
+            lines.append(f"{head}, reaches {rec['target']:g}x")
+            continue
+        head += f", below {rec['target']:g}x" if rec["counted"] else ""
+        lines.append(f"{head}: {_float_text(rec.get('float', {}))}")
+    return lines
+
+
+def _float_text(fl: Mapping[str, Any]) -> str:
+    units = fl.get("float_units", "no record")
+    if not isinstance(units, list):
+        text = "float units: no record in the manifest"
+    else:
+        text = f"{fl.get('float_count')} of {fl.get('unit_count')} units float"
+        costs = fl.get("costs", {})
+        if units and isinstance(costs, dict):
+            text += " (" + "; ".join(_cost_text(u, costs.get(u, "no record")) for u in units) + ")"
+        if fl.get("source") == "int8_sensitivity":
+            every = fl.get("all_int8")
+            if isinstance(every, dict):
+                text += (
+                    f"; every unit INT8: winrate p99 {every['winrate_p99']:.4f}, lead p99 "
+                    f"{every['lead_p99']:.3f}, top-1 {every['top1']:.3f}"
+                )
+    if fl.get("float_always"):
+        text += f"; always float in the TFLite writer (no cost record): {', '.join(fl['float_always'])}"
+    return text + f"; int8 mode {fl.get('int8_mode', 'no record')}"

@@ -121,7 +121,7 @@ def _resolve_model(args: argparse.Namespace) -> tuple[Path, Path | None]:
 def command_bench(args: argparse.Namespace) -> int:
     from agent.bench import nn as nnbench
     from agent.bench.positions import bench_positions
-    from agent.bench.report import apply_suggestion, machine_description, suggest
+    from agent.bench.report import apply_suggestion, int8_vs_fp32, machine_description, suggest
 
     if args.cores:
         # before any runtime starts its thread pool: threads inherit the calling thread's CPU set
@@ -191,6 +191,13 @@ def command_bench(args: argparse.Namespace) -> int:
     report["peak_rss_mb"] = round(nnbench.peak_rss_mb(), 1)
     suggestion = suggest(report["nn"]["results"], nn.verified(), cores)
     report["suggestion"] = suggestion.to_dict() if suggestion else None
+    report["int8_vs_fp32"] = int8_vs_fp32(
+        report["nn"]["results"],
+        nn.verified(),
+        nn.manifests(),
+        skipped=nn.skipped,
+        statuses=nn.verify_statuses(),
+    )
     _add_ratios(report)
     _print_table(report)
     if args.json:
@@ -380,6 +387,15 @@ def _print_table(report: dict[str, Any]) -> None:
         console.print(f"KataGo comparison failed: {versus['error']}")
     if report.get("ratios_vs_katago"):
         console.print(f"ratios to KataGo (verified variants only): {report['ratios_vs_katago']}")
+    if report.get("int8_vs_fp32"):
+        from agent.bench.report import INT8_TARGET, int8_vs_fp32_lines
+
+        console.print(
+            f"[bold]INT8 vs FP32[/bold] (evals/s, the best ratio over the batch/threads measured in "
+            f"both; only a verified INT8 counts; target {INT8_TARGET:g}x):"
+        )
+        for line in int8_vs_fp32_lines(report["int8_vs_fp32"]):
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
     console.print(f"peak RSS {report['peak_rss_mb']} MB")
     if report.get("suggestion"):
         s = report["suggestion"]
