@@ -1,6 +1,7 @@
 """Search quality against KataGo's recorded analyses (a benchmark, not a test).
 
-``python -m agent.bench.quality --model b10c384h6nbttflrs.bin.gz --reference analysis-b10c384.jsonl``
+``python -m agent.bench.quality --model b10c384h6nbttflrs.bin.gz --reference analysis-b10c384.jsonl`` (or
+``--reference ../shared/reference``, the folder: the file of the model's net is picked)
 replays every recorded query (at its own ``maxVisits``, KataGo's analysis defaults, symmetry 0 like
 the recording's ``nnRandomize = false``) and compares:
 
@@ -58,6 +59,23 @@ def _symmetric_moves(query: dict[str, Any], move: str) -> set[str]:
     return out
 
 
+def reference_file(reference: str, model: str) -> Path:
+    """``reference`` itself, or in a folder (``../shared/reference``) the ``analysis-<net>.jsonl``
+    whose ``<net>`` is part of the model's file name."""
+    path = Path(reference)
+    if not path.is_dir():
+        return path
+    found = [
+        f
+        for f in sorted(path.glob("analysis-*.jsonl"))
+        if f.stem.removeprefix("analysis-") in Path(model).name
+    ]
+    if len(found) != 1:
+        have = ", ".join(f.name for f in sorted(path.glob("analysis-*.jsonl"))) or "none"
+        raise ValueError(f"{path}: no single analysis-<net>.jsonl for {Path(model).name} (have: {have})")
+    return found[0]
+
+
 def run(
     model: str, reference: str, runtime: str, visits: int | None, threads: int, seed: int = 11
 ) -> dict[str, Any]:
@@ -66,7 +84,8 @@ def run(
     from agent.protocol.service import AnalysisService
     from agent.search.params import SearchParams
 
-    records = [json.loads(line) for line in Path(reference).read_text().splitlines() if line.strip()]
+    text = reference_file(reference, model).read_text()
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
     recipe = EngineRecipe(
         runtimes=(RuntimeEntry(runtime),),
         params=SearchParams(num_threads=threads),
@@ -133,17 +152,18 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--reference", required=True)
+    ap.add_argument("--reference", required=True, help="KataGo's analysis .jsonl, or the folder holding it")
     ap.add_argument("--runtime", default="onnx")
     ap.add_argument("--visits", type=int, help="override the recorded maxVisits")
     ap.add_argument("--threads", type=int, default=1, help="search threads")
     ap.add_argument("--seed", type=int, default=11, help="search random seed (wide root noise)")
     args = ap.parse_args(argv)
-    print(
-        json.dumps(
-            run(args.model, args.reference, args.runtime, args.visits, args.threads, args.seed), indent=1
-        )
-    )
+    try:
+        result = run(args.model, args.reference, args.runtime, args.visits, args.threads, args.seed)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1))
     return 0
 
 
