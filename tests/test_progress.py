@@ -27,7 +27,11 @@ def test_progress__on_a_terminal_log_lines_stay_whole(monkeypatch: pytest.Monkey
                 for i in range(1, 11):
                     step(i, 10)
                     if i == 5:
-                        time.sleep(0.3)  # rich has drawn the bar (its refresh runs at 10 Hz)
+                        # rich has drawn the bar (its refresh thread runs at 10 Hz, later when loaded)
+                        deadline = time.monotonic() + 30
+                        while "5/10" not in screen.getvalue() and time.monotonic() < deadline:
+                            time.sleep(0.02)
+                        assert "5/10" in screen.getvalue()
                         log.warning("halfway through calibration")
             with progress("building the graph", 0):
                 log.warning("a second record")

@@ -86,10 +86,12 @@ def test_service__terminate_queued_gives_no_results(collect: Collector) -> None:
     svc = AnalysisService(make_engine(max_visits=100000))
     svc.handle_line(line(id="long"), collect)
     svc.handle_line(line(id="queued"), collect)
-    deadline = time.monotonic() + 10
-    while svc.stats()["engine"]["running"] == 0 and time.monotonic() < deadline:
+    # "long" is in its playouts (root and a first leaf evaluated): it has results to give when
+    # terminated, however slowly the machine got there
+    deadline = time.monotonic() + 30
+    while svc.stats()["engine"]["nn_rows"] < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.05)
+    assert svc.stats()["engine"]["running"] == 1
     svc.handle_line('{"id":"x","action":"terminate","terminateId":"queued"}', collect)
     svc.handle_line('{"id":"y","action":"terminate","terminateId":"long"}', collect)
     svc.close()
