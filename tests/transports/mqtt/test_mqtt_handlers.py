@@ -191,7 +191,7 @@ def test_dispatch__ids_are_scoped_per_requester_and_terminate_reaches_only_own_q
             return
         ev = running.setdefault(query["id"], threading.Event())
         threading.Thread(
-            target=lambda: (ev.wait(5), emit({"id": query["id"], "isDuringSearch": False}))
+            target=lambda: (ev.wait(60), emit({"id": query["id"], "isDuringSearch": False}))
         ).start()
 
     rec = Recorder()
@@ -240,11 +240,14 @@ def test_dispatch__service_exception_becomes_error_reply_and_is_counted():
 
 
 def test_dispatch__stop_aborts_queued_requests_with_error():
+    """q0 runs (held until the stop has begun), q1 and q2 wait: the stop aborts those two."""
     gate = threading.Event()
+    started: list[str] = []
 
     def handle(query, emit):
+        started.append(query["id"])
         threading.Thread(
-            target=lambda: (gate.wait(5), emit({"id": query["id"], "isDuringSearch": False}))
+            target=lambda: (gate.wait(60), emit({"id": query["id"], "isDuringSearch": False}))
         ).start()
 
     rec = Recorder()
@@ -252,9 +255,19 @@ def test_dispatch__stop_aborts_queued_requests_with_error():
     d.start()
     for i in range(3):
         d.on_message(msg(json.dumps({"id": f"q{i}", "moves": []}).encode(), corr=bytes([i])))
-    time.sleep(0.1)
-    gate.set()
-    d.stop(timeout=2)
+    deadline = time.monotonic() + 30
+    while not started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(started) == 1  # one worker: q0 runs, the others are queued
+    stopper = threading.Thread(target=d.stop, kwargs={"timeout": 30})
+    stopper.start()
+    deadline = time.monotonic() + 30
+    while d.stats()["aborted"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()  # q0 ends: the stop waits for running requests
+    stopper.join(60)
+    assert not stopper.is_alive()
     errors = [r for _, r in rec.replies if "error" in r]
     assert all(e["error"] == "agent is stopping; request not analysed" for e in errors)
-    assert d.stats()["aborted"] == len(errors) >= 1
+    assert d.stats()["aborted"] == len(errors) == 2
+    assert {"id": "q0", "isDuringSearch": False} in [r for _, r in rec.replies]  # q0 was answered
