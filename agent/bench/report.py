@@ -347,7 +347,9 @@ def _float_text(fl: Mapping[str, Any]) -> str:
     if not isinstance(units, list):
         text = "float units: no record in the manifest"
     else:
-        text = f"{fl.get('float_count')} of {fl.get('unit_count')} units float"
+        count = fl.get("unit_count")
+        of = f" of {count}" if isinstance(count, int) else ""
+        text = f"{fl.get('float_count')}{of} {'unit' if fl.get('float_count') == 1 and not of else 'units'} float"
         costs = fl.get("costs", {})
         if units and isinstance(costs, dict):
             text += " (" + "; ".join(_cost_text(u, costs.get(u, "no record")) for u in units) + ")"

@@ -116,7 +116,7 @@ def test_int8_vs_fp32__fixed_float_groups_and_skipped_int8() -> None:
         "counted": False,
     }
     lines = int8_vs_fp32_lines(records)
-    assert "1 of no record units float (initial: no record)" in lines[0]
+    assert "1 unit float (initial: no record)" in lines[0]
     assert lines[1] == "tflite: int8 not measured (verification failed: top-1 0.93 < 0.95)"
 
 
