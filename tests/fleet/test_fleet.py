@@ -173,10 +173,14 @@ def test_query__parse_moves_rejects_bad_player():
 
 
 def test_fleet__live_table_runs_until_interrupted(make_agent, settings):
+    """The live table shows the device, then ends on Ctrl-C (exit code 130). Interrupted once the
+    table shows the device online, not after a fixed time (a loaded machine may still be starting
+    Python or connecting then): rich is told it writes to a terminal, so that it draws as it goes."""
+    import os
     import signal
     import subprocess
     import sys
-    import time
+    import threading
 
     make_agent("pi-live")
     cmd = [
@@ -189,13 +193,32 @@ def test_fleet__live_table_runs_until_interrupted(make_agent, settings):
         "--refresh",
         "0.2",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    drawn = bytearray()
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            drawn.extend(chunk)
+
+    reader = threading.Thread(target=read_stdout, daemon=True)
+    reader.start()
     try:
-        time.sleep(2.0)
+        wait_for(lambda: b"pi-live" in drawn and b"online" in drawn, 60, what="the table showing pi-live")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode(errors="replace")
+        proc.wait(30)
     finally:
-        proc.kill()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        reader.join(30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    out = drawn.decode(errors="replace")
     assert proc.returncode == 130, err
     assert "pi-live" in out and "online" in out
 

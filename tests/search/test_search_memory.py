@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 import tracemalloc
 
 from agent.backends.fake import FakeNet
@@ -39,6 +40,12 @@ def test_search_memory__bytes_per_visit_measured_and_clear_cache_releases_the_ke
         before = tracemalloc.get_traced_memory()[0]
         service.handle_line(QUERY, emit)
         assert done.wait(120)
+        # the final response comes before the analysis thread keeps the tree for reuse: a
+        # clear_cache in between would leave it kept
+        deadline = time.monotonic() + 60
+        while engine._kept[0] is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine._kept[0] is not None
         visits = finals[0]["rootInfo"]["visits"]
         kept = tracemalloc.get_traced_memory()[0] - before
         service.handle_line('{"id": "c", "action": "clear_cache"}', lambda _r: None)

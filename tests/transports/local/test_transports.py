@@ -118,9 +118,13 @@ def test_unix_socket__refuses_to_steal_a_live_socket(sock_path: Path) -> None:
     try:
         with pytest.raises(TransportError, match="already serving"):
             UnixSocketTransport(ThreadedEchoService(), sock_path).start()
-        # the refused start probed the live socket: let its server handle that connection before
-        # it closes (on a loaded machine an accept still pending at close leaks its transport)
-        time.sleep(0.3)
+        # the refused start probed the live socket: its server must have accepted that connection
+        # before it closes (an accept still pending at close leaks its transport). A client served
+        # after the probe shows it was: the listen backlog is first in, first out.
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(str(sock_path))
+            c.sendall(b'{"id": "after-probe", "moves": []}\n')
+            assert [r["isDuringSearch"] for r in _read_lines(c, 2, 30)] == [True, False]
     finally:
         first.close()
     # a stale file (nobody listening) is replaced
