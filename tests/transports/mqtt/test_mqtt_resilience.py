@@ -32,8 +32,9 @@ def start_agent_process(port: int, device: str) -> subprocess.Popen[str]:
     return proc
 
 
-def status_of(port: int, topic: str) -> str | None:
-    msg = read_retained(port, [topic], timeout=1.0).get(topic)
+def status_of(port: int, topic: str, timeout: float = 1.0) -> str | None:
+    """The retained status; None after ``timeout`` without one (the first one ends the wait)."""
+    msg = read_retained(port, [topic], timeout=timeout).get(topic)
     return json.loads(msg.payload)["state"] if msg else None
 
 
@@ -60,9 +61,9 @@ def test_resilience__sigterm_gives_stopped(broker):
         assert wait_for(lambda: status_of(broker.port, topic) == "online", 10)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-        assert status_of(broker.port, topic) == "stopped"
+        assert status_of(broker.port, topic, timeout=10) == "stopped"
         time.sleep(0.3)  # the broker must not publish the will after a clean DISCONNECT
-        assert status_of(broker.port, topic) == "stopped"
+        assert status_of(broker.port, topic, timeout=10) == "stopped"
     finally:
         proc.kill()
         proc.wait(5)
@@ -174,10 +175,10 @@ def test_resilience__redelivered_duplicate_is_not_analysed_twice(make_agent, mak
     agent = make_agent("dev1", service)
     req = make_requester()
     corr = req.send(agent.topics.request, {**QUERY, "id": "once"})
-    req.wait(corr, 5)
+    req.wait(corr, 30)
     req.send(agent.topics.request, {**QUERY, "id": "once"}, correlation=corr)
     other = req.send(agent.topics.request, {**QUERY, "id": "once"})  # new correlation: a new request
-    req.wait(other, 5)
+    req.wait(other, 30)
     assert len(service.seen) == 2 and all(i.endswith(":once") for i in service.seen)
     assert len(set(service.seen)) == 2  # each request its own (unguessable) internal id
     assert wait_for(lambda: agent.stats()["duplicates"] == 1)
