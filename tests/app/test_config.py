@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
 
-from agent.app.config import AgentConfig, key_line, load_config, parse_config, render_toml, split_host_port
+from agent.app.config import (
+    AgentConfig,
+    env_overrides,
+    key_line,
+    load_config,
+    parse_config,
+    render_toml,
+    split_host_port,
+)
 from agent.app.daemon import configure_serve, flag_overrides
 from agent.errors import ConfigError
 
@@ -153,3 +162,22 @@ def test_serve_flags__bad_broker_is_a_config_error() -> None:
 
 def test_config__defaults_need_no_file() -> None:
     assert AgentConfig().socket.enabled and AgentConfig().websocket.port == 6470
+
+
+def test_config__tool_variables_never_collide_with_config_keys() -> None:
+    """Every ``KATAGO_EDGE_*`` variable the agent or its tests read for themselves (paths, the
+    test switches) is ignored by the config loader or means the same there: one that named a
+    config table (as ``KATAGO_EDGE_KATAGO`` did, the ``[katago]`` table) made every load fail."""
+    root = Path(__file__).resolve().parents[2]
+    pattern = re.compile(r"environ(?:\.get)?\(?\[?\"(KATAGO_EDGE_[A-Z0-9_]+)\"")
+    names = {
+        m.group(1)
+        for folder in ("agent", "tests")
+        for path in (root / folder).rglob("*.py")
+        for m in pattern.finditer(path.read_text())
+    }
+    assert {"KATAGO_EDGE_MODELS", "KATAGO_EDGE_KATAGO_BINARY", "KATAGO_EDGE_ARTIFACT_STORE"} <= names
+    env = dict.fromkeys(names, "/somewhere")
+    # the one that is also a config key means the same there (the model store's folder)
+    assert env_overrides(env) == {"artifact_store": "/somewhere"}
+    assert parse_config("", env=env).artifact_store_dir == Path("/somewhere")

@@ -287,7 +287,7 @@ def test_serve__katago_binary_engine_answers_and_stops_cleanly(
 ) -> None:
     """``engine = "katago"``: the daemon supervises KataGo (katrain 1.20.0's binary, OpenCL on PoCL)."""
     needs = "needs the KataGo binary"
-    binary = os.environ.get("KATAGO_EDGE_KATAGO")
+    binary = os.environ.get("KATAGO_EDGE_KATAGO_BINARY")
     if not binary:
         missing = opencl_available()
         if missing is not None:

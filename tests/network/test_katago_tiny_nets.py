@@ -63,7 +63,7 @@ def katago(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict[st
     except ImportError:
         GENERIC_OPENCL_TUNING = getattr(kb, "GENERIC_OPENCL_TUNING", None)
     try:
-        explicit = os.environ.get("KATAGO_EDGE_KATAGO")
+        explicit = os.environ.get("KATAGO_EDGE_KATAGO_BINARY")
         if explicit:
             binary = kb.binary_from_path(Path(explicit))
         else:

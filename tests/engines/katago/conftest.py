@@ -1,6 +1,6 @@
 """Fixtures for the real KataGo binary (katrain 1.20.0's KataGo v1.18.1, OpenCL on PoCL).
 
-The binary comes from ``$KATAGO_EDGE_KATAGO`` if set, else from the katrain wheel, downloaded
+The binary comes from ``$KATAGO_EDGE_KATAGO_BINARY`` if set, else from the katrain wheel, downloaded
 once into ``~/.cache/katago-edge`` (``$KATAGO_EDGE_CACHE``) and reused by later runs. Without an
 OpenCL driver or the wheel the tests skip with "needs the KataGo binary", which CI turns into a
 failure (``KATAGO_EDGE_REQUIRE=katago``).
@@ -34,7 +34,7 @@ B6_FILE = "g170-b6c96-s175395328-d26788732.bin.gz"
 
 @pytest.fixture(scope="session")
 def katago_binary() -> KataGoBinary:
-    explicit = os.environ.get("KATAGO_EDGE_KATAGO")
+    explicit = os.environ.get("KATAGO_EDGE_KATAGO_BINARY")
     try:
         if explicit:
             return binary_from_path(Path(explicit))
