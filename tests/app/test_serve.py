@@ -163,6 +163,7 @@ def test_serve__sigterm_during_a_search__final_responses__stopped__exit_0(
         agent = watcher.health.get("agent", {})
         assert agent.get("profile") and agent.get("engine") == "native", watcher.health
         assert watcher.health["device"]["memory"]["total_mb"] > 0, watcher.health
+        assert watcher.health["device_id"] == "dev-term"
         requester.connect(10)
         long = {**QUERY, "maxVisits": 10_000_000, "reportDuringSearchEvery": 0.2}
         searching = threading.Event()

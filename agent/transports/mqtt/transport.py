@@ -315,7 +315,8 @@ class MqttTransport:
             except Exception as exc:  # health must never take the transport down; the cause is logged
                 logger.warning("health snapshot failed: %s", exc, exc_info=True)
                 snapshot = {"health_error": str(exc)}
-        payload = {"device": self.device_id, "ts": round(time.time(), 3), **snapshot, "mqtt": self.stats()}
+        # "device_id", not "device": the daemon's snapshot nests its device health under "device"
+        payload = {"device_id": self.device_id, "ts": round(time.time(), 3), **snapshot, "mqtt": self.stats()}
         self._publish(self.topics.health, payload, retain=True, expiry_s=self.config.health_expiry)
 
     # -- paho callbacks (network thread) ----------------------------------------------------------

@@ -99,6 +99,7 @@ def test_roundtrip__status_online_and_health_retained_with_expiry(make_agent, se
     health_msg = got[agent.topics.health]
     health = json.loads(health_msg.payload)
     assert health["temperature_c"] == 51.0 and health["mqtt"]["connected"] is True
+    assert health["device_id"] == "dev1"  # beside whatever the snapshot nests under "device"
     assert 0 < health_msg.properties.MessageExpiryInterval <= settings.health_expiry
 
 
