@@ -123,14 +123,15 @@ def configure_convert(parser: argparse.ArgumentParser) -> None:
         choices=["static", "static-mixed", "static-qlinear", "dynamic"],
         help="ONNX INT8: static (QDQ, float Conv/MatMul outputs), static-mixed (int8 outputs except "
         "the residual increments, which stay float), static-qlinear (int8 outputs too: fastest on conv "
-        "nets, less accurate), dynamic (weight-only)",
+        "nets, less accurate), dynamic (weight-only). TFLite INT8 (the writer) is dynamic range "
+        "whatever this says (static only with --tflite-builder tensorflow)",
     )
     parser.add_argument(
         "--keep-float",
         metavar="GROUPS",
-        help="comma-separated layer groups left in float in static INT8 (default: "
-        "initial,policy_head,value_head,block0,ffn_out; groups: block<i>, bottleneck, attention_qkv, "
-        "attention_out, ffn_in, ffn_out, initial, policy_head, value_head)",
+        help="comma-separated layer groups left in float in INT8 (default: a sensitivity pass on "
+        "held-out positions chooses them, docs/conversion.md; groups: block<i>, bottleneck, "
+        "attention_qkv, attention_out, ffn_in, ffn_out, initial, policy_head, value_head)",
     )
     parser.add_argument(
         "--weight-rounding",

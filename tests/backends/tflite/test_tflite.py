@@ -123,7 +123,7 @@ def test_tflite_int8__selective_model_keeps_katago_top_move(
     # Measured (TF 2.21, LiteRT 2.3, 64 calibration positions): same top move as FP32 on 0.91 of the
     # positions; the others are near-ties (empty boards' symmetric points...) but one, where the INT8
     # pick has half of KataGo's best policy. Win-rate error mean 0.007, max 0.042.
-    # (`katago-edge convert --verify` on 200 game positions: top-1 0.96, docs/conversion.md.)
+    # (`katago-edge convert`'s verification on 200 game positions: top-1 0.96, docs/conversion.md.)
     assert (top == fp32_top).mean() >= 0.87
     assert (rel >= 0.8).mean() >= 0.97
     assert float(win_err.mean()) < 0.012
