@@ -297,12 +297,13 @@ def render_toml(config: AgentConfig) -> str:
     """A TOML text that loads back to ``config`` (what ``install.sh`` writes, minus comments)."""
     dumped = config.model_dump(mode="json", exclude_none=True)
     top = [f"{k} = {_toml_value(v)}" for k, v in dumped.items() if not isinstance(v, dict)]
-    tables = [
-        f"\n[{k}]\n" + "\n".join(f"{_toml_key(sk)} = {_toml_value(sv)}" for sk, sv in v.items())
-        for k, v in dumped.items()
-        if isinstance(v, dict)
-    ]
+    tables = ["\n" + toml_table(k, v) for k, v in dumped.items() if isinstance(v, dict)]
     return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
+
+
+def toml_table(name: str, values: Mapping[str, Any]) -> str:
+    """``[name]`` and its keys, one a line (tables inside it as inline tables)."""
+    return f"[{name}]\n" + "\n".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items())
 
 
 def _toml_value(value: Any) -> str:

@@ -12,11 +12,12 @@ import importlib.metadata
 import platform
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.app.config import toml_table
 from agent.errors import AgentError, ConfigError
 from agent.fsutil import atomic_write_text
 from agent.records import field_dict
@@ -136,16 +137,27 @@ def suggest(nn_results: list[dict[str, Any]], verify: dict[str, bool], cores: in
 _TABLE_HEADER = re.compile(r"^\s*\[")
 
 
-def apply_suggestion(config_path: Path, suggestion: Suggestion) -> Path:
-    """Write the suggestion as the config's ``[overrides]``: runtime and precision, the network
-    runtime's CPU threads the figure was measured with (``search.runtime_threads``: the bench times
-    the network alone, so it says nothing of search threads, which keep the profile's value) and
-    the batch size.
+def apply_suggestion(
+    config_path: Path, suggestion: Suggestion, fallbacks: Sequence[Mapping[str, Any]] = ()
+) -> Path:
+    """Write the suggestion into the config's ``[overrides]``: its runtime and precision first in
+    ``runtimes``, then ``fallbacks`` (the runtime list the device had: the profile's, or an earlier
+    ``--apply``'s), so a variant that cannot serve later still falls back; the network runtime's
+    CPU threads the figure was measured with (``search.runtime_threads``: the bench times the
+    network alone, so it says nothing of search threads, which keep the profile's value) and the
+    batch size.
 
-    Other tables and comments are kept: only ``[overrides*]`` tables are replaced. The result is
-    validated as TOML before it atomically replaces the file.
+    Other overrides (thermal limits, search visits, ...), other tables and comments are kept; the
+    ``[overrides*]`` tables are written anew at the end. The result is validated as TOML before
+    it atomically replaces the file.
     """
     text = config_path.read_text() if config_path.is_file() else ""
+    try:
+        overrides = dict(tomllib.loads(text).get("overrides", {}))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{config_path}: cannot apply the suggestion, the file is not valid TOML: {exc}"
+        ) from exc
     kept: list[str] = []
     skipping = False
     for line in text.splitlines():
@@ -153,24 +165,24 @@ def apply_suggestion(config_path: Path, suggestion: Suggestion) -> Path:
             skipping = line.strip().lstrip("[").startswith("overrides")
         if not skipping:
             kept.append(line)
-    block = [
-        "",
-        "# written by `katago-edge bench --apply`",
-        "[overrides]",
-        f'runtimes = [{{ runtime = "{suggestion.runtime}", precision = "{suggestion.precision}" }}]',
-        "",
-        "[overrides.search]",
-        f"runtime_threads = {suggestion.threads}",
-        f"batch_size = {suggestion.batch_size}",
-        "",
+    chosen = {"runtime": suggestion.runtime, "precision": suggestion.precision}
+    rest = [
+        {k: v for k, v in f.items() if v is not None}
+        for f in fallbacks
+        if (f.get("runtime"), f.get("precision"), f.get("provider"))
+        != (suggestion.runtime, suggestion.precision, None)
     ]
+    overrides["runtimes"] = [chosen, *rest]
+    overrides["search"] = {
+        **overrides.get("search", {}),
+        "runtime_threads": suggestion.threads,
+        "batch_size": suggestion.batch_size,
+    }
+    plain = {k: v for k, v in overrides.items() if not isinstance(v, dict)}
+    tables = [toml_table(f"overrides.{k}", v) for k, v in overrides.items() if isinstance(v, dict)]
+    block = ["", "# written by `katago-edge bench --apply`", toml_table("overrides", plain), "", *tables, ""]
     new_text = "\n".join(kept).rstrip("\n") + "\n" + "\n".join(block)
-    try:
-        tomllib.loads(new_text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"{config_path}: cannot apply the suggestion, the file is not valid TOML: {exc}"
-        ) from exc
+    tomllib.loads(new_text)  # what was read parsed: what is written does too
     return atomic_write_text(config_path, new_text.lstrip("\n"))
 
 

@@ -118,6 +118,16 @@ def _resolve_model(args: argparse.Namespace) -> tuple[Path, Path | None]:
     )
 
 
+def _runtime_list(config_path: Path) -> list[dict[str, Any]]:
+    """The runtime list the device serves with now (its profile's, after the config's overrides):
+    ``--apply`` keeps it behind the chosen variant as the fallback chain."""
+    from agent.app.config import load_config
+    from agent.app.startup import make_plan
+
+    config = load_config(config_path if config_path.is_file() else None)
+    return [entry.to_json() for entry in make_plan(config).runtimes]
+
+
 def command_bench(args: argparse.Namespace) -> int:
     from agent.bench import nn as nnbench
     from agent.bench.positions import bench_positions
@@ -210,7 +220,7 @@ def command_bench(args: argparse.Namespace) -> int:
         if suggestion is None:
             raise AgentError("nothing to apply: no variant ran")
         target = config_path or Path(os.environ.get("KATAGO_EDGE_CONFIG", "/etc/katago-edge/agent.toml"))
-        apply_suggestion(target, suggestion)
+        apply_suggestion(target, suggestion, _runtime_list(target))
         print(f"wrote the suggestion to {target}", file=sys.stderr)
     return 0
 

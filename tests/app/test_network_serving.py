@@ -258,6 +258,9 @@ def test_bench_apply__writes_what_check_config_and_serve_accept(
     assert health["network"]["requested"]["runtime"] == "onnx"
     assert health["network"]["serving"]["runtime"] == "onnx" and not health["network"]["fallbacks"]
     assert (health["agent"]["runtime_threads"], health["agent"]["batch_size"]) == (1, 1)  # as applied
+    # the chosen variant first, the profile's other entries behind it: still a fallback chain
+    assert health["agent"]["runtimes"][0] == "onnx/fp32" and health["agent"]["runtimes"][-1] == "numpy/fp32"
+    assert len(health["agent"]["runtimes"]) == len(set(health["agent"]["runtimes"])) >= 2
 
 
 def test_status__says_clearly_when_no_daemon_listens(short_tmp: Path) -> None:

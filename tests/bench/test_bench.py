@@ -71,20 +71,44 @@ def test_suggest__fastest_verified_variant_and_smallest_good_batch() -> None:
     assert suggest([], {}, cores=2) is None
 
 
-def test_apply_suggestion__replaces_overrides_keeps_the_rest(tmp_path: Path) -> None:
+def test_apply_suggestion__chosen_first_then_the_fallback_chain__other_overrides_kept(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.toml"
     cfg.write_text(
-        '# my device\ndevice_id = "pi-kitchen"\n\n[overrides]\nold = 1\n\n[mqtt]\nhost = "broker"\n'
+        '# my device\ndevice_id = "pi-kitchen"\n\n[overrides]\nmax_visits = 800\n\n'
+        "[overrides.search]\nbatch_size = 16\n\n[overrides.thermal]\nsoft_limit_c = 70.0\n\n"
+        '[mqtt]\nhost = "broker"\n'
     )
-    apply_suggestion(cfg, Suggestion("onnx", "int8", 4, 2, 80.0))
+    profile = [
+        {"runtime": "onnx", "precision": "fp32", "provider": None},
+        {"runtime": "onnx", "precision": "int8", "provider": None},
+        {"runtime": "numpy", "precision": "fp32", "provider": None},
+    ]
+    apply_suggestion(cfg, Suggestion("onnx", "int8", 4, 2, 80.0), profile)
     text = cfg.read_text()
     data = tomllib.loads(text)
     assert "# my device" in text and data["device_id"] == "pi-kitchen" and data["mqtt"]["host"] == "broker"
     assert data["overrides"] == {
-        "runtimes": [{"runtime": "onnx", "precision": "int8"}],
+        "max_visits": 800,
+        "runtimes": [
+            {"runtime": "onnx", "precision": "int8"},
+            {"runtime": "onnx", "precision": "fp32"},
+            {"runtime": "numpy", "precision": "fp32"},
+        ],
         "search": {"runtime_threads": 4, "batch_size": 2},
+        "thermal": {"soft_limit_c": 70.0},
     }
     parse_config(text, str(cfg))  # the agent still accepts the file
+    # applied again (another variant won): the chain is what the device had, the new choice first
+    apply_suggestion(cfg, Suggestion("tflite", "fp32", 1, 1, 90.0), data["overrides"]["runtimes"])
+    again = tomllib.loads(cfg.read_text())["overrides"]
+    assert [(r["runtime"], r["precision"]) for r in again["runtimes"]] == [
+        ("tflite", "fp32"),
+        ("onnx", "int8"),
+        ("onnx", "fp32"),
+        ("numpy", "fp32"),
+    ]
+    assert again["thermal"] == {"soft_limit_c": 70.0} and again["max_visits"] == 800
+    assert cfg.read_text().count("[overrides]") == 1
 
 
 def test_bench_command__quick_run_writes_json(
