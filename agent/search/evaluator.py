@@ -58,6 +58,8 @@ from agent.network.postprocess import NetEval, RowContext, postprocess_row
 
 logger = logging.getLogger(__name__)
 
+REPROBE_EVERY = 64  # batches run short before one more wait for a full batch re-measures it
+
 
 class Runner(Protocol):
     """Something that runs one request's network evaluation in place of the evaluator (the
@@ -153,6 +155,7 @@ class NNEvaluator:
         self._submitters = 0
         self._batch_seconds: dict[int, float] = {}  # moving average of one batch's time, by size
         self._fill_seconds: dict[int, float] = {}  # moving average of the wait for a full batch
+        self._waits_skipped = 0  # batches run short since the last wait for a full one
         self.rows = 0
         self.batches = 0
         self.cache_hits = 0
@@ -369,11 +372,21 @@ class NNEvaluator:
                     cv.notify_all()
 
     def _batching_pays(self, size: int) -> bool:
+        """Whether waiting for a full batch of ``size`` beats running short, by the measurements.
+        Judged "no", it still waits once every ``REPROBE_EVERY`` batches: only a wait measures the
+        fill time again, so a spike (a loaded machine, one slow client) would otherwise switch
+        batching off for good."""
         t = self._batch_seconds
         fill = self._fill_seconds.get(size)
         if size not in t or 1 not in t or fill is None:
             return True  # unknown: try it (the measurements decide from then on)
-        return t[size] / size + fill / max(1, size - 1) < 0.8 * t[1]
+        if t[size] / size + fill / max(1, size - 1) < 0.8 * t[1]:
+            return True
+        self._waits_skipped += 1
+        if self._waits_skipped >= REPROBE_EVERY:
+            self._waits_skipped = 0
+            return True
+        return False
 
     def _fill_wait(self) -> float:
         one = self._batch_seconds.get(1)

@@ -12,7 +12,7 @@ from search_support import POST, make_search, query
 from agent.backends.fake import FakeNet
 from agent.protocol.query import parse_query
 from agent.protocol.replay import build_turns
-from agent.search.evaluator import NNEvaluator
+from agent.search.evaluator import REPROBE_EVERY, NNEvaluator
 from agent.search.mcts import Search
 from agent.search.params import SearchParams
 from agent.search.position import SearchState
@@ -88,3 +88,19 @@ def test_mcts__nn_cache_hits_and_clear() -> None:
     ev.clear_cache()
     make_search(SearchParams(max_visits=1), ev).run()
     assert ev.cache_hits == 1 and ev.cache_misses == 2
+
+
+def test_evaluator__judged_not_worth_waiting__still_waits_now_and_then_to_measure_again() -> None:
+    """A fill time measured on a loaded moment must not switch batching off for good: only a wait
+    measures it again, so one batch in REPROBE_EVERY waits anyway."""
+    ev = NNEvaluator(FakeNet(), POST, randomize=False, max_batch_size=2)
+    ev._batch_seconds.update({1: 0.010, 2: 0.012})
+    ev._fill_seconds[2] = 0.050  # a slow moment: 0.006 + 0.050 per row is worse than 0.8 x 0.010
+    answers = [ev._batching_pays(2) for _ in range(3 * REPROBE_EVERY)]
+    assert [i for i, pays in enumerate(answers) if pays] == [
+        REPROBE_EVERY - 1,
+        2 * REPROBE_EVERY - 1,
+        3 * REPROBE_EVERY - 1,
+    ]
+    ev._fill_seconds[2] = 0.001  # the probe measured a quick fill: waiting pays again, every time
+    assert all(ev._batching_pays(2) for _ in range(5))
