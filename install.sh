@@ -727,8 +727,7 @@ start_local_broker() {
 	# set_tcp_nodelay: without it Nagle's algorithm + delayed ACKs add ~40 ms to every small reply
 	if render_broker_conf | write_file "$conf" 0644; then BROKER_CHANGED=1; fi
 	if [[ $BROKER_CHANGED -eq 1 && -f $RUN_DIR/mosquitto.pid ]] && kill -0 "$(cat "$RUN_DIR/mosquitto.pid")" 2>/dev/null; then
-		run kill -TERM "$(cat "$RUN_DIR/mosquitto.pid")" # ours, with old settings: restart it
-		[[ $DRY_RUN -eq 1 ]] || sleep 0.5
+		stop_pid "$(cat "$RUN_DIR/mosquitto.pid")" # ours, with old settings: restart it
 	fi
 	if (exec 3<>"/dev/tcp/127.0.0.1/$LOCAL_BROKER_PORT") 2>/dev/null; then return 0; fi # one is listening already
 	command -v mosquitto >/dev/null 2>&1 || die "no MQTT broker on 127.0.0.1:$LOCAL_BROKER_PORT and no mosquitto; pass --broker"
@@ -747,17 +746,25 @@ start_local_broker() {
 	changed "local Mosquitto on 127.0.0.1:$LOCAL_BROKER_PORT (pid $!)"
 }
 
-stop_background() {
-	local pid i
-	pid=$(agent_pid) || return 0
-	run kill -TERM "$pid"
+# SIGTERM, then wait until the process is gone (up to 30 s, then SIGKILL): what follows (a new
+# broker on the same port, removing its folders) must not race its exit
+stop_pid() {
+	local pid=$1 i
+	kill -0 "$pid" 2>/dev/null || return 0
+	run kill -TERM "$pid" || true
 	[[ $DRY_RUN -eq 1 ]] && return 0
 	for ((i = 0; i < 300; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
+		kill -0 "$pid" 2>/dev/null || return 0
 		sleep 0.1
 	done
-	kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-	rm -f "$PID_FILE"
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
+stop_background() {
+	local pid
+	pid=$(agent_pid) || return 0
+	stop_pid "$pid"
+	[[ $DRY_RUN -eq 1 ]] || rm -f "$PID_FILE"
 }
 
 start_background() {
@@ -892,7 +899,7 @@ uninstall() {
 	else
 		stop_background
 		if [[ -f $RUN_DIR/mosquitto.pid ]]; then
-			run kill -TERM "$(cat "$RUN_DIR/mosquitto.pid")" || true
+			stop_pid "$(cat "$RUN_DIR/mosquitto.pid")"
 		fi
 	fi
 	unlink_command

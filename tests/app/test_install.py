@@ -138,7 +138,6 @@ def test_install__prefix_no_systemd__serves_mqtt_socket_websocket__idempotent__u
         gone = _install("--uninstall", *args, env=env)
     assert gone.returncode == 0, gone.stdout + gone.stderr
     assert _tree(prefix) == [] or "keeping edited config" in gone.stdout
-    os.kill(int(pid), 0) if False else None
     with pytest.raises(ProcessLookupError):  # the agent was stopped
         os.kill(int(pid), 0)
     purge = _install("--uninstall", "--purge", *args, env=env)
