@@ -24,7 +24,7 @@ from agent.backends.tflite.runtime import TFLiteNet
 from agent.errors import ConversionError, ModelStoreError, RuntimeUnavailable
 from agent.models.manifest import Manifest, read_manifest, source_info, write_network_and_manifest
 from agent.models.positions import PositionSet, positions_from_selfplay, positions_from_sgf
-from agent.models.verify import Threshold, VerifyReport, verify
+from agent.models.verify import Threshold, VerifyReport, attempt_record, verify
 from agent.network.model import PostProcessParams
 from agent.progress import ProgressFactory, StepFn
 
@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 CALIBRATION_SEED = 7
 FP32_GRAPH_POSITIONS = 16
 VERIFY_SEED = 1001
+#: escalation ``k`` of an INT8 graph verification refused is verified on positions of the seed
+#: ``VERIFY_SEED + k * ESCALATION_SEED_STEP`` (fresh self-play games; from SGF records, the
+#: positions of every earlier sample are excluded)
+ESCALATION_SEED_STEP = 100
 
 
 @dataclass
@@ -65,13 +69,14 @@ def verification_positions(
     exclude: Any = (),
     board: int = 19,
     progress: StepFn | None = None,
+    seed: int = VERIFY_SEED,
 ) -> PositionSet:
     """SGF positions (minus ``exclude``) when a source is given, else FP32 self-play."""
     if source is not None:
         return positions_from_sgf(
-            source, count, nn_x=board, nn_y=board, seed=VERIFY_SEED, exclude=exclude, progress=progress
+            source, count, nn_x=board, nn_y=board, seed=seed, exclude=exclude, progress=progress
         )
-    return positions_from_selfplay(reference, count, seed=VERIFY_SEED, progress=progress)
+    return positions_from_selfplay(reference, count, seed=seed, progress=progress)
 
 
 def _calibration(job: ConvertJob, reference: NeuralNet, progress: ProgressFactory) -> PositionSet:
@@ -92,17 +97,19 @@ def _calibration(job: ConvertJob, reference: NeuralNet, progress: ProgressFactor
 
 def _onnx_bytes(
     job: ConvertJob, fp32: Any, reference: NeuralNet, progress: ProgressFactory
-) -> tuple[bytes, PositionSet | None]:
+) -> tuple[bytes, PositionSet | None, Any]:
+    """The converted graph, its calibration positions, and the sensitivity pass's
+    :class:`~agent.models.sensitivity.Int8Pass` when it ran (None otherwise)."""
     from agent.backends.onnx import quantize
     from agent.backends.onnx.builder import OnnxBuildOptions, build_onnx
     from agent.network.reader import read_network
 
     if job.precision == "fp32":
-        return fp32.SerializeToString(), None
+        return fp32.SerializeToString(), None, None
     if job.precision == "fp16":
-        return quantize.to_fp16(fp32).SerializeToString(), None
+        return quantize.to_fp16(fp32).SerializeToString(), None, None
     if job.int8_mode == "dynamic":
-        return quantize.to_int8_dynamic(fp32).SerializeToString(), None
+        return quantize.to_int8_dynamic(fp32).SerializeToString(), None, None
     cal = _calibration(job, reference, progress)
     from agent.models import sensitivity  # imports onnx: only when converting
 
@@ -119,7 +126,8 @@ def _onnx_bytes(
         # int8 GEMMs (docs/conversion.md, "INT8 speed")
         fp32 = build_onnx(read_network(job.model), replace(options, im2col=True))
     if sensitivity.applies(job):
-        return sensitivity.int8_with_sensitivity_pass(job, fp32, cal, reference, progress, VERIFY_SEED), cal
+        int8_pass = sensitivity.int8_with_sensitivity_pass(job, fp32, cal, reference, progress, VERIFY_SEED)
+        return int8_pass.data(), cal, int8_pass
     mode = quantize.int8_mode_options(job.int8_mode)
     with progress(f"INT8 calibration ({job.calibration_method})", len(cal)) as prog:
         model = quantize.to_int8_static(
@@ -133,7 +141,7 @@ def _onnx_bytes(
             progress=prog,
         )
     quantize.finish_im2col(model)
-    return model.SerializeToString(), cal
+    return model.SerializeToString(), cal, None
 
 
 def uses_im2col(job: ConvertJob, fp32: Any) -> bool:
@@ -368,11 +376,12 @@ def run_conversion(
         reference = OnnxNet(fp32.SerializeToString(), intra_op_threads=threads)
     lap("read_and_build_fp32_s")
     cal: PositionSet | None = None
+    int8_pass: Any = None
     with tempfile.TemporaryDirectory(prefix="katago-edge-convert-") as tmpdir:
         tmp = Path(tmpdir)
         if job.target == "onnx":
             with progress(f"converting to onnx {job.precision}", 0):
-                data, cal = _onnx_bytes(job, fp32, reference, progress)
+                data, cal, int8_pass = _onnx_bytes(job, fp32, reference, progress)
             converted: NeuralNet = OnnxNet(data, intra_op_threads=threads)
         else:
             if job.target == "tflite":
@@ -415,6 +424,11 @@ def run_conversion(
         )
         converted.close()
         lap("verify_s")
+        if int8_pass is not None and not report.passed:
+            data, report, positions = _escalate(
+                job, int8_pass, report, positions, reference, net.postprocess, cal, progress
+            )
+            lap("escalation_s")
     if not report.passed and not job.force:
         return report, None
     verification = report.to_json()
@@ -456,6 +470,74 @@ def run_conversion(
     with progress(f"writing {job.output.name}", 0):
         write_network_and_manifest(job.output, data, manifest)
     return report, job.output
+
+
+def _escalate(
+    job: ConvertJob,
+    int8_pass: Any,
+    report: VerifyReport,
+    positions: PositionSet,
+    reference: NeuralNet,
+    post: Any,
+    cal: PositionSet | None,
+    progress: ProgressFactory,
+) -> tuple[bytes, VerifyReport, PositionSet]:
+    """Verification-driven escalation of an INT8 graph the sensitivity pass built
+    (:mod:`agent.models.sensitivity`): while verification refuses it, at most ``ESCALATIONS``
+    times, keep more units float (chosen on the held-out and the refused positions) and verify on
+    a fresh sample that no choice has seen. Returns the last graph, its report (earlier refusals
+    in ``attempts``) and its verification positions."""
+    from agent.models import sensitivity
+
+    seen: list[str] = [*(cal.ids if cal is not None else ()), *int8_pass.held.ids]
+    attempts: list[dict[str, Any]] = []
+    data = int8_pass.data()
+    for k in range(1, sensitivity.ESCALATIONS + 1):
+        record = attempt_record(report, positions.source, len(int8_pass.report.float_units))
+        attempts.append(record)
+        seen.extend(positions.ids)
+        logger.warning(
+            "INT8 verification refused the graph with %d float units (%s); escalation %d of %d: "
+            "keeping more units float, then verifying on fresh positions",
+            len(int8_pass.report.float_units),
+            "; ".join(report.failures),
+            k,
+            sensitivity.ESCALATIONS,
+        )
+        with progress(f"INT8 escalation {k}: keeping more units float", 0) as prog:
+            changed = int8_pass.escalate(positions, record, progress=prog)
+        if not changed:
+            logger.warning("INT8 escalation: every unit is already float; nothing left to try")
+            attempts.pop()  # the final report is that attempt
+            break
+        data = int8_pass.data()
+        with progress(f"collecting verification positions (escalation {k})", job.verify_positions) as prog:
+            positions = verification_positions(
+                job.verify_source or job.calibration,
+                job.verify_positions,
+                reference,
+                exclude=tuple(seen),
+                board=job.board,
+                progress=prog,
+                seed=VERIFY_SEED + k * ESCALATION_SEED_STEP,
+            )
+        converted = OnnxNet(data, intra_op_threads=job.threads or None)
+        try:
+            report = verify_with_progress(
+                converted,
+                reference,
+                positions,
+                post,
+                precision="int8",
+                thresholds=job.thresholds,
+                progress=progress,
+            )
+        finally:
+            converted.close()
+        if report.passed:
+            break
+    report.attempts = attempts
+    return data, report, positions
 
 
 def _bare_manifest(job: ConvertJob, net: Any) -> Manifest:

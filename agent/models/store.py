@@ -59,8 +59,10 @@ logger = logging.getLogger(__name__)
 #: How ONNX INT8 graphs are built, part of their key: a store built before a change rebuilds its
 #: INT8 artifacts instead of serving the old graph (2026-12-07: conv nets quantized from the im2col
 #: graph, int8 GEMMs; docs/conversion.md). ``im2col-2``: transformer nets get the sensitivity pass
-#: too (units per block and kind, starting from the fixed float list).
-ONNX_INT8_GRAPH = "im2col-2"
+#: too (units per block and kind, starting from the fixed float list). ``im2col-3``: a graph
+#: verification refuses is escalated (more units float, verified on fresh positions), so a
+#: refusal cached under ``im2col-2`` is not served; graphs passing at once are unchanged.
+ONNX_INT8_GRAPH = "im2col-3"
 
 REFUSED_SUFFIX = ".refused.json"
 #: held (``flock``) while building: one conversion at a time per store, across processes

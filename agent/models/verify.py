@@ -61,6 +61,9 @@ class VerifyReport:
     thresholds: dict[str, Threshold]
     failures: list[str] = field(default_factory=list)
     precision: str = ""
+    #: earlier verifications of this conversion that refused it, oldest first (ONNX INT8: the
+    #: sensitivity pass's escalation, agent.models.sensitivity), each ``attempt_record``'s dict
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -106,6 +109,8 @@ class VerifyReport:
         out["passed"] = self.passed
         if self.precision:
             out["precision"] = self.precision
+        if self.attempts:
+            out["attempts"] = [dict(a) for a in self.attempts]
         if not self.passed:
             out["next_steps"] = self.next_steps()
         return out
@@ -122,6 +127,7 @@ class VerifyReport:
             "forced",
             "precision",
             "next_steps",
+            "attempts",
         }
         return cls(
             positions=int(data.get("positions", 0)),
@@ -129,21 +135,48 @@ class VerifyReport:
             thresholds={k: (str(op), float(val)) for k, (op, val) in data.get("thresholds", {}).items()},
             failures=list(data.get("failures", [])),
             precision=str(data.get("precision", "")),
+            attempts=[dict(a) for a in data.get("attempts", [])],
         )
 
     def summary(self) -> str:
         m = self.metrics
+        earlier = "".join(
+            f"attempt {i + 1} (refused): {a.get('positions', '?')} positions ({a.get('source', '?')}), "
+            f"{a.get('float_units', '?')} float units: winrate |err| p99 {a.get('winrate_p99', 0.0):.5f}, "
+            f"lead |err| p99 {a.get('lead_p99', 0.0):.4f}, top-1 {a.get('top1', 0.0):.4f}\n"
+            for i, a in enumerate(self.attempts)
+        )
         return (
-            f"{self.positions} positions: winrate |err| p99 {m['winrate_abs_error']['p99']:.5f}, "
-            f"lead |err| p99 {m['lead_abs_error']['p99']:.4f}, policy KL mean {m['policy_kl']['mean']:.5f}, "
-            f"top-1 {m['policy_top1_agreement']:.4f}, "
-            f"ownership |err| p99 {m['ownership_abs_error']['p99']:.5f}"
-            f" -> {'PASSED' if self.passed else 'FAILED: ' + '; '.join(self.failures)}"
-        ) + "".join(f"\n  next: {step}" for step in self.next_steps())
+            earlier
+            + (
+                f"{self.positions} positions: winrate |err| p99 {m['winrate_abs_error']['p99']:.5f}, "
+                f"lead |err| p99 {m['lead_abs_error']['p99']:.4f}, policy KL mean {m['policy_kl']['mean']:.5f}, "
+                f"top-1 {m['policy_top1_agreement']:.4f}, "
+                f"ownership |err| p99 {m['ownership_abs_error']['p99']:.5f}"
+                f" -> {'PASSED' if self.passed else 'FAILED: ' + '; '.join(self.failures)}"
+            )
+            + "".join(f"\n  next: {step}" for step in self.next_steps())
+        )
 
     def raise_if_failed(self, what: str) -> None:
         if not self.passed:
             raise VerificationFailed(f"{what} failed verification: {'; '.join(self.failures)}")
+
+
+def attempt_record(report: VerifyReport, source: str, float_units: int | None = None) -> dict[str, Any]:
+    """What :attr:`VerifyReport.attempts` keeps of a refused verification: its sample, headline
+    errors, failures and how many float units the graph had."""
+    m = report.metrics
+    return {
+        "positions": report.positions,
+        "source": source,
+        "float_units": float_units,
+        "winrate_p99": round(float(m["winrate_abs_error"]["p99"]), 5),
+        "lead_p99": round(float(m["lead_abs_error"]["p99"]), 4),
+        "top1": round(float(m["policy_top1_agreement"]), 4),
+        "policy_kl_mean": round(float(m["policy_kl"]["mean"]), 6),
+        "failures": list(report.failures),
+    }
 
 
 def thresholds_for(precision: str, overrides: Mapping[str, Threshold] | None = None) -> dict[str, Threshold]:

@@ -158,8 +158,9 @@ def test_store__converted_files_given_directly_carry_their_post_processing(
 
 
 def test_recipe__onnx_int8_key_names_how_the_graph_is_built() -> None:
-    """A store built before the im2col INT8 graph rebuilds its ONNX INT8 artifacts (new key);
+    """A store built before the im2col INT8 graph, or before verification-driven escalation
+    (``im2col-3``: a cached refusal is retried), rebuilds its ONNX INT8 artifacts (new key);
     other recipes keep their keys."""
-    assert Recipe("onnx", "int8").describe()["onnx_int8_graph"] == ONNX_INT8_GRAPH == "im2col-2"
+    assert Recipe("onnx", "int8").describe()["onnx_int8_graph"] == ONNX_INT8_GRAPH == "im2col-3"
     for recipe in (Recipe("onnx", "fp32"), Recipe("onnx", "fp16"), Recipe("tflite", "int8")):
         assert "onnx_int8_graph" not in recipe.describe()
