@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import fields
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Record(Protocol):
+    """A value with its own JSON form (a nested record)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 def field_dict(
@@ -13,7 +20,7 @@ def field_dict(
     """``record``'s dataclass fields by name, in declaration order, less those in ``skip``.
 
     A field named in ``rounded`` is rounded to that many decimals; a field whose value has a
-    ``to_dict`` is given as that. Values are not copied (unlike ``dataclasses.asdict``).
+    ``to_dict`` (a :class:`Record`) is given as that. Values are not copied (unlike ``dataclasses.asdict``).
     """
     places = rounded or {}
     out = {}
@@ -23,7 +30,7 @@ def field_dict(
         value = getattr(record, f.name)
         if f.name in places:
             value = round(value, places[f.name])
-        elif hasattr(value, "to_dict"):
+        elif isinstance(value, Record):
             value = value.to_dict()
         out[f.name] = value
     return out
