@@ -126,26 +126,9 @@ def test_bench_command__int8_vs_fp32_printed_equals_json_and_manifest(
     model = model_file(models_dir, "b6c96")
     out = tmp_path / "bench.json"
     rc = cli.run(
-        [
-            "bench",
-            "--model",
-            str(model),
-            "--runtimes",
-            "tflite",
-            "--precisions",
-            "fp32,int8",
-            "--batches",
-            "1",
-            "--threads",
-            "1",
-            "--reps",
-            "3",
-            "--no-search",
-            "--no-e2e",
-            "--json",
-            str(out),
-        ]
-    )
+        ["bench", "--model", str(model), "--runtimes", "tflite", "--precisions", "fp32,int8", "--batches", "1",
+         "--threads", "1", "--reps", "3", "--no-search", "--no-e2e", "--json", str(out)]
+    )  # fmt: skip
     assert rc == 0
     report = json.loads(out.read_text())
     rec = report["int8_vs_fp32"]["tflite"]
