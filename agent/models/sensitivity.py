@@ -318,11 +318,16 @@ def escalate_units(
         record["steps"].append(
             {"action": f"keep {unit} float", "float_units": len(chosen), **_headline(m), "passes": ok}
         )
+        step = record["steps"][-1]
         logger.info(
-            "sensitivity escalation: keep %s float (%d units float) on %d positions: %s",
+            "sensitivity escalation: keep %s float (%d units float) on %d positions: winrate p99 %.4f, "
+            "lead p99 %.3f, top-1 %.3f: %s",
             unit,
             len(chosen),
             positions,
+            step["winrate_p99"],
+            step["lead_p99"],
+            step["top1"],
             "passes" if ok else "fails",
         )
         tick()
