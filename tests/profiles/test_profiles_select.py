@@ -261,9 +261,10 @@ def test_load_profile__verify_overrides_per_precision(tmp_path: Path) -> None:
 
 
 def test_profiles__no_cpu_runtime_entry_is_int8() -> None:
-    """docs/conversion.md, "CPU profiles and INT8": INT8 passes verify on three of the four shared nets and
-    is 1.1-1.3x FP32 on x86-64, but the first start would wait 6 min to over an hour for the
-    conversion (b10c384 peaking at 4.1 GB) and ARM is unmeasured: no CPU entry lists it."""
+    """docs/conversion.md, "CPU profiles and INT8": a profile entry applies to whatever network the
+    device runs, and serving waits for the first start's conversion (TFLite INT8: 12 s for b6c96,
+    12-23 min for the b7c96 nets, 46 min for b10c384, which gains only 1.5x); ARM is unmeasured: no
+    CPU entry lists INT8 until it can be prepared without blocking serving."""
     for profile in load_profiles():
         cpu = [c for c in profile.runtimes if c.runtime in ("onnx", "tflite", "numpy") and c.provider is None]
         assert all(c.precision != "int8" for c in cpu), profile.name
