@@ -34,11 +34,11 @@ verification positions, with the same float units). Then the refused verificatio
 used and becomes part of the pass's sample: the units still in INT8 are measured alone on the
 held-out positions where the pass has not measured them yet (their costs, step 2), and the
 costliest are kept float one at a time, at least one, until the margin holds on the held-out
-positions and every refused sample together (200 + 200 per escalation); the graph is verified
-again on a fresh sample (another seed, disjoint from every position used to choose), at most
-:data:`ESCALATIONS` times. Every attempt is in the report (``escalations``), the manifest and the
-refusal record. A graph that passes at once is exactly the one the pass built before escalation
-existed.
+positions and the refused sample together (400; an earlier refused sample held the margin with
+the units chosen on it, which only grow); the graph is verified again on a fresh sample (another
+seed, disjoint from every position used to choose), at most :data:`ESCALATIONS` times. Every
+attempt is in the report (``escalations``), the manifest and the refusal record. A graph that
+passes at once is exactly the one the pass built before escalation existed.
 
 Status: the ``convert`` default of ONNX static INT8 on every net (docs/conversion.md).
 """
@@ -157,7 +157,7 @@ class SensitivityReport:
                 f"{e['refused'].get('lead_p99', 0.0):.3f} / {e['refused'].get('top1', 0.0):.3f}): "
                 f"{', '.join(e['added']) or 'no unit left in INT8'} kept float"
                 + (
-                    f"; on {e['positions']} positions (held-out + refused so far): winrate p99 "
+                    f"; on {e['positions']} positions (held-out + refused): winrate p99 "
                     f"{last['winrate_p99']:.4f}, lead p99 {last['lead_p99']:.3f}, top-1 {last['top1']:.3f}"
                     if last
                     else ""
@@ -378,9 +378,6 @@ class Int8Pass:
         self.report, self.judge, self.units = report, judge, units
         self.thresholds = dict(thresholds or {})
         self.finish = finish
-        # every refused verification sample so far with its FP32 outputs: escalation k chooses on
-        # the held-out positions and all k refused samples (none of them is verified on again)
-        self.refused: list[tuple[PositionSet, NNOutputs]] = []
 
     def nodes_of(self, float_units: list[str]) -> list[str]:
         return list(dict.fromkeys(n for u in float_units for n in self.units[u]))
@@ -403,18 +400,23 @@ class Int8Pass:
         self, refused: PositionSet, verification: Mapping[str, Any], *, progress: Step | None = None
     ) -> bool:
         """One escalation (:func:`escalate_units`) after verification refused the graph on
-        ``refused``, choosing on the held-out positions and every refused sample so far; False
-        when no unit was left to keep float (nothing changed)."""
+        ``refused``, choosing on the held-out positions and ``refused`` (an earlier refused sample
+        already holds the margin with the float units chosen on it, which only grow); False when
+        no unit was left to keep float (nothing changed)."""
         every = list(dict.fromkeys(n for nodes in self.units.values() for n in nodes))
         ref_net = OnnxNet(self.fp32.SerializeToString(), intra_op_threads=self.judge.threads, warmup=False)
         try:
-            self.refused.append((refused, evaluate_all(ref_net, refused)))
+            expected = evaluate_all(ref_net, refused)
         finally:
             ref_net.close()
-        positions, expected = self.held, self.judge.reference
-        for sample, outputs in self.refused:
-            positions, expected = concat_positions(positions, sample), _concat_outputs(expected, outputs)
-        both = _Judge(self.quant, self.fp32, positions, expected, self.params, self.judge.threads)
+        both = _Judge(
+            self.quant,
+            self.fp32,
+            concat_positions(self.held, refused),
+            _concat_outputs(self.judge.reference, expected),
+            self.params,
+            self.judge.threads,
+        )
         record = escalate_units(
             self.report,
             lambda float_units: both.metrics(self.nodes_of(float_units)),

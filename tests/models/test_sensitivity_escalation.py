@@ -162,8 +162,8 @@ def test_run_conversion__refused_int8_graph_escalates_and_is_verified_on_fresh_p
     assert manifest.verification["attempts"] == report.attempts and manifest.verification["passed"]
     entry = manifest.extra["int8_sensitivity"]
     assert len(entry["escalations"]) == len(report.attempts)
-    # escalation k chooses on the held-out 40 and the k refused samples of 40, adding at least one unit
-    assert [e["positions"] for e in entry["escalations"]] == [80, 120]
+    # each escalation chooses on the held-out 40 and the refused sample of 40, adding at least one unit
+    assert [e["positions"] for e in entry["escalations"]] == [80, 80]
     assert all(e["added"] for e in entry["escalations"])
     assert entry["float_units"][: len(first_entry["float_units"])] == first_entry["float_units"]
     assert entry["float_units"][len(first_entry["float_units"]) :] == [
