@@ -507,7 +507,9 @@ def _escalate(
         with progress(f"INT8 escalation {k}: keeping more units float", 0) as prog:
             changed = int8_pass.escalate(positions, record, progress=prog)
         if not changed:
-            logger.warning("INT8 escalation: every unit is already float; nothing left to try")
+            logger.warning(
+                "INT8 escalation %d: the margin does not hold with all units but one float; refused", k
+            )
             attempts.pop()  # the final report is that attempt
             break
         data = int8_pass.data()

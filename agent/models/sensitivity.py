@@ -35,7 +35,8 @@ used and becomes part of the pass's sample: the units still in INT8 are measured
 held-out positions where the pass has not measured them yet (their costs, step 2), and the
 costliest are kept float one at a time, at least one, until the margin holds on the held-out
 positions and the refused sample together (400; an earlier refused sample held the margin with
-the units chosen on it, which only grow); the graph is verified again on a fresh sample (another
+the units chosen on it, which only grow), leaving at least one unit INT8 (all float is the FP32
+graph: the conversion is refused instead); the graph is verified again on a fresh sample (another
 seed, disjoint from every position used to choose), at most :data:`ESCALATIONS` times. Every
 attempt is in the report (``escalations``), the manifest and the refusal record. A graph that
 passes at once is exactly the one the pass built before escalation existed.
@@ -282,8 +283,9 @@ def escalate_units(
     ``report.float_units`` one at a time, at least one, until ``measure(float_units)`` (the whole
     graph on the ``positions`` held-out + refused verification positions) holds the margin.
     ``refused``: the refused verification's headline (:func:`agent.models.verify.attempt_record`).
-    Returns the record appended to ``report.escalations``; ``added`` is empty when every unit is
-    already float."""
+    Returns the record appended to ``report.escalations``; at least one unit stays INT8 (with
+    every unit float the graph is FP32's): ``passes`` is False when the margin does not hold
+    before that."""
     thresholds = thresholds_for("int8", precision_thresholds)
     target = margin_thresholds(thresholds, report.margin)
     rest = [u for u in report.units if u not in set(report.float_units)]
@@ -311,7 +313,9 @@ def escalate_units(
         "passes": False,
     }
     chosen = list(report.float_units)
-    for unit in order:
+    # at least one unit stays INT8: with every unit float the graph is the FP32 graph, which
+    # passes trivially and is not an INT8 conversion worth having
+    for unit in order[: max(len(order) - 1, 0)]:
         chosen.append(unit)
         m = measure(chosen)
         ok = not check(m, target)
@@ -402,7 +406,7 @@ class Int8Pass:
         """One escalation (:func:`escalate_units`) after verification refused the graph on
         ``refused``, choosing on the held-out positions and ``refused`` (an earlier refused sample
         already holds the margin with the float units chosen on it, which only grow); False when
-        no unit was left to keep float (nothing changed)."""
+        the margin does not hold with all units but one float (then the conversion is refused)."""
         every = list(dict.fromkeys(n for nodes in self.units.values() for n in nodes))
         ref_net = OnnxNet(self.fp32.SerializeToString(), intra_op_threads=self.judge.threads, warmup=False)
         try:
@@ -426,7 +430,7 @@ class Int8Pass:
             precision_thresholds=self.thresholds,
             progress=progress,
         )
-        return bool(record["added"])
+        return bool(record["passes"])
 
 
 def run_pass(
