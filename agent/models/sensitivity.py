@@ -483,34 +483,6 @@ def run_pass(
     )
 
 
-def choose_float_units(
-    quant: onnx.ModelProto,
-    fp32: onnx.ModelProto,
-    positions: PositionSet,
-    params: PostProcessParams,
-    *,
-    precision_thresholds: Mapping[str, Threshold] | None = None,
-    margin: float = MARGIN,
-    threads: int | None = None,
-    progress: Step | None = None,
-    start: Sequence[str] = (),
-) -> tuple[SensitivityReport, onnx.ModelProto]:
-    """Run the pass (module docstring) on the all-INT8 static graph ``quant`` made from ``fp32``;
-    returns the report and the graph with the chosen units in float."""
-    result = run_pass(
-        quant,
-        fp32,
-        positions,
-        params,
-        precision_thresholds=precision_thresholds,
-        margin=margin,
-        threads=threads,
-        progress=progress,
-        start=start,
-    )
-    return result.report, result.graph()
-
-
 def applies(job: ConvertJob) -> bool:
     """The pass chooses the float layers of ONNX static INT8 unless ``--keep-float`` names them
     (or SmoothQuant, which needs them before calibration, is on); transformer nets start from

@@ -16,7 +16,7 @@ from agent.backends.onnx.builder import OnnxBuildOptions, build_onnx
 from agent.backends.onnx.runtime import OnnxNet
 from agent.backends.onnx.sensitivity import quantizable_nodes, quantization_units, with_float_nodes
 from agent.models.positions import positions_from_selfplay
-from agent.models.sensitivity import choose_float_units, is_transformer, margin_thresholds, unit_cost
+from agent.models.sensitivity import is_transformer, margin_thresholds, run_pass, unit_cost
 from agent.models.verify import check, compare_outputs, evaluate_all, thresholds_for
 from agent.network.reader import read_network
 
@@ -54,9 +54,10 @@ def test_with_float_nodes__all_float_is_fp32_exactly_and_none_float_is_int8(b6: 
     assert 0.005 < float(np.abs(int8.value - ref.value).max()) < 1.0
 
 
-def test_choose_float_units__keeps_the_costliest_float_until_the_margin_holds(b6: dict[str, Any]) -> None:
+def test_run_pass__keeps_the_costliest_float_until_the_margin_holds(b6: dict[str, Any]) -> None:
     fp32, held, params = b6["fp32"], b6["held"], b6["net"].postprocess
-    report, graph = choose_float_units(b6["quant"], fp32, held, params, threads=1)
+    chosen = run_pass(b6["quant"], fp32, held, params, threads=1)
+    report, graph = chosen.report, chosen.graph()
     assert report.positions == 40 and set(report.alone) == set(report.units)
     assert report.steps[0]["action"] == "all INT8" and report.steps[0]["passes"] is False
     assert report.passed and report.float_units and set(report.float_units) < set(report.units)

@@ -21,7 +21,7 @@ from agent.backends.onnx.sensitivity import (
     with_float_nodes,
 )
 from agent.models.positions import positions_from_sgf
-from agent.models.sensitivity import choose_float_units
+from agent.models.sensitivity import run_pass
 from agent.network.reader import read_network
 
 B7_START = [
@@ -70,7 +70,8 @@ def test_sensitivity_pass__transformer_starts_from_the_fixed_list_close_to_katag
     cal = positions_from_sgf(sgf, 32, nn_x=9, nn_y=9, seed=7)
     held = positions_from_sgf(sgf, 40, nn_x=9, nn_y=9, seed=4242, exclude=cal.ids)
     quant = to_int8_static(fp32, cal, method="percentile", keep_float=(), weight_rounding="nearest")
-    report, graph = choose_float_units(quant, fp32, held, net.postprocess, threads=1, start=start_units(fp32))
+    chosen = run_pass(quant, fp32, held, net.postprocess, threads=1, start=start_units(fp32))
+    report, graph = chosen.report, chosen.graph()
     assert report.start == B7_START and report.steps[0]["action"] == "start list float"
     assert report.passed and report.float_units[: len(B7_START)] == B7_START
     added = report.float_units[len(B7_START) :]
