@@ -5,6 +5,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from bench_rows import row
 from edge_fixtures import model_file
 
 from agent.app.config import parse_config
@@ -12,6 +13,11 @@ from agent.bench.katago import parse_benchmark_output
 from agent.bench.report import Suggestion, apply_suggestion, suggest
 from agent.bench.timing import measure, percentile, summarize
 from agent.cli import main as cli
+
+
+def _row(runtime: str, precision: str, batch: int, eps: float) -> dict[str, object]:
+    return row(runtime, precision, batch, eps, threads=2)  # measured at two threads
+
 
 # Result lines as `katago benchmark` prints them (format of KataGo v1.x).
 KATAGO_OUTPUT = """\
@@ -45,16 +51,6 @@ def test_measure__warms_up_then_times_at_least_reps() -> None:
     ticks = iter(float(i) for i in range(1000))
     t = measure(lambda: calls.append(1), warmup=3, reps=5, clock=lambda: next(ticks))
     assert len(calls) == 8 and t.reps == 5 and t.median_s == 1.0
-
-
-def _row(runtime: str, precision: str, batch: int, eps: float, threads: int = 2) -> dict[str, object]:
-    return {
-        "runtime": runtime,
-        "precision": precision,
-        "batch": batch,
-        "threads": threads,
-        "evals_per_s": eps,
-    }
 
 
 def test_suggest__fastest_verified_variant_and_smallest_good_batch() -> None:

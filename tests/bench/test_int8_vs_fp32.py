@@ -7,21 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_rows import row
 from edge_fixtures import model_file
 
 from agent.bench.report import int8_vs_fp32, int8_vs_fp32_lines
 from agent.cli import main as cli
-
-
-def _row(runtime: str, precision: str, batch: int, eps: float, threads: int = 1) -> dict[str, Any]:
-    return {
-        "runtime": runtime,
-        "precision": precision,
-        "batch": batch,
-        "threads": threads,
-        "evals_per_s": eps,
-    }
-
 
 SENSITIVITY_EXTRA: dict[str, Any] = {
     "int8_mode": "static",
@@ -50,14 +40,14 @@ SENSITIVITY_EXTRA: dict[str, Any] = {
 
 def test_int8_vs_fp32__best_pair_above_and_below_target() -> None:
     rows = [
-        _row("onnx", "fp32", 1, 100.0),
-        _row("onnx", "fp32", 8, 200.0),
-        _row("onnx", "int8", 1, 150.0),  # 1.5x: the best pair
-        _row("onnx", "int8", 8, 240.0),  # 1.2x
-        _row("tflite", "fp32", 1, 50.0),
-        _row("tflite", "int8", 1, 125.0),  # 2.5x
-        _row("tflite", "int8", 8, 900.0),  # no fp32 figure at batch 8: no pair
-        _row("numpy", "fp32", 1, 40.0),  # no int8 at all: no record
+        row("onnx", "fp32", 1, 100.0),
+        row("onnx", "fp32", 8, 200.0),
+        row("onnx", "int8", 1, 150.0),  # 1.5x: the best pair
+        row("onnx", "int8", 8, 240.0),  # 1.2x
+        row("tflite", "fp32", 1, 50.0),
+        row("tflite", "int8", 1, 125.0),  # 2.5x
+        row("tflite", "int8", 8, 900.0),  # no fp32 figure at batch 8: no pair
+        row("numpy", "fp32", 1, 40.0),  # no int8 at all: no record
     ]
     verified = {"onnx/fp32": True, "onnx/int8": True, "tflite/fp32": True, "tflite/int8": True}
     manifests = {"onnx/int8": (SENSITIVITY_EXTRA, "/store/onnx/x-int8.onnx.manifest.json")}
@@ -85,7 +75,7 @@ def test_int8_vs_fp32__best_pair_above_and_below_target() -> None:
 
 
 def test_int8_vs_fp32__failed_int8_is_shown_marked_and_not_counted() -> None:
-    rows = [_row("onnx", "fp32", 1, 100.0), _row("onnx", "int8", 1, 300.0)]
+    rows = [row("onnx", "fp32", 1, 100.0), row("onnx", "int8", 1, 300.0)]
     records = int8_vs_fp32(
         rows, {"onnx/fp32": True, "onnx/int8": False}, {}, statuses={"onnx/int8": "forced"}
     )
@@ -99,7 +89,7 @@ def test_int8_vs_fp32__failed_int8_is_shown_marked_and_not_counted() -> None:
 
 
 def test_int8_vs_fp32__fixed_float_groups_and_skipped_int8() -> None:
-    rows = [_row("onnx", "fp32", 1, 100.0), _row("onnx", "int8", 1, 110.0), _row("tflite", "fp32", 1, 90.0)]
+    rows = [row("onnx", "fp32", 1, 100.0), row("onnx", "int8", 1, 110.0), row("tflite", "fp32", 1, 90.0)]
     extra = {"int8_mode": "static", "int8_float_groups": ["initial"]}
     records = int8_vs_fp32(
         rows,
