@@ -79,6 +79,18 @@ METADATA_KEY = "katago.int8_sensitivity"
 Step = Callable[[int, int], None]
 
 
+class _Ticks:
+    """Counts measurements and reports them to ``progress`` (done, at least ``total``)."""
+
+    def __init__(self, total: int, progress: Step | None) -> None:
+        self.total, self.progress, self.done = total, progress, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, max(self.total, self.done))
+
+
 def unit_cost(metrics: Mapping[str, Any], thresholds: Mapping[str, Threshold]) -> float:
     """How much of the verify limits a graph uses, from mean errors (module docstring, step 2)."""
     cost = 0.0
@@ -218,14 +230,7 @@ def choose_units(
     thresholds = thresholds_for("int8", precision_thresholds)
     target = margin_thresholds(thresholds, margin)
     only = alone or (lambda unit: measure([u for u in units if u != unit]))
-    total = len(units) + 1
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(done, max(total, done))
+    tick = _Ticks(len(units) + 1, progress)
 
     base = measure([])
     tick()
@@ -240,7 +245,7 @@ def choose_units(
         report.steps.append({"action": action, "float": list(float_units), **_headline(m), "passes": ok})
         logger.info("sensitivity: %s -> float %s: %s", action, float_units, "passes" if ok else "fails")
         if progress:
-            progress(done, len(units) + 1 + len(report.steps))
+            progress(tick.done, len(units) + 1 + len(report.steps))
         return ok
 
     chosen = list(report.start)
@@ -290,14 +295,7 @@ def escalate_units(
     target = margin_thresholds(thresholds, report.margin)
     rest = [u for u in report.units if u not in set(report.float_units)]
     missing = [u for u in rest if u not in report.alone]
-    total = len(missing) + len(rest)
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(done, max(total, done))
+    tick = _Ticks(len(missing) + len(rest), progress)
 
     for unit in missing:
         m = alone(unit)
